@@ -1,0 +1,23 @@
+"""Who may see and do what (CONTRACT §2, §3): the visibility and serving rules."""
+
+from __future__ import annotations
+
+from engine.model import Room, User, Visitor
+
+
+def org_can_access_room(org_id: str, room: Room) -> bool:
+    """An org is a member of a room it owns or that is shared with it."""
+    return room.organization_id == org_id or org_id in room.shared_with
+
+
+def may_serve(user: User, room: Room) -> bool:
+    """A user may serve a room: its org is a member, and the room is among its rooms."""
+    if not org_can_access_room(user.organization_id, room):
+        return False
+    return user.room_ids is None or room.id in user.room_ids
+
+
+def visitor_usable_in_room(visitor: Visitor, org_id: str, room: Room) -> bool:
+    """An org may start a chat for a visitor that is its own, the room owner's, or not
+    yet anybody's (an openly registered visitor joins the room owner's org)."""
+    return visitor.organization_id in (None, org_id, room.organization_id)

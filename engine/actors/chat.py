@@ -1,0 +1,98 @@
+"""ChatActor work: joins, leaves, messages and resumes of one chat.
+
+Each method runs inside the chat's own actor (``ActorPool`` keyed by the chat id), so
+the chat's commands are applied one at a time, in arrival order: that is what makes an
+exclusive join exclusive. The rules themselves live in ``engine.chat.ChatState``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.access import may_serve
+from engine.chat import ChatState, JoinOutcome
+from engine.model import SENDER_USER, Message, User
+
+if TYPE_CHECKING:
+    from engine.actors.supervisor import Engine
+
+
+class ChatActors:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _may_serve(self, chat: ChatState, user: User) -> bool:
+        return may_serve(user, self._engine.state.rooms[chat.room_id])
+
+    async def join(self, chat: ChatState, user: User, *, exclusive: bool) -> JoinOutcome:
+        async def work() -> JoinOutcome:
+            outcome, facts = chat.decide_join(
+                user.id,
+                exclusive=exclusive,
+                may_serve=self._may_serve(chat, user),
+                at=self._engine.now(),
+            )
+            if facts:
+                await self._engine.commit(facts)
+                outcome.presence = chat.presences[user.id]
+            return outcome
+
+        return await self._engine.pool.run(chat.id, work)
+
+    async def resume(self, chat: ChatState, user: User) -> bool:
+        """auto_resume's step inside one candidate chat: join ``user`` if the chat is
+        still recent and open to it. ``False`` means try the next candidate."""
+
+        async def work() -> bool:
+            engine = self._engine
+            now = engine.now()
+            if not chat.is_resumable(now=now, resume_window_ms=engine.config.resume_window_ms):
+                return False
+            if user.id in chat.presences:
+                return True
+            if not chat.may_join(user.id, self._may_serve(chat, user)):
+                return False
+            _, facts = chat.decide_join(user.id, exclusive=False, may_serve=True, at=now)
+            await engine.commit(facts)
+            return True
+
+        return await self._engine.pool.run(chat.id, work)
+
+    async def leave(self, chat: ChatState, user_id: str) -> None:
+        async def work() -> None:
+            facts = chat.decide_leave(user_id, at=self._engine.now())
+            await self._engine.commit(facts)
+
+        await self._engine.pool.run(chat.id, work)
+
+    async def post(
+        self,
+        chat: ChatState,
+        *,
+        sender_type: str,
+        sender_id: str,
+        type: str,
+        message: str,
+        page_url: str | None,
+        page_title: str | None,
+    ) -> Message:
+        async def work() -> Message:
+            engine = self._engine
+            if sender_type == SENDER_USER:
+                serving = self._may_serve(chat, engine.state.users[sender_id])
+            else:
+                serving = False
+            facts = chat.decide_post(
+                sender_type=sender_type,
+                sender_id=sender_id,
+                type=type,
+                message=message,
+                page_url=page_url,
+                page_title=page_title,
+                may_serve=serving,
+                at=engine.now(),
+            )
+            await engine.commit(facts)
+            return chat.messages[-1]
+
+        return await self._engine.pool.run(chat.id, work)

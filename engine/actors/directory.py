@@ -1,0 +1,115 @@
+"""Directory work: orgs, rooms, users, visitors, and chat creation.
+
+Directory changes are rare and run in one ``directory`` actor. Chat creation runs in an
+actor per (room, visitor): concurrent ``auto_resume`` calls for one pair are serialised
+there, which is what guarantees exactly one new chat, while creations for different
+visitors proceed in parallel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine import directory, errors
+from engine.access import may_serve
+from engine.chat import ChatState
+from engine.model import Org, Room, User, Visitor
+
+if TYPE_CHECKING:
+    from engine.actors.supervisor import Engine
+
+DIRECTORY = "directory"
+
+
+class DirectoryActor:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def create_org(self, name: str) -> tuple[Org, str]:
+        async def work() -> tuple[Org, str]:
+            issued = directory.create_org(name, at=self._engine.now())
+            await self._engine.commit([issued.fact])
+            return self._engine.state.orgs[issued.fact.org_id], issued.token  # type: ignore[union-attr]
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def create_room(self, org_id: str, name: str, private_chats: bool) -> Room:
+        async def work() -> Room:
+            fact = directory.create_room(org_id, name, private_chats, at=self._engine.now())
+            await self._engine.commit([fact])
+            return self._engine.state.rooms[fact.room_id]
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def share_room(self, room: Room, org_id: object) -> None:
+        async def work() -> None:
+            fact = directory.share_room(self._engine.state, room.id, org_id)
+            if fact is not None:
+                await self._engine.commit([fact])
+
+        await self._engine.pool.run(DIRECTORY, work)
+
+    async def create_user(
+        self,
+        org_id: str,
+        *,
+        first_name: str,
+        last_name: str,
+        alias: str,
+        room_ids: list[str] | None,
+    ) -> tuple[User, str]:
+        async def work() -> tuple[User, str]:
+            issued = directory.create_user(
+                self._engine.state,
+                org_id,
+                first_name=first_name,
+                last_name=last_name,
+                alias=alias,
+                room_ids=room_ids,
+                at=self._engine.now(),
+            )
+            await self._engine.commit([issued.fact])
+            return self._engine.state.users[issued.fact.user_id], issued.token  # type: ignore[union-attr]
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def register_visitor(
+        self, org_id: str | None, visitor_id: str | None
+    ) -> tuple[bool, Visitor, str]:
+        async def work() -> tuple[bool, Visitor, str]:
+            created, issued = directory.register_visitor(
+                self._engine.state, org_id, visitor_id, at=self._engine.now()
+            )
+            await self._engine.commit([issued.fact])
+            visitor = self._engine.state.visitors[issued.fact.visitor_id]  # type: ignore[union-attr]
+            return created, visitor, issued.token
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def create_chat(
+        self, room: Room, visitor: Visitor, *, auto_resume: User | None
+    ) -> tuple[bool, ChatState]:
+        """Returns ``(created, chat)``. With ``auto_resume`` the whole resume-or-create
+        decision is one step for this (room, visitor): see CONTRACT §5."""
+        engine = self._engine
+
+        async def work() -> tuple[bool, ChatState]:
+            if auto_resume is not None:
+                if not may_serve(auto_resume, room):
+                    raise errors.PermissionDenied("The user may not serve this room.")
+                for candidate in engine.state.resume_candidates(room.id, visitor.id):
+                    if candidate.end_time is not None:
+                        continue
+                    if await engine.chats.resume(candidate, auto_resume):
+                        return False, candidate
+            fact = directory.create_chat(
+                engine.state,
+                room.id,
+                visitor.id,
+                join_user_id=None if auto_resume is None else auto_resume.id,
+                at=engine.now(),
+            )
+            await engine.commit([fact])
+            return True, engine.state.chats[fact.chat_id]
+
+        return await engine.pool.run(("room-visitor", room.id, visitor.id), work)

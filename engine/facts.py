@@ -1,0 +1,115 @@
+"""Facts: what a committed mutation did, in a form that can be replayed.
+
+A command is *decided* against the current state (rules checked, ids and times chosen)
+and produces facts; a fact is *applied* only once it is committed (durable, when a log is
+in use). Applying is deterministic: replaying the same facts in the same order rebuilds
+the same state, sequence numbers included. Facts hold token hashes, never tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True)
+class OrgCreated:
+    org_id: str
+    name: str
+    at: int
+    token_hash: str
+
+
+@dataclass(slots=True, frozen=True)
+class RoomCreated:
+    room_id: str
+    org_id: str
+    name: str
+    private_chats: bool
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class RoomShared:
+    room_id: str
+    org_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class UserCreated:
+    user_id: str
+    org_id: str
+    first_name: str
+    last_name: str
+    alias: str
+    room_ids: tuple[str, ...] | None
+    at: int
+    token_hash: str
+
+
+@dataclass(slots=True, frozen=True)
+class VisitorRegistered:
+    """A new visitor, or a fresh token for a known one (the old token stops working)."""
+
+    visitor_id: str
+    org_id: str | None
+    at: int
+    token_hash: str
+
+
+@dataclass(slots=True, frozen=True)
+class ChatCreated:
+    chat_id: str
+    token: str
+    room_id: str
+    org_id: str
+    visitor_id: str
+    private_room: bool
+    at: int
+    # auto_resume creates the chat with its user already present, in one fact, so no
+    # intermediate state (a chat with nobody present) is ever visible.
+    join_user_id: str | None
+    join_message_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class UserJoined:
+    chat_id: str
+    user_id: str
+    at: int
+    message_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class UserLeft:
+    chat_id: str
+    user_id: str
+    at: int
+    message_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class MessagePosted:
+    chat_id: str
+    message_id: str
+    at: int
+    type: str
+    sender_type: str
+    sender_id: str
+    message: str
+    page_url: str | None
+    page_title: str | None
+
+
+Fact = (
+    OrgCreated
+    | RoomCreated
+    | RoomShared
+    | UserCreated
+    | VisitorRegistered
+    | ChatCreated
+    | UserJoined
+    | UserLeft
+    | MessagePosted
+)
+
+CHAT_FACTS = (ChatCreated, UserJoined, UserLeft, MessagePosted)

@@ -1,0 +1,86 @@
+"""The directory's records: orgs, rooms, users, visitors, and a chat's small parts.
+
+Times are integer milliseconds since the epoch (see ``engine.timefmt``). ``seq`` is the
+engine-wide sequence number given when a record was applied: it fixes creation order,
+which every ordered collection and keyset cursor relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MSG = "msg"
+AUTOSUGGEST = "autosuggest"
+JOIN = "join"
+LEAVE = "leave"
+COUNTED_TYPES = frozenset({MSG, AUTOSUGGEST})
+POSTABLE_TYPES = COUNTED_TYPES
+
+SENDER_USER = "user"
+SENDER_VISITOR = "visitor"
+
+
+@dataclass(slots=True)
+class Org:
+    id: str
+    name: str
+    created_at: int
+    seq: int
+    token_hash: str
+
+
+@dataclass(slots=True)
+class Room:
+    id: str
+    name: str
+    organization_id: str
+    private_chats: bool
+    created_at: int
+    seq: int
+    shared_with: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class User:
+    id: str
+    organization_id: str
+    first_name: str
+    last_name: str
+    alias: str
+    room_ids: list[str] | None
+    created_at: int
+    seq: int
+    token_hash: str
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+
+@dataclass(slots=True)
+class Visitor:
+    id: str
+    organization_id: str | None
+    created_at: int
+    token_hash: str
+    # api_data is per org (CONTRACT §3): org id -> [{"name", "value"}]
+    api_data: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    type: str
+    created_at: int
+    sender_type: str
+    sender_id: str
+    message: str | None
+    page_url: str | None
+    page_title: str | None
+
+
+@dataclass(slots=True)
+class Presence:
+    user_id: str
+    created_at: int
+    seq: int

@@ -1,0 +1,184 @@
+"""The whole engine state: the directory, every chat, and the ordered indexes.
+
+``State.apply(fact)`` is the only way the state changes. It hands out sequence numbers
+in apply order, so replaying a log rebuilds identical state. Queries return ordered views
+(``engine.collections``) for keyset pagination; they never copy a collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from engine.chat import ChangeSet, ChatState
+from engine.collections import KeyedListView, ListView, SortedView
+from engine.facts import (
+    ChatCreated,
+    Fact,
+    MessagePosted,
+    OrgCreated,
+    RoomCreated,
+    RoomShared,
+    UserCreated,
+    UserJoined,
+    UserLeft,
+    VisitorRegistered,
+)
+from engine.model import SENDER_USER, Org, Room, User, Visitor
+
+PRINCIPAL_ORG = "org"
+PRINCIPAL_USER = "user"
+PRINCIPAL_VISITOR = "visitor"
+
+
+class State:
+    def __init__(self) -> None:
+        self.seq = 0
+        self.orgs: dict[str, Org] = {}
+        self.rooms: dict[str, Room] = {}
+        self.users: dict[str, User] = {}
+        self.visitors: dict[str, Visitor] = {}
+        self.chats: dict[str, ChatState] = {}
+        # token hash -> (principal kind, id)
+        self.tokens: dict[str, tuple[str, str]] = {}
+        # indexes
+        self.org_rooms: dict[str, SortedDict] = {}  # own and shared rooms by room seq
+        self.room_open_chats: dict[str, SortedDict] = {}  # chat seq -> chat
+        self.user_chats: dict[str, SortedDict] = {}  # chat seq -> chat
+        self.user_current_chats: dict[str, SortedDict] = {}  # presence seq -> chat
+        self.visitor_chats: dict[str, list[ChatState]] = {}  # creation order
+        self.room_visitor_chats: dict[tuple[str, str], list[ChatState]] = {}
+        self._appliers: dict[type, Callable[[Any], ChangeSet | None]] = {
+            OrgCreated: self._org_created,
+            RoomCreated: self._room_created,
+            RoomShared: self._room_shared,
+            UserCreated: self._user_created,
+            VisitorRegistered: self._visitor_registered,
+            ChatCreated: self._chat_created,
+            UserJoined: self._chat_fact,
+            UserLeft: self._chat_fact,
+            MessagePosted: self._chat_fact,
+        }
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # -- applying facts ------------------------------------------------------------
+    def apply(self, fact: Fact) -> ChangeSet | None:
+        """Apply one committed fact; chat facts return the change set for fan-out."""
+        return self._appliers[type(fact)](fact)
+
+    def _org_created(self, fact: OrgCreated) -> None:
+        self.orgs[fact.org_id] = Org(fact.org_id, fact.name, fact.at, self._next_seq(), fact.token_hash)
+        self.tokens[fact.token_hash] = (PRINCIPAL_ORG, fact.org_id)
+        self.org_rooms[fact.org_id] = SortedDict()
+
+    def _room_created(self, fact: RoomCreated) -> None:
+        room = Room(fact.room_id, fact.name, fact.org_id, fact.private_chats, fact.at, self._next_seq())
+        self.rooms[room.id] = room
+        self.org_rooms[fact.org_id][room.seq] = room
+        self.room_open_chats[room.id] = SortedDict()
+
+    def _room_shared(self, fact: RoomShared) -> None:
+        room = self.rooms[fact.room_id]
+        room.shared_with.add(fact.org_id)
+        self.org_rooms[fact.org_id][room.seq] = room
+
+    def _user_created(self, fact: UserCreated) -> None:
+        room_ids = None if fact.room_ids is None else list(fact.room_ids)
+        user = User(
+            fact.user_id,
+            fact.org_id,
+            fact.first_name,
+            fact.last_name,
+            fact.alias,
+            room_ids,
+            fact.at,
+            self._next_seq(),
+            fact.token_hash,
+        )
+        self.users[user.id] = user
+        self.tokens[fact.token_hash] = (PRINCIPAL_USER, user.id)
+
+    def _visitor_registered(self, fact: VisitorRegistered) -> None:
+        visitor = self.visitors.get(fact.visitor_id)
+        if visitor is None:
+            visitor = Visitor(fact.visitor_id, fact.org_id, fact.at, fact.token_hash)
+            self.visitors[visitor.id] = visitor
+        else:
+            self.tokens.pop(visitor.token_hash, None)
+            visitor.token_hash = fact.token_hash
+            if visitor.organization_id is None:
+                visitor.organization_id = fact.org_id
+        self.tokens[fact.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
+
+    def _chat_created(self, fact: ChatCreated) -> ChangeSet:
+        chat = ChatState.create(fact, seq=self._next_seq())
+        presence_seq = self._next_seq() if fact.join_user_id is not None else 0
+        changes = chat.apply_created(fact, presence_seq=presence_seq)
+        self.chats[chat.id] = chat
+        self.room_open_chats[chat.room_id][chat.seq] = chat
+        self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
+        self.room_visitor_chats.setdefault((chat.room_id, chat.visitor_id), []).append(chat)
+        visitor = self.visitors[chat.visitor_id]
+        if visitor.organization_id is None:
+            visitor.organization_id = chat.organization_id
+        if fact.join_user_id is not None:
+            self._index_presence(chat, fact.join_user_id)
+        return changes
+
+    def _chat_fact(self, fact: UserJoined | UserLeft | MessagePosted) -> ChangeSet:
+        chat = self.chats[fact.chat_id]
+        if isinstance(fact, UserLeft):
+            presence = chat.presences[fact.user_id]
+            self.user_current_chats[fact.user_id].pop(presence.seq, None)
+        changes = chat.apply(fact, seq=self._next_seq())
+        if isinstance(fact, UserJoined):
+            self._index_presence(chat, fact.user_id)
+        elif isinstance(fact, MessagePosted) and fact.sender_type == SENDER_USER:
+            self.user_chats.setdefault(fact.sender_id, SortedDict())[chat.seq] = chat
+        return changes
+
+    def _index_presence(self, chat: ChatState, user_id: str) -> None:
+        presence = chat.presences[user_id]
+        self.user_chats.setdefault(user_id, SortedDict())[chat.seq] = chat
+        self.user_current_chats.setdefault(user_id, SortedDict())[presence.seq] = chat
+
+    # -- queries -------------------------------------------------------------------
+    def principal(self, token_hash: str) -> tuple[str, str] | None:
+        return self.tokens.get(token_hash)
+
+    def rooms_of_org(self, org_id: str) -> SortedView:
+        return SortedView(self.org_rooms.get(org_id))
+
+    def open_chats_of_room(self, room_id: str, waiting: bool | None = None) -> SortedView:
+        predicate = None if waiting is None else (lambda chat: chat.is_waiting_response is waiting)
+        return SortedView(self.room_open_chats.get(room_id), predicate)
+
+    def chats_of_user(self, user_id: str) -> SortedView:
+        return SortedView(self.user_chats.get(user_id))
+
+    def current_chats_of_user(self, user_id: str) -> SortedView:
+        return SortedView(self.user_current_chats.get(user_id))
+
+    def chats_of_visitor(self, visitor_id: str) -> ListView:
+        return ListView(self.visitor_chats.get(visitor_id, []))
+
+    def resume_candidates(self, room_id: str, visitor_id: str) -> list[ChatState]:
+        """The visitor's chats in the room, newest first (auto_resume tries them in turn)."""
+        return list(reversed(self.room_visitor_chats.get((room_id, visitor_id), [])))
+
+    @staticmethod
+    def messages_of_chat(chat: ChatState) -> ListView:
+        return ListView(chat.messages)
+
+    @staticmethod
+    def presences_of_chat(chat: ChatState) -> KeyedListView:
+        return KeyedListView(list(chat.presences.values()), key=lambda presence: presence.seq)
+
+    @staticmethod
+    def participations_of_chat(chat: ChatState) -> ListView:
+        return ListView(chat.participations())

@@ -1,0 +1,171 @@
+"""Resource renderers: the shapes clients see (CONTRACT §3–§6).
+
+One function a shape. The operator and visitor views of a message or presence differ
+only by the operator-only fields, which the visitor view leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.chat import ChatState
+from engine.model import SENDER_USER, Message, Org, Presence, Room, User
+from engine.timefmt import format_ms, format_opt
+
+
+def org_view(org: Org, token: str | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": org.id, "name": org.name, "created_at": format_ms(org.created_at)}
+    if token is not None:
+        view["token"] = token
+    return view
+
+
+def room_view(room: Room) -> dict[str, Any]:
+    return {
+        "id": room.id,
+        "name": room.name,
+        "organization_id": room.organization_id,
+        "private_chats": room.private_chats,
+        "created_at": format_ms(room.created_at),
+    }
+
+
+def user_view(user: User, token: str | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": user.id,
+        "organization_id": user.organization_id,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "full_name": user.full_name,
+        "alias": user.alias,
+        "room_ids": user.room_ids,
+        "created_at": format_ms(user.created_at),
+    }
+    if token is not None:
+        view["token"] = token
+    return view
+
+
+def chat_collection_view(chat: ChatState) -> dict[str, Any]:
+    """The collection form of a chat (room, user and visitor collections and channels)."""
+    return {
+        "id": chat.id,
+        "token": chat.token,
+        "start_time": format_ms(chat.start_time),
+        "end_time": format_opt(chat.end_time),
+        "updated_at": format_ms(chat.updated_at),
+        "is_private": chat.is_private,
+        "is_real_conversation": chat.is_real_conversation,
+        "is_autosuggested": chat.is_autosuggested,
+        "room_id": chat.room_id,
+        "message_count": chat.message_count,
+        "user_message_count": chat.user_message_count,
+        "visitor_message_count": chat.visitor_message_count,
+        "first_visitor_message_url": chat.first_visitor_message_url,
+        "first_visitor_message_url_title": chat.first_visitor_message_url_title,
+        "autosuggest_url": chat.autosuggest_url,
+        "autosuggest_url_title": chat.autosuggest_url_title,
+        "tag_count": chat.tag_count,
+        "is_waiting_response": chat.is_waiting_response,
+        "currently_present_user_count": chat.currently_present_user_count,
+        "participation_count": chat.participation_count,
+        "user_participation_count": chat.user_participation_count,
+        "visitor_participation_count": chat.visitor_participation_count,
+        "visitor_id": chat.visitor_id,
+        "organization_id": chat.organization_id,
+    }
+
+
+def message_view(
+    message: Message, users: Mapping[str, User], *, visitor_view: bool = False
+) -> dict[str, Any]:
+    user = users.get(message.sender_id) if message.sender_type == SENDER_USER else None
+    view: dict[str, Any] = {
+        "id": message.id,
+        "type": message.type,
+        "created_at": format_ms(message.created_at),
+        "sender_type": message.sender_type,
+        "sender_id": message.sender_id,
+        "sender_public_name": user.alias if user is not None else None,
+    }
+    if not visitor_view:
+        view["sender_name"] = user.full_name if user is not None else None
+    if message.message is not None:
+        view["message"] = message.message
+    return view
+
+
+def presence_view(
+    presence: Presence, chat_id: str, user: User, *, visitor_view: bool = False
+) -> dict[str, Any]:
+    if visitor_view:
+        return {
+            "user_id": presence.user_id,
+            "chat_id": chat_id,
+            "user": {"id": user.id, "alias": user.alias},
+        }
+    return {
+        "user_id": presence.user_id,
+        "chat_id": chat_id,
+        "user": {
+            "id": user.id,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "full_name": user.full_name,
+            "alias": user.alias,
+        },
+        "created_at": format_ms(presence.created_at),
+    }
+
+
+def participation_view(participation: tuple[str, str]) -> dict[str, Any]:
+    return {"id": participation[0], "type": participation[1]}
+
+
+LOG_TYPES = {"msg": 1, "autosuggest": 2}
+LOG_SENDERS = {"user": 1, "visitor": 2}
+
+
+def chat_rich_view(
+    chat: ChatState, users: Mapping[str, User], api_data: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The rich form of a chat (the org report and ``GET /orgs/{org}/chats/{chat}``)."""
+    visitor_name = next((item["value"] for item in api_data if item.get("name") == "name"), None)
+    logs = []
+    for message in chat.messages:
+        if message.type not in LOG_TYPES:
+            continue
+        user = users.get(message.sender_id) if message.sender_type == SENDER_USER else None
+        logs.append(
+            {
+                "created_at": format_ms(message.created_at),
+                "type": LOG_TYPES[message.type],
+                "sender_type": LOG_SENDERS[message.sender_type],
+                "sender_id": message.sender_id,
+                "message": message.message,
+                "display_name": user.full_name if user is not None else visitor_name,
+            }
+        )
+    return {
+        "id": chat.id,
+        "token": chat.token,
+        "start_time": format_ms(chat.start_time),
+        "end_time": format_opt(chat.end_time),
+        "updated_at": format_ms(chat.updated_at),
+        "is_private": chat.is_private,
+        "is_real_conversation": chat.is_real_conversation,
+        "is_autosuggested": chat.is_autosuggested,
+        "room_id": chat.room_id,
+        "api_data": api_data,
+        "operator_message_count": chat.user_message_count,
+        "visitor_message_count": chat.visitor_message_count,
+        "message_count": chat.message_count,
+        "start_url": chat.first_visitor_message_url,
+        "start_url_title": chat.first_visitor_message_url_title,
+        "autosuggest_url": chat.autosuggest_url,
+        "autosuggest_url_title": chat.autosuggest_url_title,
+        "logs": logs,
+        "tags": [{"name": name} for name in chat.tags],
+        "shopping_carts": [],
+    }

@@ -1,0 +1,350 @@
+"""The HTTP API (CONTRACT §1–§5): parse and authorize, ask the engine, render.
+
+Routes hold no rules: validation of shapes is in ``gateway.validation``, who may do what
+in ``gateway.auth`` / ``engine.access``, every domain rule in ``engine``. Writes go
+through the engine's actors; reads use the engine state's ordered views.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import trio
+from pydantic import BaseModel
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine import errors, views
+from engine.access import visitor_usable_in_room
+from engine.actors.supervisor import Engine
+from engine.ids import is_uuid, is_visitor_id
+from engine.model import SENDER_USER
+from gateway import validation as v
+from gateway.auth import (
+    Principal,
+    authenticate,
+    org_user,
+    require_admin,
+    require_org,
+    require_self,
+    visible_chat,
+    visible_room,
+)
+from gateway.openapi import OpenApi
+from gateway.pagination import link_builder, paginate
+from gateway.ratelimit import RateLimiter
+
+log = logging.getLogger("chat_engine.http")
+M = TypeVar("M", bound=BaseModel)
+
+HTTP_ERRORS = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.BodyTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    admin_token_hash: str
+    public_url: str | None = None
+    open_registration: bool = True
+    registration_rate: float = 5.0  # per second and client address
+    registration_burst: int = 20
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(error: errors.EngineError) -> Response:
+    return json_response(error.body(), error.status)
+
+
+def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
+    app = QuartTrio("chat_engine")
+    app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
+    api = OpenApi()
+    state = engine.state
+    limiter = RateLimiter(settings.registration_rate, settings.registration_burst, trio.current_time)
+
+    def route(
+        method: str, path: str, summary: str, *, body: type[BaseModel] | None = None, status: int = 200
+    ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
+        def register(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+            rule = path.replace("{", "<").replace("}", ">")
+            app.add_url_rule(rule, f"{method} {path}", handler, methods=[method])
+            api.add(method, path, summary, body=body, status=status)
+            return handler
+
+        return register
+
+    # -- plumbing ------------------------------------------------------------------
+    @app.errorhandler(errors.EngineError)
+    async def _engine_error(error: errors.EngineError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        kind = HTTP_ERRORS.get(error.code or 500)
+        if kind is None:
+            return json_response({"code": "invalid", "detail": error.description}, error.code or 400)
+        return error_response(kind(error.description or kind.code))
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"code": "internal", "detail": "Internal error."}, 500)
+
+    @app.before_request
+    async def _before() -> None:
+        length = request.content_length
+        if length is not None and length > v.MAX_BODY_BYTES:
+            raise errors.BodyTooLarge(f"The body is over {v.MAX_BODY_BYTES} bytes.")
+        if request.path.startswith("/api/") and not engine.started.is_set():
+            raise errors.Unavailable("The engine is starting.")
+
+    def principal() -> Principal:
+        return authenticate(state, request.headers.get("Authorization"), settings.admin_token_hash)
+
+    async def read_body(model: type[M]) -> M:
+        raw = await request.get_data(cache=False)
+        assert isinstance(raw, bytes)
+        return v.validate(model, v.parse_json_object(raw, request.headers.get("Content-Type")))
+
+    def base_url() -> str:
+        if settings.public_url:
+            return settings.public_url.rstrip("/")
+        return f"{request.scheme}://{request.host}"
+
+    def page(view: Any, render: Callable[[Any], Any]) -> Response:
+        args = request.args
+        return json_response(
+            paginate(
+                view,
+                path=request.path,
+                cursor=args.get("cursor"),
+                page_size=v.parse_page_size(args),
+                url_for=link_builder(base_url(), request.path, list(args.items(multi=True))),
+                render=render,
+            )
+        )
+
+    def render_message(message: Any) -> dict[str, Any]:
+        return views.message_view(message, state.users)
+
+    # -- operations ------------------------------------------------------------------
+    @app.route("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        if not engine.started.is_set():
+            return error_response(errors.Unavailable("The engine is starting."))
+        return json_response({"status": "ready"})
+
+    @app.route("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(api.document())
+
+    # -- directory (CONTRACT §3) -------------------------------------------------------
+    @route("POST", "/api/v5/orgs", "Create an organization (admin).", body=v.OrgCreate, status=201)
+    async def create_org() -> Response:
+        require_admin(principal())
+        data = await read_body(v.OrgCreate)
+        org, token = await engine.directory.create_org(data.name)
+        return json_response(views.org_view(org, token), 201)
+
+    @route("GET", "/api/v5/orgs/{org_id}", "Get an organization.")
+    async def get_org(org_id: str) -> Response:
+        require_org(state, principal(), org_id, users_too=False)
+        return json_response(views.org_view(state.orgs[org_id]))
+
+    @route("POST", "/api/v5/orgs/{org_id}/rooms", "Create a room.", body=v.RoomCreate, status=201)
+    async def create_room(org_id: str) -> Response:
+        require_org(state, principal(), org_id, users_too=False)
+        data = await read_body(v.RoomCreate)
+        room = await engine.directory.create_room(org_id, data.name, data.private_chats)
+        return json_response(views.room_view(room), 201)
+
+    @route("GET", "/api/v5/orgs/{org_id}/rooms", "List the org's own and shared rooms.")
+    async def list_rooms(org_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        return page(state.rooms_of_org(org_id), views.room_view)
+
+    @route("POST", "/api/v5/orgs/{org_id}/rooms/{room_id}/shares", "Share a room with another org.", body=v.ShareCreate, status=201)
+    async def share_room(org_id: str, room_id: str) -> Response:
+        require_org(state, principal(), org_id, users_too=False)
+        room = visible_room(state, org_id, room_id)
+        if room.organization_id != org_id:
+            raise errors.Forbidden("Only the room's owner may share it.")
+        data = await read_body(v.ShareCreate)
+        await engine.directory.share_room(room, data.organization_id)
+        return json_response({"room_id": room.id, "organization_id": data.organization_id}, 201)
+
+    @route("POST", "/api/v5/orgs/{org_id}/users", "Create a user (operator).", body=v.UserCreate, status=201)
+    async def create_user(org_id: str) -> Response:
+        require_org(state, principal(), org_id, users_too=False)
+        data = await read_body(v.UserCreate)
+        user, token = await engine.directory.create_user(
+            org_id,
+            first_name=data.first_name,
+            last_name=data.last_name,
+            alias=data.alias,
+            room_ids=data.room_ids,
+        )
+        return json_response(views.user_view(user, token), 201)
+
+    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}", "Get a user.")
+    async def get_user(org_id: str, user_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        return json_response(views.user_view(org_user(state, org_id, user_id)))
+
+    @route("POST", "/api/v5/orgs/{org_id}/visitors", "Register (or re-key) a visitor of the org.", body=v.VisitorCreate, status=201)
+    async def register_visitor(org_id: str) -> Response:
+        require_org(state, principal(), org_id, users_too=False)
+        data = await read_body(v.VisitorCreate)
+        created, visitor, token = await engine.directory.register_visitor(org_id, data.id)
+        return json_response({"id": visitor.id, "token": token}, 201 if created else 200)
+
+    @route("POST", "/api/v5/client/visitors", "Open visitor registration (rate limited).", status=201)
+    async def open_registration() -> Response:
+        if not settings.open_registration:
+            raise errors.Forbidden("Open visitor registration is turned off.")
+        wait = limiter.acquire(request.remote_addr or "unknown")
+        if wait > 0:
+            response = error_response(errors.RateLimited("Too many registrations; slow down."))
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        _, visitor, token = await engine.directory.register_visitor(None, None)
+        return json_response({"id": visitor.id, "token": token}, 201)
+
+    # -- chats (CONTRACT §5) -------------------------------------------------------------
+    @route("GET", "/api/v5/orgs/{org_id}/rooms/{room_id}/chats", "The room's open chats, oldest first.")
+    async def room_chats(org_id: str, room_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        room = visible_room(state, org_id, room_id)
+        waiting = v.optional_bool(request.args, "is_waiting_response")
+        return page(state.open_chats_of_room(room.id, waiting), views.chat_collection_view)
+
+    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/chats", "Chats the user participates or was present in.")
+    async def user_chats(org_id: str, user_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        user = org_user(state, org_id, user_id)
+        require_self(caller, user.id)
+        return page(state.chats_of_user(user.id), views.chat_collection_view)
+
+    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/current_chats", "Chats the user is present in, by join time.")
+    async def current_chats(org_id: str, user_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        user = org_user(state, org_id, user_id)
+        require_self(caller, user.id)
+        return page(state.current_chats_of_user(user.id), views.chat_collection_view)
+
+    @route("POST", "/api/v5/orgs/{org_id}/rooms/{room_id}/visitors/{visitor_id}/chats", "Create a chat, or resume one with auto_resume.", body=v.ChatCreate, status=201)
+    async def create_chat(org_id: str, room_id: str, visitor_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        room = visible_room(state, org_id, room_id)
+        visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
+        if visitor is None or not visitor_usable_in_room(visitor, org_id, room):
+            raise errors.NotFound("Visitor not found.")
+        data = await read_body(v.ChatCreate)
+        resume_id = request.args.get("auto_resume", data.auto_resume)
+        resume_user = None
+        if resume_id is not None:
+            resume_user = state.users.get(resume_id) if is_uuid(resume_id) else None
+            if resume_user is None or resume_user.organization_id != org_id:
+                raise errors.invalid_field("auto_resume", "Must be the id of a user of the organization.")
+            require_self(caller, resume_user.id, "auto_resume")
+        created, chat = await engine.directory.create_chat(room, visitor, auto_resume=resume_user)
+        return json_response(views.chat_collection_view(chat), 201 if created else 200)
+
+    @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}", "A chat in rich form.")
+    async def get_chat(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
+        return json_response(views.chat_rich_view(chat, state.users, api_data))
+
+    # -- presences -----------------------------------------------------------------------
+    @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences", "Users present in the chat, by join time.")
+    async def list_presences(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        return page(
+            state.presences_of_chat(chat),
+            lambda presence: views.presence_view(presence, chat.id, state.users[presence.user_id]),
+        )
+
+    @route("POST", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences", "Join a user to the chat.", body=v.PresenceCreate, status=201)
+    async def join(org_id: str, chat_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        data = await read_body(v.PresenceCreate)
+        user = state.users.get(data.user_id) if is_uuid(data.user_id) else None
+        if user is None or user.organization_id != org_id:
+            raise errors.invalid_field("user_id", "Must be the id of a user of the organization.")
+        require_self(caller, user.id, "user_id")
+        outcome = await engine.chats.join(chat, user, exclusive=data.exclusive)
+        return json_response(
+            views.presence_view(outcome.presence, chat.id, user), 201 if outcome.created else 200
+        )
+
+    @route("DELETE", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences/{user_id}", "Remove a user from the chat.", status=204)
+    async def leave(org_id: str, chat_id: str, user_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        user = org_user(state, org_id, user_id)
+        require_self(caller, user.id)
+        await engine.chats.leave(chat, user.id)
+        return Response(b"", status=204)
+
+    # -- participations and messages -------------------------------------------------------
+    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/chats/{chat_id}/participations", "The chat's participations.")
+    async def participations(org_id: str, user_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        org_user(state, org_id, user_id)
+        chat = visible_chat(state, org_id, chat_id)
+        return page(state.participations_of_chat(chat), views.participation_view)
+
+    @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "The chat history, oldest first.")
+    async def history(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        return page(state.messages_of_chat(chat), render_message)
+
+    @route("POST", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "Post a message as a user.", body=v.MessageCreate, status=201)
+    async def post_message(org_id: str, chat_id: str) -> Response:
+        caller = principal()
+        require_org(state, caller, org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        data = await read_body(v.MessageCreate)
+        sender = state.users.get(data.sender_id) if is_uuid(data.sender_id) else None
+        if sender is None or sender.organization_id != org_id:
+            raise errors.invalid_field("sender_id", "Must be the id of a user of the organization.")
+        require_self(caller, sender.id, "sender_id")
+        message = await engine.chats.post(
+            chat,
+            sender_type=SENDER_USER,
+            sender_id=sender.id,
+            type=data.type,
+            message=data.message,
+            page_url=data.page_url,
+            page_title=data.page_title,
+        )
+        return json_response(render_message(message), 201)
+
+    return app

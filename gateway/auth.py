@@ -1,0 +1,99 @@
+"""Principals and the authorization checks of CONTRACT §2.
+
+A token is looked up by its SHA-256 digest (tokens are stored hashed); the admin token's
+digest is compared with ``hmac.compare_digest``. Checks raise the contract's errors:
+401 with no or a bad token, 403 for a path of another org or a principal that may not
+make the call, 404 for objects the caller's org cannot see.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from engine import errors
+from engine.access import org_can_access_room
+from engine.chat import ChatState
+from engine.ids import hash_token
+from engine.model import Room, User
+from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER, PRINCIPAL_VISITOR, State
+
+ADMIN = "admin"
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    kind: str  # admin, org, user, visitor
+    id: str
+    org_id: str | None  # the org of an org or user principal
+
+
+def authenticate(state: State, header: str | None, admin_token_hash: str) -> Principal:
+    if not header or not header.startswith("Token "):
+        raise errors.NotAuthenticated("Authentication credentials were not provided.")
+    token = header[6:].strip()
+    if not token:
+        raise errors.NotAuthenticated("Authentication credentials were not provided.")
+    return principal_for_token(state, token, admin_token_hash)
+
+
+def principal_for_token(state: State, token: str, admin_token_hash: str) -> Principal:
+    digest = hash_token(token)
+    if hmac.compare_digest(digest, admin_token_hash):
+        return Principal(ADMIN, ADMIN, None)
+    found = state.principal(digest)
+    if found is None:
+        raise errors.NotAuthenticated("Invalid token.")
+    kind, ident = found
+    if kind == PRINCIPAL_ORG:
+        return Principal(kind, ident, ident)
+    if kind == PRINCIPAL_USER:
+        return Principal(kind, ident, state.users[ident].organization_id)
+    return Principal(PRINCIPAL_VISITOR, ident, None)
+
+
+def require_org(state: State, principal: Principal, org_id: str, *, users_too: bool = True) -> None:
+    """The caller may act inside ``org_id``: admin, the org itself, and (unless
+    ``users_too`` is false) the org's users. Another org's path is 403; an unknown org
+    is 404 for the admin and 403 for everyone else (nothing is revealed)."""
+    if principal.kind == ADMIN:
+        if org_id not in state.orgs:
+            raise errors.NotFound("Organization not found.")
+        return
+    if principal.org_id != org_id:
+        raise errors.Forbidden("You do not have access to this organization.")
+    if principal.kind == PRINCIPAL_USER and not users_too:
+        raise errors.Forbidden("An operator token may not make this call.")
+
+
+def require_admin(principal: Principal) -> None:
+    if principal.kind != ADMIN:
+        raise errors.Forbidden("Only the admin token may make this call.")
+
+
+def require_self(principal: Principal, user_id: str, field: str | None = None) -> None:
+    """A user token acts as itself only (CONTRACT §2)."""
+    if principal.kind == PRINCIPAL_USER and principal.id != user_id:
+        what = f"'{field}'" if field else "this path"
+        raise errors.Forbidden(f"An operator may only act as itself ({what} names another user).")
+
+
+def visible_room(state: State, org_id: str, room_id: str) -> Room:
+    room = state.rooms.get(room_id)
+    if room is None or not org_can_access_room(org_id, room):
+        raise errors.NotFound("Room not found.")
+    return room
+
+
+def visible_chat(state: State, org_id: str, chat_id: str) -> ChatState:
+    chat = state.chats.get(chat_id)
+    if chat is None or not org_can_access_room(org_id, state.rooms[chat.room_id]):
+        raise errors.NotFound("Chat not found.")
+    return chat
+
+
+def org_user(state: State, org_id: str, user_id: str) -> User:
+    user = state.users.get(user_id)
+    if user is None or user.organization_id != org_id:
+        raise errors.NotFound("User not found.")
+    return user

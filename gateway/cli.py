@@ -1,0 +1,180 @@
+"""``chat-engine serve``: flags, their ``CHAT_ENGINE_*`` env twins, and the server's life.
+
+Every flag can also be given as an environment variable named after it
+(``--presence-timeout`` -> ``CHAT_ENGINE_PRESENCE_TIMEOUT``); a flag on the command line
+wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import hypercorn.trio
+import orjson
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from engine.actors.supervisor import Engine, EngineConfig
+from engine.ids import hash_token, new_secret
+from gateway import logs
+from gateway.app import GatewaySettings, create_app
+
+log = logging.getLogger("chat_engine")
+ENV_PREFIX = "CHAT_ENGINE_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chat-engine", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP + WebSocket server")
+    serve.add_argument("--host", default=_env("host", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("port", "8080") or 8080))
+    serve.add_argument("--data-dir", default=_env("data-dir", "./data"))
+    serve.add_argument("--in-memory", action="store_true", default=_env_flag("in-memory"),
+                       help="keep nothing on disk (the admin token is printed at every start)")
+    serve.add_argument("--presence-timeout", type=float,
+                       default=float(_env("presence-timeout", "120") or 120),
+                       help="seconds an unreachable user's presences survive")
+    serve.add_argument("--resume-window", type=float,
+                       default=float(_env("resume-window", "1800") or 1800),
+                       help="seconds since a chat's last update during which auto_resume may pick it")
+    serve.add_argument("--public-url", default=_env("public-url"),
+                       help="base URL for pagination links (default: from the request's Host)")
+    serve.add_argument("--demo", action="store_true", default=_env_flag("demo"),
+                       help="on an empty store, create a demo org and print its tokens")
+    serve.add_argument("--no-open-registration", action="store_true",
+                       default=_env_flag("no-open-registration"),
+                       help="turn off POST /api/v5/client/visitors")
+    serve.add_argument("--log-level", default=_env("log-level", "info"))
+    serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
+    return parser
+
+
+@dataclass(slots=True)
+class AdminToken:
+    hash: str
+    printed: str | None  # the token, when it was made now and must be shown once
+
+
+def admin_token(options: argparse.Namespace) -> AdminToken:
+    given = os.environ.get(ENV_PREFIX + "ADMIN_TOKEN")
+    if given:
+        return AdminToken(hash_token(given), None)
+    if options.in_memory:
+        token = new_secret()
+        return AdminToken(hash_token(token), token)
+    path = Path(options.data_dir) / "admin.token"
+    if path.exists():
+        return AdminToken(hash_token(path.read_text().strip()), None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = new_secret()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return AdminToken(hash_token(token), token)
+
+
+async def create_demo(engine: Engine) -> dict[str, object]:
+    """A demo org with two rooms, three operators and two visitors."""
+    org, org_token = await engine.directory.create_org("Demo Org")
+    sales = await engine.directory.create_room(org.id, "Sales", False)
+    support = await engine.directory.create_room(org.id, "Support", True)
+    users = []
+    for first, last, alias in (("Ada", "Lovelace", "Ada"), ("Alan", "Turing", "Alan"),
+                               ("Grace", "Hopper", "Grace")):
+        user, token = await engine.directory.create_user(
+            org.id, first_name=first, last_name=last, alias=alias, room_ids=None
+        )
+        users.append({"id": user.id, "name": user.full_name, "token": token})
+    visitors = []
+    for _ in range(2):
+        _, visitor, token = await engine.directory.register_visitor(org.id, None)
+        visitors.append({"id": visitor.id, "token": token})
+    return {
+        "org": {"id": org.id, "token": org_token},
+        "rooms": {"Sales": sales.id, "Support (private chats)": support.id},
+        "users": users,
+        "visitors": visitors,
+    }
+
+
+async def serve(
+    options: argparse.Namespace,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    token = admin_token(options)
+    engine = Engine(
+        EngineConfig(resume_window=options.resume_window, presence_timeout=options.presence_timeout)
+    )
+    settings = GatewaySettings(
+        admin_token_hash=token.hash,
+        public_url=options.public_url,
+        open_registration=not options.no_open_registration,
+    )
+    app = create_app(engine, settings)
+    config = HypercornConfig()
+    config.bind = [f"{options.host}:{options.port}"]
+    config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5.0
+
+    stopping = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+                stopping.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        await nursery.start(engine.run)
+        if token.printed:
+            print(f"admin token: {token.printed}", flush=True)
+        if options.demo:
+            if engine.state.orgs:
+                log.info("demo skipped: the store is not empty")
+            else:
+                demo = await create_demo(engine)
+                print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        async with trio.open_nursery() as http:
+            binds = await http.start(
+                partial(hypercorn.trio.serve, app, config, shutdown_trigger=stopping.wait)
+            )
+            log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})
+            task_status.started(binds)
+        # hypercorn returns once its shutdown trigger fired and its connections drained;
+        # then the engine's actors stop.
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = build_parser().parse_args(argv)
+    logs.setup(options.log_level)
+    if options.command == "serve":
+        try:
+            trio.run(serve, options)
+        except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
+            sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

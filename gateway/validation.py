@@ -1,0 +1,160 @@
+"""Request input: JSON bodies through strict pydantic models, query parameters by hand.
+
+Every failure becomes an ``EngineError`` in the contract's shape (CONTRACT §1): 400
+``invalid`` with ``errors`` naming each bad field, ``invalid_json`` / ``invalid_body`` for
+a body that is not a JSON object, 415 for a body that is not JSON at all. Unknown body
+fields are ignored; an empty body reads as ``{}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine import errors
+from engine.directory import message_text_problem
+from engine.ids import is_uuid, is_visitor_id
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 25
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("Must not be blank.")
+    return value
+
+
+class OrgCreate(Body):
+    name: str = Field(max_length=200)
+    _check_name = field_validator("name")(_not_blank)
+
+
+class RoomCreate(Body):
+    name: str = Field(max_length=200)
+    private_chats: bool = False
+    _check_name = field_validator("name")(_not_blank)
+
+
+class ShareCreate(Body):
+    organization_id: str
+
+
+class UserCreate(Body):
+    first_name: str = Field(max_length=200)
+    last_name: str = Field(max_length=200)
+    alias: str = Field(max_length=200)
+    room_ids: list[str] | None = Field(default=None, max_length=10_000)
+    _check_first = field_validator("first_name")(_not_blank)
+
+    @field_validator("room_ids")
+    @classmethod
+    def _room_ids_are_uuids(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not all(is_uuid(item) for item in value):
+            raise ValueError("Must be a list of room ids.")
+        return value
+
+
+class VisitorCreate(Body):
+    id: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _visitor_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_visitor_id(value):
+            raise ValueError("Must be 32 lower-case hexadecimal characters.")
+        return value
+
+
+class ChatCreate(Body):
+    auto_resume: str | None = None
+
+
+class PresenceCreate(Body):
+    user_id: str
+    exclusive: bool = False
+
+
+class MessageCreate(Body):
+    sender_id: str
+    message: str
+    type: str = "msg"
+    page_url: str | None = Field(default=None, max_length=4096)
+    page_title: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("message")
+    @classmethod
+    def _message_text(cls, value: str) -> str:
+        problem = message_text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _postable_type(cls, value: str) -> str:
+        if value not in ("msg", "autosuggest"):
+            raise ValueError("Must be 'msg' or 'autosuggest'.")
+        return value
+
+
+def parse_json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime != "application/json":
+        raise errors.UnsupportedMediaType("The body must be application/json.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise errors.InvalidJson("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise errors.InvalidBody("The body must be a JSON object.")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        fields: dict[str, list[str]] = {}
+        for problem in error.errors(include_url=False):
+            name = str(problem["loc"][0]) if problem["loc"] else "body"
+            message = problem["msg"].removeprefix("Value error, ")
+            fields.setdefault(name, []).append(message)
+        raise errors.Invalid("Invalid input.", fields) from None
+
+
+def parse_bool(name: str, value: str) -> bool:
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise errors.invalid_field(name, "Must be true or false.")
+
+
+def optional_bool(args: Any, name: str) -> bool | None:
+    value = args.get(name)
+    return None if value is None else parse_bool(name, value)
+
+
+def parse_page_size(args: Any) -> int:
+    value = args.get("page_size")
+    if value is None:
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        raise errors.invalid_field("page_size", "Must be an integer.") from None
+    if size < 1:
+        raise errors.invalid_field("page_size", "Must be at least 1.")
+    return min(size, MAX_PAGE_SIZE)
