@@ -3,9 +3,9 @@
 The state machine is pure: no trio, no I/O, no clock. A command is first *decided*
 (``decide_*``: the rules are checked against the current state, ids are chosen, the
 time comes in with the command) which yields a result and the facts to commit, and the
-facts are then *applied* (``apply``), which mutates the state and returns the deltas that
-real-time fan-out turns into channel events. ``execute`` does both, for callers (tests,
-in-memory tools) that need no commit step in between.
+facts are then *applied* (``apply``) once committed, which mutates the state and returns
+the deltas that real-time fan-out turns into channel events. Deciding never mutates, so a
+commit that fails leaves the state exactly as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import errors
-from engine.facts import ChatCreated, MessagePosted, UserJoined, UserLeft
+from engine.facts import ChatCreated, ChatEnded, MessagePosted, PrivacySet, UserJoined, UserLeft
 from engine.ids import new_uuid
 from engine.model import (
     AUTOSUGGEST,
@@ -33,7 +33,7 @@ from engine.model import (
 class Delta:
     """One change of a chat, as fan-out needs it.
 
-    ``kind`` is one of ``chat_added``, ``chat_changed``, ``presence_added``,
+    ``kind`` is one of ``chat_added``, ``chat_changed``, ``chat_ended``, ``presence_added``,
     ``presence_removed``, ``message_added``, ``participation_added``; ``subject`` is the
     presence's user id, the message, or the participation ``(id, type)``.
     """
@@ -188,6 +188,18 @@ class ChatState:
         )
         return [fact]
 
+    def decide_end(self, *, at: int) -> list[ChatEnded]:
+        """Ending twice changes nothing (no fact)."""
+        if self.end_time is not None:
+            return []
+        leaves = tuple((user_id, new_uuid()) for user_id in self.presences)
+        return [ChatEnded(self.id, at, leaves)]
+
+    def decide_privacy(self, is_private: bool, *, at: int) -> list[PrivacySet]:
+        if is_private == self.is_private:
+            return []
+        return [PrivacySet(self.id, is_private, at)]
+
     # -- application ----------------------------------------------------------------
     @classmethod
     def create(cls, fact: ChatCreated, *, seq: int) -> ChatState:
@@ -229,14 +241,23 @@ class ChatState:
             changes.deltas.append(Delta("message_added", self.messages[-1]))
         return self._finish(changes)
 
-    def apply(self, fact: UserJoined | UserLeft | MessagePosted, *, seq: int) -> ChangeSet:
+    def apply(
+        self, fact: UserJoined | UserLeft | MessagePosted | ChatEnded | PrivacySet, *, seq: int
+    ) -> ChangeSet:
         changes = self._begin()
         if isinstance(fact, UserJoined):
             self._join(fact.user_id, fact.at, fact.message_id, seq, changes)
         elif isinstance(fact, UserLeft):
-            self._leave(fact, changes)
-        else:
+            changes.deltas.append(Delta("chat_changed"))
+            self._leave(fact.user_id, fact.at, fact.message_id, changes)
+        elif isinstance(fact, MessagePosted):
             self._post(fact, changes)
+        elif isinstance(fact, ChatEnded):
+            self._end(fact, changes)
+        else:
+            self.is_private = fact.is_private
+            self.updated_at = fact.at
+            changes.deltas.append(Delta("chat_changed"))
         return self._finish(changes)
 
     def _join(
@@ -254,14 +275,22 @@ class ChatState:
             changes.deltas.append(Delta("presence_added", user_id))
             changes.deltas.append(Delta("message_added", message))
 
-    def _leave(self, fact: UserLeft, changes: ChangeSet) -> None:
-        del self.presences[fact.user_id]
-        message = Message(fact.message_id, LEAVE, fact.at, SENDER_USER, fact.user_id, None, None, None)
+    def _leave(self, user_id: str, at: int, message_id: str, changes: ChangeSet) -> None:
+        del self.presences[user_id]
+        message = Message(message_id, LEAVE, at, SENDER_USER, user_id, None, None, None)
         self.messages.append(message)
-        self.updated_at = fact.at
-        changes.deltas.append(Delta("chat_changed"))
-        changes.deltas.append(Delta("presence_removed", fact.user_id))
+        self.updated_at = at
+        changes.deltas.append(Delta("presence_removed", user_id))
         changes.deltas.append(Delta("message_added", message))
+
+    def _end(self, fact: ChatEnded, changes: ChangeSet) -> None:
+        # CONTRACT §7: one "changed" chat first (with the final present count), then the
+        # rest of each leave, presence by presence in join order.
+        self.end_time = fact.at
+        self.updated_at = fact.at
+        changes.deltas.append(Delta("chat_ended"))
+        for user_id, message_id in fact.leaves:
+            self._leave(user_id, fact.at, message_id, changes)
 
     def _post(self, fact: MessagePosted, changes: ChangeSet) -> None:
         message = Message(

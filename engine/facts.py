@@ -100,6 +100,21 @@ class MessagePosted:
     page_title: str | None
 
 
+@dataclass(slots=True, frozen=True)
+class ChatEnded:
+    chat_id: str
+    at: int
+    # one leave event per presence, in join order: (user id, message id)
+    leaves: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True, frozen=True)
+class PrivacySet:
+    chat_id: str
+    is_private: bool
+    at: int
+
+
 Fact = (
     OrgCreated
     | RoomCreated
@@ -110,6 +125,6 @@ Fact = (
     | UserJoined
     | UserLeft
     | MessagePosted
+    | ChatEnded
+    | PrivacySet
 )
-
-CHAT_FACTS = (ChatCreated, UserJoined, UserLeft, MessagePosted)

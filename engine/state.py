@@ -16,9 +16,11 @@ from engine.chat import ChangeSet, ChatState
 from engine.collections import KeyedListView, ListView, SortedView
 from engine.facts import (
     ChatCreated,
+    ChatEnded,
     Fact,
     MessagePosted,
     OrgCreated,
+    PrivacySet,
     RoomCreated,
     RoomShared,
     UserCreated,
@@ -60,6 +62,8 @@ class State:
             UserJoined: self._chat_fact,
             UserLeft: self._chat_fact,
             MessagePosted: self._chat_fact,
+            ChatEnded: self._chat_fact,
+            PrivacySet: self._chat_fact,
         }
 
     def _next_seq(self) -> int:
@@ -130,17 +134,26 @@ class State:
             self._index_presence(chat, fact.join_user_id)
         return changes
 
-    def _chat_fact(self, fact: UserJoined | UserLeft | MessagePosted) -> ChangeSet:
+    def _chat_fact(
+        self, fact: UserJoined | UserLeft | MessagePosted | ChatEnded | PrivacySet
+    ) -> ChangeSet:
         chat = self.chats[fact.chat_id]
         if isinstance(fact, UserLeft):
-            presence = chat.presences[fact.user_id]
-            self.user_current_chats[fact.user_id].pop(presence.seq, None)
+            self._unindex_presence(chat, fact.user_id)
+        elif isinstance(fact, ChatEnded):
+            for user_id in list(chat.presences):
+                self._unindex_presence(chat, user_id)
+            self.room_open_chats[chat.room_id].pop(chat.seq, None)
         changes = chat.apply(fact, seq=self._next_seq())
         if isinstance(fact, UserJoined):
             self._index_presence(chat, fact.user_id)
         elif isinstance(fact, MessagePosted) and fact.sender_type == SENDER_USER:
             self.user_chats.setdefault(fact.sender_id, SortedDict())[chat.seq] = chat
         return changes
+
+    def _unindex_presence(self, chat: ChatState, user_id: str) -> None:
+        presence = chat.presences[user_id]
+        self.user_current_chats[user_id].pop(presence.seq, None)
 
     def _index_presence(self, chat: ChatState, user_id: str) -> None:
         presence = chat.presences[user_id]

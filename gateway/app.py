@@ -277,6 +277,14 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
         return json_response(views.chat_rich_view(chat, state.users, api_data))
 
+    @route("PATCH", "/api/v5/orgs/{org_id}/chats/{chat_id}", "End a chat and/or set is_private.", body=v.ChatUpdate)
+    async def update_chat(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        data = await read_body(v.ChatUpdate)
+        await engine.chats.update(chat, is_ended=data.is_ended, is_private=data.is_private)
+        return await get_chat(org_id, chat_id)
+
     # -- presences -----------------------------------------------------------------------
     @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences", "Users present in the chat, by join time.")
     async def list_presences(org_id: str, chat_id: str) -> Response:

@@ -117,12 +117,15 @@ async def create_demo(engine: Engine) -> dict[str, object]:
 async def serve(
     options: argparse.Namespace,
     *,
+    engine: Engine | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock."""
     token = admin_token(options)
-    engine = Engine(
-        EngineConfig(resume_window=options.resume_window, presence_timeout=options.presence_timeout)
-    )
+    if engine is None:
+        engine = Engine(
+            EngineConfig(resume_window=options.resume_window, presence_timeout=options.presence_timeout)
+        )
     settings = GatewaySettings(
         admin_token_hash=token.hash,
         public_url=options.public_url,

@@ -79,6 +79,11 @@ class ChatCreate(Body):
     auto_resume: str | None = None
 
 
+class ChatUpdate(Body):
+    is_ended: bool = False
+    is_private: bool | None = None
+
+
 class PresenceCreate(Body):
     user_id: str
     exclusive: bool = False

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine.access import may_serve
 from engine.chat import ChatState, JoinOutcome
+from engine.facts import Fact
 from engine.model import SENDER_USER, Message, User
 
 if TYPE_CHECKING:
@@ -96,3 +97,19 @@ class ChatActors:
             return chat.messages[-1]
 
         return await self._engine.pool.run(chat.id, work)
+
+    async def update(self, chat: ChatState, *, is_ended: bool, is_private: bool | None) -> None:
+        """PATCH of a chat: end it (never reopens) and/or set ``is_private``."""
+
+        async def work() -> None:
+            engine = self._engine
+            at = engine.now()
+            facts: list[Fact] = []
+            if is_private is not None:
+                facts += chat.decide_privacy(is_private, at=at)
+            if is_ended:
+                facts += chat.decide_end(at=at)
+            if facts:
+                await engine.commit(facts)
+
+        await self._engine.pool.run(chat.id, work)
