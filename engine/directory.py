@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from engine import errors
 from engine.access import org_can_access_room
-from engine.facts import ChatCreated, OrgCreated, RoomCreated, RoomShared, UserCreated, VisitorRegistered
+from engine.facts import (
+    ChatCreated,
+    OrgCreated,
+    RoomCreated,
+    RoomShared,
+    UserCreated,
+    VisitorRegistered,
+)
 from engine.ids import hash_token, is_uuid, new_chat_token, new_secret, new_uuid, new_visitor_id
 from engine.state import State
 
@@ -39,7 +46,9 @@ def share_room(state: State, room_id: str, org_id: object) -> RoomShared | None:
     assert isinstance(org_id, str)
     room = state.rooms[room_id]
     if org_id == room.organization_id:
-        raise errors.invalid_field("organization_id", "The room already belongs to this organization.")
+        raise errors.invalid_field(
+            "organization_id", "The room already belongs to this organization."
+        )
     if org_id in room.shared_with:
         return None
     return RoomShared(room_id, org_id)
@@ -75,7 +84,9 @@ def create_user(
     return Issued(fact, token)
 
 
-def register_visitor(state: State, org_id: str | None, visitor_id: str | None, *, at: int) -> tuple[bool, Issued]:
+def register_visitor(
+    state: State, org_id: str | None, visitor_id: str | None, *, at: int
+) -> tuple[bool, Issued]:
     """Returns ``(created, issued)``. An id this org (or nobody) already has gets a fresh
     token; an id of another org is a conflict that reveals nothing about it."""
     token = new_secret()

@@ -76,12 +76,16 @@ class State:
         return self._appliers[type(fact)](fact)
 
     def _org_created(self, fact: OrgCreated) -> None:
-        self.orgs[fact.org_id] = Org(fact.org_id, fact.name, fact.at, self._next_seq(), fact.token_hash)
+        self.orgs[fact.org_id] = Org(
+            fact.org_id, fact.name, fact.at, self._next_seq(), fact.token_hash
+        )
         self.tokens[fact.token_hash] = (PRINCIPAL_ORG, fact.org_id)
         self.org_rooms[fact.org_id] = SortedDict()
 
     def _room_created(self, fact: RoomCreated) -> None:
-        room = Room(fact.room_id, fact.name, fact.org_id, fact.private_chats, fact.at, self._next_seq())
+        room = Room(
+            fact.room_id, fact.name, fact.org_id, fact.private_chats, fact.at, self._next_seq()
+        )
         self.rooms[room.id] = room
         self.org_rooms[fact.org_id][room.seq] = room
         self.room_open_chats[room.id] = SortedDict()

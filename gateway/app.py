@@ -73,12 +73,21 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
     api = OpenApi()
     state = engine.state
-    limiter = RateLimiter(settings.registration_rate, settings.registration_burst, trio.current_time)
+    limiter = RateLimiter(
+        settings.registration_rate, settings.registration_burst, trio.current_time
+    )
 
     def route(
-        method: str, path: str, summary: str, *, body: type[BaseModel] | None = None, status: int = 200
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        body: type[BaseModel] | None = None,
+        status: int = 200,
     ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
-        def register(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        def register(
+            handler: Callable[..., Awaitable[Response]],
+        ) -> Callable[..., Awaitable[Response]]:
             rule = path.replace("{", "<").replace("}", ">")
             app.add_url_rule(rule, f"{method} {path}", handler, methods=[method])
             api.add(method, path, summary, body=body, status=status)
@@ -95,7 +104,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     async def _http_error(error: HTTPException) -> Response:
         kind = HTTP_ERRORS.get(error.code or 500)
         if kind is None:
-            return json_response({"code": "invalid", "detail": error.description}, error.code or 400)
+            return json_response(
+                {"code": "invalid", "detail": error.description}, error.code or 400
+            )
         return error_response(kind(error.description or kind.code))
 
     @app.errorhandler(Exception)
@@ -180,7 +191,13 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_org(state, principal(), org_id)
         return page(state.rooms_of_org(org_id), views.room_view)
 
-    @route("POST", "/api/v5/orgs/{org_id}/rooms/{room_id}/shares", "Share a room with another org.", body=v.ShareCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/rooms/{room_id}/shares",
+        "Share a room with another org.",
+        body=v.ShareCreate,
+        status=201,
+    )
     async def share_room(org_id: str, room_id: str) -> Response:
         require_org(state, principal(), org_id, users_too=False)
         room = visible_room(state, org_id, room_id)
@@ -190,7 +207,13 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         await engine.directory.share_room(room, data.organization_id)
         return json_response({"room_id": room.id, "organization_id": data.organization_id}, 201)
 
-    @route("POST", "/api/v5/orgs/{org_id}/users", "Create a user (operator).", body=v.UserCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/users",
+        "Create a user (operator).",
+        body=v.UserCreate,
+        status=201,
+    )
     async def create_user(org_id: str) -> Response:
         require_org(state, principal(), org_id, users_too=False)
         data = await read_body(v.UserCreate)
@@ -208,14 +231,22 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_org(state, principal(), org_id)
         return json_response(views.user_view(org_user(state, org_id, user_id)))
 
-    @route("POST", "/api/v5/orgs/{org_id}/visitors", "Register (or re-key) a visitor of the org.", body=v.VisitorCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/visitors",
+        "Register (or re-key) a visitor of the org.",
+        body=v.VisitorCreate,
+        status=201,
+    )
     async def register_visitor(org_id: str) -> Response:
         require_org(state, principal(), org_id, users_too=False)
         data = await read_body(v.VisitorCreate)
         created, visitor, token = await engine.directory.register_visitor(org_id, data.id)
         return json_response({"id": visitor.id, "token": token}, 201 if created else 200)
 
-    @route("POST", "/api/v5/client/visitors", "Open visitor registration (rate limited).", status=201)
+    @route(
+        "POST", "/api/v5/client/visitors", "Open visitor registration (rate limited).", status=201
+    )
     async def open_registration() -> Response:
         if not settings.open_registration:
             raise errors.Forbidden("Open visitor registration is turned off.")
@@ -228,14 +259,20 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return json_response({"id": visitor.id, "token": token}, 201)
 
     # -- chats (CONTRACT §5) -------------------------------------------------------------
-    @route("GET", "/api/v5/orgs/{org_id}/rooms/{room_id}/chats", "The room's open chats, oldest first.")
+    @route(
+        "GET", "/api/v5/orgs/{org_id}/rooms/{room_id}/chats", "The room's open chats, oldest first."
+    )
     async def room_chats(org_id: str, room_id: str) -> Response:
         require_org(state, principal(), org_id)
         room = visible_room(state, org_id, room_id)
         waiting = v.optional_bool(request.args, "is_waiting_response")
         return page(state.open_chats_of_room(room.id, waiting), views.chat_collection_view)
 
-    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/chats", "Chats the user participates or was present in.")
+    @route(
+        "GET",
+        "/api/v5/orgs/{org_id}/users/{user_id}/chats",
+        "Chats the user participates or was present in.",
+    )
     async def user_chats(org_id: str, user_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)
@@ -243,7 +280,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_self(caller, user.id)
         return page(state.chats_of_user(user.id), views.chat_collection_view)
 
-    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/current_chats", "Chats the user is present in, by join time.")
+    @route(
+        "GET",
+        "/api/v5/orgs/{org_id}/users/{user_id}/current_chats",
+        "Chats the user is present in, by join time.",
+    )
     async def current_chats(org_id: str, user_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)
@@ -251,7 +292,13 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_self(caller, user.id)
         return page(state.current_chats_of_user(user.id), views.chat_collection_view)
 
-    @route("POST", "/api/v5/orgs/{org_id}/rooms/{room_id}/visitors/{visitor_id}/chats", "Create a chat, or resume one with auto_resume.", body=v.ChatCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/rooms/{room_id}/visitors/{visitor_id}/chats",
+        "Create a chat, or resume one with auto_resume.",
+        body=v.ChatCreate,
+        status=201,
+    )
     async def create_chat(org_id: str, room_id: str, visitor_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)
@@ -265,7 +312,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         if resume_id is not None:
             resume_user = state.users.get(resume_id) if is_uuid(resume_id) else None
             if resume_user is None or resume_user.organization_id != org_id:
-                raise errors.invalid_field("auto_resume", "Must be the id of a user of the organization.")
+                raise errors.invalid_field(
+                    "auto_resume", "Must be the id of a user of the organization."
+                )
             require_self(caller, resume_user.id, "auto_resume")
         created, chat = await engine.directory.create_chat(room, visitor, auto_resume=resume_user)
         return json_response(views.chat_collection_view(chat), 201 if created else 200)
@@ -277,7 +326,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
         return json_response(views.chat_rich_view(chat, state.users, api_data))
 
-    @route("PATCH", "/api/v5/orgs/{org_id}/chats/{chat_id}", "End a chat and/or set is_private.", body=v.ChatUpdate)
+    @route(
+        "PATCH",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}",
+        "End a chat and/or set is_private.",
+        body=v.ChatUpdate,
+    )
     async def update_chat(org_id: str, chat_id: str) -> Response:
         require_org(state, principal(), org_id)
         chat = visible_chat(state, org_id, chat_id)
@@ -286,7 +340,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return await get_chat(org_id, chat_id)
 
     # -- presences -----------------------------------------------------------------------
-    @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences", "Users present in the chat, by join time.")
+    @route(
+        "GET",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/presences",
+        "Users present in the chat, by join time.",
+    )
     async def list_presences(org_id: str, chat_id: str) -> Response:
         require_org(state, principal(), org_id)
         chat = visible_chat(state, org_id, chat_id)
@@ -295,7 +353,13 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
             lambda presence: views.presence_view(presence, chat.id, state.users[presence.user_id]),
         )
 
-    @route("POST", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences", "Join a user to the chat.", body=v.PresenceCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/presences",
+        "Join a user to the chat.",
+        body=v.PresenceCreate,
+        status=201,
+    )
     async def join(org_id: str, chat_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)
@@ -310,7 +374,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
             views.presence_view(outcome.presence, chat.id, user), 201 if outcome.created else 200
         )
 
-    @route("DELETE", "/api/v5/orgs/{org_id}/chats/{chat_id}/presences/{user_id}", "Remove a user from the chat.", status=204)
+    @route(
+        "DELETE",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/presences/{user_id}",
+        "Remove a user from the chat.",
+        status=204,
+    )
     async def leave(org_id: str, chat_id: str, user_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)
@@ -321,20 +390,32 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return Response(b"", status=204)
 
     # -- participations and messages -------------------------------------------------------
-    @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}/chats/{chat_id}/participations", "The chat's participations.")
+    @route(
+        "GET",
+        "/api/v5/orgs/{org_id}/users/{user_id}/chats/{chat_id}/participations",
+        "The chat's participations.",
+    )
     async def participations(org_id: str, user_id: str, chat_id: str) -> Response:
         require_org(state, principal(), org_id)
         org_user(state, org_id, user_id)
         chat = visible_chat(state, org_id, chat_id)
         return page(state.participations_of_chat(chat), views.participation_view)
 
-    @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "The chat history, oldest first.")
+    @route(
+        "GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "The chat history, oldest first."
+    )
     async def history(org_id: str, chat_id: str) -> Response:
         require_org(state, principal(), org_id)
         chat = visible_chat(state, org_id, chat_id)
         return page(state.messages_of_chat(chat), render_message)
 
-    @route("POST", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "Post a message as a user.", body=v.MessageCreate, status=201)
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
+        "Post a message as a user.",
+        body=v.MessageCreate,
+        status=201,
+    )
     async def post_message(org_id: str, chat_id: str) -> Response:
         caller = principal()
         require_org(state, caller, org_id)

@@ -46,21 +46,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(_env("port", "8080") or 8080))
     serve.add_argument("--data-dir", default=_env("data-dir", "./data"))
-    serve.add_argument("--in-memory", action="store_true", default=_env_flag("in-memory"),
-                       help="keep nothing on disk (the admin token is printed at every start)")
-    serve.add_argument("--presence-timeout", type=float,
-                       default=float(_env("presence-timeout", "120") or 120),
-                       help="seconds an unreachable user's presences survive")
-    serve.add_argument("--resume-window", type=float,
-                       default=float(_env("resume-window", "1800") or 1800),
-                       help="seconds since a chat's last update during which auto_resume may pick it")
-    serve.add_argument("--public-url", default=_env("public-url"),
-                       help="base URL for pagination links (default: from the request's Host)")
-    serve.add_argument("--demo", action="store_true", default=_env_flag("demo"),
-                       help="on an empty store, create a demo org and print its tokens")
-    serve.add_argument("--no-open-registration", action="store_true",
-                       default=_env_flag("no-open-registration"),
-                       help="turn off POST /api/v5/client/visitors")
+    serve.add_argument(
+        "--in-memory",
+        action="store_true",
+        default=_env_flag("in-memory"),
+        help="keep nothing on disk (the admin token is printed at every start)",
+    )
+    serve.add_argument(
+        "--presence-timeout",
+        type=float,
+        default=float(_env("presence-timeout", "120") or 120),
+        help="seconds an unreachable user's presences survive",
+    )
+    serve.add_argument(
+        "--resume-window",
+        type=float,
+        default=float(_env("resume-window", "1800") or 1800),
+        help="seconds since a chat's last update during which auto_resume may pick it",
+    )
+    serve.add_argument(
+        "--public-url",
+        default=_env("public-url"),
+        help="base URL for pagination links (default: from the request's Host)",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        default=_env_flag("demo"),
+        help="on an empty store, create a demo org and print its tokens",
+    )
+    serve.add_argument(
+        "--no-open-registration",
+        action="store_true",
+        default=_env_flag("no-open-registration"),
+        help="turn off POST /api/v5/client/visitors",
+    )
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
     return parser
@@ -96,8 +116,11 @@ async def create_demo(engine: Engine) -> dict[str, object]:
     sales = await engine.directory.create_room(org.id, "Sales", False)
     support = await engine.directory.create_room(org.id, "Support", True)
     users = []
-    for first, last, alias in (("Ada", "Lovelace", "Ada"), ("Alan", "Turing", "Alan"),
-                               ("Grace", "Hopper", "Grace")):
+    for first, last, alias in (
+        ("Ada", "Lovelace", "Ada"),
+        ("Alan", "Turing", "Alan"),
+        ("Grace", "Hopper", "Grace"),
+    ):
         user, token = await engine.directory.create_user(
             org.id, first_name=first, last_name=last, alias=alias, room_ids=None
         )
@@ -124,7 +147,9 @@ async def serve(
     token = admin_token(options)
     if engine is None:
         engine = Engine(
-            EngineConfig(resume_window=options.resume_window, presence_timeout=options.presence_timeout)
+            EngineConfig(
+                resume_window=options.resume_window, presence_timeout=options.presence_timeout
+            )
         )
     settings = GatewaySettings(
         admin_token_hash=token.hash,
@@ -162,7 +187,9 @@ async def serve(
             binds = await http.start(
                 partial(hypercorn.trio.serve, app, config, shutdown_trigger=stopping.wait)
             )
-            log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})
+            log.info(
+                "listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}}
+            )
             task_status.started(binds)
         # hypercorn returns once its shutdown trigger fired and its connections drained;
         # then the engine's actors stop.

@@ -18,7 +18,10 @@ ERROR_SCHEMA = {
     "properties": {
         "code": {"type": "string"},
         "detail": {"type": "string"},
-        "errors": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        "errors": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
     },
 }
 
@@ -41,7 +44,9 @@ class OpenApi:
                 str(status): {"description": "Success"},
                 "default": {
                     "description": "Error",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
                 },
             },
         }
@@ -60,7 +65,9 @@ class OpenApi:
             operation["requestBody"] = {
                 "required": False,
                 "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{body.__name__}"}
+                    }
                 },
             }
         self._paths.setdefault(path, {})[method.lower()] = operation

@@ -49,7 +49,9 @@ class Server:
 @pytest.fixture
 async def server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> Server:
     monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
-    options = build_parser().parse_args(["serve", "--in-memory", "--port", "0", "--log-level", "warning"])
+    options = build_parser().parse_args(
+        ["serve", "--in-memory", "--port", "0", "--log-level", "warning"]
+    )
     clock = FakeClock()
     engine = Engine(EngineConfig(resume_window=1800), clock=clock)
     binds = await nursery.start(partial(serve, options, engine=engine))
@@ -90,7 +92,9 @@ async def make_org(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, An
     return response.json()
 
 
-async def make_user(client: httpx.AsyncClient, org_id: str, first: str, **extra: Any) -> dict[str, Any]:
+async def make_user(
+    client: httpx.AsyncClient, org_id: str, first: str, **extra: Any
+) -> dict[str, Any]:
     body = {"first_name": first, "last_name": "Tester", "alias": f"{first}-alias", **extra}
     response = await client.post(f"/api/v5/orgs/{org_id}/users", json=body)
     assert response.status_code == 201, response.text
@@ -103,8 +107,12 @@ async def make_visitor(client: httpx.AsyncClient, org_id: str) -> dict[str, Any]
     return response.json()
 
 
-async def make_room(client: httpx.AsyncClient, org_id: str, name: str, private: bool = False) -> dict[str, Any]:
-    response = await client.post(f"/api/v5/orgs/{org_id}/rooms", json={"name": name, "private_chats": private})
+async def make_room(
+    client: httpx.AsyncClient, org_id: str, name: str, private: bool = False
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/v5/orgs/{org_id}/rooms", json={"name": name, "private_chats": private}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 

@@ -66,7 +66,9 @@ async def test_idle_actors_retire_and_come_back(autojump_clock: trio.testing.Moc
         nursery.cancel_scope.cancel()
 
 
-async def test_a_caller_that_gives_up_does_not_abort_the_work(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_caller_that_gives_up_does_not_abort_the_work(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     finished = trio.Event()
     async with trio.open_nursery() as nursery:
         pool = ActorPool(nursery, idle_timeout=30)
@@ -82,7 +84,9 @@ async def test_a_caller_that_gives_up_does_not_abort_the_work(autojump_clock: tr
         nursery.cancel_scope.cancel()
 
 
-async def test_errors_reach_the_caller_and_the_actor_survives(autojump_clock: trio.testing.MockClock) -> None:
+async def test_errors_reach_the_caller_and_the_actor_survives(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         pool = ActorPool(nursery, idle_timeout=30)
 
@@ -98,7 +102,9 @@ async def test_errors_reach_the_caller_and_the_actor_survives(autojump_clock: tr
         nursery.cancel_scope.cancel()
 
 
-async def test_full_mailbox_gives_unavailable_after_the_send_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_full_mailbox_gives_unavailable_after_the_send_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         pool = ActorPool(nursery, capacity=1, idle_timeout=100, send_timeout=2)
         release = trio.Event()

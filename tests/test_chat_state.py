@@ -23,8 +23,17 @@ class Harness:
     def __init__(self, private_room: bool = False, join_user: str | None = None) -> None:
         self.seq = itertools.count(1)
         self.time = itertools.count(1000, 10)
-        fact = ChatCreated("c1", "t" * 48, "r1", "o1", VISITOR, private_room, next(self.time),
-                           join_user, None if join_user is None else "m0")
+        fact = ChatCreated(
+            "c1",
+            "t" * 48,
+            "r1",
+            "o1",
+            VISITOR,
+            private_room,
+            next(self.time),
+            join_user,
+            None if join_user is None else "m0",
+        )
         self.chat = ChatState.create(fact, seq=next(self.seq))
         self.created = self.chat.apply_created(fact, presence_seq=next(self.seq))
 
@@ -32,27 +41,48 @@ class Harness:
         return [self.chat.apply(fact, seq=next(self.seq)) for fact in facts]
 
     def join(self, user: str, exclusive: bool = False, may_serve: bool = True):
-        outcome, facts = self.chat.decide_join(user, exclusive=exclusive, may_serve=may_serve, at=next(self.time))
+        outcome, facts = self.chat.decide_join(
+            user, exclusive=exclusive, may_serve=may_serve, at=next(self.time)
+        )
         changes = self.commit(facts)
         return outcome, changes
 
     def leave(self, user: str):
         return self.commit(self.chat.decide_leave(user, at=next(self.time)))
 
-    def post(self, sender: str, type: str = MSG, url: str | None = None, title: str | None = None,
-             may_serve: bool = True):
+    def post(
+        self,
+        sender: str,
+        type: str = MSG,
+        url: str | None = None,
+        title: str | None = None,
+        may_serve: bool = True,
+    ):
         sender_type = SENDER_VISITOR if sender == VISITOR else SENDER_USER
-        facts = self.chat.decide_post(sender_type=sender_type, sender_id=sender, type=type,
-                                      message="hello", page_url=url, page_title=title,
-                                      may_serve=may_serve, at=next(self.time))
+        facts = self.chat.decide_post(
+            sender_type=sender_type,
+            sender_id=sender,
+            type=type,
+            message="hello",
+            page_url=url,
+            page_title=title,
+            may_serve=may_serve,
+            at=next(self.time),
+        )
         return self.commit(facts)
 
 
 def test_new_chat_has_visitor_participation_and_nothing_else() -> None:
     chat = Harness().chat
     assert chat.participations() == [(VISITOR, SENDER_VISITOR)]
-    assert (chat.message_count, chat.participation_count, chat.currently_present_user_count) == (0, 1, 0)
-    assert not chat.is_waiting_response and not chat.is_real_conversation and not chat.is_autosuggested
+    assert (chat.message_count, chat.participation_count, chat.currently_present_user_count) == (
+        0,
+        1,
+        0,
+    )
+    assert (
+        not chat.is_waiting_response and not chat.is_real_conversation and not chat.is_autosuggested
+    )
 
 
 def test_created_with_user_present_in_one_step() -> None:
@@ -157,14 +187,26 @@ def test_counts_and_participations() -> None:
     harness = Harness()
     harness.join("u2")
     changes = harness.post("u2")
-    assert [d.kind for d in changes[0].deltas] == ["chat_changed", "message_added", "participation_added"]
+    assert [d.kind for d in changes[0].deltas] == [
+        "chat_changed",
+        "message_added",
+        "participation_added",
+    ]
     harness.post("u1", AUTOSUGGEST)
     harness.post("u2")
     harness.post(VISITOR)
     chat = harness.chat
-    assert chat.participations() == [(VISITOR, SENDER_VISITOR), ("u2", SENDER_USER), ("u1", SENDER_USER)]
+    assert chat.participations() == [
+        (VISITOR, SENDER_VISITOR),
+        ("u2", SENDER_USER),
+        ("u1", SENDER_USER),
+    ]
     assert (chat.message_count, chat.user_message_count, chat.visitor_message_count) == (4, 3, 1)
-    assert (chat.participation_count, chat.user_participation_count, chat.visitor_participation_count) == (3, 2, 1)
+    assert (
+        chat.participation_count,
+        chat.user_participation_count,
+        chat.visitor_participation_count,
+    ) == (3, 2, 1)
 
 
 def test_ending_removes_presences_with_leave_events_and_blocks_posts() -> None:
@@ -177,7 +219,11 @@ def test_ending_removes_presences_with_leave_events_and_blocks_posts() -> None:
     assert [m.type for m in chat.messages] == [JOIN, JOIN, LEAVE, LEAVE]
     assert [m.sender_id for m in chat.messages[2:]] == ["u1", "u2"]  # join order
     assert [d.kind for d in changes.deltas] == [
-        "chat_ended", "presence_removed", "message_added", "presence_removed", "message_added"
+        "chat_ended",
+        "presence_removed",
+        "message_added",
+        "presence_removed",
+        "message_added",
     ]
     assert harness.chat.decide_end(at=next(harness.time)) == []  # twice: no change
     with pytest.raises(errors.ChatEnded):
@@ -196,9 +242,21 @@ def test_decide_never_mutates() -> None:
     harness = Harness()
     before = (len(harness.chat.messages), dict(harness.chat.presences), harness.chat.updated_at)
     harness.chat.decide_join("u1", exclusive=False, may_serve=True, at=99999)
-    harness.chat.decide_post(sender_type=SENDER_VISITOR, sender_id=VISITOR, type=MSG, message="x",
-                             page_url=None, page_title=None, may_serve=False, at=99999)
-    assert before == (len(harness.chat.messages), dict(harness.chat.presences), harness.chat.updated_at)
+    harness.chat.decide_post(
+        sender_type=SENDER_VISITOR,
+        sender_id=VISITOR,
+        type=MSG,
+        message="x",
+        page_url=None,
+        page_title=None,
+        may_serve=False,
+        at=99999,
+    )
+    assert before == (
+        len(harness.chat.messages),
+        dict(harness.chat.presences),
+        harness.chat.updated_at,
+    )
 
 
 def test_change_sets_carry_the_users_before_and_after() -> None:
@@ -215,8 +273,12 @@ commands = st.lists(
         st.tuples(st.just("join"), st.sampled_from(USERS), st.booleans(), st.booleans()),
         st.tuples(st.just("leave"), st.sampled_from(USERS)),
         st.tuples(st.just("end")),
-        st.tuples(st.just("post"), st.sampled_from([*USERS, VISITOR]), st.sampled_from([MSG, AUTOSUGGEST]),
-                  st.sampled_from([None, "http://x/"])),
+        st.tuples(
+            st.just("post"),
+            st.sampled_from([*USERS, VISITOR]),
+            st.sampled_from([MSG, AUTOSUGGEST]),
+            st.sampled_from([None, "http://x/"]),
+        ),
     ),
     max_size=40,
 )
@@ -236,20 +298,27 @@ def check_invariants(chat: ChatState) -> None:
             present.remove(m.sender_id)
     assert list(chat.presences) == present
     assert chat.currently_present_user_count == len(present)
-    first_user_messages = list(dict.fromkeys(m.sender_id for m in counted if m.sender_type == SENDER_USER))
+    first_user_messages = list(
+        dict.fromkeys(m.sender_id for m in counted if m.sender_type == SENDER_USER)
+    )
     assert chat.user_participants == first_user_messages
     assert chat.participation_count == 1 + len(first_user_messages)
     real = [m for m in counted if m.type == MSG]
     assert chat.is_waiting_response == (bool(real) and real[-1].sender_type == SENDER_VISITOR)
     assert chat.is_real_conversation == (
-        any(m.sender_type == SENDER_VISITOR for m in real) and any(m.sender_type == SENDER_USER for m in real)
+        any(m.sender_type == SENDER_VISITOR for m in real)
+        and any(m.sender_type == SENDER_USER for m in real)
     )
     assert chat.is_autosuggested == (bool(counted) and counted[0].type == AUTOSUGGEST)
     visitor_messages = [m for m in counted if m.sender_type == SENDER_VISITOR]
-    assert chat.first_visitor_message_url == (visitor_messages[0].page_url if visitor_messages else None)
+    assert chat.first_visitor_message_url == (
+        visitor_messages[0].page_url if visitor_messages else None
+    )
     if chat.end_time is not None:
         assert chat.presences == {}
-    assert chat.updated_at == max([chat.start_time, chat.end_time or 0] + [m.created_at for m in chat.messages])
+    assert chat.updated_at == max(
+        [chat.start_time, chat.end_time or 0] + [m.created_at for m in chat.messages]
+    )
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from engine import directory, errors
 from engine.access import may_serve
 from engine.chat import ChatState
+from engine.facts import OrgCreated, UserCreated, VisitorRegistered
 from engine.model import Org, Room, User, Visitor
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ class DirectoryActor:
     async def create_org(self, name: str) -> tuple[Org, str]:
         async def work() -> tuple[Org, str]:
             issued = directory.create_org(name, at=self._engine.now())
+            assert isinstance(issued.fact, OrgCreated)
             await self._engine.commit([issued.fact])
-            return self._engine.state.orgs[issued.fact.org_id], issued.token  # type: ignore[union-attr]
+            return self._engine.state.orgs[issued.fact.org_id], issued.token
 
         return await self._engine.pool.run(DIRECTORY, work)
 
@@ -68,8 +70,9 @@ class DirectoryActor:
                 room_ids=room_ids,
                 at=self._engine.now(),
             )
+            assert isinstance(issued.fact, UserCreated)
             await self._engine.commit([issued.fact])
-            return self._engine.state.users[issued.fact.user_id], issued.token  # type: ignore[union-attr]
+            return self._engine.state.users[issued.fact.user_id], issued.token
 
         return await self._engine.pool.run(DIRECTORY, work)
 
@@ -80,8 +83,9 @@ class DirectoryActor:
             created, issued = directory.register_visitor(
                 self._engine.state, org_id, visitor_id, at=self._engine.now()
             )
+            assert isinstance(issued.fact, VisitorRegistered)
             await self._engine.commit([issued.fact])
-            visitor = self._engine.state.visitors[issued.fact.visitor_id]  # type: ignore[union-attr]
+            visitor = self._engine.state.visitors[issued.fact.visitor_id]
             return created, visitor, issued.token
 
         return await self._engine.pool.run(DIRECTORY, work)

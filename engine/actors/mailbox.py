@@ -80,7 +80,7 @@ class ActorPool:
             raise errors.Unavailable("The engine is overloaded; try again.")
         await call.done.wait()
         assert call.result is not None
-        return call.result.unwrap()  # type: ignore[no-any-return]
+        return call.result.unwrap()
 
     def _spawn(self, key: Hashable) -> _Actor:
         actor = _Actor(key, self._capacity)
