@@ -1,0 +1,100 @@
+"""Start a chat-engine server process for a bench run, and bootstrap data over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_TOKEN = "bench-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    data_dir: tempfile.TemporaryDirectory[str]
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self.data_dir.cleanup()
+
+
+def start_server(*extra: str, startup_timeout: float = 30.0) -> ServerProcess:
+    port = free_port()
+    data_dir = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")
+    args = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+            "--data-dir", data_dir.name, "--log-level", "warning", *extra]
+    env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    server = ServerProcess(port, process, data_dir, args)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("server did not become ready")
+
+
+def bootstrap(server: ServerProcess, *, chats: int, users: int = 4) -> dict[str, Any]:
+    """An org, a room, some operators, and ``chats`` chats each with one operator present."""
+    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
+        org = client.post("/api/v5/orgs", json={"name": "Bench"}).json()
+        base = f"/api/v5/orgs/{org['id']}"
+        room = client.post(f"{base}/rooms", json={"name": "Bench room"}).json()
+        made = [client.post(f"{base}/users", json={"first_name": f"Op{i}", "last_name": "Bench",
+                                                  "alias": f"op{i}"}).json() for i in range(users)]
+        chat_ids = []
+        for index in range(chats):
+            visitor = client.post(f"{base}/visitors", json={}).json()
+            user = made[index % users]
+            chat = client.post(f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+                               params={"auto_resume": user["id"]}).json()
+            chat_ids.append((chat["id"], user["id"]))
+    return {"org": org, "room": room, "users": made, "chats": chat_ids}
