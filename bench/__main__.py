@@ -26,7 +26,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,27 +49,49 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console()
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
         result = http_scenario.run(options, progress)
-    report = {"scenario": options.scenario, "command": command, "machine": machine(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
+    report = {
+        "scenario": options.scenario,
+        "command": command,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "result": result,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{options.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     http_scenario.plot(report, str(stem.with_suffix(".png")))
 
     table = Table(title=command)
-    for column in ("phase", "req/s", "× healthz", "p50 ms", "p95 ms", "p99 ms", "errors",
-                   "server CPU ms/req", "generator CPU s"):
+    for column in (
+        "phase",
+        "req/s",
+        "× healthz",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "server CPU ms/req",
+        "generator CPU s",
+    ):
         table.add_column(column, justify="right")
     for name, phase in result["phases"].items():
         if not isinstance(phase, dict):
             continue
-        table.add_row(name, f"{phase['throughput_rps']:.0f}", f"{phase['ratio_to_healthz']:.2f}",
-                      f"{phase['p50_ms']:.1f}", f"{phase['p95_ms']:.1f}", f"{phase['p99_ms']:.1f}",
-                      str(phase["errors"]), f"{phase['server_cpu_ms_per_request']:.2f}",
-                      f"{phase['generator_cpu_s']:.1f}")
+        table.add_row(
+            name,
+            f"{phase['throughput_rps']:.0f}",
+            f"{phase['ratio_to_healthz']:.2f}",
+            f"{phase['p50_ms']:.1f}",
+            f"{phase['p95_ms']:.1f}",
+            f"{phase['p99_ms']:.1f}",
+            str(phase["errors"]),
+            f"{phase['server_cpu_ms_per_request']:.2f}",
+            f"{phase['generator_cpu_s']:.1f}",
+        )
     console.print(table)
     console.print(f"written: {stem}.json, {stem}.png")
 

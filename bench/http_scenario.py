@@ -51,10 +51,12 @@ def _generator(args: tuple[int, str, int, float, str, list[list[str]], int]) -> 
                 elif phase == "post":
                     body = orjson.dumps({"sender_id": user_id, "message": "Hello from the bench"})
                     status, _ = await connection.request(
-                        "POST", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages", body)
+                        "POST", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages", body
+                    )
                 else:
                     status, _ = await connection.request(
-                        "GET", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages?page_size=25")
+                        "GET", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages?page_size=25"
+                    )
                 latencies.append((time.perf_counter() - started) * 1000)
                 if status >= 400:
                     errors += 1
@@ -90,12 +92,26 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             for phase in PHASES:
                 task = progress.add_task(f"http: {phase}", total=options.seconds)
                 cpu_before, wall_before = cpu_seconds(server.process.pid), time.perf_counter()
-                pending = pool.map_async(_generator, [
-                    (server.port, phase, options.connections, options.seconds, world["org"]["id"], chats, seed)
-                    for seed in range(options.generators)])
+                pending = pool.map_async(
+                    _generator,
+                    [
+                        (
+                            server.port,
+                            phase,
+                            options.connections,
+                            options.seconds,
+                            world["org"]["id"],
+                            chats,
+                            seed,
+                        )
+                        for seed in range(options.generators)
+                    ],
+                )
                 while not pending.ready():
                     pending.wait(0.25)
-                    progress.update(task, completed=min(options.seconds, time.perf_counter() - wall_before))
+                    progress.update(
+                        task, completed=min(options.seconds, time.perf_counter() - wall_before)
+                    )
                 outputs = pending.get()
                 wall = time.perf_counter() - wall_before
                 server_cpu = cpu_seconds(server.process.pid) - cpu_before
@@ -131,16 +147,27 @@ def plot(report: dict[str, Any], path: str) -> None:
     phases = report["result"]["phases"]
     names = list(PHASES)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(names, [phases[name]["throughput_rps"] for name in names], color=["#999", "#3a7", "#37a"])
+    left.bar(
+        names, [phases[name]["throughput_rps"] for name in names], color=["#999", "#3a7", "#37a"]
+    )
     left.set_ylabel("requests / s")
     left.set_title("Throughput (closed loop)")
     for index, name in enumerate(names):
-        left.annotate(f"{phases[name]['ratio_to_healthz']:.2f}× healthz", (index, phases[name]["throughput_rps"]),
-                      ha="center", va="bottom", fontsize=8)
+        left.annotate(
+            f"{phases[name]['ratio_to_healthz']:.2f}× healthz",
+            (index, phases[name]["throughput_rps"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     width = 0.25
     for offset, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
-        right.bar([i + (offset - 1) * width for i in range(len(names))],
-                  [phases[name][key] for name in names], width, label=key.removesuffix("_ms"))
+        right.bar(
+            [i + (offset - 1) * width for i in range(len(names))],
+            [phases[name][key] for name in names],
+            width,
+            label=key.removesuffix("_ms"),
+        )
     right.set_xticks(range(len(names)), names)
     right.set_ylabel("ms")
     right.set_title("Latency at that load")

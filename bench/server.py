@@ -62,8 +62,19 @@ class ServerProcess:
 def start_server(*extra: str, startup_timeout: float = 30.0) -> ServerProcess:
     port = free_port()
     data_dir = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")
-    args = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-            "--data-dir", data_dir.name, "--log-level", "warning", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        data_dir.name,
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     server = ServerProcess(port, process, data_dir, args)
@@ -88,13 +99,20 @@ def bootstrap(server: ServerProcess, *, chats: int, users: int = 4) -> dict[str,
         org = client.post("/api/v5/orgs", json={"name": "Bench"}).json()
         base = f"/api/v5/orgs/{org['id']}"
         room = client.post(f"{base}/rooms", json={"name": "Bench room"}).json()
-        made = [client.post(f"{base}/users", json={"first_name": f"Op{i}", "last_name": "Bench",
-                                                  "alias": f"op{i}"}).json() for i in range(users)]
+        made = [
+            client.post(
+                f"{base}/users",
+                json={"first_name": f"Op{i}", "last_name": "Bench", "alias": f"op{i}"},
+            ).json()
+            for i in range(users)
+        ]
         chat_ids = []
         for index in range(chats):
             visitor = client.post(f"{base}/visitors", json={}).json()
             user = made[index % users]
-            chat = client.post(f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
-                               params={"auto_resume": user["id"]}).json()
+            chat = client.post(
+                f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+                params={"auto_resume": user["id"]},
+            ).json()
             chat_ids.append((chat["id"], user["id"]))
     return {"org": org, "room": room, "users": made, "chats": chat_ids}

@@ -33,9 +33,11 @@ from engine.model import (
 class Delta:
     """One change of a chat, as fan-out needs it.
 
-    ``kind`` is one of ``chat_added``, ``chat_changed``, ``chat_ended``, ``presence_added``,
-    ``presence_removed``, ``message_added``, ``participation_added``; ``subject`` is the
-    presence's user id, the message, or the participation ``(id, type)``.
+    ``kind`` is one of ``chat_added``, ``chat_changed``, ``chat_ended``,
+    ``presence_added``, ``presence_removed``, ``current_added``, ``current_removed``,
+    ``message_added``, ``participation_added``; ``subject`` is the presence's user id,
+    the message, or the participation ``(id, type)``. Their order is the order of the
+    events in CONTRACT §7.
     """
 
     kind: str
@@ -51,7 +53,11 @@ class ChangeSet:
     users_after: frozenset[str]
     present_before: tuple[str, ...]
     present_after: tuple[str, ...]
+    # users whose chats collection held the chat before (ever present or participant)
+    collection_before: frozenset[str]
     deltas: list[Delta] = field(default_factory=list)
+    # the chat's collection view before the change (None for a new chat)
+    before_view: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -222,6 +228,7 @@ class ChatState:
             users_after=frozenset(),
             present_before=tuple(self.presences),
             present_after=(),
+            collection_before=frozenset(self.ever_present).union(self.user_participants),
         )
 
     def _finish(self, changes: ChangeSet) -> ChangeSet:
@@ -239,6 +246,7 @@ class ChatState:
         if fact.join_user_id is not None:
             changes.deltas.append(Delta("presence_added", fact.join_user_id))
             changes.deltas.append(Delta("message_added", self.messages[-1]))
+            changes.deltas.append(Delta("current_added", fact.join_user_id))
         return self._finish(changes)
 
     def apply(
@@ -274,6 +282,7 @@ class ChatState:
             changes.deltas.append(Delta("chat_changed"))
             changes.deltas.append(Delta("presence_added", user_id))
             changes.deltas.append(Delta("message_added", message))
+            changes.deltas.append(Delta("current_added", user_id))
 
     def _leave(self, user_id: str, at: int, message_id: str, changes: ChangeSet) -> None:
         del self.presences[user_id]
@@ -282,6 +291,7 @@ class ChatState:
         self.updated_at = at
         changes.deltas.append(Delta("presence_removed", user_id))
         changes.deltas.append(Delta("message_added", message))
+        changes.deltas.append(Delta("current_removed", user_id))
 
     def _end(self, fact: ChatEnded, changes: ChangeSet) -> None:
         # CONTRACT §7: one "changed" chat first (with the final present count), then the

@@ -29,6 +29,7 @@ from engine.facts import (
     VisitorRegistered,
 )
 from engine.model import SENDER_USER, Org, Room, User, Visitor
+from engine.views import chat_collection_view
 
 PRINCIPAL_ORG = "org"
 PRINCIPAL_USER = "user"
@@ -148,7 +149,9 @@ class State:
             for user_id in list(chat.presences):
                 self._unindex_presence(chat, user_id)
             self.room_open_chats[chat.room_id].pop(chat.seq, None)
+        before_view = chat_collection_view(chat)
         changes = chat.apply(fact, seq=self._next_seq())
+        changes.before_view = before_view
         if isinstance(fact, UserJoined):
             self._index_presence(chat, fact.user_id)
         elif isinstance(fact, MessagePosted) and fact.sender_type == SENDER_USER:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,9 +37,11 @@ from gateway.auth import (
     visible_chat,
     visible_room,
 )
+from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
 from gateway.ratelimit import RateLimiter
+from gateway.ws import WsGateway, WsSettings
 
 log = logging.getLogger("chat_engine.http")
 M = TypeVar("M", bound=BaseModel)
@@ -58,6 +61,7 @@ class GatewaySettings:
     open_registration: bool = True
     registration_rate: float = 5.0  # per second and client address
     registration_burst: int = 20
+    ws: WsSettings | None = None
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -76,6 +80,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     limiter = RateLimiter(
         settings.registration_rate, settings.registration_burst, trio.current_time
     )
+    ws = WsGateway(engine, settings.admin_token_hash, settings.ws or WsSettings())
+    metrics = Metrics(engine, ws)
+    app.extensions["ws"] = ws
 
     def route(
         method: str,
@@ -116,14 +123,30 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
 
     @app.before_request
     async def _before() -> None:
+        request.started_at = time.perf_counter()  # type: ignore[attr-defined]
         length = request.content_length
         if length is not None and length > v.MAX_BODY_BYTES:
             raise errors.BodyTooLarge(f"The body is over {v.MAX_BODY_BYTES} bytes.")
         if request.path.startswith("/api/") and not engine.started.is_set():
             raise errors.Unavailable("The engine is starting.")
 
+    @app.after_request
+    async def _after(response: Response) -> Response:
+        started = getattr(request, "started_at", None)
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.http_latency.labels(request.method, route, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
     def principal() -> Principal:
-        return authenticate(state, request.headers.get("Authorization"), settings.admin_token_hash)
+        caller = authenticate(
+            state, request.headers.get("Authorization"), settings.admin_token_hash
+        )
+        if caller.kind == "user":
+            engine.reachability.touch(caller.id)  # a request keeps its presences alive
+        return caller
 
     async def read_body(model: type[M]) -> M:
         raw = await request.get_data(cache=False)
@@ -161,6 +184,14 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         if not engine.started.is_set():
             return error_response(errors.Unavailable("The engine is starting."))
         return json_response({"status": "ready"})
+
+    @app.route("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), status=200, content_type=CONTENT_TYPE)
+
+    @app.websocket("/ws")
+    async def websocket_endpoint() -> Response | None:
+        return await ws.handle()
 
     @app.route("/openapi.json")
     async def openapi() -> Response:

@@ -162,6 +162,15 @@ async def serve(
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
+    config.websocket_max_message_size = 64 * 1024  # larger frames close with 1009
+    config.websocket_ping_interval = 25.0
+    # Any bytes (a pong included) reset this: a peer silent for 60 s is closed.
+    config.read_timeout = 60
+    ws_gateway = app.extensions["ws"]
+
+    async def shutdown_trigger() -> None:
+        await stopping.wait()
+        ws_gateway.shutdown()  # sessions flush their queues and close with 1001
 
     stopping = trio.Event()
 
@@ -185,7 +194,7 @@ async def serve(
                 print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
         async with trio.open_nursery() as http:
             binds = await http.start(
-                partial(hypercorn.trio.serve, app, config, shutdown_trigger=stopping.wait)
+                partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
             )
             log.info(
                 "listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}}

@@ -90,7 +90,13 @@ def test_created_with_user_present_in_one_step() -> None:
     assert list(harness.chat.presences) == ["u1"]
     assert [m.type for m in harness.chat.messages] == [JOIN]
     kinds = [d.kind for d in harness.created.deltas]
-    assert kinds == ["chat_added", "participation_added", "presence_added", "message_added"]
+    assert kinds == [
+        "chat_added",
+        "participation_added",
+        "presence_added",
+        "message_added",
+        "current_added",
+    ]
 
 
 def test_join_and_leave_events_are_in_history_but_not_counted() -> None:
@@ -220,10 +226,7 @@ def test_ending_removes_presences_with_leave_events_and_blocks_posts() -> None:
     assert [m.sender_id for m in chat.messages[2:]] == ["u1", "u2"]  # join order
     assert [d.kind for d in changes.deltas] == [
         "chat_ended",
-        "presence_removed",
-        "message_added",
-        "presence_removed",
-        "message_added",
+        *("presence_removed", "message_added", "current_removed") * 2,
     ]
     assert harness.chat.decide_end(at=next(harness.time)) == []  # twice: no change
     with pytest.raises(errors.ChatEnded):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
+from engine import errors
 from engine.access import may_serve
 from engine.chat import ChatState, JoinOutcome
 from engine.facts import Fact
@@ -36,6 +39,7 @@ class ChatActors:
             if facts:
                 await self._engine.commit(facts)
                 outcome.presence = chat.presences[user.id]
+                self._engine.reachability.touch(user.id)
             return outcome
 
         return await self._engine.pool.run(chat.id, work)
@@ -55,14 +59,21 @@ class ChatActors:
                 return False
             _, facts = chat.decide_join(user.id, exclusive=False, may_serve=True, at=now)
             await engine.commit(facts)
+            engine.reachability.touch(user.id)
             return True
 
         return await self._engine.pool.run(chat.id, work)
 
-    async def leave(self, chat: ChatState, user_id: str) -> None:
+    async def leave(self, chat: ChatState, user_id: str, *, expiring: bool = False) -> None:
+        """A DELETE of the presence, or its expiry (``expiring``), which re-checks inside
+        the actor that the user is still unreachable: it may have come back meanwhile."""
+
         async def work() -> None:
-            facts = chat.decide_leave(user_id, at=self._engine.now())
-            await self._engine.commit(facts)
+            engine = self._engine
+            if expiring and engine.reachability.is_reachable(user_id, trio.current_time()):
+                raise errors.NotFound("The user is reachable again.")
+            facts = chat.decide_leave(user_id, at=engine.now())
+            await engine.commit(facts)
 
         await self._engine.pool.run(chat.id, work)
 

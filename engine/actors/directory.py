@@ -114,6 +114,8 @@ class DirectoryActor:
                 at=engine.now(),
             )
             await engine.commit([fact])
+            if auto_resume is not None:
+                engine.reachability.touch(auto_resume.id)
             return True, engine.state.chats[fact.chat_id]
 
         return await engine.pool.run(("room-visitor", room.id, visitor.id), work)

@@ -18,8 +18,12 @@ from engine import errors
 from engine.actors.chat import ChatActors
 from engine.actors.directory import DirectoryActor
 from engine.actors.mailbox import ActorPool
+from engine.actors.presence import Reachability
+from engine.actors.router import ChannelRouter
 from engine.chat import ChangeSet
 from engine.facts import Fact
+from engine.fanout import fan_out
+from engine.ids import new_secret
 from engine.state import State
 
 
@@ -34,6 +38,8 @@ class EngineConfig:
     mailbox_capacity: int = 64
     actor_idle_timeout: float = 30.0
     send_timeout: float = 10.0
+    history_limit: int = 1000  # events kept per channel
+    total_history_limit: int = 500_000  # events kept across channels
 
     @property
     def resume_window_ms(self) -> int:
@@ -52,6 +58,13 @@ class Engine:
         self.started = trio.Event()
         self.chats = ChatActors(self)
         self.directory = DirectoryActor(self)
+        # The epoch names the life of the channel histories: in memory, this process.
+        self.router = ChannelRouter(
+            epoch=new_secret()[:16],
+            history_limit=self.config.history_limit,
+            total_history_limit=self.config.total_history_limit,
+        )
+        self._reachability: Reachability | None = None
 
     @property
     def pool(self) -> ActorPool:
@@ -64,14 +77,25 @@ class Engine:
         self._last_time = max(self._last_time, self._clock())
         return self._last_time
 
+    @property
+    def reachability(self) -> Reachability:
+        if self._reachability is None:
+            raise errors.Unavailable("The engine is not running.")
+        return self._reachability
+
     async def commit(self, facts: Sequence[Fact]) -> list[ChangeSet]:
-        """Make facts durable, then apply them in order. In memory there is nothing to
-        wait for; a write-ahead log plugs in here (see docs/architecture.md)."""
+        """Make facts durable, then apply them in order, then hand their events to the
+        router as one batch. In memory there is nothing to wait for; a write-ahead log
+        plugs in before the apply (see docs/architecture.md). Callers are actors, so the
+        events of one chat reach the router in commit order."""
         changes = []
+        publications = []
         for fact in facts:
             change = self.state.apply(fact)
             if change is not None:
                 changes.append(change)
+                publications += fan_out(self.state, change)
+        await self.router.publish(publications)
         return changes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -82,6 +106,8 @@ class Engine:
                 idle_timeout=self.config.actor_idle_timeout,
                 send_timeout=self.config.send_timeout,
             )
+            self._reachability = Reachability(self, self.config.presence_timeout)
+            await nursery.start(self.router.run)
+            await nursery.start(self._reachability.run)
             self.started.set()
             task_status.started()
-            await trio.sleep_forever()

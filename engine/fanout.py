@@ -1,0 +1,184 @@
+"""Fan-out: the deltas of one committed mutation -> the exact (channel, event) list.
+
+This is CONTRACT §7's table, in one place. For a chat C in room R owned by org O with
+visitor V, **Users** is participants ∪ present users, before ∪ after the mutation (so a
+leaving user still hears its own leave), and **Orgs** is O and every org R is shared
+with. Visitor channels get the visitor view of messages and presences.
+
+Resources are rendered once per view and shared by every channel that carries them
+(``Payload``); encoding happens later, once per event and encoding, in the router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine import channels
+from engine.chat import ChangeSet, ChatState
+from engine.model import Message
+from engine.state import State
+from engine.views import (
+    chat_collection_view,
+    message_view,
+    participation_view,
+    presence_view,
+)
+
+ADDED, CHANGED, REMOVED = "added", "changed", "removed"
+
+
+class Payload:
+    """A rendered resource shared by several events; encodings are cached on it."""
+
+    __slots__ = ("data", "json", "msgpack")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.json: bytes | None = None
+        self.msgpack: bytes | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Publication:
+    channel: str
+    action: str
+    resource_id: str
+    payload: Payload | None  # None for "removed"
+
+
+def _ordered_union(*groups: Any) -> list[str]:
+    return list(dict.fromkeys(item for group in groups for item in group))
+
+
+class _Addresses:
+    """The channels of one chat, computed once per change set."""
+
+    def __init__(self, state: State, chat: ChatState, changes: ChangeSet) -> None:
+        room = state.rooms[chat.room_id]
+        users = state.users
+        self.user_org = {
+            user_id: users[user_id].organization_id
+            for user_id in _ordered_union(
+                sorted(changes.users_before),
+                sorted(changes.users_after),
+                changes.present_before,
+                changes.present_after,
+            )
+        }
+        self.users = _ordered_union(sorted(changes.users_before), sorted(changes.users_after))
+        self.present = _ordered_union(changes.present_before, changes.present_after)
+        self.orgs = [room.organization_id, *sorted(room.shared_with)]
+        self.visitor_chats = channels.visitor_chats(chat.visitor_id)
+        self.user_chats = {u: channels.user_chats(self.user_org[u], u) for u in self.users}
+        self.room_chats = [channels.room_chats(org, room.id) for org in self.orgs]
+
+    def subs(self, chat_id: str, collection: str) -> tuple[str, list[str]]:
+        """(the visitor's sub-channel, the operators' sub-channels)."""
+        operators = [channels.sub(self.user_chats[u], chat_id, collection) for u in self.users]
+        operators += [channels.sub(room, chat_id, collection) for room in self.room_chats]
+        return channels.sub(self.visitor_chats, chat_id, collection), operators
+
+
+def fan_out(state: State, changes: ChangeSet) -> list[Publication]:
+    chat = state.chats[changes.chat_id]
+    where = _Addresses(state, chat, changes)
+    out: list[Publication] = []
+    emit = out.append
+    chat_view: Payload | None = None
+    chat_diff: Payload | None = None
+
+    def full_chat() -> Payload:
+        nonlocal chat_view
+        if chat_view is None:
+            chat_view = Payload(chat_collection_view(chat))
+        return chat_view
+
+    def changed_chat() -> Payload:
+        nonlocal chat_diff
+        if chat_diff is None:
+            after = full_chat().data
+            before = changes.before_view or {}
+            # updated_at always travels with a change, even within one millisecond
+            diff = {"id": chat.id, "updated_at": after["updated_at"]}
+            diff.update((k, v) for k, v in after.items() if before.get(k) != v)
+            chat_diff = Payload(diff)
+        return chat_diff
+
+    for delta in changes.deltas:
+        kind = delta.kind
+        if kind == "chat_added":
+            emit(Publication(where.visitor_chats, ADDED, chat.id, full_chat()))
+            for user_id in sorted(changes.users_after):
+                emit(Publication(where.user_chats[user_id], ADDED, chat.id, full_chat()))
+            for channel in where.room_chats:
+                emit(Publication(channel, ADDED, chat.id, full_chat()))
+        elif kind in ("chat_changed", "chat_ended"):
+            emit(Publication(where.visitor_chats, CHANGED, chat.id, changed_chat()))
+            for user_id in where.users:
+                entered = user_id not in changes.collection_before
+                emit(
+                    Publication(
+                        where.user_chats[user_id],
+                        ADDED if entered else CHANGED,
+                        chat.id,
+                        full_chat() if entered else changed_chat(),
+                    )
+                )
+            for channel in where.room_chats:
+                if kind == "chat_ended":
+                    emit(Publication(channel, REMOVED, chat.id, None))
+                else:
+                    emit(Publication(channel, CHANGED, chat.id, changed_chat()))
+        elif kind == "participation_added":
+            visitor_channel, operator_channels = where.subs(chat.id, "participations")
+            payload = Payload(participation_view(delta.subject))
+            for channel in [visitor_channel, *operator_channels]:
+                emit(Publication(channel, ADDED, delta.subject[0], payload))
+        elif kind in ("presence_added", "presence_removed"):
+            _presence(state, chat, where, delta.subject, kind == "presence_added", emit)
+        elif kind == "message_added":
+            _message(state, chat, where, delta.subject, emit)
+        elif kind == "current_added":
+            channel = channels.current_chats(where.user_org[delta.subject], delta.subject)
+            emit(Publication(channel, ADDED, chat.id, full_chat()))
+        elif kind == "current_removed":
+            channel = channels.current_chats(where.user_org[delta.subject], delta.subject)
+            emit(Publication(channel, REMOVED, chat.id, None))
+    return out
+
+
+def _presence(
+    state: State, chat: ChatState, where: _Addresses, user_id: str, added: bool, emit: Any
+) -> None:
+    visitor_channel, operator_channels = where.subs(chat.id, "presences")
+    current = [
+        channels.current_presences(where.user_org[present], present, chat.id)
+        for present in where.present
+    ]
+    if not added:
+        for channel in [visitor_channel, *operator_channels, *current]:
+            emit(Publication(channel, REMOVED, user_id, None))
+        return
+    presence = chat.presences[user_id]
+    user = state.users[user_id]
+    visitor_payload = Payload(presence_view(presence, chat.id, user, visitor_view=True))
+    operator_payload = Payload(presence_view(presence, chat.id, user))
+    emit(Publication(visitor_channel, ADDED, user_id, visitor_payload))
+    for channel in [*operator_channels, *current]:
+        emit(Publication(channel, ADDED, user_id, operator_payload))
+
+
+def _message(state: State, chat: ChatState, where: _Addresses, message: Message, emit: Any) -> None:
+    visitor_channel, operator_channels = where.subs(chat.id, "messages")
+    emit(
+        Publication(
+            visitor_channel,
+            ADDED,
+            message.id,
+            Payload(message_view(message, state.users, visitor_view=True)),
+        )
+    )
+    payload = Payload(message_view(message, state.users))
+    for channel in operator_channels:
+        emit(Publication(channel, ADDED, message.id, payload))

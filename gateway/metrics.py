@@ -1,0 +1,90 @@
+"""``/metrics`` in Prometheus text format (prometheus-client).
+
+Counters that the engine already keeps (router statistics, session closes) are read at
+scrape time by a collector rather than mirrored on every event, so the hot path pays
+nothing for them. Only the HTTP latency histogram is observed per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.actors.supervisor import Engine
+from gateway.ws import WsGateway
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class EngineCollector(Collector):
+    def __init__(self, engine: Engine, ws: WsGateway) -> None:
+        self._engine = engine
+        self._ws = ws
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._engine.router.stats
+        sessions = list(self._ws.sessions)
+        yield GaugeMetricFamily(
+            "chat_engine_ws_sessions", "Open WebSocket sessions.", value=len(sessions)
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_subscriptions", "Channel subscriptions.", value=stats.subscriptions
+        )
+        yield CounterMetricFamily(
+            "chat_engine_events_published",
+            "Channel events published.",
+            value=stats.events_published,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_events_delivered",
+            "Events handed to session queues.",
+            value=stats.events_delivered,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_slow_consumer_closes",
+            "Sessions closed with 4008.",
+            value=self._ws.slow_consumer_closes,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_bad_frame_closes",
+            "Sessions closed with 1008.",
+            value=self._ws.bad_frame_closes,
+        )
+        depths = [session.depth for session in sessions]
+        yield GaugeMetricFamily(
+            "chat_engine_session_queue_depth_max",
+            "Deepest session queue (items).",
+            value=max(depths, default=0),
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_session_queue_depth_total",
+            "Items waiting in all session queues.",
+            value=sum(depths),
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_live_actors",
+            "Chat and directory actors running.",
+            value=self._engine.pool.live_actors if self._engine.started.is_set() else 0,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_chats", "Chats in memory.", value=len(self._engine.state.chats)
+        )
+
+
+class Metrics:
+    def __init__(self, engine: Engine, ws: WsGateway) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(EngineCollector(engine, ws))
+        self.http_latency = Histogram(
+            "chat_engine_http_request_seconds",
+            "HTTP request latency by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
