@@ -26,6 +26,7 @@ from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
 from gateway import logs
 from gateway.app import GatewaySettings, create_app
+from gateway.ws import WsSettings
 
 log = logging.getLogger("chat_engine")
 ENV_PREFIX = "CHAT_ENGINE_"
@@ -80,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("no-open-registration"),
         help="turn off POST /api/v5/client/visitors",
+    )
+    serve.add_argument(
+        "--history-limit",
+        type=int,
+        default=int(_env("history-limit", "1000") or 1000),
+        help="events kept per channel for resuming with 'since'",
+    )
+    serve.add_argument(
+        "--session-queue",
+        type=int,
+        default=int(_env("session-queue", "2000") or 2000),
+        help="items a WebSocket session may have waiting before it is closed with 4008",
     )
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
@@ -148,13 +161,16 @@ async def serve(
     if engine is None:
         engine = Engine(
             EngineConfig(
-                resume_window=options.resume_window, presence_timeout=options.presence_timeout
+                resume_window=options.resume_window,
+                presence_timeout=options.presence_timeout,
+                history_limit=options.history_limit,
             )
         )
     settings = GatewaySettings(
         admin_token_hash=token.hash,
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
+        ws=WsSettings(queue_limit=options.session_queue),
     )
     app = create_app(engine, settings)
     config = HypercornConfig()

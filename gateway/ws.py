@@ -6,8 +6,11 @@ packing every ready item into one frame (a JSON array, or a msgpack array) so a 
 session pays the per-frame cost once per batch, not once per event.
 
 The queue is bounded (``queue_limit`` items). The router pushes without waiting; a
-session whose queue is full is closed with 4008 (it resumes with ``since``), so a slow
-client never slows the router, the chat actors or other sessions.
+session whose queue is full drops it at once (memory stays bounded) and is closed with
+4008 as soon as the frame it is writing completes (it resumes with ``since``), so a slow
+client never slows the router, the chat actors or other sessions. A client that never
+reads again cannot even take the close frame; it sends no pongs either, and the 60 s
+read timeout ends its connection.
 """
 
 from __future__ import annotations

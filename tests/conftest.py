@@ -46,16 +46,21 @@ class Server:
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits, timeout=30)
 
 
+async def start_server(nursery: trio.Nursery, *flags: str, **config: Any) -> Server:
+    """A server in this trio loop, reached over TCP; ``config`` goes to EngineConfig."""
+    options = build_parser().parse_args(
+        ["serve", "--in-memory", "--port", "0", "--log-level", "warning", *flags]
+    )
+    clock = FakeClock()
+    engine = Engine(EngineConfig(**config), clock=clock)
+    binds = await nursery.start(partial(serve, options, engine=engine))
+    return Server(binds[0], engine, clock)
+
+
 @pytest.fixture
 async def server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> Server:
     monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
-    options = build_parser().parse_args(
-        ["serve", "--in-memory", "--port", "0", "--log-level", "warning"]
-    )
-    clock = FakeClock()
-    engine = Engine(EngineConfig(resume_window=1800), clock=clock)
-    binds = await nursery.start(partial(serve, options, engine=engine))
-    return Server(binds[0], engine, clock)
+    return await start_server(nursery)
 
 
 @pytest.fixture
@@ -117,12 +122,17 @@ async def make_room(
     return response.json()
 
 
-@pytest.fixture
-async def world(server: Server, admin: httpx.AsyncClient) -> AsyncIterator[World]:
-    org = await make_org(admin)
+async def build_world(server: Server) -> World:
+    async with server.client(ADMIN_TOKEN) as admin:
+        org = await make_org(admin)
     async with server.client(org["token"]) as client:
         room = await make_room(client, org["id"], "Sales")
         private_room = await make_room(client, org["id"], "VIP", private=True)
         users = [await make_user(client, org["id"], name) for name in ("Ada", "Alan")]
         visitor = await make_visitor(client, org["id"])
-    yield World(server, org, room, private_room, users, visitor)
+    return World(server, org, room, private_room, users, visitor)
+
+
+@pytest.fixture
+async def world(server: Server) -> World:
+    return await build_world(server)
