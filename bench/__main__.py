@@ -2,7 +2,8 @@
 
 Each scenario starts its own server on 127.0.0.1 (a free port, a temporary data dir),
 drives it from separate load-generator processes, stops it, and writes JSON + PNG under
-``bench/results/`` with the command that produced them.
+``bench/results/`` with the command that produced them. Every loop is bounded in count
+and time.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import http_scenario
+from bench import fanout_scenario, http_scenario
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,38 +36,14 @@ def machine() -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    scenarios = parser.add_subparsers(dest="scenario", required=True)
-    http = scenarios.add_parser("http", help="message POST and history GET vs a /healthz baseline")
-    http.add_argument("--seconds", type=float, default=8.0, help="per phase (max 120)")
-    http.add_argument("--connections", type=int, default=16, help="per generator process (max 500)")
-    http.add_argument("--generators", type=int, default=1, help="load-generator processes (max 8)")
-    http.add_argument("--chats", type=int, default=50, help="chats to spread the load over")
-    http.add_argument("--in-memory", action="store_true", default=True)
-    options = parser.parse_args(argv)
-    options.seconds = min(options.seconds, 120.0)
-    options.connections = min(options.connections, 500)
-    options.generators = min(options.generators, 8)
+def raise_open_file_limit() -> None:
+    """Thousands of sessions need thousands of descriptors (inherited by the server)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    console = Console()
-    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console
-    ) as progress:
-        result = http_scenario.run(options, progress)
-    report = {
-        "scenario": options.scenario,
-        "command": command,
-        "machine": machine(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "result": result,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{options.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    http_scenario.plot(report, str(stem.with_suffix(".png")))
 
+def http_table(result: dict[str, Any], command: str) -> Table:
     table = Table(title=command)
     for column in (
         "phase",
@@ -79,8 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     ):
         table.add_column(column, justify="right")
     for name, phase in result["phases"].items():
-        if not isinstance(phase, dict):
-            continue
         table.add_row(
             name,
             f"{phase['throughput_rps']:.0f}",
@@ -92,7 +69,106 @@ def main(argv: list[str] | None = None) -> None:
             f"{phase['server_cpu_ms_per_request']:.2f}",
             f"{phase['generator_cpu_s']:.1f}",
         )
-    console.print(table)
+    return table
+
+
+def fanout_table(result: dict[str, Any], command: str) -> Table:
+    table = Table(title=f"{command}  ({result['sessions']} sessions)")
+    for column in (
+        "msg/s",
+        "delivered ev/s",
+        "delivery",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "server CPU ms/1k ev",
+        "server CPU share",
+        "gen CPU s",
+        "closes",
+        "pass",
+    ):
+        table.add_column(column, justify="right")
+    for step in result["steps"]:
+        table.add_row(
+            f"{step['offered_msgs_per_s']}",
+            f"{step['delivered_events_per_s']:.0f}",
+            f"{100 * step['delivery_ratio']:.2f} %",
+            f"{step['p50_ms']:.0f}",
+            f"{step['p95_ms']:.0f}",
+            f"{step['p99_ms']:.0f}",
+            f"{step['server_cpu_ms_per_1000_events']:.1f}",
+            f"{step['server_cpu_share']:.2f}",
+            f"{step['generator_cpu_s']:.1f}",
+            str(step["session_closes"]),
+            "yes" if step["passed"] else "NO",
+        )
+    return table
+
+
+SCENARIOS = {
+    "http": (http_scenario, http_table),
+    "fanout": (fanout_scenario, fanout_table),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    scenarios = parser.add_subparsers(dest="scenario", required=True)
+    http = scenarios.add_parser("http", help="message POST and history GET vs a /healthz baseline")
+    http.add_argument("--seconds", type=float, default=8.0, help="per phase (max 120)")
+    http.add_argument("--connections", type=int, default=16, help="per generator process (max 500)")
+    http.add_argument("--generators", type=int, default=1, help="load-generator processes (max 8)")
+    http.add_argument("--chats", type=int, default=50, help="chats to spread the load over")
+    http.set_defaults(in_memory=True)
+    fanout = scenarios.add_parser(
+        "fanout", help="S sessions on one messages channel, rising message rates"
+    )
+    fanout.add_argument(
+        "--sessions", type=int, default=1000, help="subscriber sessions (max 10,000)"
+    )
+    fanout.add_argument("--generators", type=int, default=1, help="subscriber processes (max 8)")
+    fanout.add_argument("--seconds", type=float, default=5.0, help="per ladder step (max 60)")
+    fanout.add_argument(
+        "--ladder",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=list(fanout_scenario.DEFAULT_LADDER),
+        help="comma-separated msg/s",
+    )
+    fanout.add_argument("--max-rate", type=float, default=1000.0)
+    fanout.add_argument("--session-queue", type=int, default=5000)
+    options = parser.parse_args(argv)
+    options.seconds = min(options.seconds, 120.0)
+    options.generators = min(max(1, options.generators), 8)
+    if options.scenario == "http":
+        options.connections = min(options.connections, 500)
+    else:
+        options.sessions = min(options.sessions, 10_000)
+        options.ladder = options.ladder[:20]
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse(argv)
+    raise_open_file_limit()
+    module, table = SCENARIOS[options.scenario]
+    console = Console()
+    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        result = module.run(options, progress)
+    report = {
+        "scenario": options.scenario,
+        "command": command,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "result": result,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{options.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    module.plot(report, str(stem.with_suffix(".png")))
+    console.print(table(result, command))
     console.print(f"written: {stem}.json, {stem}.png")
 
 
