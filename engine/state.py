@@ -167,6 +167,45 @@ class State:
         self.user_chats.setdefault(user_id, SortedDict())[chat.seq] = chat
         self.user_current_chats.setdefault(user_id, SortedDict())[presence.seq] = chat
 
+    # -- restoring from a snapshot (persistence.codec) ------------------------------------
+    def take_over(self, other: State) -> None:
+        """Become ``other`` (a state restored aside), keeping this object's identity:
+        everything that holds a reference to this state sees the restored one."""
+        for name, value in vars(other).items():
+            if name != "_appliers":
+                setattr(self, name, value)
+
+    def restore_org(self, org: Org) -> None:
+        self.orgs[org.id] = org
+        self.tokens[org.token_hash] = (PRINCIPAL_ORG, org.id)
+        self.org_rooms.setdefault(org.id, SortedDict())
+
+    def restore_room(self, room: Room) -> None:
+        self.rooms[room.id] = room
+        self.room_open_chats[room.id] = SortedDict()
+        for org_id in (room.organization_id, *room.shared_with):
+            self.org_rooms.setdefault(org_id, SortedDict())[room.seq] = room
+
+    def restore_user(self, user: User) -> None:
+        self.users[user.id] = user
+        self.tokens[user.token_hash] = (PRINCIPAL_USER, user.id)
+
+    def restore_visitor(self, visitor: Visitor) -> None:
+        self.visitors[visitor.id] = visitor
+        self.tokens[visitor.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
+
+    def restore_chat(self, chat: ChatState) -> None:
+        """Index a restored chat; chats must come in creation (``seq``) order."""
+        self.chats[chat.id] = chat
+        if chat.end_time is None:
+            self.room_open_chats[chat.room_id][chat.seq] = chat
+        self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
+        self.room_visitor_chats.setdefault((chat.room_id, chat.visitor_id), []).append(chat)
+        for user_id in chat.ever_present.union(chat.user_participants):
+            self.user_chats.setdefault(user_id, SortedDict())[chat.seq] = chat
+        for presence in chat.presences.values():
+            self.user_current_chats.setdefault(presence.user_id, SortedDict())[presence.seq] = chat
+
     # -- queries -------------------------------------------------------------------
     def principal(self, token_hash: str) -> tuple[str, str] | None:
         return self.tokens.get(token_hash)

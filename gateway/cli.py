@@ -15,7 +15,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import hypercorn.trio
@@ -28,6 +27,8 @@ from engine.ids import hash_token, new_secret
 from gateway import logs
 from gateway.app import GatewaySettings, create_app
 from gateway.ws import WsSettings
+from persistence.store import Store
+from persistence.wal import FSYNC_MODES
 
 log = logging.getLogger("chat_engine")
 ENV_PREFIX = "CHAT_ENGINE_"
@@ -85,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("no-open-registration"),
         help="turn off POST /api/v5/client/visitors",
+    )
+    serve.add_argument(
+        "--fsync",
+        choices=FSYNC_MODES,
+        default=_env("fsync", "always"),
+        help="always: acknowledge after fsync (group commit); interval: fsync every 50 ms; "
+        "off: never (interval and off may lose the last moments in a machine crash)",
+    )
+    serve.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=float(_env("snapshot-interval", "60") or 60),
+        help="seconds between snapshots",
     )
     serve.add_argument(
         "--history-limit",
@@ -163,12 +177,20 @@ async def serve(
     """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock."""
     token = admin_token(options)
     if engine is None:
+        store = None
+        if not options.in_memory:
+            store = Store(
+                Path(options.data_dir),
+                fsync=options.fsync,
+                snapshot_interval=options.snapshot_interval,
+            )
         engine = Engine(
             EngineConfig(
                 resume_window=options.resume_window,
                 presence_timeout=options.presence_timeout,
                 history_limit=options.history_limit,
-            )
+            ),
+            store=store,
         )
     settings = GatewaySettings(
         admin_token_hash=token.hash,
@@ -203,6 +225,19 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals)
+        http_done = trio.Event()
+
+        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn.trio.serve(
+                    app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+                )
+            finally:
+                http_done.set()
+
+        # Listen first: /healthz answers and /readyz says 503 while recovery runs.
+        binds = await nursery.start(serve_http)
+        log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})
         await nursery.start(engine.run)
         if token.printed:
             print(f"admin token: {token.printed}", flush=True)
@@ -213,16 +248,13 @@ async def serve(
                 demo = await create_demo(engine)
                 print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
         tune_gc()
-        async with trio.open_nursery() as http:
-            binds = await http.start(
-                partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
-            )
-            log.info(
-                "listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}}
-            )
-            task_status.started(binds)
-        # hypercorn returns once its shutdown trigger fired and its connections drained;
-        # then the engine's actors stop.
+        task_status.started(binds)
+        # hypercorn returns once its shutdown trigger fired (sessions closed with 1001)
+        # and in-flight requests finished; then the log is flushed, a final snapshot is
+        # written, and the engine's actors stop.
+        await http_done.wait()
+        await engine.drain()
+        log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
         nursery.cancel_scope.cancel()
 
 

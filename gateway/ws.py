@@ -298,9 +298,7 @@ class WsGateway:
             )
         )
         session.subscriptions.add(channel)
-        await self.engine.router.subscribe(
-            session, channel, since=since, epoch=epoch, answer=answer
-        )
+        self.engine.router.subscribe(session, channel, since=since, epoch=epoch, answer=answer)
 
     def _refusal(self, session: Session, channel: str) -> tuple[str, str] | None:
         ref = channels.parse(channel)

@@ -63,8 +63,9 @@ class WsClient:
         )
 
     async def barrier(self, channel: str | None = None) -> None:
-        """Every event published before this call is in ``inbox`` after it: the
-        subscribe travels through the router's mailbox behind them. Non-admin sessions
+        """Every event published before this call is in ``inbox`` after it: events are
+        queued when their mutation commits, and a subscribe answer is queued behind
+        whatever the session already holds. Non-admin sessions
         name a channel they may subscribe to (subscribing twice is harmless)."""
         channel = channel or BARRIER_ROOT.format(f"{next(_barriers):032x}")
         answer = await self.subscribe(channel)

@@ -1,9 +1,12 @@
 """ChannelRouter: subscriptions, per-channel ``seq`` and history, hand-off to sessions.
 
-One task with a bounded mailbox. Chat actors hand it the publications of one committed
-mutation as one batch, in commit order; subscriptions go through the same mailbox, so a
-subscribe with ``since`` is atomic with respect to publishing: the replay and the live
-events that follow have no gap and no duplicate.
+The router is driven synchronously by the commit path: the publications of each
+committed mutation are handed over as one batch, in log order, right where the
+mutation is applied. That makes the router's state (every channel's ``seq`` and history)
+consistent with the engine state at every point between two applied facts, which is
+what a snapshot needs, and gives every channel its events in commit order. A subscribe
+with ``since`` is also synchronous, hence atomic with respect to publishing: the replay
+and the live events that follow have no gap and no duplicate. No call here ever waits.
 
 Every event is encoded at most once per encoding (JSON, msgpack), whatever the number
 of sessions subscribed to its channel, and the shared resource inside it once per
@@ -26,7 +29,6 @@ from typing import Any, Protocol
 
 import msgpack
 import orjson
-import trio
 
 from engine.fanout import Payload, Publication
 
@@ -145,7 +147,6 @@ class ChannelRouter:
         epoch: str,
         history_limit: int = 1000,
         total_history_limit: int = 500_000,
-        mailbox_capacity: int = 4096,
     ) -> None:
         self.epoch = epoch
         self.history_limit = history_limit
@@ -154,20 +155,13 @@ class ChannelRouter:
         self._channels: dict[str, _Channel] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()  # channels with history, LRU
         self._history_total = 0
-        self._send, self._receive = trio.open_memory_channel[Any](mailbox_capacity)
 
-    # -- the actor ----------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for operation in self._receive:
-            operation()
-
-    async def publish(self, publications: list[Publication]) -> None:
+    def publish(self, publications: list[Publication]) -> None:
         """Hand over the events of one committed mutation, as one batch."""
         if publications:
-            await self._send.send(lambda: self._publish(publications))
+            self._publish(publications)
 
-    async def subscribe(
+    def subscribe(
         self,
         session: Subscriber,
         channel: str,
@@ -178,16 +172,7 @@ class ChannelRouter:
     ) -> Subscribed:
         """Subscribe and replay atomically. ``answer(subscribed)`` renders the
         ``subscribed`` frame, which is queued before the replayed events."""
-        done = trio.Event()
-        result: list[Subscribed] = []
-
-        def operation() -> None:
-            result.append(self._subscribe(session, channel, since, epoch, answer))
-            done.set()
-
-        await self._send.send(operation)
-        await done.wait()
-        return result[0]
+        return self._subscribe(session, channel, since, epoch, answer)
 
     def unsubscribe(self, session: Subscriber, channel: str) -> bool:
         found = self._channels.get(channel)
@@ -201,11 +186,53 @@ class ChannelRouter:
         for channel in list(channels):
             self.unsubscribe(session, channel)
 
+    def export(self) -> dict[str, Any]:
+        """Every channel's ``seq`` and history, for a snapshot."""
+        return {
+            "epoch": self.epoch,
+            "channels": [
+                [
+                    channel.name,
+                    channel.seq,
+                    [
+                        [
+                            e.seq,
+                            e.action,
+                            e.resource_id,
+                            None if e.payload is None else e.payload.data,
+                        ]
+                        for e in channel.history
+                    ],
+                ]
+                for channel in self._channels.values()
+                if channel.seq
+            ],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load ``export``'s output (before any subscriber exists)."""
+        for name, seq, history in data["channels"]:
+            channel = self._channel(name)
+            channel.seq = seq
+            for event_seq, action, resource_id, payload in history:
+                channel.history.append(
+                    Event(
+                        name,
+                        event_seq,
+                        action,
+                        resource_id,
+                        None if payload is None else Payload(payload),
+                    )
+                )
+                self._history_total += 1
+            if channel.history:
+                self._recent[name] = None
+
     def head(self, channel: str) -> int:
         found = self._channels.get(channel)
         return 0 if found is None else found.seq
 
-    # -- inside the actor -----------------------------------------------------------
+    # -- internals -----------------------------------------------------------
     def _channel(self, name: str) -> _Channel:
         found = self._channels.get(name)
         if found is None:

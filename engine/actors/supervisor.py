@@ -8,6 +8,7 @@ always sees a state between two applied facts. Every write goes through an actor
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from engine.facts import Fact
 from engine.fanout import fan_out
 from engine.ids import new_secret
 from engine.state import State
+from persistence.store import Recovered, Store
+
+log = logging.getLogger("chat_engine.engine")
 
 
 def wall_clock_ms() -> int:
@@ -48,9 +52,16 @@ class EngineConfig:
 
 class Engine:
     def __init__(
-        self, config: EngineConfig | None = None, *, clock: Callable[[], int] = wall_clock_ms
+        self,
+        config: EngineConfig | None = None,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        store: Store | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        self.store = store
+        self.applied_lsn = 0
+        self.recovery: Recovered | None = None
         self.state = State()
         self._clock = clock
         self._last_time = 0
@@ -58,9 +69,10 @@ class Engine:
         self.started = trio.Event()
         self.chats = ChatActors(self)
         self.directory = DirectoryActor(self)
-        # The epoch names the life of the channel histories: in memory, this process.
+        # The epoch names the life of the channel histories: in memory, this process;
+        # with a data directory, the directory.
         self.router = ChannelRouter(
-            epoch=new_secret()[:16],
+            epoch=store.epoch() if store is not None else new_secret()[:16],
             history_limit=self.config.history_limit,
             total_history_limit=self.config.total_history_limit,
         )
@@ -84,10 +96,16 @@ class Engine:
         return self._reachability
 
     async def commit(self, facts: Sequence[Fact]) -> list[ChangeSet]:
-        """Make facts durable, then apply them in order, then hand their events to the
-        router as one batch. In memory there is nothing to wait for; a write-ahead log
-        plugs in before the apply (see docs/architecture.md). Callers are actors, so the
-        events of one chat reach the router in commit order."""
+        """Make one mutation's facts durable, then apply them and hand their events to
+        the router as one batch. With a log, the log's committer does the applying, in
+        log order, once the record is durable (``persistence.wal``); a write failure
+        raises ``Unavailable`` and nothing is applied."""
+        if self.store is None:
+            return self._apply_record(self.applied_lsn + 1, facts)
+        changes: list[ChangeSet] = await self.store.wal.commit(facts)
+        return changes
+
+    def _apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
         changes = []
         publications = []
         for fact in facts:
@@ -95,8 +113,41 @@ class Engine:
             if change is not None:
                 changes.append(change)
                 publications += fan_out(self.state, change)
-        await self.router.publish(publications)
+        self.router.publish(publications)
+        self.applied_lsn = lsn
         return changes
+
+    def _recover(self) -> None:
+        """Blocking (a worker thread): nothing else touches the state until started."""
+        assert self.store is not None
+        recovered = self.store.recover(self.state)
+        if recovered.router_data is not None:
+            self.router.restore(recovered.router_data)
+        self.applied_lsn = recovered.snapshot_lsn
+        for lsn, facts in recovered.records:
+            self._apply_record(lsn, facts)
+        self.applied_lsn = recovered.last_lsn
+        self.recovery = recovered
+
+    async def _snapshot_periodically(self) -> None:
+        assert self.store is not None
+        while True:
+            await trio.sleep(self.store.snapshot_interval)
+            await self.snapshot()
+
+    async def snapshot(self) -> None:
+        """Take a snapshot now (forked: the event loop only pauses for the fork)."""
+        if self.store is not None:
+            try:
+                await self.store.take_snapshot(self.applied_lsn, self.state, self.router)
+            except OSError:
+                log.exception("snapshot failed; the log still has everything")
+
+    async def drain(self) -> None:
+        """Clean shutdown: let queued records commit, then write a final snapshot."""
+        if self.store is not None:
+            await self.store.wal.flush()
+            await self.snapshot()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -106,8 +157,26 @@ class Engine:
                 idle_timeout=self.config.actor_idle_timeout,
                 send_timeout=self.config.send_timeout,
             )
+            if self.store is not None:
+                started = time.perf_counter()
+                await trio.to_thread.run_sync(self._recover)
+                assert self.recovery is not None
+                self.store.wal.open(self.applied_lsn)
+                await nursery.start(self.store.wal.run, self._apply_record)
+                nursery.start_soon(self._snapshot_periodically)
+                log.info(
+                    "recovered",
+                    extra={
+                        "fields": {
+                            "seconds": round(time.perf_counter() - started, 3),
+                            "snapshot_lsn": self.recovery.snapshot_lsn,
+                            "records_replayed": len(self.recovery.records),
+                            "tail_bytes_truncated": self.recovery.truncated_bytes,
+                            "chats": len(self.state.chats),
+                        }
+                    },
+                )
             self._reachability = Reachability(self, self.config.presence_timeout)
-            await nursery.start(self.router.run)
             await nursery.start(self._reachability.run)
             self.started.set()
             task_status.started()

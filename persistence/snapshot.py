@@ -1,0 +1,132 @@
+"""Snapshots: the whole state (and the channel histories) at one log position.
+
+A snapshot file is ``MAGIC, crc32 u32, length u64, msgpack {lsn, state, router}``,
+written to a temporary file, fsynced, renamed into place, and the directory fsynced.
+
+Taking one must not stall the event loop, so it is written by a forked child process:
+``fork`` gives the child a copy-on-write image of memory at a point between two applied
+records, which is exactly the state at the log position ``lsn``; the child encodes and
+writes it while the server goes on. The server only pauses for the ``fork`` call itself
+(its page-table copy), which is measured and logged. The child touches no trio object,
+no lock and no log handler, and leaves with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.actors.router import ChannelRouter
+from engine.state import State
+from persistence.codec import decode_state, encode_state, pack, unpack
+
+log = logging.getLogger("chat_engine.snapshot")
+
+MAGIC = b"CESNAP1\n"
+HEADER = struct.Struct(">IQ")
+KEEP = 2  # the newest snapshot, and the one before it as a fallback
+
+
+def snapshot_name(lsn: int) -> str:
+    return f"snapshot-{lsn:020d}.msgpack"
+
+
+def snapshots(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("snapshot-*.msgpack"):
+        try:
+            found.append((int(path.stem[9:]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def encode(lsn: int, state: State, router: ChannelRouter) -> bytes:
+    payload = pack({"lsn": lsn, "state": encode_state(state), "router": router.export()})
+    return MAGIC + HEADER.pack(zlib.crc32(payload), len(payload)) + payload
+
+
+def write_file(directory: Path, lsn: int, data: bytes) -> Path:
+    path = directory / snapshot_name(lsn)
+    temporary = directory / f".{path.name}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+@dataclass(slots=True)
+class Loaded:
+    lsn: int
+    state: State
+    router_data: dict[str, Any]
+    path: Path
+
+
+def load_newest(directory: Path, into: State) -> Loaded | None:
+    """The newest snapshot that reads back whole; a corrupt one is skipped (loudly) in
+    favour of the one before, whose longer log tail then gets replayed."""
+    for lsn, path in reversed(snapshots(directory)):
+        try:
+            data = path.read_bytes()
+            if not data.startswith(MAGIC):
+                raise ValueError("bad magic")
+            crc, length = HEADER.unpack_from(data, len(MAGIC))
+            payload = data[len(MAGIC) + HEADER.size :]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                raise ValueError("checksum mismatch")
+            content = unpack(payload)
+            fresh = State()
+            decode_state(content["state"], fresh)  # a corrupt snapshot must not half-fill ``into``
+            into.take_over(fresh)
+            return Loaded(content["lsn"], into, content["router"], path)
+        except Exception as error:
+            log.error(
+                "snapshot unreadable, falling back",
+                extra={"fields": {"snapshot": path.name, "error": str(error)}},
+            )
+    return None
+
+
+def remove_old(directory: Path) -> list[int]:
+    """Keep the newest ``KEEP`` snapshots; returns the lsns kept (oldest first)."""
+    found = snapshots(directory)
+    for _, path in found[:-KEEP]:
+        path.unlink(missing_ok=True)
+    for stray in directory.glob(".snapshot-*.tmp"):
+        stray.unlink(missing_ok=True)
+    return [lsn for lsn, _ in found[-KEEP:]]
+
+
+async def take_forked(directory: Path, lsn: int, state: State, router: ChannelRouter) -> float:
+    """Write a snapshot of the current state from a forked child; returns the pause the
+    fork caused in this process, in seconds. Raises ``OSError`` if the child failed."""
+    started = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the child: a frozen image of the state at ``lsn``
+        code = 1
+        try:
+            write_file(directory, lsn, encode(lsn, state, router))
+            code = 0
+        finally:
+            os._exit(code)
+    pause = time.perf_counter() - started
+    _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(f"snapshot child failed with status {status}")
+    return pause

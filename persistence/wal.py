@@ -1,0 +1,323 @@
+"""The write-ahead log: framing, segments, group commit, and reading it back.
+
+A record is one committed mutation: ``[length u32][crc32 u32][msgpack [lsn, [facts]]]``.
+Records go to segment files ``wal-<first lsn>.log``; a segment is closed and a new one
+started once it passes ``segment_bytes``.
+
+Group commit: ``commit`` queues a record and waits. One committer task takes everything
+queued, writes it with one ``write`` and (``fsync="always"``) one ``fsync`` in a worker
+thread, so the event loop never blocks on the disk and concurrent mutations share the
+cost. Only then does it *apply* the batch's records, in log order, through the callback
+it was given: the state in memory never runs ahead of the log, and replaying the log
+applies the same records in the same order. ``"interval"`` fsyncs every 50 ms in the
+background and ``"off"`` never does: both answer once the bytes are written, and may lose
+the last moments in a machine crash (not in a process crash).
+
+A failed write or fsync fails every record of its batch with ``Unavailable`` (nothing is
+applied, nothing is acknowledged), and the segment is cut back to its last good length
+before anything else is written, so a later success never follows garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine import errors
+from engine.facts import Fact
+from persistence.codec import decode_fact, encode_fact, pack, unpack
+
+log = logging.getLogger("chat_engine.wal")
+
+HEADER = struct.Struct(">II")
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+FSYNC_MODES = ("always", "interval", "off")
+INTERVAL_SECONDS = 0.05
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"wal-{first_lsn:020d}.log"
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("wal-*.log"):
+        try:
+            found.append((int(path.stem[4:]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def frame(lsn: int, facts: Sequence[Fact]) -> bytes:
+    payload = pack([lsn, [encode_fact(fact) for fact in facts]])
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(slots=True)
+class ReadResult:
+    records: list[tuple[int, list[Fact]]] = field(default_factory=list)
+    last_lsn: int = 0
+    truncated_bytes: int = 0
+
+
+def read_log(directory: Path, after_lsn: int) -> ReadResult:
+    """Every record with ``lsn > after_lsn``, in order. A torn or corrupt record ends the
+    log: its segment is cut there (and any later segment removed), loudly."""
+    result = ReadResult(last_lsn=after_lsn)
+    found = segments(directory)
+    for index, (_, path) in enumerate(found):
+        data = path.read_bytes()
+        offset, good = 0, True
+        while offset < len(data):
+            parsed = _parse(data, offset)
+            if parsed is None:
+                good = False
+                break
+            lsn, facts, offset = parsed
+            result.last_lsn = max(result.last_lsn, lsn)
+            if lsn > after_lsn:
+                result.records.append((lsn, facts))
+        if not good:
+            result.truncated_bytes = len(data) - offset
+            for _, later in found[index + 1 :]:
+                result.truncated_bytes += later.stat().st_size
+                later.unlink()
+            with open(path, "r+b") as handle:
+                handle.truncate(offset)
+                os.fsync(handle.fileno())
+            log.warning(
+                "log tail truncated",
+                extra={
+                    "fields": {
+                        "segment": path.name,
+                        "offset": offset,
+                        "bytes_dropped": result.truncated_bytes,
+                    }
+                },
+            )
+            break
+    return result
+
+
+def _parse(data: bytes, offset: int) -> tuple[int, list[Fact], int] | None:
+    if offset + HEADER.size > len(data):
+        return None
+    length, crc = HEADER.unpack_from(data, offset)
+    start = offset + HEADER.size
+    if length > MAX_RECORD_BYTES or start + length > len(data):
+        return None
+    payload = data[start : start + length]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        lsn, raw_facts = unpack(payload)
+        facts = [decode_fact(raw) for raw in raw_facts]
+    except Exception:  # a CRC collision on garbage: treat as corrupt
+        return None
+    return lsn, facts, start + length
+
+
+class FileOps:
+    """The disk calls the log makes; tests replace them to inject failures."""
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+
+class _Pending:
+    __slots__ = ("lsn", "facts", "data", "done", "result", "error")
+
+    def __init__(self, lsn: int, facts: Sequence[Fact], data: bytes) -> None:
+        self.lsn = lsn
+        self.facts = facts
+        self.data = data
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class WriteAheadLog:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: str = "always",
+        segment_bytes: int = 64 * 1024 * 1024,
+        file_ops: FileOps | None = None,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}")
+        self.directory = directory
+        self.fsync_mode = fsync
+        self.segment_bytes = segment_bytes
+        self.file_ops = file_ops or FileOps()
+        self.next_lsn = 1
+        self._fd = -1
+        self._segment_first = 0
+        self._size = 0  # bytes of the current segment known to be good
+        self._needs_cut = False
+        self._pending: list[_Pending] = []
+        self._wakeup = trio.Event()
+        self._apply: Callable[[int, Sequence[Fact]], Any] | None = None
+        self.stats = {
+            "batches": 0,
+            "records": 0,
+            "bytes": 0,
+            "fsync_seconds_total": 0.0,
+            "fsync_seconds_max": 0.0,
+            "write_failures": 0,
+        }
+
+    # -- opening --------------------------------------------------------------------------
+    def open(self, last_lsn: int) -> None:
+        """Append after ``last_lsn`` (the log has been read and its tail cut)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.next_lsn = last_lsn + 1
+        found = segments(self.directory)
+        if found:
+            self._segment_first, path = found[-1]
+        else:
+            self._segment_first, path = self.next_lsn, self.directory / segment_name(self.next_lsn)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        _fsync_dir(self.directory)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- committing -------------------------------------------------------------------------
+    async def commit(self, facts: Sequence[Fact]) -> Any:
+        """Queue a record; return what the apply callback returned for it once it is
+        durable and applied. Raises ``Unavailable`` if it could not be written."""
+        pending = _Pending(self.next_lsn, facts, frame(self.next_lsn, facts))
+        self.next_lsn += 1
+        self._pending.append(pending)
+        self._wakeup.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def run(
+        self,
+        apply: Callable[[int, Sequence[Fact]], Any],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The committer. ``apply(lsn, facts)`` runs for each durable record, in order."""
+        self._apply = apply
+        async with trio.open_nursery() as nursery:
+            if self.fsync_mode == "interval":
+                nursery.start_soon(self._sync_periodically)
+            task_status.started()
+            while True:
+                while not self._pending:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                await self._commit_batch()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is durable and applied."""
+        while self._pending:
+            await self._pending[-1].done.wait()
+
+    async def _commit_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        data = b"".join(item.data for item in batch)
+        try:
+            await trio.to_thread.run_sync(self._write, data)
+        except OSError as error:
+            self._needs_cut = True
+            self.stats["write_failures"] += 1
+            log.error(
+                "log write failed", extra={"fields": {"error": str(error), "records": len(batch)}}
+            )
+            for item in batch:
+                item.error = errors.Unavailable("The change could not be stored; try again.")
+                item.done.set()
+            return
+        self._size += len(data)
+        self.stats["batches"] += 1
+        self.stats["records"] += len(batch)
+        self.stats["bytes"] += len(data)
+        assert self._apply is not None
+        for item in batch:  # in log order: apply order is replay order
+            try:
+                item.result = self._apply(item.lsn, item.facts)
+            except BaseException as error:  # a bug; keep the others going
+                log.exception("applying record %s failed", item.lsn)
+                item.error = error
+            item.done.set()
+        if self._size >= self.segment_bytes:
+            await trio.to_thread.run_sync(self._rotate)
+
+    def _write(self, data: bytes) -> None:
+        ops = self.file_ops
+        if self._needs_cut:
+            ops.truncate(self._fd, self._size)
+            ops.fsync(self._fd)
+            self._needs_cut = False
+        ops.write(self._fd, data)
+        if self.fsync_mode == "always":
+            started = time.perf_counter()
+            ops.fsync(self._fd)
+            spent = time.perf_counter() - started
+            self.stats["fsync_seconds_total"] += spent
+            self.stats["fsync_seconds_max"] = max(self.stats["fsync_seconds_max"], spent)
+
+    def _rotate(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._segment_first = self.next_lsn
+        path = self.directory / segment_name(self.next_lsn)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        _fsync_dir(self.directory)
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await trio.sleep(INTERVAL_SECONDS)
+            try:
+                await trio.to_thread.run_sync(self.file_ops.fsync, self._fd)
+            except OSError as error:
+                log.error("periodic fsync failed", extra={"fields": {"error": str(error)}})
+
+    # -- retention ------------------------------------------------------------------------
+    def remove_segments_before(self, lsn: int) -> int:
+        """Delete segments whose every record is ``<= lsn`` (covered by a snapshot)."""
+        found = segments(self.directory)
+        removed = 0
+        for (first, path), (next_first, _) in zip(found, found[1:], strict=False):
+            if next_first - 1 <= lsn and first != self._segment_first:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
