@@ -81,7 +81,7 @@ class Loaded:
 def load_newest(directory: Path, into: State) -> Loaded | None:
     """The newest snapshot that reads back whole; a corrupt one is skipped (loudly) in
     favour of the one before, whose longer log tail then gets replayed."""
-    for lsn, path in reversed(snapshots(directory)):
+    for _, path in reversed(snapshots(directory)):
         try:
             data = path.read_bytes()
             if not data.startswith(MAGIC):
