@@ -41,27 +41,46 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     port: int
     process: subprocess.Popen[bytes]
-    data_dir: tempfile.TemporaryDirectory[str]
+    data_dir: Path
+    temporary: tempfile.TemporaryDirectory[str] | None = None
     args: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def kill(self) -> None:
+        """``kill -9``: no drain, no snapshot, nothing flushed."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> int:
-        self.process.terminate()
         try:
-            return self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            if self.process.poll() is None:
+                self.process.terminate()
+            try:
+                return self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait()
         finally:
-            self.data_dir.cleanup()
+            if self.temporary is not None:
+                self.temporary.cleanup()
 
 
-def start_server(*extra: str, startup_timeout: float = 30.0) -> ServerProcess:
+def start_server(
+    *extra: str,
+    data_dir: Path | None = None,
+    startup_timeout: float = 60.0,
+    log_path: Path | None = None,
+) -> ServerProcess:
+    """A server process on a free port. Without ``data_dir`` a temporary one is used
+    and removed at ``stop``; a given one is kept (restart tests reuse it)."""
     port = free_port()
-    data_dir = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")
+    temporary = None
+    if data_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")
+        data_dir = Path(temporary.name)
     args = [
         sys.executable,
         "-m",
@@ -70,14 +89,15 @@ def start_server(*extra: str, startup_timeout: float = 30.0) -> ServerProcess:
         "--port",
         str(port),
         "--data-dir",
-        data_dir.name,
+        str(data_dir),
         "--log-level",
-        "warning",
+        "info" if log_path else "warning",
         *extra,
     ]
     env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
-    server = ServerProcess(port, process, data_dir, args)
+    stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    server = ServerProcess(port, process, data_dir, temporary, args)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -87,7 +107,7 @@ def start_server(*extra: str, startup_timeout: float = 30.0) -> ServerProcess:
                 return server
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     server.stop()
     raise RuntimeError("server did not become ready")
 

@@ -1,0 +1,282 @@
+"""Recovery from what a data directory may hold (CONTRACT §9), on real server processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bench.server import ADMIN_TOKEN, ServerProcess, start_server
+from engine.actors.supervisor import Engine, EngineConfig
+from gateway.cli import build_parser, serve
+from persistence import snapshot
+from persistence.store import Store
+from persistence.wal import FileOps, read_log, segments
+from tests.wsclient import ws_connect
+
+HEADERS = {"Authorization": f"Token {ADMIN_TOKEN}"}
+
+
+async def boot(data_dir: Path, log_path: Path | None = None) -> ServerProcess:
+    return await trio.to_thread.run_sync(
+        partial(start_server, data_dir=data_dir, log_path=log_path)
+    )
+
+
+async def populate(server: ServerProcess, messages: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=HEADERS) as client:
+        org = (await client.post("/api/v5/orgs", json={"name": "Durable"})).json()
+        base = f"/api/v5/orgs/{org['id']}"
+        room = (await client.post(f"{base}/rooms", json={"name": "R"})).json()
+        user = (
+            await client.post(
+                f"{base}/users", json={"first_name": "A", "last_name": "B", "alias": "a"}
+            )
+        ).json()
+        visitor = (await client.post(f"{base}/visitors", json={})).json()
+        chat = (
+            await client.post(
+                f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+                params={"auto_resume": user["id"]},
+            )
+        ).json()
+        world = {
+            "base": base,
+            "chat": chat["id"],
+            "user": user["id"],
+            "room": room["id"],
+            "texts": [],
+        }
+        await add_messages(server, world, messages)
+    return world
+
+
+async def add_messages(server: ServerProcess, world: dict[str, Any], count: int) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=HEADERS) as client:
+        for _ in range(count):
+            text = f"message {len(world['texts'])}"
+            response = await client.post(
+                f"{world['base']}/chats/{world['chat']}/messages",
+                json={"sender_id": world["user"], "message": text},
+            )
+            assert response.status_code == 201
+            world["texts"].append(text)
+
+
+async def texts(server: ServerProcess, world: dict[str, Any]) -> list[str]:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=HEADERS) as client:
+        page = (
+            await client.get(
+                f"{world['base']}/chats/{world['chat']}/messages", params={"page_size": 100}
+            )
+        ).json()
+        chat = (await client.get(f"{world['base']}/chats/{world['chat']}")).json()
+    found = [m["message"] for m in page["results"] if m["type"] == "msg"]
+    assert chat["message_count"] == len(found)
+    return found
+
+
+async def test_empty_data_dir_starts_empty(tmp_path: Path) -> None:
+    server = await boot(tmp_path / "fresh")
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert (tmp_path / "fresh" / "epoch").exists()
+
+
+async def test_clean_shutdown_keeps_everything(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    world = await populate(server, 5)
+    assert server.stop() == 0
+    assert snapshot.snapshots(tmp_path), "a clean shutdown writes a snapshot"
+    server = await boot(tmp_path)
+    try:
+        assert await texts(server, world) == world["texts"]
+    finally:
+        server.stop()
+
+
+async def test_torn_tail_is_truncated_and_logged(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    world = await populate(server, 6)
+    server.kill()
+    ((_, segment),) = segments(tmp_path)
+    size = segment.stat().st_size
+    with open(segment, "r+b") as handle:  # the last record was half written
+        handle.truncate(size - 7)
+    log_path = tmp_path / "server.log"
+    server = await boot(tmp_path, log_path)
+    try:
+        assert await texts(server, world) == world["texts"][:-1]
+        await add_messages(server, world, 1)  # the log goes on cleanly after the cut
+    finally:
+        server.kill()
+    assert b"log tail truncated" in log_path.read_bytes()
+    server = await boot(tmp_path)
+    try:
+        assert await texts(server, world) == world["texts"][:5] + world["texts"][6:]
+    finally:
+        server.stop()
+
+
+async def test_flipped_bytes_in_the_tail_are_truncated(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    world = await populate(server, 6)
+    server.kill()
+    ((_, segment),) = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    server = await boot(tmp_path)
+    try:
+        assert await texts(server, world) == world["texts"][:-1]
+    finally:
+        server.stop()
+
+
+async def test_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    world = await populate(server, 3)
+    assert server.stop() == 0  # snapshot 1
+    server = await boot(tmp_path)
+    await add_messages(server, world, 3)
+    assert server.stop() == 0  # snapshot 2
+    found = snapshot.snapshots(tmp_path)
+    assert len(found) == 2
+    newest = found[-1][1]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    log_path = tmp_path / "server.log"
+    server = await boot(tmp_path, log_path)
+    try:
+        assert await texts(server, world) == world["texts"]
+    finally:
+        server.stop()
+    assert b"snapshot unreadable, falling back" in log_path.read_bytes()
+
+
+async def test_websocket_resumes_across_restarts(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    world = await populate(server, 2)
+    channel = f"{world['base']}/rooms/{world['room']}/chats/{world['chat']}/messages"
+    async with ws_connect(server.base_url, ADMIN_TOKEN) as ws:
+        first = await ws.subscribe(channel)
+    head, epoch = first["seq"], first["epoch"]
+    assert head == 3  # the join event and two messages
+    server.kill()  # a crash: the history must come back from the log alone
+    server = await boot(tmp_path)
+    await add_messages(server, world, 2)
+    assert server.stop() == 0  # and a clean restart: from the snapshot
+    server = await boot(tmp_path)
+    try:
+        await add_messages(server, world, 1)
+        async with ws_connect(server.base_url, ADMIN_TOKEN) as ws:
+            answer = await ws.subscribe(channel, since=head, epoch=epoch)
+            assert (answer["resumed"], answer["seq"], answer["epoch"]) == (True, 6, epoch)
+            missed = [await ws.until(lambda f: "action" in f) for _ in range(3)]
+    finally:
+        server.stop()
+    assert [e["seq"] for e in missed] == [4, 5, 6]
+    assert [e["resource"]["message"] for e in missed] == world["texts"][2:]
+
+
+class FlakyDisk(FileOps):
+    """Fails writes on demand, after writing half the data (a realistic ENOSPC)."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        if self.failing:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        if self.failing:
+            raise OSError(errno.EIO, "I/O error")
+        super().fsync(fd)
+
+
+async def test_write_failures_answer_503_and_recover(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    disk = FlakyDisk()
+    engine = Engine(EngineConfig(), store=Store(tmp_path, file_ops=disk))
+    options = build_parser().parse_args(
+        ["serve", "--port", "0", "--data-dir", str(tmp_path), "--log-level", "critical"]
+    )
+    binds = await nursery.start(partial(serve, options, engine=engine))
+    async with httpx.AsyncClient(base_url=binds[0], headers=HEADERS) as client:
+        org = (await client.post("/api/v5/orgs", json={"name": "Flaky"})).json()
+        base = f"/api/v5/orgs/{org['id']}"
+        room = (await client.post(f"{base}/rooms", json={"name": "R"})).json()
+        user = (
+            await client.post(
+                f"{base}/users", json={"first_name": "A", "last_name": "B", "alias": "a"}
+            )
+        ).json()
+        visitor = (await client.post(f"{base}/visitors", json={})).json()
+        chat = (
+            await client.post(f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats")
+        ).json()
+        messages = f"{base}/chats/{chat['id']}/messages"
+        assert (
+            await client.post(messages, json={"sender_id": user["id"], "message": "before"})
+        ).status_code == 201
+        disk.failing = True
+        seq = engine.state.seq
+        statuses: list[int] = []
+
+        async def lose(index: int) -> None:
+            response = await client.post(
+                messages, json={"sender_id": user["id"], "message": f"lost {index}"}
+            )
+            statuses.append(response.status_code)
+
+        async with trio.open_nursery() as burst:  # concurrent writes share the failing batch
+            for index in range(5):
+                burst.start_soon(lose, index)
+        assert statuses == [503] * 5
+        failed = await client.post(messages, json={"sender_id": user["id"], "message": "lost"})
+        assert failed.status_code == 503 and failed.json()["code"] == "unavailable"
+        assert engine.state.seq == seq  # memory did not run ahead of the log
+        history = (await client.get(messages)).json()["results"]
+        assert [m["message"] for m in history] == ["before"]
+        disk.failing = False
+        assert (
+            await client.post(messages, json={"sender_id": user["id"], "message": "after"})
+        ).status_code == 201
+        history = (await client.get(messages)).json()["results"]
+        assert [m["message"] for m in history] == ["before", "after"]
+    # the log holds exactly the acknowledged records: the half-written ones were cut
+    log = read_log(tmp_path, 0)
+    assert log.truncated_bytes == 0
+    replayed = [
+        fact.message
+        for _, facts in log.records
+        for fact in facts
+        if type(fact).__name__ == "MessagePosted"
+    ]
+    assert replayed == ["before", "after"]
+
+
+async def test_in_memory_writes_no_files(tmp_path: Path) -> None:
+    server = await trio.to_thread.run_sync(
+        partial(start_server, "--in-memory", data_dir=tmp_path / "unused")
+    )
+    try:
+        await populate(server, 2)
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "unused").exists()
