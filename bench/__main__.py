@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import fanout_scenario, http_scenario
+from bench import fanout_scenario, http_scenario, recovery_scenario
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,6 +46,7 @@ def raise_open_file_limit() -> None:
 def http_table(result: dict[str, Any], command: str) -> Table:
     table = Table(title=command)
     for column in (
+        "storage",
         "phase",
         "req/s",
         "× healthz",
@@ -57,18 +58,22 @@ def http_table(result: dict[str, Any], command: str) -> Table:
         "generator CPU s",
     ):
         table.add_column(column, justify="right")
-    for name, phase in result["phases"].items():
-        table.add_row(
-            name,
-            f"{phase['throughput_rps']:.0f}",
-            f"{phase['ratio_to_healthz']:.2f}",
-            f"{phase['p50_ms']:.1f}",
-            f"{phase['p95_ms']:.1f}",
-            f"{phase['p99_ms']:.1f}",
-            str(phase["errors"]),
-            f"{phase['server_cpu_ms_per_request']:.2f}",
-            f"{phase['generator_cpu_s']:.1f}",
-        )
+    for mode, outcome in result["modes"].items():
+        for name, phase in outcome["phases"].items():
+            table.add_row(
+                mode,
+                name,
+                f"{phase['throughput_rps']:.0f}",
+                f"{phase['ratio_to_healthz']:.2f}",
+                f"{phase['p50_ms']:.1f}",
+                f"{phase['p95_ms']:.1f}",
+                f"{phase['p99_ms']:.1f}",
+                str(phase["errors"]),
+                f"{phase['server_cpu_ms_per_request']:.2f}",
+                f"{phase['generator_cpu_s']:.1f}",
+            )
+    for name, value in result.get("comparisons", {}).items():
+        table.caption = f"{name} = {value:.2f}"
     return table
 
 
@@ -105,9 +110,27 @@ def fanout_table(result: dict[str, Any], command: str) -> Table:
     return table
 
 
+def recovery_table(result: dict[str, Any], command: str) -> Table:
+    table = Table(title=f"{command}  ({result['chats']:,} chats, {result['messages']:,} messages)")
+    for column in ("figure", "value", "target"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "records in snapshot / log",
+        f"{result['snapshot_records']:,} / {result['log_records']:,}",
+        "",
+    )
+    table.add_row("restart to /readyz", f"{result['ready_seconds']:.1f} s", "≤ 15 s")
+    table.add_row("RSS per stored message", f"{result['rss_bytes_per_message']:.0f} B", "≤ 1,024 B")
+    table.add_row("disk per stored message", f"{result['disk_bytes_per_message']:.0f} B", "")
+    pause = result["snapshot_fork_pause_ms"]
+    table.add_row("snapshot pause (fork)", "n/a" if pause is None else f"{pause:.1f} ms", "≤ 50 ms")
+    return table
+
+
 SCENARIOS = {
     "http": (http_scenario, http_table),
     "fanout": (fanout_scenario, fanout_table),
+    "recovery": (recovery_scenario, recovery_table),
 }
 
 
@@ -119,7 +142,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     http.add_argument("--connections", type=int, default=16, help="per generator process (max 500)")
     http.add_argument("--generators", type=int, default=1, help="load-generator processes (max 8)")
     http.add_argument("--chats", type=int, default=50, help="chats to spread the load over")
-    http.set_defaults(in_memory=True)
+    http.add_argument(
+        "--modes",
+        type=lambda text: text.split(","),
+        default=["always", "off"],
+        help="storage modes, comma-separated: memory, always, interval, off",
+    )
     fanout = scenarios.add_parser(
         "fanout", help="S sessions on one messages channel, rising message rates"
     )
@@ -136,7 +164,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     fanout.add_argument("--max-rate", type=float, default=1000.0)
     fanout.add_argument("--session-queue", type=int, default=5000)
+    recovery = scenarios.add_parser(
+        "recovery", help="restart time, RSS and snapshot pause with a large store"
+    )
+    recovery.add_argument("--chats", type=int, default=100_000)
+    recovery.add_argument("--messages", type=int, default=1_000_000)
+    recovery.add_argument(
+        "--snapshot-share",
+        type=float,
+        default=0.9,
+        help="share of the mutations in the snapshot (the rest in the log)",
+    )
     options = parser.parse_args(argv)
+    if options.scenario == "recovery":
+        options.messages = min(options.messages, 5_000_000)
+        return options
     options.seconds = min(options.seconds, 120.0)
     options.generators = min(max(1, options.generators), 8)
     if options.scenario == "http":

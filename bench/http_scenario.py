@@ -81,7 +81,22 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
-    extra = ["--in-memory"] if options.in_memory else []
+    """Every phase against one server per storage mode (``--modes``): ``memory``
+    (``--in-memory``) or an ``--fsync`` mode with a data directory."""
+    results: dict[str, Any] = {}
+    for mode in options.modes:
+        extra = ["--in-memory"] if mode == "memory" else ["--fsync", mode]
+        results[mode] = _run_mode(options, progress, mode, extra)
+    comparisons = {}
+    if "always" in results and "off" in results:
+        comparisons["post_always_over_off"] = (
+            results["always"]["phases"]["post"]["throughput_rps"]
+            / results["off"]["phases"]["post"]["throughput_rps"]
+        )
+    return {"modes": results, "comparisons": comparisons}
+
+
+def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[str, Any]:
     server = start_server(*extra)
     try:
         world = bootstrap(server, chats=options.chats)
@@ -90,7 +105,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         context = multiprocessing.get_context("spawn")
         with context.Pool(options.generators) as pool:
             for phase in PHASES:
-                task = progress.add_task(f"http: {phase}", total=options.seconds)
+                task = progress.add_task(f"http [{mode}]: {phase}", total=options.seconds)
                 cpu_before, wall_before = cpu_seconds(server.process.pid), time.perf_counter()
                 pending = pool.map_async(
                     _generator,
@@ -132,8 +147,11 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         baseline = results["healthz"]["throughput_rps"]
         for phase in PHASES:
             results[phase]["ratio_to_healthz"] = results[phase]["throughput_rps"] / baseline
-        results["server_rss_bytes_end"] = rss_bytes(server.process.pid)
-        return {"phases": results, "server_args": server.args[1:], "bootstrap_chats": len(chats)}
+        return {
+            "phases": results,
+            "server_args": server.args[1:],
+            "server_rss_bytes_end": rss_bytes(server.process.pid),
+        }
     finally:
         server.stop()
 
@@ -144,34 +162,22 @@ def plot(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases = report["result"]["phases"]
-    names = list(PHASES)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(
-        names, [phases[name]["throughput_rps"] for name in names], color=["#999", "#3a7", "#37a"]
-    )
-    left.set_ylabel("requests / s")
-    left.set_title("Throughput (closed loop)")
-    for index, name in enumerate(names):
-        left.annotate(
-            f"{phases[name]['ratio_to_healthz']:.2f}× healthz",
-            (index, phases[name]["throughput_rps"]),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    width = 0.25
-    for offset, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
-        right.bar(
-            [i + (offset - 1) * width for i in range(len(names))],
-            [phases[name][key] for name in names],
-            width,
-            label=key.removesuffix("_ms"),
-        )
-    right.set_xticks(range(len(names)), names)
-    right.set_ylabel("ms")
-    right.set_title("Latency at that load")
-    right.legend()
+    modes = report["result"]["modes"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(modes))
+    for offset, (mode, result) in enumerate(modes.items()):
+        phases = result["phases"]
+        xs = [i + offset * width for i in range(len(PHASES))]
+        left.bar(xs, [phases[name]["throughput_rps"] for name in PHASES], width, label=mode)
+        right.bar(xs, [phases[name]["p99_ms"] for name in PHASES], width, label=mode)
+    for axis, title, unit in (
+        (left, "Throughput (closed loop)", "requests / s"),
+        (right, "p99 latency", "ms"),
+    ):
+        axis.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(PHASES))], PHASES)
+        axis.set_title(title)
+        axis.set_ylabel(unit)
+        axis.legend(title="storage")
     figure.suptitle(report["command"], fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -72,6 +72,45 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily(
             "chat_engine_chats", "Chats in memory.", value=len(self._engine.state.chats)
         )
+        store = self._engine.store
+        if store is not None:
+            wal = store.wal.stats
+            yield CounterMetricFamily(
+                "chat_engine_wal_records", "Log records written.", value=wal["records"]
+            )
+            yield CounterMetricFamily(
+                "chat_engine_wal_batches",
+                "Group commits (one write, one fsync).",
+                value=wal["batches"],
+            )
+            yield CounterMetricFamily(
+                "chat_engine_wal_bytes", "Log bytes written.", value=wal["bytes"]
+            )
+            yield CounterMetricFamily(
+                "chat_engine_wal_fsync_seconds",
+                "Time spent in fsync.",
+                value=wal["fsync_seconds_total"],
+            )
+            yield GaugeMetricFamily(
+                "chat_engine_wal_fsync_seconds_max",
+                "Longest fsync so far.",
+                value=wal["fsync_seconds_max"],
+            )
+            yield CounterMetricFamily(
+                "chat_engine_wal_write_failures",
+                "Failed group commits (answered 503).",
+                value=wal["write_failures"],
+            )
+            yield GaugeMetricFamily(
+                "chat_engine_snapshot_pause_seconds_max",
+                "Longest event-loop pause a snapshot caused (its fork).",
+                value=store.max_snapshot_pause,
+            )
+            yield GaugeMetricFamily(
+                "chat_engine_applied_lsn",
+                "Last applied log position.",
+                value=self._engine.applied_lsn,
+            )
 
 
 class Metrics:

@@ -280,3 +280,18 @@ async def test_in_memory_writes_no_files(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert not (tmp_path / "unused").exists()
+
+
+async def test_metrics_show_the_log(tmp_path: Path) -> None:
+    server = await boot(tmp_path)
+    try:
+        await populate(server, 3)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            text = (await client.get("/metrics")).text
+    finally:
+        server.stop()
+    records = next(
+        line for line in text.splitlines() if line.startswith("chat_engine_wal_records_total")
+    )
+    assert float(records.split()[-1]) >= 8  # org, room, user, visitor, chat, 3 messages
+    assert "chat_engine_wal_fsync_seconds_max" in text and "chat_engine_applied_lsn" in text

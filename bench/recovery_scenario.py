@@ -1,0 +1,203 @@
+"""`python -m bench recovery`: restart time, RSS and disk use with a large store, and the
+event-loop pause a snapshot causes on it.
+
+The store is made offline through the engine's own pure API (the same facts the server
+would commit): ``--chats`` chats, each with a user present, and ``--messages`` messages
+over them. The first ``--snapshot-share`` of the mutations go into a snapshot, the rest
+into the write-ahead log, so a restart both loads a snapshot and replays a log tail.
+Then a real server process starts on that directory; we time it from spawn to
+``/readyz`` 200, read its RSS, post one message, and read from its log the pause its next
+(forked) snapshot caused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+
+from bench.server import ADMIN_TOKEN, rss_bytes, start_server
+from engine import directory
+from engine.actors.router import ChannelRouter
+from engine.facts import Fact
+from engine.model import SENDER_USER, SENDER_VISITOR
+from engine.state import State
+from persistence import snapshot
+from persistence.wal import frame, segment_name
+
+
+def run(options: Any, progress: Any) -> dict[str, Any]:
+    with TemporaryDirectory(prefix="chat-engine-recovery-") as temporary:
+        data_dir = Path(temporary)
+        built = _build_consistent(data_dir, options, progress)
+        disk = sum(entry.stat().st_size for entry in os.scandir(data_dir) if entry.is_file())
+        task = progress.add_task("recovery: restarting the server", total=None)
+        log_path = data_dir / "server.log"
+        started = time.perf_counter()
+        server = start_server(
+            "--snapshot-interval", "3", data_dir=data_dir, startup_timeout=300, log_path=log_path
+        )
+        ready_seconds = time.perf_counter() - started
+        progress.update(task, total=1, completed=1)
+        try:
+            rss = rss_bytes(server.process.pid)
+            pause = _snapshot_pause(
+                server, log_path, built["chat_id"], built["user_id"], built["org_id"]
+            )
+        finally:
+            server.stop()
+        return {
+            "chats": options.chats,
+            "messages": options.messages,
+            "records": built["records"],
+            "snapshot_records": built["snapshot_lsn"],
+            "log_records": built["records"] - built["snapshot_lsn"],
+            "ready_seconds": ready_seconds,
+            "rss_bytes": rss,
+            "rss_bytes_per_message": rss / options.messages,
+            "disk_bytes": disk,
+            "disk_bytes_per_message": disk / options.messages,
+            "snapshot_fork_pause_ms": pause,
+        }
+
+
+def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, Any]:
+    """Apply the snapshot part, write the snapshot, then apply and log the rest."""
+    snapshot_records = int((5 + options.chats + options.messages) * options.snapshot_share)
+    state = State()
+    clock = itertools.count(1_700_000_000_000)
+    numbers = itertools.count(1)
+    log_handle = None
+    task = progress.add_task(
+        "recovery: building the store", total=5 + options.chats + options.messages
+    )
+
+    def commit(facts: list[Fact]) -> None:
+        nonlocal log_handle
+        number = next(numbers)
+        for fact in facts:
+            state.apply(fact)
+        if number == snapshot_records:
+            snapshot.write_file(
+                data_dir, number, snapshot.encode(number, state, ChannelRouter(epoch="bench"))
+            )
+        elif number > snapshot_records:
+            if log_handle is None:
+                log_handle = open(data_dir / segment_name(number), "wb")  # noqa: SIM115
+            log_handle.write(frame(number, facts))
+        if number % 20_000 == 0:
+            progress.update(task, completed=number)
+
+    org = directory.create_org("Recovery", at=next(clock))
+    commit([org.fact])
+    org_id = org.fact.org_id  # type: ignore[union-attr]
+    room = directory.create_room(org_id, "Room", False, at=next(clock))
+    commit([room])
+    users = []
+    for index in range(3):
+        user = directory.create_user(
+            state,
+            org_id,
+            first_name=f"U{index}",
+            last_name="X",
+            alias="x",
+            room_ids=None,
+            at=next(clock),
+        )
+        commit([user.fact])
+        users.append(user.fact.user_id)  # type: ignore[union-attr]
+    chat_ids = []
+    for index in range(options.chats):
+        _, visitor = directory.register_visitor(state, org_id, None, at=next(clock))
+        chat = directory.create_chat(
+            state,
+            room.room_id,
+            visitor.fact.visitor_id,  # type: ignore[union-attr]
+            join_user_id=users[index % 3],
+            at=next(clock),
+        )
+        commit([visitor.fact, chat])
+        chat_ids.append(chat.chat_id)
+    for index in range(options.messages):
+        chat_state = state.chats[chat_ids[index % options.chats]]
+        visitor_turn = index % 2 == 1
+        facts = chat_state.decide_post(
+            sender_type=SENDER_VISITOR if visitor_turn else SENDER_USER,
+            sender_id=chat_state.visitor_id if visitor_turn else users[index % 3],
+            type="msg",
+            message=f"Message number {index} of the recovery bench",
+            page_url=None,
+            page_title=None,
+            may_serve=True,
+            at=next(clock),
+        )
+        commit(list(facts))
+    if log_handle is not None:
+        log_handle.close()
+    records = next(numbers) - 1
+    progress.update(task, completed=records)
+    (data_dir / "epoch").write_text("bench\n")
+    return {
+        "records": records,
+        "snapshot_lsn": snapshot_records,
+        "chat_id": chat_ids[0],
+        "user_id": users[0],
+        "org_id": org_id,
+    }
+
+
+def _snapshot_pause(
+    server: Any, log_path: Path, chat_id: str, user_id: str, org_id: str
+) -> float | None:
+    """Post one message so the next snapshot has work, then read its fork pause."""
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Token {ADMIN_TOKEN}"}, timeout=30
+    ) as client:
+        response = client.post(
+            f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
+            json={"sender_id": user_id, "message": "after restart"},
+        )
+        assert response.status_code == 201, response.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            if '"snapshot taken"' in line:
+                return float(json.loads(line)["fork_pause_ms"])
+        time.sleep(0.2)
+    return None
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = report["result"]
+    figure, axes = plt.subplots(1, 4, figsize=(13, 3.5))
+    bars = [
+        ("restart to ready", result["ready_seconds"], "s", 15),
+        ("RSS per message", result["rss_bytes_per_message"], "bytes", 1024),
+        ("disk per message", result["disk_bytes_per_message"], "bytes", None),
+        ("snapshot fork pause", result["snapshot_fork_pause_ms"] or 0, "ms", 50),
+    ]
+    for axis, (title, value, unit, target) in zip(axes, bars, strict=True):
+        axis.bar([title], [value], color="#37a")
+        if target is not None:
+            axis.axhline(target, color="red", linestyle=":", label=f"target {target} {unit}")
+            axis.legend()
+        axis.set_ylabel(unit)
+        axis.set_title(f"{title}: {value:.1f}")
+    figure.suptitle(
+        f"{report['command']} — {result['chats']:,} chats, {result['messages']:,} messages",
+        fontsize=8,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
