@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import errors
-from engine.facts import ChatCreated, ChatEnded, MessagePosted, PrivacySet, UserJoined, UserLeft
+from engine.facts import (
+    ChatCreated,
+    ChatEnded,
+    MessagePosted,
+    PrivacySet,
+    TagAdded,
+    TagRemoved,
+    UserJoined,
+    UserLeft,
+)
 from engine.ids import new_uuid
 from engine.model import (
     AUTOSUGGEST,
@@ -206,7 +215,15 @@ class ChatState:
             return []
         return [PrivacySet(self.id, is_private, at)]
 
-    # -- application ----------------------------------------------------------------
+    def decide_tag(self, name: str, *, add: bool, at: int) -> list[TagAdded | TagRemoved]:
+        """Idempotent: adding a tag already there, or removing an absent one, is no fact.
+        Tags may change on an ended chat too."""
+        if add:
+            return [] if name in self.tags else [TagAdded(self.id, name, at)]
+        return [TagRemoved(self.id, name, at)] if name in self.tags else []
+
+        # -- application ----------------------------------------------------------------
+
     @classmethod
     def create(cls, fact: ChatCreated, *, seq: int) -> ChatState:
         return cls(
@@ -250,7 +267,16 @@ class ChatState:
         return self._finish(changes)
 
     def apply(
-        self, fact: UserJoined | UserLeft | MessagePosted | ChatEnded | PrivacySet, *, seq: int
+        self,
+        fact: UserJoined
+        | UserLeft
+        | MessagePosted
+        | ChatEnded
+        | PrivacySet
+        | TagAdded
+        | TagRemoved,
+        *,
+        seq: int,
     ) -> ChangeSet:
         changes = self._begin()
         if isinstance(fact, UserJoined):
@@ -262,6 +288,13 @@ class ChatState:
             self._post(fact, changes)
         elif isinstance(fact, ChatEnded):
             self._end(fact, changes)
+        elif isinstance(fact, (TagAdded, TagRemoved)):
+            if isinstance(fact, TagAdded):
+                self.tags.append(fact.name)
+            else:
+                self.tags.remove(fact.name)
+            self.updated_at = fact.at
+            changes.deltas.append(Delta("chat_changed"))
         else:
             self.is_private = fact.is_private
             self.updated_at = fact.at

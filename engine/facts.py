@@ -115,6 +115,20 @@ class PrivacySet:
     at: int
 
 
+@dataclass(slots=True, frozen=True)
+class TagAdded:
+    chat_id: str
+    name: str
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class TagRemoved:
+    chat_id: str
+    name: str
+    at: int
+
+
 Fact = (
     OrgCreated
     | RoomCreated
@@ -127,4 +141,6 @@ Fact = (
     | MessagePosted
     | ChatEnded
     | PrivacySet
+    | TagAdded
+    | TagRemoved
 )

@@ -23,6 +23,8 @@ from engine.facts import (
     PrivacySet,
     RoomCreated,
     RoomShared,
+    TagAdded,
+    TagRemoved,
     UserCreated,
     UserJoined,
     UserLeft,
@@ -53,6 +55,13 @@ class State:
         self.user_current_chats: dict[str, SortedDict] = {}  # presence seq -> chat
         self.visitor_chats: dict[str, list[ChatState]] = {}  # creation order
         self.room_visitor_chats: dict[tuple[str, str], list[ChatState]] = {}
+        # the org chat report: for the owner org and for each room, chats by
+        # (start_time, seq), ended chats by (end_time, seq), open chats by seq;
+        # (org, tag name) -> chats
+        self.report_by_start: dict[str, SortedDict] = {}
+        self.report_by_end: dict[str, SortedDict] = {}
+        self.report_open: dict[str, SortedDict] = {}
+        self.tag_chats: dict[tuple[str, str], dict[str, ChatState]] = {}
         self._appliers: dict[type, Callable[[Any], ChangeSet | None]] = {
             OrgCreated: self._org_created,
             RoomCreated: self._room_created,
@@ -65,6 +74,8 @@ class State:
             MessagePosted: self._chat_fact,
             ChatEnded: self._chat_fact,
             PrivacySet: self._chat_fact,
+            TagAdded: self._chat_fact,
+            TagRemoved: self._chat_fact,
         }
 
     def _next_seq(self) -> int:
@@ -132,6 +143,7 @@ class State:
         self.room_open_chats[chat.room_id][chat.seq] = chat
         self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
         self.room_visitor_chats.setdefault((chat.room_id, chat.visitor_id), []).append(chat)
+        self._index_report(chat)
         visitor = self.visitors[chat.visitor_id]
         if visitor.organization_id is None:
             visitor.organization_id = chat.organization_id
@@ -140,7 +152,14 @@ class State:
         return changes
 
     def _chat_fact(
-        self, fact: UserJoined | UserLeft | MessagePosted | ChatEnded | PrivacySet
+        self,
+        fact: UserJoined
+        | UserLeft
+        | MessagePosted
+        | ChatEnded
+        | PrivacySet
+        | TagAdded
+        | TagRemoved,
     ) -> ChangeSet:
         chat = self.chats[fact.chat_id]
         if isinstance(fact, UserLeft):
@@ -152,11 +171,29 @@ class State:
         before_view = chat_collection_view(chat)
         changes = chat.apply(fact, seq=self._next_seq())
         changes.before_view = before_view
+        if isinstance(fact, ChatEnded):
+            for key in (chat.organization_id, chat.room_id):
+                self.report_open[key].pop(chat.seq, None)
+                self.report_by_end.setdefault(key, SortedDict())[(chat.end_time, chat.seq)] = chat
+        elif isinstance(fact, TagAdded):
+            self.tag_chats.setdefault((chat.organization_id, fact.name), {})[chat.id] = chat
+        elif isinstance(fact, TagRemoved):
+            self.tag_chats.get((chat.organization_id, fact.name), {}).pop(chat.id, None)
         if isinstance(fact, UserJoined):
             self._index_presence(chat, fact.user_id)
         elif isinstance(fact, MessagePosted) and fact.sender_type == SENDER_USER:
             self.user_chats.setdefault(fact.sender_id, SortedDict())[chat.seq] = chat
         return changes
+
+    def _index_report(self, chat: ChatState) -> None:
+        for key in (chat.organization_id, chat.room_id):
+            self.report_by_start.setdefault(key, SortedDict())[(chat.start_time, chat.seq)] = chat
+            if chat.end_time is None:
+                self.report_open.setdefault(key, SortedDict())[chat.seq] = chat
+            else:
+                self.report_by_end.setdefault(key, SortedDict())[(chat.end_time, chat.seq)] = chat
+        for name in chat.tags:
+            self.tag_chats.setdefault((chat.organization_id, name), {})[chat.id] = chat
 
     def _unindex_presence(self, chat: ChatState, user_id: str) -> None:
         presence = chat.presences[user_id]
@@ -201,6 +238,7 @@ class State:
             self.room_open_chats[chat.room_id][chat.seq] = chat
         self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
         self.room_visitor_chats.setdefault((chat.room_id, chat.visitor_id), []).append(chat)
+        self._index_report(chat)
         for user_id in chat.ever_present.union(chat.user_participants):
             self.user_chats.setdefault(user_id, SortedDict())[chat.seq] = chat
         for presence in chat.presences.values():

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 import trio
@@ -26,6 +27,7 @@ from engine.access import visitor_usable_in_room
 from engine.actors.supervisor import Engine
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import SENDER_USER
+from engine.report import ORDERINGS, ReportQuery, run_report
 from gateway import validation as v
 from gateway.auth import (
     Principal,
@@ -350,12 +352,106 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         created, chat = await engine.directory.create_chat(room, visitor, auto_resume=resume_user)
         return json_response(views.chat_collection_view(chat), 201 if created else 200)
 
+    @route(
+        "GET", "/api/v5/orgs/{org_id}/chats", "The org's chat report: filters, orderings, pages."
+    )
+    async def chat_report(org_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        query = report_query(org_id)
+        result = run_report(state, org_id, query)
+        url_for = page_links(query.page_size)
+        return json_response(
+            {
+                "count": result.count,
+                "num_pages": result.num_pages,
+                "per_page": query.page_size,
+                "current_page": result.page,
+                "next_page": result.page + 1 if result.page < result.num_pages else None,
+                "previous_page": result.page - 1 if result.page > 1 else None,
+                "next_page_url": url_for(result.page + 1)
+                if result.page < result.num_pages
+                else None,
+                "previous_page_url": url_for(result.page - 1) if result.page > 1 else None,
+                "results": [rich(chat) for chat in result.chats],
+            }
+        )
+
+    def report_query(org_id: str) -> ReportQuery:
+        args = request.args
+        ordering = args.get("ordering", "start_time")
+        if ordering not in ORDERINGS:
+            raise errors.invalid_field("ordering", f"Must be one of {', '.join(ORDERINGS)}.")
+        since_seq = None
+        since_id = args.get("since_id")
+        if since_id is not None:
+            since = state.chats.get(since_id) if is_uuid(since_id) else None
+            if since is None or since.organization_id != org_id:
+                raise errors.invalid_field("since_id", "Unknown chat.")
+            since_seq = since.seq
+        room_id = args.get("room_id")
+        if room_id is not None and not is_uuid(room_id):
+            raise errors.invalid_field("room_id", "Must be a room id.")
+        tag = args.get("tag")
+        if tag is not None and not tag.strip():
+            raise errors.invalid_field("tag", "Must not be blank.")
+        return ReportQuery(
+            ordering=ordering,
+            page=v.parse_int(args, "page", minimum=1) or 1,
+            page_size=v.parse_page_size(args),
+            since_seq=since_seq,
+            start_time=v.parse_time(args, "start_time"),
+            end_time=v.parse_time(args, "end_time"),
+            has_sales=v.optional_bool(args, "has_sales"),
+            is_real_conversation=v.optional_bool(args, "is_real_conversation"),
+            room_id=room_id,
+            tag=tag,
+            min_message_count=v.parse_int(args, "min_message_count", minimum=0),
+            only_ended=v.optional_bool(args, "only_ended") or False,
+        )
+
+    def page_links(page_size: int) -> Callable[[int], str]:
+        kept = [(k, val) for k, val in request.args.items(multi=True) if k != "page"]
+
+        def url_for(number: int) -> str:
+            return f"{base_url()}{request.path}?{urlencode([*kept, ('page', str(number))])}"
+
+        return url_for
+
+    def rich(chat: Any) -> dict[str, Any]:
+        api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
+        return views.chat_rich_view(chat, state.users, api_data)
+
+    @route(
+        "POST",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/tags",
+        "Tag a chat (idempotent).",
+        body=v.TagCreate,
+        status=201,
+    )
+    async def add_tag(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        data = await read_body(v.TagCreate)
+        await engine.chats.tag(chat, data.name, add=True)
+        return json_response({"name": data.name}, 201)
+
+    @route(
+        "DELETE",
+        "/api/v5/orgs/{org_id}/chats/{chat_id}/tags/{name}",
+        "Remove a tag (idempotent).",
+        status=204,
+    )
+    async def remove_tag(org_id: str, chat_id: str, name: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        await engine.chats.tag(chat, name, add=False)
+        return Response(b"", status=204)
+
     @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}", "A chat in rich form.")
     async def get_chat(org_id: str, chat_id: str) -> Response:
         require_org(state, principal(), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
-        return json_response(views.chat_rich_view(chat, state.users, api_data))
+        return json_response(rich(chat))
 
     @route(
         "PATCH",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine import errors
 from engine.directory import message_text_problem
 from engine.ids import is_uuid, is_visitor_id
+from engine.timefmt import parse_ms
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 100
@@ -82,6 +83,11 @@ class ChatCreate(Body):
 class ChatUpdate(Body):
     is_ended: bool = False
     is_private: bool | None = None
+
+
+class TagCreate(Body):
+    name: str = Field(max_length=100)
+    _check_name = field_validator("name")(_not_blank)
 
 
 class PresenceCreate(Body):
@@ -163,3 +169,26 @@ def parse_page_size(args: Any) -> int:
     if size < 1:
         raise errors.invalid_field("page_size", "Must be at least 1.")
     return min(size, MAX_PAGE_SIZE)
+
+
+def parse_int(args: Any, name: str, *, minimum: int) -> int | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.invalid_field(name, "Must be an integer.") from None
+    if number < minimum:
+        raise errors.invalid_field(name, f"Must be at least {minimum}.")
+    return number
+
+
+def parse_time(args: Any, name: str) -> int | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_ms(value)
+    except ValueError as error:
+        raise errors.invalid_field(name, str(error)) from None

@@ -124,3 +124,11 @@ class ChatActors:
                 await engine.commit(facts)
 
         await self._engine.pool.run(chat.id, work)
+
+    async def tag(self, chat: ChatState, name: str, *, add: bool) -> None:
+        async def work() -> None:
+            facts = chat.decide_tag(name, add=add, at=self._engine.now())
+            if facts:
+                await self._engine.commit(facts)
+
+        await self._engine.pool.run(chat.id, work)
