@@ -21,3 +21,10 @@ def visitor_usable_in_room(visitor: Visitor, org_id: str, room: Room) -> bool:
     """An org may start a chat for a visitor that is its own, the room owner's, or not
     yet anybody's (an openly registered visitor joins the room owner's org)."""
     return visitor.organization_id in (None, org_id, room.organization_id)
+
+
+def visitor_may_use_room(visitor: Visitor, room: Room) -> bool:
+    """Through the client API a visitor may chat in rooms of its own org (or of any org,
+    while it belongs to none yet), including rooms shared with its org."""
+    org_id = visitor.organization_id
+    return org_id is None or org_can_access_room(org_id, room)

@@ -23,19 +23,21 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import errors, views
-from engine.access import visitor_usable_in_room
+from engine.access import visitor_may_use_room, visitor_usable_in_room
 from engine.actors.supervisor import Engine
 from engine.ids import is_uuid, is_visitor_id
-from engine.model import SENDER_USER
+from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.report import ORDERINGS, ReportQuery, run_report
 from gateway import validation as v
 from gateway.auth import (
     Principal,
     authenticate,
     org_user,
+    own_chat,
     require_admin,
     require_org,
     require_self,
+    require_visitor,
     visible_chat,
     visible_room,
 )
@@ -175,6 +177,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
 
     def render_message(message: Any) -> dict[str, Any]:
         return views.message_view(message, state.users)
+
+    def render_visitor_message(message: Any) -> dict[str, Any]:
+        return views.message_view(message, state.users, visitor_view=True)
 
     # -- operations ------------------------------------------------------------------
     @app.route("/healthz")
@@ -515,6 +520,97 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_self(caller, user.id)
         await engine.chats.leave(chat, user.id)
         return Response(b"", status=204)
+
+    # -- the visitor (client) API, CONTRACT §6 -------------------------------------------
+    client_base = "/api/v5/client/visitors/{visitor_id}"
+
+    def visitor_view_presence(chat: Any) -> Callable[[Any], dict[str, Any]]:
+        return lambda presence: views.presence_view(
+            presence, chat.id, state.users[presence.user_id], visitor_view=True
+        )
+
+    @route("GET", client_base + "/chats", "The visitor's chats, oldest first.")
+    async def visitor_chats(visitor_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        return page(state.chats_of_visitor(visitor.id), views.chat_collection_view)
+
+    @route(
+        "POST",
+        client_base + "/rooms/{room_id}/chats",
+        "Resume the visitor's recent chat in a room, or start one.",
+        body=v.VisitorChatCreate,
+        status=201,
+    )
+    async def visitor_create_chat(visitor_id: str, room_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        room = state.rooms.get(room_id)
+        if room is None or not visitor_may_use_room(visitor, room):
+            raise errors.NotFound("Room not found.")
+        data = await read_body(v.VisitorChatCreate)
+        created, chat = await engine.directory.visitor_chat(room, visitor, resume=data.auto_resume)
+        return json_response(views.chat_collection_view(chat), 201 if created else 200)
+
+    @route("GET", client_base + "/chats/{chat_id}", "One of the visitor's chats.")
+    async def visitor_get_chat(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        return json_response(views.chat_collection_view(own_chat(state, visitor, chat_id)))
+
+    @route(
+        "PATCH",
+        client_base + "/chats/{chat_id}",
+        "End the chat (is_ended only).",
+        body=v.VisitorChatUpdate,
+    )
+    async def visitor_update_chat(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        chat = own_chat(state, visitor, chat_id)
+        data = await read_body(v.VisitorChatUpdate)
+        await engine.chats.update(chat, is_ended=data.is_ended, is_private=None)
+        return json_response(views.chat_collection_view(chat))
+
+    @route(
+        "GET",
+        client_base + "/chats/{chat_id}/presences",
+        "Users present, by join time (visitor view).",
+    )
+    async def visitor_presences(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        chat = own_chat(state, visitor, chat_id)
+        return page(state.presences_of_chat(chat), visitor_view_presence(chat))
+
+    @route("GET", client_base + "/chats/{chat_id}/participations", "The chat's participations.")
+    async def visitor_participations(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        chat = own_chat(state, visitor, chat_id)
+        return page(state.participations_of_chat(chat), views.participation_view)
+
+    @route("GET", client_base + "/chats/{chat_id}/messages", "The chat history (visitor view).")
+    async def visitor_history(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        chat = own_chat(state, visitor, chat_id)
+        return page(state.messages_of_chat(chat), render_visitor_message)
+
+    @route(
+        "POST",
+        client_base + "/chats/{chat_id}/messages",
+        "Post a message as the visitor.",
+        body=v.VisitorMessageCreate,
+        status=201,
+    )
+    async def visitor_post(visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(), visitor_id)
+        chat = own_chat(state, visitor, chat_id)
+        data = await read_body(v.VisitorMessageCreate)
+        message = await engine.chats.post(
+            chat,
+            sender_type=SENDER_VISITOR,
+            sender_id=visitor.id,
+            type="msg",
+            message=data.message,
+            page_url=data.page_url,
+            page_title=data.page_title,
+        )
+        return json_response(render_visitor_message(message), 201)
 
     # -- participations and messages -------------------------------------------------------
     @route(

@@ -15,7 +15,7 @@ from engine import errors
 from engine.access import org_can_access_room
 from engine.chat import ChatState
 from engine.ids import hash_token
-from engine.model import Room, User
+from engine.model import Room, User, Visitor
 from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER, PRINCIPAL_VISITOR, State
 
 ADMIN = "admin"
@@ -97,3 +97,23 @@ def org_user(state: State, org_id: str, user_id: str) -> User:
     if user is None or user.organization_id != org_id:
         raise errors.NotFound("User not found.")
     return user
+
+
+def require_visitor(state: State, principal: Principal, visitor_id: str) -> Visitor:
+    """The visitor's own token (or the admin's) on its own paths; anything else is 403."""
+    if principal.kind == ADMIN or (
+        principal.kind == PRINCIPAL_VISITOR and principal.id == visitor_id
+    ):
+        visitor = state.visitors.get(visitor_id)
+        if visitor is None:
+            raise errors.NotFound("Visitor not found.")
+        return visitor
+    raise errors.Forbidden("Only the visitor itself may use these paths.")
+
+
+def own_chat(state: State, visitor: Visitor, chat_id: str) -> ChatState:
+    """Another visitor's chat is exactly as unknown as a missing one."""
+    chat = state.chats.get(chat_id)
+    if chat is None or chat.visitor_id != visitor.id:
+        raise errors.NotFound("Chat not found.")
+    return chat

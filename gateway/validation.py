@@ -85,6 +85,28 @@ class ChatUpdate(Body):
     is_private: bool | None = None
 
 
+class VisitorChatCreate(Body):
+    auto_resume: bool = True
+
+
+class VisitorChatUpdate(Body):
+    is_ended: bool = False
+
+
+class VisitorMessageCreate(Body):
+    message: str
+    page_url: str | None = Field(default=None, max_length=4096)
+    page_title: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("message")
+    @classmethod
+    def _message_text(cls, value: str) -> str:
+        problem = message_text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
 class TagCreate(Body):
     name: str = Field(max_length=100)
     _check_name = field_validator("name")(_not_blank)

@@ -119,3 +119,26 @@ class DirectoryActor:
             return True, engine.state.chats[fact.chat_id]
 
         return await engine.pool.run(("room-visitor", room.id, visitor.id), work)
+
+    async def visitor_chat(
+        self, room: Room, visitor: Visitor, *, resume: bool
+    ) -> tuple[bool, ChatState]:
+        """The client API's create-or-resume (CONTRACT §6): with ``resume``, the
+        visitor's newest recent chat in the room, joining nobody; else a new chat."""
+        engine = self._engine
+
+        async def work() -> tuple[bool, ChatState]:
+            if resume:
+                now = engine.now()
+                for candidate in engine.state.resume_candidates(room.id, visitor.id):
+                    if candidate.is_resumable(
+                        now=now, resume_window_ms=engine.config.resume_window_ms
+                    ):
+                        return False, candidate
+            fact = directory.create_chat(
+                engine.state, room.id, visitor.id, join_user_id=None, at=engine.now()
+            )
+            await engine.commit([fact])
+            return True, engine.state.chats[fact.chat_id]
+
+        return await engine.pool.run(("room-visitor", room.id, visitor.id), work)
