@@ -301,6 +301,13 @@ class ChatState:
             changes.deltas.append(Delta("chat_changed"))
         return self._finish(changes)
 
+    def touch(self, at: int) -> ChangeSet:
+        """Something shown with the chat changed elsewhere (its visitor's api_data)."""
+        changes = self._begin()
+        self.updated_at = at
+        changes.deltas.append(Delta("chat_changed"))
+        return self._finish(changes)
+
     def _join(
         self, user_id: str, at: int, message_id: str, seq: int, changes: ChangeSet | None
     ) -> None:

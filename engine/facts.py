@@ -129,6 +129,17 @@ class TagRemoved:
     at: int
 
 
+@dataclass(slots=True, frozen=True)
+class ApiDataSet:
+    """A visitor's api_data for one org, replaced whole; every chat of the visitor in
+    that org is touched (its ``updated_at``)."""
+
+    org_id: str
+    visitor_id: str
+    items: tuple[tuple[str, object], ...]
+    at: int
+
+
 Fact = (
     OrgCreated
     | RoomCreated
@@ -143,4 +154,5 @@ Fact = (
     | PrivacySet
     | TagAdded
     | TagRemoved
+    | ApiDataSet
 )

@@ -15,6 +15,7 @@ from sortedcontainers import SortedDict
 from engine.chat import ChangeSet, ChatState
 from engine.collections import KeyedListView, ListView, SortedView
 from engine.facts import (
+    ApiDataSet,
     ChatCreated,
     ChatEnded,
     Fact,
@@ -62,7 +63,7 @@ class State:
         self.report_by_end: dict[str, SortedDict] = {}
         self.report_open: dict[str, SortedDict] = {}
         self.tag_chats: dict[tuple[str, str], dict[str, ChatState]] = {}
-        self._appliers: dict[type, Callable[[Any], ChangeSet | None]] = {
+        self._appliers: dict[type, Callable[[Any], ChangeSet | list[ChangeSet] | None]] = {
             OrgCreated: self._org_created,
             RoomCreated: self._room_created,
             RoomShared: self._room_shared,
@@ -76,6 +77,7 @@ class State:
             PrivacySet: self._chat_fact,
             TagAdded: self._chat_fact,
             TagRemoved: self._chat_fact,
+            ApiDataSet: self._api_data_set,
         }
 
     def _next_seq(self) -> int:
@@ -83,9 +85,12 @@ class State:
         return self.seq
 
     # -- applying facts ------------------------------------------------------------
-    def apply(self, fact: Fact) -> ChangeSet | None:
-        """Apply one committed fact; chat facts return the change set for fan-out."""
-        return self._appliers[type(fact)](fact)
+    def apply(self, fact: Fact) -> list[ChangeSet]:
+        """Apply one committed fact; returns the change sets of the chats it changed."""
+        result = self._appliers[type(fact)](fact)
+        if result is None:
+            return []
+        return result if isinstance(result, list) else [result]
 
     def _org_created(self, fact: OrgCreated) -> None:
         self.orgs[fact.org_id] = Org(
@@ -194,6 +199,20 @@ class State:
                 self.report_by_end.setdefault(key, SortedDict())[(chat.end_time, chat.seq)] = chat
         for name in chat.tags:
             self.tag_chats.setdefault((chat.organization_id, name), {})[chat.id] = chat
+
+    def _api_data_set(self, fact: ApiDataSet) -> list[ChangeSet]:
+        visitor = self.visitors[fact.visitor_id]
+        visitor.api_data[fact.org_id] = [
+            {"name": name, "value": value} for name, value in fact.items
+        ]
+        changes = []
+        for chat in self.visitor_chats.get(fact.visitor_id, []):
+            if chat.organization_id == fact.org_id:
+                before_view = chat_collection_view(chat)
+                change = chat.touch(fact.at)
+                change.before_view = before_view
+                changes.append(change)
+        return changes
 
     def _unindex_presence(self, chat: ChatState, user_id: str) -> None:
         presence = chat.presences[user_id]

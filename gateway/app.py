@@ -521,6 +521,22 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         await engine.chats.leave(chat, user.id)
         return Response(b"", status=204)
 
+    @route(
+        "PUT",
+        "/api/v5/orgs/{org_id}/visitors/{visitor_id}/api_data",
+        "Replace the visitor's api_data.",
+    )
+    async def put_api_data(org_id: str, visitor_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
+        if visitor is None or visitor.organization_id not in (None, org_id):
+            raise errors.NotFound("Visitor not found.")
+        raw = await request.get_data(cache=False)
+        assert isinstance(raw, bytes)
+        items = v.parse_api_data(raw, request.headers.get("Content-Type"))
+        await engine.directory.set_api_data(org_id, visitor, items)
+        return json_response(visitor.api_data[org_id])
+
     # -- the visitor (client) API, CONTRACT §6 -------------------------------------------
     client_base = "/api/v5/client/visitors/{visitor_id}"
 

@@ -155,6 +155,31 @@ def parse_json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
     return data
 
 
+def parse_api_data(raw: bytes, content_type: str | None) -> list[tuple[str, object]]:
+    """``[{"name": str, "value": any JSON}]``; each bad item is named by its index."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if raw.strip() and mime != "application/json":
+        raise errors.UnsupportedMediaType("The body must be application/json.")
+    try:
+        data = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        raise errors.InvalidJson("The body is not valid JSON.") from None
+    if not isinstance(data, list):
+        raise errors.InvalidBody("The body must be a JSON array of {name, value} objects.")
+    items: list[tuple[str, object]] = []
+    for index, item in enumerate(data):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or "value" not in item
+        ):
+            raise errors.invalid_field(
+                f"{index}", "Must be an object with a string 'name' and a 'value'."
+            )
+        items.append((item["name"], item["value"]))
+    return items
+
+
 def validate(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from engine import directory, errors
 from engine.access import may_serve
 from engine.chat import ChatState
-from engine.facts import OrgCreated, UserCreated, VisitorRegistered
+from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
 from engine.model import Org, Room, User, Visitor
 
 if TYPE_CHECKING:
@@ -119,6 +119,15 @@ class DirectoryActor:
             return True, engine.state.chats[fact.chat_id]
 
         return await engine.pool.run(("room-visitor", room.id, visitor.id), work)
+
+    async def set_api_data(
+        self, org_id: str, visitor: Visitor, items: list[tuple[str, object]]
+    ) -> None:
+        async def work() -> None:
+            fact = ApiDataSet(org_id, visitor.id, tuple(items), self._engine.now())
+            await self._engine.commit([fact])
+
+        await self._engine.pool.run(("visitor", visitor.id), work)
 
     async def visitor_chat(
         self, room: Room, visitor: Visitor, *, resume: bool

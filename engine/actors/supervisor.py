@@ -109,8 +109,7 @@ class Engine:
         changes = []
         publications = []
         for fact in facts:
-            change = self.state.apply(fact)
-            if change is not None:
+            for change in self.state.apply(fact):
                 changes.append(change)
                 publications += fan_out(self.state, change)
         self.router.publish(publications)
