@@ -15,10 +15,15 @@ from typing import Any
 
 from engine import errors
 from engine.facts import (
+    CartCreated,
+    CartLocked,
     ChatCreated,
     ChatEnded,
     MessagePosted,
     PrivacySet,
+    ProductAdded,
+    ProductDeleted,
+    ProductRow,
     TagAdded,
     TagRemoved,
     UserJoined,
@@ -33,8 +38,10 @@ from engine.model import (
     MSG,
     SENDER_USER,
     SENDER_VISITOR,
+    Cart,
     Message,
     Presence,
+    Product,
 )
 
 
@@ -105,6 +112,7 @@ class ChatState:
     first_visitor_message_url: str | None = None
     first_visitor_message_url_title: str | None = None
     tags: list[str] = field(default_factory=list)
+    carts: list[Cart] = field(default_factory=list)
 
     # -- derived fields -------------------------------------------------------------
     @property
@@ -222,7 +230,44 @@ class ChatState:
             return [] if name in self.tags else [TagAdded(self.id, name, at)]
         return [TagRemoved(self.id, name, at)] if name in self.tags else []
 
-        # -- application ----------------------------------------------------------------
+    def cart(self, cart_id: str) -> Cart:
+        for cart in self.carts:
+            if cart.id == cart_id:
+                return cart
+        raise errors.NotFound("Cart not found.")
+
+    def decide_cart(
+        self, currency: str, products: list[tuple[Any, ...]], *, at: int
+    ) -> list[CartCreated]:
+        """``products``: product rows without their id (ids are chosen here)."""
+        rows = tuple(_product_row(product) for product in products)
+        return [CartCreated(self.id, new_uuid(), currency, rows, at)]
+
+    def decide_lock(self, cart_id: str, *, at: int) -> list[CartLocked]:
+        """``locked_at`` is set once; locking a locked cart changes nothing."""
+        return (
+            [] if self.cart(cart_id).locked_at is not None else [CartLocked(self.id, cart_id, at)]
+        )
+
+    def decide_product(
+        self, cart_id: str, product: tuple[Any, ...], *, at: int
+    ) -> list[ProductAdded]:
+        self.cart(cart_id)
+        return [ProductAdded(self.id, cart_id, _product_row(product), at)]
+
+    def decide_product_delete(
+        self, cart_id: str, product_id: str, *, at: int
+    ) -> list[ProductDeleted]:
+        for product in self.cart(cart_id).products:
+            if product.id == product_id:
+                return (
+                    []
+                    if product.deleted_at is not None
+                    else [ProductDeleted(self.id, cart_id, product_id, at)]
+                )
+        raise errors.NotFound("Product not found.")
+
+    # -- application ----------------------------------------------------------------
 
     @classmethod
     def create(cls, fact: ChatCreated, *, seq: int) -> ChatState:
@@ -288,6 +333,10 @@ class ChatState:
             self._post(fact, changes)
         elif isinstance(fact, ChatEnded):
             self._end(fact, changes)
+        elif isinstance(fact, (CartCreated, CartLocked, ProductAdded, ProductDeleted)):
+            self._cart_fact(fact)
+            self.updated_at = fact.at
+            changes.deltas.append(Delta("chat_changed"))
         elif isinstance(fact, (TagAdded, TagRemoved)):
             if isinstance(fact, TagAdded):
                 self.tags.append(fact.name)
@@ -300,6 +349,20 @@ class ChatState:
             self.updated_at = fact.at
             changes.deltas.append(Delta("chat_changed"))
         return self._finish(changes)
+
+    def _cart_fact(self, fact: CartCreated | CartLocked | ProductAdded | ProductDeleted) -> None:
+        if isinstance(fact, CartCreated):
+            cart = Cart(fact.cart_id, fact.currency, fact.at)
+            cart.products = [Product(*row, added_at=fact.at) for row in fact.products]
+            self.carts.append(cart)
+        elif isinstance(fact, CartLocked):
+            self.cart(fact.cart_id).locked_at = fact.at
+        elif isinstance(fact, ProductAdded):
+            self.cart(fact.cart_id).products.append(Product(*fact.product, added_at=fact.at))
+        else:
+            for product in self.cart(fact.cart_id).products:
+                if product.id == fact.product_id:
+                    product.deleted_at = fact.at
 
     def touch(self, at: int) -> ChangeSet:
         """Something shown with the chat changed elsewhere (its visitor's api_data)."""
@@ -382,3 +445,8 @@ class ChatState:
         changes.deltas.append(Delta("message_added", message))
         if new_participant:
             changes.deltas.append(Delta("participation_added", (fact.sender_id, SENDER_USER)))
+
+
+def _product_row(fields: tuple[Any, ...]) -> ProductRow:
+    row: ProductRow = (new_uuid(), *fields)
+    return row

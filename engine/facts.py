@@ -140,6 +140,45 @@ class ApiDataSet:
     at: int
 
 
+# A product as a fact carries: (id, name, description, category, product_number, price,
+# quantity, monthly_price, monthly_quantity, stock_balance)
+ProductRow = tuple[
+    str, str, str | None, str | None, str | None, str, int, str | None, int | None, int | None
+]
+
+
+@dataclass(slots=True, frozen=True)
+class CartCreated:
+    chat_id: str
+    cart_id: str
+    currency: str
+    products: tuple[ProductRow, ...]
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class CartLocked:
+    chat_id: str
+    cart_id: str
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class ProductAdded:
+    chat_id: str
+    cart_id: str
+    product: ProductRow
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class ProductDeleted:
+    chat_id: str
+    cart_id: str
+    product_id: str
+    at: int
+
+
 Fact = (
     OrgCreated
     | RoomCreated
@@ -155,4 +194,10 @@ Fact = (
     | TagAdded
     | TagRemoved
     | ApiDataSet
+    | CartCreated
+    | CartLocked
+    | ProductAdded
+    | ProductDeleted
 )
+
+CART_FACTS = (CartCreated, CartLocked, ProductAdded, ProductDeleted)

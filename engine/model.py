@@ -84,3 +84,28 @@ class Presence:
     user_id: str
     created_at: int
     seq: int
+
+
+@dataclass(slots=True)
+class Product:
+    id: str
+    name: str
+    description: str | None
+    category: str | None
+    product_number: str | None
+    price: str  # a decimal string, kept exactly as given
+    quantity: int
+    monthly_price: str | None
+    monthly_quantity: int | None
+    stock_balance: int | None
+    added_at: int
+    deleted_at: int | None = None
+
+
+@dataclass(slots=True)
+class Cart:
+    id: str
+    currency: str
+    opened_at: int
+    locked_at: int | None = None
+    products: list[Product] = field(default_factory=list)

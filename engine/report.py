@@ -84,7 +84,7 @@ class _Segment:
 
 def has_sales(chat: ChatState) -> bool:
     """A chat has sales when one of its carts is locked (purchased)."""
-    return any(cart.locked_at is not None for cart in getattr(chat, "carts", ()))
+    return any(cart.locked_at is not None for cart in chat.carts)
 
 
 def _order_key(ordering: str) -> Callable[[ChatState], Any]:

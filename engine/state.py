@@ -15,6 +15,7 @@ from sortedcontainers import SortedDict
 from engine.chat import ChangeSet, ChatState
 from engine.collections import KeyedListView, ListView, SortedView
 from engine.facts import (
+    CART_FACTS,
     ApiDataSet,
     ChatCreated,
     ChatEnded,
@@ -78,6 +79,7 @@ class State:
             TagAdded: self._chat_fact,
             TagRemoved: self._chat_fact,
             ApiDataSet: self._api_data_set,
+            **{kind: self._chat_fact for kind in CART_FACTS},
         }
 
     def _next_seq(self) -> int:

@@ -7,10 +7,11 @@ only by the operator-only fields, which the visitor view leaves out.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from engine.chat import ChatState
-from engine.model import SENDER_USER, Message, Org, Presence, Room, User
+from engine.model import SENDER_USER, Cart, Message, Org, Presence, Product, Room, User
 from engine.timefmt import format_ms, format_opt
 
 
@@ -167,5 +168,45 @@ def chat_rich_view(
         "autosuggest_url_title": chat.autosuggest_url_title,
         "logs": logs,
         "tags": [{"name": name} for name in chat.tags],
-        "shopping_carts": [],
+        "shopping_carts": [cart_view(cart) for cart in chat.carts],
+    }
+
+
+def _money(products: list[Product], price: str, quantity: str) -> str:
+    """Money as exact decimal strings (never floats): the sum of price × quantity of the
+    products not deleted."""
+    total = Decimal("0")
+    for product in products:
+        unit, count = getattr(product, price), getattr(product, quantity)
+        if product.deleted_at is None and unit is not None and count is not None:
+            total += Decimal(unit) * count
+    return str(total)
+
+
+def product_view(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        "name": product.name,
+        "description": product.description,
+        "category": product.category,
+        "product_number": product.product_number,
+        "price": product.price,
+        "quantity": product.quantity,
+        "monthly_price": product.monthly_price,
+        "monthly_quantity": product.monthly_quantity,
+        "stock_balance": product.stock_balance,
+        "added_at": format_ms(product.added_at),
+        "deleted_at": format_opt(product.deleted_at),
+    }
+
+
+def cart_view(cart: Cart) -> dict[str, Any]:
+    return {
+        "id": cart.id,
+        "opened_at": format_ms(cart.opened_at),
+        "total_price": _money(cart.products, "price", "quantity"),
+        "monthly_total_price": _money(cart.products, "monthly_price", "monthly_quantity"),
+        "currency": cart.currency,
+        "locked_at": format_opt(cart.locked_at),
+        "products": [product_view(product) for product in cart.products],
     }

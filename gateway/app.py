@@ -521,6 +521,52 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         await engine.chats.leave(chat, user.id)
         return Response(b"", status=204)
 
+    carts_path = "/api/v5/orgs/{org_id}/chats/{chat_id}/shopping_carts"
+
+    @route("POST", carts_path, "Open a shopping cart.", body=v.CartCreate, status=201)
+    async def create_cart(org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        data = await read_body(v.CartCreate)
+        cart = await engine.chats.create_cart(chat, data.currency, [p.row() for p in data.products])
+        return json_response(views.cart_view(cart), 201)
+
+    @route("PATCH", carts_path + "/{cart_id}", "Lock (purchase) a cart.", body=v.CartUpdate)
+    async def update_cart(org_id: str, chat_id: str, cart_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        chat.cart(cart_id)  # 404 before validating the body
+        data = await read_body(v.CartUpdate)
+        cart = await engine.chats.lock_cart(chat, cart_id, locked=data.locked)
+        return json_response(views.cart_view(cart))
+
+    @route(
+        "POST",
+        carts_path + "/{cart_id}/products",
+        "Add a product to a cart.",
+        body=v.ProductCreate,
+        status=201,
+    )
+    async def add_product(org_id: str, chat_id: str, cart_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        chat.cart(cart_id)  # 404 before validating the body
+        data = await read_body(v.ProductCreate)
+        product = await engine.chats.add_product(chat, cart_id, data.row())
+        return json_response(views.product_view(product), 201)
+
+    @route(
+        "DELETE",
+        carts_path + "/{cart_id}/products/{product_id}",
+        "Remove a product (sets deleted_at).",
+        status=204,
+    )
+    async def delete_product(org_id: str, chat_id: str, cart_id: str, product_id: str) -> Response:
+        require_org(state, principal(), org_id)
+        chat = visible_chat(state, org_id, chat_id)
+        await engine.chats.delete_product(chat, cart_id, product_id)
+        return Response(b"", status=204)
+
     @route(
         "PUT",
         "/api/v5/orgs/{org_id}/visitors/{visitor_id}/api_data",

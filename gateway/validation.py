@@ -8,6 +8,7 @@ fields are ignored; an empty body reads as ``{}``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -107,6 +108,53 @@ class VisitorMessageCreate(Body):
         return value
 
 
+DECIMAL = re.compile(r"\d{1,12}(\.\d{1,6})?")
+
+
+def _decimal_string(value: str | None) -> str | None:
+    if value is not None and DECIMAL.fullmatch(value) is None:
+        raise ValueError("Must be a non-negative decimal string like '19.99'.")
+    return value
+
+
+class ProductCreate(Body):
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, max_length=4000)
+    category: str | None = Field(default=None, max_length=200)
+    product_number: str | None = Field(default=None, max_length=200)
+    price: str
+    quantity: int = Field(ge=0, le=1_000_000)
+    monthly_price: str | None = None
+    monthly_quantity: int | None = Field(default=None, ge=0, le=1_000_000)
+    stock_balance: int | None = None
+    _check_name = field_validator("name")(_not_blank)
+    _check_prices = field_validator("price", "monthly_price")(_decimal_string)
+
+    def row(self) -> tuple[Any, ...]:
+        """The fields in the order of ``engine.facts.ProductRow`` (id excluded)."""
+        return (
+            self.name,
+            self.description,
+            self.category,
+            self.product_number,
+            self.price,
+            self.quantity,
+            self.monthly_price,
+            self.monthly_quantity,
+            self.stock_balance,
+        )
+
+
+class CartCreate(Body):
+    currency: str = Field(max_length=10)
+    products: list[ProductCreate] = Field(default_factory=list, max_length=1000)
+    _check_currency = field_validator("currency")(_not_blank)
+
+
+class CartUpdate(Body):
+    locked: bool = False
+
+
 class TagCreate(Body):
     name: str = Field(max_length=100)
     _check_name = field_validator("name")(_not_blank)
@@ -186,7 +234,7 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as error:
         fields: dict[str, list[str]] = {}
         for problem in error.errors(include_url=False):
-            name = str(problem["loc"][0]) if problem["loc"] else "body"
+            name = ".".join(str(part) for part in problem["loc"]) if problem["loc"] else "body"
             message = problem["msg"].removeprefix("Value error, ")
             fields.setdefault(name, []).append(message)
         raise errors.Invalid("Invalid input.", fields) from None

@@ -16,7 +16,7 @@ import msgpack
 from engine import facts as fact_types
 from engine.chat import ChatState
 from engine.facts import Fact
-from engine.model import Message, Org, Presence, Room, User, Visitor
+from engine.model import Cart, Message, Org, Presence, Product, Room, User, Visitor
 from engine.state import State
 
 FACT_TYPES: dict[str, type] = {
@@ -55,7 +55,7 @@ def _row(obj: Any, skip: tuple[str, ...] = ()) -> list[Any]:
     return [getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name not in skip]
 
 
-_CHAT_NESTED = ("messages", "presences", "ever_present", "user_participants", "tags")
+_CHAT_NESTED = ("messages", "presences", "ever_present", "user_participants", "tags", "carts")
 
 
 def encode_state(state: State) -> dict[str, Any]:
@@ -76,6 +76,10 @@ def encode_state(state: State) -> dict[str, Any]:
                 sorted(chat.ever_present),
                 list(chat.user_participants),
                 list(chat.tags),
+                [
+                    [*_row(cart, ("products",)), [_row(p) for p in cart.products]]
+                    for cart in chat.carts
+                ],
             ]
             for chat in state.chats.values()
         ],
@@ -97,7 +101,7 @@ def decode_state(data: dict[str, Any], state: State | None = None) -> State:
     for row in data["visitors"]:
         state.restore_visitor(Visitor(*row))
     scalar_fields = [f.name for f in dataclasses.fields(ChatState) if f.name not in _CHAT_NESTED]
-    for scalars, messages, presences, ever_present, participants, tags in sorted(
+    for scalars, messages, presences, ever_present, participants, tags, carts in sorted(
         data["chats"], key=lambda chat: chat[0][scalar_fields.index("seq")]
     ):
         chat = ChatState(**dict(zip(scalar_fields, scalars, strict=True)))
@@ -106,6 +110,10 @@ def decode_state(data: dict[str, Any], state: State | None = None) -> State:
         chat.ever_present = set(ever_present)
         chat.user_participants = list(participants)
         chat.tags = list(tags)
+        for *cart_fields, products in carts:
+            cart = Cart(*cart_fields)
+            cart.products = [Product(*row) for row in products]
+            chat.carts.append(cart)
         state.restore_chat(chat)
     state.seq = data["seq"]
     return state

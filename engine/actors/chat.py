@@ -7,7 +7,7 @@ exclusive join exclusive. The rules themselves live in ``engine.chat.ChatState``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -15,7 +15,7 @@ from engine import errors
 from engine.access import may_serve
 from engine.chat import ChatState, JoinOutcome
 from engine.facts import Fact
-from engine.model import SENDER_USER, Message, User
+from engine.model import SENDER_USER, Cart, Message, Product, User
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -128,6 +128,44 @@ class ChatActors:
     async def tag(self, chat: ChatState, name: str, *, add: bool) -> None:
         async def work() -> None:
             facts = chat.decide_tag(name, add=add, at=self._engine.now())
+            if facts:
+                await self._engine.commit(facts)
+
+        await self._engine.pool.run(chat.id, work)
+
+    async def create_cart(
+        self, chat: ChatState, currency: str, products: list[tuple[Any, ...]]
+    ) -> Cart:
+        async def work() -> Cart:
+            facts = chat.decide_cart(currency, products, at=self._engine.now())
+            await self._engine.commit(facts)
+            return chat.cart(facts[0].cart_id)
+
+        return await self._engine.pool.run(chat.id, work)
+
+    async def lock_cart(self, chat: ChatState, cart_id: str, *, locked: bool) -> Cart:
+        """``locked: false`` changes nothing (a purchase is not undone)."""
+
+        async def work() -> Cart:
+            if locked:
+                facts = chat.decide_lock(cart_id, at=self._engine.now())
+                if facts:
+                    await self._engine.commit(facts)
+            return chat.cart(cart_id)
+
+        return await self._engine.pool.run(chat.id, work)
+
+    async def add_product(self, chat: ChatState, cart_id: str, product: tuple[Any, ...]) -> Product:
+        async def work() -> Product:
+            facts = chat.decide_product(cart_id, product, at=self._engine.now())
+            await self._engine.commit(facts)
+            return chat.cart(cart_id).products[-1]
+
+        return await self._engine.pool.run(chat.id, work)
+
+    async def delete_product(self, chat: ChatState, cart_id: str, product_id: str) -> None:
+        async def work() -> None:
+            facts = chat.decide_product_delete(cart_id, product_id, at=self._engine.now())
             if facts:
                 await self._engine.commit(facts)
 
