@@ -124,6 +124,12 @@ def recovery_table(result: dict[str, Any], command: str) -> Table:
     table.add_row("disk per stored message", f"{result['disk_bytes_per_message']:.0f} B", "")
     pause = result["snapshot_fork_pause_ms"]
     table.add_row("snapshot pause (fork)", "n/a" if pause is None else f"{pause:.1f} ms", "≤ 50 ms")
+    for name, figures in result.get("report_first_page_ms", {}).items():
+        table.add_row(
+            f"report first page: {name} ({figures['count']:,} chats)",
+            f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms",
+            "",
+        )
     return table
 
 

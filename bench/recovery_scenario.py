@@ -25,7 +25,7 @@ import httpx
 from bench.server import ADMIN_TOKEN, rss_bytes, start_server
 from engine import directory
 from engine.actors.router import ChannelRouter
-from engine.facts import Fact
+from engine.facts import Fact, TagAdded
 from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.state import State
 from persistence import snapshot
@@ -50,6 +50,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             pause = _snapshot_pause(
                 server, log_path, built["chat_id"], built["user_id"], built["org_id"]
             )
+            report = _report_latency(server, built, progress)
         finally:
             server.stop()
         return {
@@ -64,19 +65,19 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             "disk_bytes": disk,
             "disk_bytes_per_message": disk / options.messages,
             "snapshot_fork_pause_ms": pause,
+            "report_first_page_ms": report,
         }
 
 
 def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, Any]:
     """Apply the snapshot part, write the snapshot, then apply and log the rest."""
-    snapshot_records = int((5 + options.chats + options.messages) * options.snapshot_share)
+    total = 5 + options.chats + options.messages + (options.chats + 2) // 3
+    snapshot_records = int(total * options.snapshot_share)
     state = State()
     clock = itertools.count(1_700_000_000_000)
     numbers = itertools.count(1)
     log_handle = None
-    task = progress.add_task(
-        "recovery: building the store", total=5 + options.chats + options.messages
-    )
+    task = progress.add_task("recovery: building the store", total=total)
 
     def commit(facts: list[Fact]) -> None:
         nonlocal log_handle
@@ -122,7 +123,10 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
             join_user_id=users[index % 3],
             at=next(clock),
         )
-        commit([visitor.fact, chat])
+        extra: list[Fact] = []
+        if index % 10 == 0:  # some tagged chats, for the report's tag filter
+            extra.append(TagAdded(chat.chat_id, "vip", next(clock)))
+        commit([visitor.fact, chat, *extra])
         chat_ids.append(chat.chat_id)
     for index in range(options.messages):
         chat_state = state.chats[chat_ids[index % options.chats]]
@@ -138,6 +142,8 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
             at=next(clock),
         )
         commit(list(facts))
+    for index in range(0, options.chats, 3):  # a third of the chats ended
+        commit(list(state.chats[chat_ids[index]].decide_end(at=next(clock))))
     if log_handle is not None:
         log_handle.close()
     records = next(numbers) - 1
@@ -146,9 +152,11 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
     return {
         "records": records,
         "snapshot_lsn": snapshot_records,
-        "chat_id": chat_ids[0],
-        "user_id": users[0],
+        "chat_id": chat_ids[1],  # an open chat (every third one is ended)
+        "user_id": users[1],
         "org_id": org_id,
+        "room_id": room.room_id,
+        "middle_start": state.chats[chat_ids[len(chat_ids) // 2]].start_time,
     }
 
 
@@ -171,6 +179,46 @@ def _snapshot_pause(
                 return float(json.loads(line)["fork_pause_ms"])
         time.sleep(0.2)
     return None
+
+
+REPORT_REQUESTS = 50
+
+
+def _report_latency(
+    server: Any, built: dict[str, Any], progress: Any
+) -> dict[str, dict[str, float]]:
+    """p50/p99 of the report's first page (25 rich chats) for five typical queries,
+    each asked REPORT_REQUESTS times in a row by one client."""
+    from engine.timefmt import format_ms
+
+    queries = {
+        "no filter": {},
+        "room_id": {"room_id": built["room_id"]},
+        "tag": {"tag": "vip"},
+        "start_time range": {"start_time": format_ms(built["middle_start"])},
+        "-end_time ordering": {"ordering": "-end_time"},
+    }
+    task = progress.add_task("recovery: report latency", total=len(queries) * REPORT_REQUESTS)
+    results: dict[str, dict[str, float]] = {}
+    headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as client:
+        for name, params in queries.items():
+            timings = []
+            count = 0
+            for _ in range(REPORT_REQUESTS):
+                started = time.perf_counter()
+                response = client.get(f"/api/v5/orgs/{built['org_id']}/chats", params=params)
+                timings.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, response.text
+                count = response.json()["count"]
+                progress.advance(task)
+            timings.sort()
+            results[name] = {
+                "p50_ms": timings[len(timings) // 2],
+                "p99_ms": timings[min(len(timings) - 1, int(0.99 * len(timings)))],
+                "count": count,
+            }
+    return results
 
 
 def plot(report: dict[str, Any], path: str) -> None:
