@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine import errors
 from engine.directory import message_text_problem
 from engine.ids import is_uuid, is_visitor_id
+from engine.model import POSTABLE_TYPES
 from engine.timefmt import parse_ms
 
 MAX_BODY_BYTES = 64 * 1024
@@ -33,6 +34,14 @@ class Body(BaseModel):
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("Must not be blank.")
+    return value
+
+
+def _message_text(value: str) -> str:
+    """The message rule lives in the engine; this only reports it on its field."""
+    problem = message_text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -99,13 +108,7 @@ class VisitorMessageCreate(Body):
     page_url: str | None = Field(default=None, max_length=4096)
     page_title: str | None = Field(default=None, max_length=1024)
 
-    @field_validator("message")
-    @classmethod
-    def _message_text(cls, value: str) -> str:
-        problem = message_text_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+    _check_message = field_validator("message")(_message_text)
 
 
 DECIMAL = re.compile(r"\d{1,12}(\.\d{1,6})?")
@@ -172,18 +175,12 @@ class MessageCreate(Body):
     page_url: str | None = Field(default=None, max_length=4096)
     page_title: str | None = Field(default=None, max_length=1024)
 
-    @field_validator("message")
-    @classmethod
-    def _message_text(cls, value: str) -> str:
-        problem = message_text_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+    _check_message = field_validator("message")(_message_text)
 
     @field_validator("type")
     @classmethod
     def _postable_type(cls, value: str) -> str:
-        if value not in ("msg", "autosuggest"):
+        if value not in POSTABLE_TYPES:
             raise ValueError("Must be 'msg' or 'autosuggest'.")
         return value
 

@@ -13,7 +13,6 @@ falling back to it still finds every record since.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -108,6 +107,3 @@ class Store:
                 }
             },
         )
-
-    def disk_bytes(self) -> int:
-        return sum(entry.stat().st_size for entry in os.scandir(self.data_dir) if entry.is_file())

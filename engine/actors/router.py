@@ -228,10 +228,6 @@ class ChannelRouter:
             if channel.history:
                 self._recent[name] = None
 
-    def head(self, channel: str) -> int:
-        found = self._channels.get(channel)
-        return 0 if found is None else found.seq
-
     # -- internals -----------------------------------------------------------
     def _channel(self, name: str) -> _Channel:
         found = self._channels.get(name)
