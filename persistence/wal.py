@@ -175,6 +175,9 @@ class WriteAheadLog:
         self._segment_first = 0
         self._size = 0  # bytes of the current segment known to be good
         self._needs_cut = False
+        # Bounded without a cap of its own: only actors commit, and an actor has at most
+        # one record in flight, so this holds at most one record per busy actor (itself
+        # bounded by the requests in flight; each actor's mailbox is bounded).
         self._pending: list[_Pending] = []
         self._wakeup = trio.Event()
         self._apply: Callable[[int, Sequence[Fact]], Any] | None = None
