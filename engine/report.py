@@ -7,7 +7,8 @@ of them (a room's rather than the org's, a ``start_time`` / ``end_time`` range f
 bisection) and, when no other filter applies, counts and slices by position without
 looking at a single chat it does not return. Other filters (``since_id``, ``has_sales``,
 ``is_real_conversation``, ``min_message_count``, ``only_ended`` by start time) scan the
-chosen range once; ``tag`` starts from the tag's own index.
+chosen range once; ``tag`` starts from the tag's own index (ordered by start time; sorted again for an
+``end_time`` ordering).
 
 Orderings: by ``start_time`` (default) or ``end_time``, ties broken by creation order; a
 ``-`` ordering is the exact reverse. By ``end_time`` open chats come after ended ones
@@ -105,13 +106,20 @@ def run_report(state: State, org_id: str, query: ReportQuery) -> ReportPage:
     predicates = _predicates(query)
     reverse = query.ordering.startswith("-")
     if query.tag is not None:
-        tagged = state.tag_chats.get((org_id, query.tag), {}).values()
-        candidates: Iterator[ChatState] | list[ChatState] = sorted(
-            (chat for chat in tagged if query.room_id is None or chat.room_id == query.room_id),
-            key=_order_key(query.ordering),
-            reverse=reverse,
-        )
+        tagged = state.tag_chats.get((org_id, query.tag), SortedDict())
         predicates += _range_predicates(query)
+        if query.room_id is not None:
+            room_id = query.room_id
+            predicates.append(lambda chat: chat.room_id == room_id)
+        if query.ordering.endswith("start_time"):
+            # the tag index is itself ordered by (start_time, seq): slice it like the others
+            segment = _Segment(tagged, 0, len(tagged), reverse)
+            if not predicates:
+                page = _page([], len(segment), query)
+                page.chats = _slice([segment], (page.page - 1) * query.page_size, query.page_size)
+                return page
+            return _filtered(iter(segment), predicates, query)
+        candidates = sorted(tagged.values(), key=_order_key(query.ordering), reverse=reverse)
         return _filtered(candidates, predicates, query)
     segments = _segments(state, key, query, reverse)
     if not predicates:

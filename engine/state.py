@@ -63,7 +63,7 @@ class State:
         self.report_by_start: dict[str, SortedDict] = {}
         self.report_by_end: dict[str, SortedDict] = {}
         self.report_open: dict[str, SortedDict] = {}
-        self.tag_chats: dict[tuple[str, str], dict[str, ChatState]] = {}
+        self.tag_chats: dict[tuple[str, str], SortedDict] = {}  # by (start_time, seq)
         self._appliers: dict[type, Callable[[Any], ChangeSet | list[ChangeSet] | None]] = {
             OrgCreated: self._org_created,
             RoomCreated: self._room_created,
@@ -183,9 +183,12 @@ class State:
                 self.report_open[key].pop(chat.seq, None)
                 self.report_by_end.setdefault(key, SortedDict())[(chat.end_time, chat.seq)] = chat
         elif isinstance(fact, TagAdded):
-            self.tag_chats.setdefault((chat.organization_id, fact.name), {})[chat.id] = chat
+            tagged = self.tag_chats.setdefault((chat.organization_id, fact.name), SortedDict())
+            tagged[(chat.start_time, chat.seq)] = chat
         elif isinstance(fact, TagRemoved):
-            self.tag_chats.get((chat.organization_id, fact.name), {}).pop(chat.id, None)
+            tagged = self.tag_chats.get((chat.organization_id, fact.name))
+            if tagged is not None:
+                tagged.pop((chat.start_time, chat.seq), None)
         if isinstance(fact, UserJoined):
             self._index_presence(chat, fact.user_id)
         elif isinstance(fact, MessagePosted) and fact.sender_type == SENDER_USER:
@@ -200,7 +203,8 @@ class State:
             else:
                 self.report_by_end.setdefault(key, SortedDict())[(chat.end_time, chat.seq)] = chat
         for name in chat.tags:
-            self.tag_chats.setdefault((chat.organization_id, name), {})[chat.id] = chat
+            tagged = self.tag_chats.setdefault((chat.organization_id, name), SortedDict())
+            tagged[(chat.start_time, chat.seq)] = chat
 
     def _api_data_set(self, fact: ApiDataSet) -> list[ChangeSet]:
         visitor = self.visitors[fact.visitor_id]

@@ -130,6 +130,11 @@ async def test_filters_and_orderings_match_the_model(dataset: tuple[World, list[
         ({"only_ended": "true"}, {"only_ended": True}),
         ({"only_ended": "false"}, {}),
         ({"tag": "vip"}, {"tag": "vip"}),
+        ({"tag": "vip", "ordering": "-start_time"}, {"tag": "vip", "ordering": "-start_time"}),
+        (
+            {"tag": "lead", "ordering": "-start_time", "room_id": world.room["id"]},
+            {"tag": "lead", "ordering": "-start_time", "room_id": world.room["id"]},
+        ),
         ({"tag": "nope"}, {"tag": "nope"}),
         ({"min_message_count": "3"}, {"min_message_count": 3}),
         ({"min_message_count": "0"}, {"min_message_count": 0}),
