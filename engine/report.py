@@ -103,28 +103,26 @@ def run_report(state: State, org_id: str, query: ReportQuery) -> ReportPage:
         room = state.rooms.get(query.room_id)
         if room is None or room.organization_id != org_id:
             return _page([], 0, query)  # only the org's own rooms are reported
-    predicates = _predicates(query)
     reverse = query.ordering.startswith("-")
+    by_start = query.ordering.endswith("start_time")
     if query.tag is not None:
         tagged = state.tag_chats.get((org_id, query.tag), SortedDict())
-        predicates += _range_predicates(query)
-        if query.room_id is not None:
-            room_id = query.room_id
-            predicates.append(lambda chat: chat.room_id == room_id)
-        if query.ordering.endswith("start_time"):
+        predicates = _predicates(query, frozenset())
+        if by_start:
             # the tag index is itself ordered by (start_time, seq): slice it like the others
-            segment = _Segment(tagged, 0, len(tagged), reverse)
-            if not predicates:
-                page = _page([], len(segment), query)
-                page.chats = _slice([segment], (page.page - 1) * query.page_size, query.page_size)
-                return page
-            return _filtered(iter(segment), predicates, query)
+            return _from_segments([_Segment(tagged, 0, len(tagged), reverse)], predicates, query)
         candidates = sorted(tagged.values(), key=_order_key(query.ordering), reverse=reverse)
         return _filtered(candidates, predicates, query)
-    segments = _segments(state, key, query, reverse)
+    predicates = _predicates(query, frozenset({"room", "start" if by_start else "end"}))
+    return _from_segments(_segments(state, key, query, reverse), predicates, query)
+
+
+def _from_segments(
+    segments: list[_Segment], predicates: list[Callable[[ChatState], bool]], query: ReportQuery
+) -> ReportPage:
+    """Count and slice by position when no predicate is left; else scan once."""
     if not predicates:
-        count = sum(len(segment) for segment in segments)
-        page = _page([], count, query)
+        page = _page([], sum(len(segment) for segment in segments), query)
         page.chats = _slice(segments, (page.page - 1) * query.page_size, query.page_size)
         return page
     return _filtered((chat for segment in segments for chat in segment), predicates, query)
@@ -145,35 +143,26 @@ def _segments(state: State, key: str, query: ReportQuery, reverse: bool) -> list
     return list(reversed(segments)) if reverse else segments
 
 
-def _range_predicates(query: ReportQuery) -> list[Callable[[ChatState], bool]]:
-    """The start/end bounds, for candidates that did not come from a bisected index."""
-    predicates: list[Callable[[ChatState], bool]] = []
-    if query.start_time is not None:
-        start = query.start_time
-        predicates.append(lambda chat: chat.start_time >= start)
-    if query.end_time is not None:
-        end = query.end_time
-        predicates.append(lambda chat: chat.end_time is not None and chat.end_time < end)
-    if query.only_ended and query.ordering.endswith("end_time"):
-        predicates.append(lambda chat: chat.end_time is not None)
-    return predicates
-
-
-def _predicates(query: ReportQuery) -> list[Callable[[ChatState], bool]]:
+def _predicates(query: ReportQuery, covered: frozenset[str]) -> list[Callable[[ChatState], bool]]:
+    """Every filter as a test of one chat, leaving out what the chosen index already
+    guarantees (``covered``: ``start`` — bisected start bound; ``end`` — bisected end
+    bound with open chats left out; ``room`` — a room's own index)."""
     predicates: list[Callable[[ChatState], bool]] = []
     if query.since_seq is not None:
         since = query.since_seq
         predicates.append(lambda chat: chat.seq > since)
-    if query.ordering.endswith("start_time"):
-        # the start index bisects start_time; end bounds and only_ended need a look
+    if query.room_id is not None and "room" not in covered:
+        room_id = query.room_id
+        predicates.append(lambda chat: chat.room_id == room_id)
+    if query.start_time is not None and "start" not in covered:
+        start = query.start_time
+        predicates.append(lambda chat: chat.start_time >= start)
+    if "end" not in covered:
         if query.end_time is not None:
             end = query.end_time
             predicates.append(lambda chat: chat.end_time is not None and chat.end_time < end)
-        if query.only_ended:
+        elif query.only_ended:
             predicates.append(lambda chat: chat.end_time is not None)
-    elif query.start_time is not None:
-        start = query.start_time
-        predicates.append(lambda chat: chat.start_time >= start)
     if query.has_sales is not None:
         wanted = query.has_sales
         predicates.append(lambda chat: has_sales(chat) is wanted)

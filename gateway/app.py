@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import orjson
 import trio
@@ -32,6 +31,7 @@ from gateway import validation as v
 from gateway.auth import (
     Principal,
     authenticate,
+    named_user,
     org_user,
     own_chat,
     require_admin,
@@ -348,11 +348,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         resume_id = request.args.get("auto_resume", data.auto_resume)
         resume_user = None
         if resume_id is not None:
-            resume_user = state.users.get(resume_id) if is_uuid(resume_id) else None
-            if resume_user is None or resume_user.organization_id != org_id:
-                raise errors.invalid_field(
-                    "auto_resume", "Must be the id of a user of the organization."
-                )
+            resume_user = named_user(state, org_id, resume_id, "auto_resume")
             require_self(caller, resume_user.id, "auto_resume")
         created, chat = await engine.directory.create_chat(room, visitor, auto_resume=resume_user)
         return json_response(views.chat_collection_view(chat), 201 if created else 200)
@@ -364,7 +360,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_org(state, principal(), org_id)
         query = report_query(org_id)
         result = run_report(state, org_id, query)
-        url_for = page_links(query.page_size)
+        link = link_builder(base_url(), request.path, list(request.args.items(multi=True)), "page")
+
+        def url_for(number: int) -> str:
+            return link(str(number))
+
         return json_response(
             {
                 "count": result.count,
@@ -413,14 +413,6 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
             min_message_count=v.parse_int(args, "min_message_count", minimum=0),
             only_ended=v.optional_bool(args, "only_ended") or False,
         )
-
-    def page_links(page_size: int) -> Callable[[int], str]:
-        kept = [(k, val) for k, val in request.args.items(multi=True) if k != "page"]
-
-        def url_for(number: int) -> str:
-            return f"{base_url()}{request.path}?{urlencode([*kept, ('page', str(number))])}"
-
-        return url_for
 
     def rich(chat: Any) -> dict[str, Any]:
         api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
@@ -497,9 +489,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
         data = await read_body(v.PresenceCreate)
-        user = state.users.get(data.user_id) if is_uuid(data.user_id) else None
-        if user is None or user.organization_id != org_id:
-            raise errors.invalid_field("user_id", "Must be the id of a user of the organization.")
+        user = named_user(state, org_id, data.user_id, "user_id")
         require_self(caller, user.id, "user_id")
         outcome = await engine.chats.join(chat, user, exclusive=data.exclusive)
         return json_response(
@@ -706,9 +696,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
         data = await read_body(v.MessageCreate)
-        sender = state.users.get(data.sender_id) if is_uuid(data.sender_id) else None
-        if sender is None or sender.organization_id != org_id:
-            raise errors.invalid_field("sender_id", "Must be the id of a user of the organization.")
+        sender = named_user(state, org_id, data.sender_id, "sender_id")
         require_self(caller, sender.id, "sender_id")
         message = await engine.chats.post(
             chat,

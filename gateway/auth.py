@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from engine import errors
 from engine.access import org_can_access_room
 from engine.chat import ChatState
-from engine.ids import hash_token
+from engine.ids import hash_token, is_uuid
 from engine.model import Room, User, Visitor
 from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER, PRINCIPAL_VISITOR, State
 
@@ -90,6 +90,15 @@ def visible_chat(state: State, org_id: str, chat_id: str) -> ChatState:
     if chat is None or not org_can_access_room(org_id, state.rooms[chat.room_id]):
         raise errors.NotFound("Chat not found.")
     return chat
+
+
+def named_user(state: State, org_id: str, user_id: object, field: str) -> User:
+    """A user named in a body or query field (``sender_id``, ``user_id``,
+    ``auto_resume``): anything but a user of the org is 400 naming the field."""
+    user = state.users.get(user_id) if is_uuid(user_id) else None
+    if user is None or user.organization_id != org_id:
+        raise errors.invalid_field(field, "Must be the id of a user of the organization.")
+    return user
 
 
 def org_user(state: State, org_id: str, user_id: str) -> User:

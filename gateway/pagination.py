@@ -94,11 +94,14 @@ def paginate(
     }
 
 
-def link_builder(base_url: str, path: str, args: list[tuple[str, str]]) -> Callable[[str], str]:
-    """Absolute URL of the same query with only ``cursor`` replaced."""
-    kept = [(name, value) for name, value in args if name != "cursor"]
+def link_builder(
+    base_url: str, path: str, args: list[tuple[str, str]], param: str = "cursor"
+) -> Callable[[str], str]:
+    """Absolute URL of the same query with only ``param`` (the cursor, or the report's
+    page number) replaced."""
+    kept = [(name, value) for name, value in args if name != param]
 
-    def url_for(cursor: str) -> str:
-        return f"{base_url}{path}?{urlencode([*kept, ('cursor', cursor)])}"
+    def url_for(value: str) -> str:
+        return f"{base_url}{path}?{urlencode([*kept, (param, value)])}"
 
     return url_for
