@@ -163,3 +163,24 @@ async def test_admin_token_works_everywhere(world: World) -> None:
         assert (
             await admin.get(world.path(f"/users/{world.users[0]['id']}/chats"))
         ).status_code == 200
+
+
+async def test_an_open_visitor_joins_the_org_of_its_first_chat(
+    world: World, admin: httpx.AsyncClient
+) -> None:
+    async with world.server.client() as anonymous:
+        opened = (await anonymous.post("/api/v5/client/visitors")).json()
+    other = await make_org(admin, "Other")
+    async with world.client(opened["token"]) as as_visitor:
+        chat = await as_visitor.post(
+            f"/api/v5/client/visitors/{opened['id']}/rooms/{world.room['id']}/chats"
+        )
+    assert chat.status_code == 201 and chat.json()["organization_id"] == world.org["id"]
+    async with world.server.client(other["token"]) as as_other:  # now it is Acme's
+        taken = await as_other.post(
+            f"/api/v5/orgs/{other['id']}/visitors", json={"id": opened["id"]}
+        )
+    assert taken.status_code == 409
+    async with world.org_client as client:  # Acme may re-key it
+        rekeyed = await client.post(world.path("/visitors"), json={"id": opened["id"]})
+    assert rekeyed.status_code == 200

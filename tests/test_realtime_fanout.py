@@ -309,3 +309,14 @@ async def test_every_mutation_emits_exactly_its_events(
         await api.patch(f"{base}/chats/{c1}", json={"is_private": True})
         events = await collect(ws)
         assert pairs(events) == scene.chat_event(c1, scene.v, users, "changed")
+
+        # 12. a tag: a changed chat (tag_count) on the chats families, nothing on current
+        # chats or presences; adding it again, or removing an absent tag, emits nothing
+        await api.post(f"{base}/chats/{c1}/tags", json={"name": "vip"})
+        events = await collect(ws)
+        assert pairs(events) == scene.chat_event(c1, scene.v, users, "changed")
+        tagged = next(e for e in events if e["channel"] == scene.visitor_chats(scene.v))
+        assert set(tagged["resource"]) == {"id", "updated_at", "tag_count"}
+        await api.post(f"{base}/chats/{c1}/tags", json={"name": "vip"})
+        await api.delete(f"{base}/chats/{c1}/tags/absent")
+        assert await collect(ws) == []
