@@ -197,8 +197,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return Response(metrics.render(), status=200, content_type=CONTENT_TYPE)
 
     @app.websocket("/ws")
-    async def websocket_endpoint() -> Response | None:
-        return await ws.handle()
+    async def websocket_endpoint() -> Response:
+        # The front door takes every connection that opens with GET /ws; one that
+        # reaches here sent the upgrade after other requests on the same connection.
+        return error_response(
+            errors.Invalid("Open a new connection for GET /ws: it must be its first request.")
+        )
 
     @app.route("/openapi.json")
     async def openapi() -> Response:

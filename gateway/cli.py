@@ -17,16 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hypercorn.trio
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import logs
+from gateway import frontdoor, logs
 from gateway.app import GatewaySettings, create_app
 from gateway.ws import WsSettings
+from gateway.wsconn import WsLimits
 from persistence.store import Store
 from persistence.wal import FSYNC_MODES
 
@@ -172,9 +172,11 @@ async def serve(
     options: argparse.Namespace,
     *,
     engine: Engine | None = None,
+    ws_limits: WsLimits | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock."""
+    """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock,
+    ``ws_limits`` shorter WebSocket timeouts."""
     token = admin_token(options)
     if engine is None:
         store = None
@@ -196,18 +198,15 @@ async def serve(
         admin_token_hash=token.hash,
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
-        ws=WsSettings(queue_limit=options.session_queue),
+        ws=WsSettings(queue_limit=options.session_queue, limits=ws_limits or WsLimits()),
     )
     app = create_app(engine, settings)
     config = HypercornConfig()
-    config.bind = [f"{options.host}:{options.port}"]
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
-    config.websocket_max_message_size = 64 * 1024  # larger frames close with 1009
-    config.websocket_ping_interval = 25.0
-    # Any bytes (a pong included) reset this: a peer silent for 60 s is closed.
-    config.read_timeout = 60
+    # WebSocket sessions bypass hypercorn (gateway/frontdoor.py); their limits
+    # (64 KiB messages, pings every 25 s, 60 s of silence) are gateway.wsconn.WsLimits.
     ws_gateway = app.extensions["ws"]
 
     async def shutdown_trigger() -> None:
@@ -229,8 +228,14 @@ async def serve(
 
         async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await hypercorn.trio.serve(
-                    app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+                await frontdoor.serve(
+                    app,
+                    config,
+                    options.host,
+                    options.port,
+                    ws_gateway.handle_connection,
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
                 )
             finally:
                 http_done.set()

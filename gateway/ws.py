@@ -9,29 +9,36 @@ The queue is bounded (``queue_limit`` items). The router pushes without waiting;
 session whose queue is full drops it at once (memory stays bounded) and is closed with
 4008 as soon as the frame it is writing completes (it resumes with ``since``), so a slow
 client never slows the router, the chat actors or other sessions. A client that never
-reads again cannot even take the close frame; it sends no pongs either, and the 60 s
-read timeout ends its connection.
+reads again cannot even take the close frame; the 60 s write timeout ends its
+connection.
+
+The front door (``gateway/frontdoor.py``) hands each ``GET /ws`` connection here as a
+plain socket; ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 import orjson
 import trio
-from quart import Response, websocket
+from wsproto.events import Request
 
 from engine import channels, errors
 from engine.actors.router import JSON, MSGPACK, Subscribed
 from engine.actors.supervisor import Engine
 from gateway.auth import Principal, principal_for_token
+from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
 
 log = logging.getLogger("chat_engine.ws")
 
@@ -49,10 +56,11 @@ class WsSettings:
     queue_limit: int = 2000  # items (events and answers) waiting for one session
     max_subscriptions: int = 1000
     # A busy session sends at most one frame per interval, carrying everything that
-    # arrived meanwhile; an idle one sends at once. Each frame costs ~100 µs of CPU in
-    # the ASGI/hypercorn/wsproto write path, so at high rates this, not the events,
-    # bounds fan-out. 0 turns coalescing off.
+    # arrived meanwhile; an idle one sends at once. Each frame costs a task wake-up and
+    # a send system call, so at high rates batching, not the events, keeps fan-out
+    # cheap. 0 turns coalescing off.
     flush_interval: float = 0.025
+    limits: WsLimits = field(default_factory=WsLimits)  # pings, timeouts, frame size
 
 
 @dataclass(eq=False)
@@ -92,9 +100,8 @@ class Session:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
-    async def take(self) -> list[bytes]:
-        """Wait for items; return up to MAX_ITEMS_PER_FRAME of them (empty: closing)."""
-        await self.wait()
+    def take(self) -> list[bytes]:
+        """Up to MAX_ITEMS_PER_FRAME ready items (empty: the session must close)."""
         if self.overflowed:
             return []
         count = min(len(self._queue), MAX_ITEMS_PER_FRAME)
@@ -104,13 +111,12 @@ class Session:
         return orjson.dumps(obj) if self.encoding == JSON else msgpack.packb(obj)
 
 
-def pack_frame(items: list[bytes], encoding: str) -> str | bytes:
+def pack_frame(items: list[bytes], encoding: str) -> bytes:
     """Several ready items become one frame: a JSON array or a msgpack array."""
-    if encoding == JSON:
-        body = items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
-        return body.decode("utf-8")
     if len(items) == 1:
         return items[0]
+    if encoding == JSON:
+        return b"[" + b",".join(items) + b"]"
     count = len(items)
     if count < 16:
         header = bytes([0x90 | count])
@@ -131,6 +137,7 @@ class BadFrame(Exception):
 class WsGateway:
     def __init__(self, engine: Engine, admin_token_hash: str, settings: WsSettings) -> None:
         self.engine = engine
+        self.limits = settings.limits
         self.admin_token_hash = admin_token_hash
         self.settings = settings
         self.sessions: set[Session] = set()
@@ -142,89 +149,121 @@ class WsGateway:
         for session in list(self.sessions):
             session.close_soon()
 
-    def _authenticate(self) -> Principal:
-        header = websocket.headers.get("Authorization", "")
-        token = (
-            header[6:].strip() if header.startswith("Token ") else websocket.args.get("token", "")
-        )
+    async def handle_connection(self, conn: socket.socket) -> None:
+        """One connection the front door classified as ``GET /ws``: upgrade, then serve."""
+        transport = RawWebSocket(conn, self.limits)
+        try:
+            request = await transport.handshake()
+            if request is None:
+                return
+            try:
+                principal = self._admit(request)
+            except errors.EngineError as error:
+                phrase = HTTPStatus(error.status).phrase
+                await transport.reject(error.status, phrase, orjson.dumps(error.body()))
+                return
+            chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)
+            await transport.accept(chosen)
+            await self._serve(principal, SUBPROTOCOLS.get(chosen or "", JSON), transport)
+        except Disconnected:
+            pass
+        finally:
+            transport.abort()
+
+    def _admit(self, request: Request) -> Principal:
+        if not self.engine.started.is_set():
+            raise errors.Unavailable("The engine is starting.")
+        header = ""
+        for name, value in request.extra_headers:
+            if name.lower() == b"authorization":
+                header = value.decode("latin-1")
+        if header.startswith("Token "):
+            token = header[6:].strip()
+        else:
+            query = parse_qs(urlsplit(request.target).query)
+            token = query.get("token", [""])[0]
         if not token:
             raise errors.NotAuthenticated("Authentication credentials were not provided.")
         return principal_for_token(self.engine.state, token, self.admin_token_hash)
 
-    async def handle(self) -> Response | None:
-        if not self.engine.started.is_set():
-            error: errors.EngineError = errors.Unavailable("The engine is starting.")
-            return Response(
-                orjson.dumps(error.body()), status=error.status, content_type="application/json"
-            )
-        try:
-            principal = self._authenticate()
-        except errors.EngineError as error:
-            return Response(
-                orjson.dumps(error.body()), status=error.status, content_type="application/json"
-            )
-        chosen = next(
-            (name for name in websocket.requested_subprotocols if name in SUBPROTOCOLS), None
-        )
-        await websocket.accept(subprotocol=chosen)
-        session = Session(
-            SUBPROTOCOLS.get(chosen or "", JSON), self.settings.queue_limit, principal
-        )
+    async def _serve(self, principal: Principal, encoding: str, transport: RawWebSocket) -> None:
+        session = Session(encoding, self.settings.queue_limit, principal)
         self.sessions.add(session)
         reachability = self.engine.reachability
         if principal.kind == "user":
             reachability.session_opened(principal.id)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, session, nursery.cancel_scope)
-                await self._write(session)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self._read, session, transport, nursery.cancel_scope)
+                if await self._write(session, transport):
+                    # we sent a close frame: the reader waits (a while) for the peer's
+                    nursery.cancel_scope.deadline = trio.current_time() + self.limits.close_timeout
+                else:
+                    nursery.cancel_scope.cancel()
         finally:
             self.sessions.discard(session)
             self.engine.router.drop(session, session.subscriptions)
             if principal.kind == "user":
                 reachability.session_closed(principal.id)
-        return None
 
-    async def _write(self, session: Session) -> None:
+    async def _write(self, session: Session, transport: RawWebSocket) -> bool:
+        """Send until the session closes; True when it ends with a close frame of ours."""
         interval = self.settings.flush_interval
+        opcode = OP_TEXT if session.encoding == JSON else OP_BINARY
         last_frame = -math.inf
-        while True:
-            await session.wait()
-            if interval and not session.closing:
-                # busy: let the events of the next few milliseconds share this frame
-                await trio.sleep_until(last_frame + interval)
-            items = await session.take()
-            if not items:
-                if session.overflowed:
-                    self.slow_consumer_closes += 1
-                    await websocket.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
-                else:
-                    await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-                return
-            await websocket.send(pack_frame(items, session.encoding))
-            last_frame = trio.current_time()
+        try:
+            while True:
+                await session.wait()
+                if interval and not session.closing:
+                    # busy: let the events of the next few milliseconds share this frame
+                    await trio.sleep_until(last_frame + interval)
+                items = session.take()
+                if not items:
+                    if session.overflowed:
+                        self.slow_consumer_closes += 1
+                        await transport.close(
+                            CLOSE_SLOW_CONSUMER, "slow consumer: resume with since"
+                        )
+                    else:
+                        await transport.close(CLOSE_GOING_AWAY, "server shutting down")
+                    return True
+                transport.send_frame(opcode, pack_frame(items, session.encoding))
+                await transport.flush()  # returns at once unless the kernel's buffer is full
+                last_frame = trio.current_time()
+        except Disconnected:
+            return False
 
-    async def _read(self, session: Session, scope: trio.CancelScope) -> None:
+    async def _read(
+        self, session: Session, transport: RawWebSocket, scope: trio.CancelScope
+    ) -> None:
         bad_frames: deque[float] = deque()
-        while True:
-            data = await websocket.receive()
-            try:
-                await self._handle_frame(session, self._decode(session, data))
-            except BadFrame as bad:
-                reply: dict[str, Any] = {"type": "error", "code": "bad_frame", "detail": bad.detail}
-                if bad.frame_id is not None:
-                    reply["id"] = bad.frame_id
-                session.push(session.encode(reply))
-                now = trio.current_time()
-                bad_frames.append(now)
-                while bad_frames and now - bad_frames[0] > BAD_FRAME_WINDOW:
-                    bad_frames.popleft()
-                if len(bad_frames) > BAD_FRAME_LIMIT:
-                    self.bad_frame_closes += 1
-                    await websocket.close(CLOSE_POLICY, "too many invalid frames")
-                    scope.cancel()
-                    return
+        try:
+            while True:
+                data = await transport.receive()
+                if transport.close_code is not None:
+                    continue  # closing: wait for the peer's close frame
+                try:
+                    await self._handle_frame(session, self._decode(session, data))
+                except BadFrame as bad:
+                    reply: dict[str, Any] = {
+                        "type": "error",
+                        "code": "bad_frame",
+                        "detail": bad.detail,
+                    }
+                    if bad.frame_id is not None:
+                        reply["id"] = bad.frame_id
+                    session.push(session.encode(reply))
+                    now = trio.current_time()
+                    bad_frames.append(now)
+                    while bad_frames and now - bad_frames[0] > BAD_FRAME_WINDOW:
+                        bad_frames.popleft()
+                    if len(bad_frames) > BAD_FRAME_LIMIT:
+                        self.bad_frame_closes += 1
+                        await transport.close(CLOSE_POLICY, "too many invalid frames")
+                        scope.deadline = min(scope.deadline, now + self.limits.close_timeout)
+        except Disconnected:
+            pass
+        scope.cancel()
 
     @staticmethod
     def _decode(session: Session, data: str | bytes) -> dict[str, Any]:

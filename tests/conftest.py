@@ -17,6 +17,7 @@ import trio
 
 from engine.actors.supervisor import Engine, EngineConfig
 from gateway.cli import build_parser, serve
+from gateway.wsconn import WsLimits
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -46,14 +47,16 @@ class Server:
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits, timeout=30)
 
 
-async def start_server(nursery: trio.Nursery, *flags: str, **config: Any) -> Server:
+async def start_server(
+    nursery: trio.Nursery, *flags: str, ws_limits: WsLimits | None = None, **config: Any
+) -> Server:
     """A server in this trio loop, reached over TCP; ``config`` goes to EngineConfig."""
     options = build_parser().parse_args(
         ["serve", "--in-memory", "--port", "0", "--log-level", "warning", *flags]
     )
     clock = FakeClock()
     engine = Engine(EngineConfig(**config), clock=clock)
-    binds = await nursery.start(partial(serve, options, engine=engine))
+    binds = await nursery.start(partial(serve, options, engine=engine, ws_limits=ws_limits))
     return Server(binds[0], engine, clock)
 
 

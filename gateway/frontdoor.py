@@ -1,0 +1,152 @@
+"""The listening socket: WebSocket upgrades to ``/ws`` go straight to the session code,
+every other connection goes to hypercorn.
+
+Why: through ASGI every outgoing WebSocket frame crossed quart's ``send_data``,
+hypercorn's ``app_send`` and ``protocol_send`` and trio's ``send_all`` — ~100-200 µs of
+CPU each, which made one message to 1,000 sessions cost ~200 ms. Here a frame is one
+synchronous ``send`` on the session's socket (see ``gateway/wsconn.py``).
+
+How a connection is told apart: its first bytes are peeked (``MSG_PEEK`` leaves them in
+the kernel), so a connection handed to hypercorn is untouched. ``GET /ws`` followed by a
+space or ``?`` is ours; anything else — other paths, HTTP/2, a ``/ws`` upgrade sent on a
+connection that already carried other requests — is hypercorn's (which answers that
+last one with 400). This replaces ``hypercorn.trio.serve`` with the same steps
+(lifespan, ``TCPServer`` per connection, graceful shutdown), using hypercorn's own
+classes; hypercorn is pinned, so these internals do not move under us.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+log = logging.getLogger("chat_engine.frontdoor")
+
+WS_PREFIX = b"GET /ws"
+PEEK_TIMEOUT = 10.0  # a connection that sent too little to classify goes to hypercorn
+PEEK_RETRY = 0.005
+ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+BACKLOG = 4096
+
+WsHandler = Callable[[socket.socket], Awaitable[None]]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+async def _peek_kind(conn: socket.socket) -> str:
+    """'ws' for a WebSocket upgrade to /ws, else 'http'."""
+    with trio.move_on_after(PEEK_TIMEOUT):
+        while True:
+            await trio.lowlevel.wait_readable(conn)
+            try:
+                head = conn.recv(len(WS_PREFIX) + 1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return "http"
+            if len(head) > len(WS_PREFIX):
+                if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
+                    return "ws"
+                return "http"
+            if not head or not WS_PREFIX.startswith(head):
+                return "http"
+            await trio.sleep(PEEK_RETRY)  # a prefix of "GET /ws": wait for more
+    return "http"
+
+
+async def serve(
+    app: object,
+    config: Config,
+    host: str,
+    port: int,
+    ws_handler: WsHandler,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    listener = bind(host, port)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    config.set_statsd_logger_class(StatsdLogger)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+
+    async def connection(conn: socket.socket) -> None:
+        try:
+            kind = await _peek_kind(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if kind == "ws":
+            await ws_handler(conn)
+            return
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+
+    async def accept_loop(nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    if error.errno not in ACCEPT_ERRORS:
+                        raise
+                    log.error("accept failed: %s; retrying in 100 ms", error)
+                    await trio.sleep(0.1)
+                    break
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(connection, conn)
+
+    try:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            async with trio.open_nursery() as server_nursery:
+                bound = repr_socket_addr(listener.family, listener.getsockname())
+                task_status.started([f"http://{bound}"])
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                        nursery.start_soon(raise_shutdown, context.terminate.wait)
+                        nursery.start_soon(accept_loop, server_nursery)
+                        await trio.sleep_forever()
+                except BaseExceptionGroup as error:
+                    _, others = error.split((ShutdownError, KeyboardInterrupt))
+                    if others is not None:
+                        raise others from None
+                finally:
+                    listener.close()  # stop accepting; in-flight connections finish
+                    await context.terminated.set()
+                    server_nursery.cancel_scope.deadline = (
+                        trio.current_time() + config.graceful_timeout
+                    )
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()
+    finally:
+        listener.close()

@@ -1,0 +1,255 @@
+"""A server-side WebSocket over a plain non-blocking socket, with wsproto for parsing.
+
+This is the write path that bounds fan-out, so it avoids everything it can: a data
+frame is a two-to-ten byte header in front of bytes that are already encoded (the
+router encodes each event once), and it goes to the kernel with one synchronous
+``send``. Only when the kernel's buffer is full does a task wait (``wait_writable``),
+and while it waits the session sends nothing more, so a slow reader backs up into its
+own bounded queue and is closed with 4008 there. Reading goes through wsproto, which
+checks framing, masking, UTF-8 and the close handshake.
+
+The server pings every ``ping_interval`` seconds; a peer from which nothing at all
+arrived for ``read_timeout`` seconds is dropped, and so is one that takes no bytes for
+``write_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from dataclasses import dataclass
+
+import trio
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+CLOSE_TOO_BIG = 1009
+RECV_SIZE = 65536
+NOTSENT_LOWAT = 16384
+MAX_HEAD = 16384  # bytes of request head before the upgrade is refused
+
+
+class Disconnected(Exception):
+    """The peer is gone, or broke the protocol; the session ends."""
+
+
+@dataclass(slots=True)
+class WsLimits:
+    max_message: int = 64 * 1024
+    ping_interval: float = 25.0
+    read_timeout: float = 60.0
+    write_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+
+
+def data_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked server frame (RFC 6455 §5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x80 | opcode, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+
+
+def http_response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class RawWebSocket:
+    def __init__(self, sock: socket.socket, limits: WsLimits) -> None:
+        # As trio's SocketStream does: the kernel holds at most 16 KiB not yet sent, so
+        # a peer that stops reading makes ``send`` stop taking bytes quickly and backs
+        # up into the session's own bounded queue (-> 4008), not into kernel memory.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+        self.sock = sock
+        self.limits = limits
+        self.protocol = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self._out = bytearray()
+        self._flush_lock = trio.Lock()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self._last_read = trio.current_time()
+        self.close_code: int | None = None  # set once a close frame went out
+
+    # -- the handshake -----------------------------------------------------------
+    async def handshake(self) -> Request | None:
+        """The upgrade request, or None (peer gone, too slow, or not an upgrade; a
+        non-upgrade request has been answered with 400)."""
+        received = 0
+        with trio.move_on_after(self.limits.handshake_timeout):
+            while True:
+                data = await self._recv()
+                if not data:
+                    return None
+                received += len(data)
+                try:
+                    self.protocol.receive_data(data)
+                    for event in self.protocol.events():
+                        if isinstance(event, Request):
+                            return event
+                except RemoteProtocolError as error:
+                    body = (
+                        b'{"code":"invalid","detail":"GET /ws takes a WebSocket upgrade: '
+                        + str(error).replace('"', "'").encode()
+                        + b'"}'
+                    )
+                    self.write(http_response(400, "Bad Request", body, "application/json"))
+                    await self.flush()
+                    return None
+                if received > MAX_HEAD:
+                    self.write(
+                        http_response(431, "Request Header Fields Too Large", b"", "text/plain")
+                    )
+                    await self.flush()
+                    return None
+        return None
+
+    async def reject(self, status: int, reason: str, body: bytes) -> None:
+        self.write(http_response(status, reason, body, "application/json"))
+        await self.flush()
+
+    async def accept(self, subprotocol: str | None) -> None:
+        self.write(self.protocol.send(AcceptConnection(subprotocol=subprotocol)))
+        await self.flush()
+
+    # -- writing -----------------------------------------------------------------
+    @property
+    def backlog(self) -> int:
+        """Bytes the kernel has not taken yet."""
+        return len(self._out)
+
+    def write(self, data: bytes) -> None:
+        """Hand bytes to the kernel now if it takes them; keep the rest, in order."""
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise Disconnected(str(error)) from None
+        if sent < len(data):
+            self._out += memoryview(data)[sent:]
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        self.write(data_frame(opcode, payload))
+
+    async def flush(self) -> None:
+        """Wait until the kernel took every byte written so far."""
+        if not self._out:
+            return
+        async with self._flush_lock:
+            with trio.move_on_after(self.limits.write_timeout) as scope:
+                while self._out:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    try:
+                        sent = self.sock.send(self._out)
+                    except BlockingIOError:
+                        continue
+                    except OSError as error:
+                        raise Disconnected(str(error)) from None
+                    del self._out[:sent]
+            if scope.cancelled_caught:
+                raise Disconnected("the peer took no bytes for the write timeout")
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (no-op once a close frame went out)."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.write(self.protocol.send(CloseConnection(code=code, reason=reason)))
+        await self.flush()
+
+    # -- reading -----------------------------------------------------------------
+    async def _recv(self) -> bytes:
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except OSError:
+                return b""
+            self._last_read = trio.current_time()
+            return data
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; answers pings and the peer's close on the way.
+
+        Raises Disconnected when the connection ends (after a close from either side).
+        """
+        while True:
+            for event in self.protocol.events():
+                message = await self._on_event(event)
+                if message is not None:
+                    return message
+            data = await self._recv_or_ping()
+            if not data:
+                raise Disconnected("end of stream")
+            self.protocol.receive_data(data)
+
+    async def _recv_or_ping(self) -> bytes:
+        limits = self.limits
+        while True:
+            with trio.move_on_after(limits.ping_interval):
+                return await self._recv()
+            if trio.current_time() - self._last_read >= limits.read_timeout:
+                raise Disconnected("the peer was silent for the read timeout")
+            if self.close_code is None:
+                self.write(self.protocol.send(Ping()))
+                await self.flush()
+
+    async def _on_event(self, event: object) -> str | bytes | None:
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._size += len(event.data)
+            if self._size > self.limits.max_message:
+                await self.close(CLOSE_TOO_BIG, "message too big")
+                raise Disconnected("message too big")
+            self._parts.append(
+                bytes(event.data) if isinstance(event.data, bytearray) else event.data
+            )
+            if not event.message_finished:
+                return None
+            parts, self._parts, self._size = self._parts, [], 0
+            if len(parts) == 1:
+                return parts[0]
+            return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+        if isinstance(event, Ping):
+            self.write(self.protocol.send(event.response()))
+            await self.flush()
+        elif isinstance(event, CloseConnection):
+            if self.close_code is None:
+                # the peer closes first (or wsproto closes on a protocol error): answer
+                self.close_code = event.code
+                self.write(self.protocol.send(event.response()))
+                await self.flush()
+            raise Disconnected("closed")
+        elif isinstance(event, Pong):
+            pass
+        return None
+
+    def abort(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover - close does not fail on a stream socket
+            pass
