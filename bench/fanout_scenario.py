@@ -9,8 +9,9 @@ step that misses ≥ 99.9 % delivery, p99 ≤ 250 ms, or posting at ≥ 95 % of 
 rate; the highest passing step is the scenario's figure.
 
 Subscribers live in separate processes (``--generators``), each holding its share of
-the sessions with a minimal wsproto client; the publisher posts from this process over
-a few keep-alive connections, open loop (on schedule, not waiting for answers).
+the sessions on one epoll loop (``bench/subscriber.py``); the publisher posts from this
+process over a few keep-alive connections, open loop (on schedule, not waiting for
+answers). ``python -m bench compare`` runs the same ladder against two peer servers.
 """
 
 from __future__ import annotations
@@ -18,73 +19,37 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 import trio
 
+from bench import subscriber
 from bench.client import HttpConnection
-from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
-from bench.wsclient import subscribe_and_listen
+from bench.server import (
+    ADMIN_TOKEN,
+    ServerProcess,
+    bootstrap,
+    cpu_seconds,
+    rss_bytes,
+    start_server,
+)
+from bench.subscriber import (
+    LOOPBACK,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Adapter,
+    client_frame,
+    parse_frames,
+    upgrade_request,
+)
 
 DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320)
 DRAIN_SECONDS = 2.0
 PUBLISHER_CONNECTIONS = 8
-MAX_LATENCY_BUCKET_MS = 60_000
-
-
-def _subscriber_process(port: int, channel: str, sessions: int, control: Connection) -> None:
-    """Hold ``sessions`` sessions; answer 'report <step>' with that step's counts."""
-    received: dict[int, int] = {}
-    histogram: dict[int, dict[int, int]] = {}
-    closes: list[int] = []
-
-    def on_events(events: list[dict[str, Any]]) -> None:
-        now = time.time()
-        for event in events:
-            resource = event.get("resource") or {}
-            text = resource.get("message")
-            if not text or event["action"] != "added":
-                continue
-            step, _, sent = text.partition(":")
-            step_number = int(step)
-            received[step_number] = received.get(step_number, 0) + 1
-            bucket = min(MAX_LATENCY_BUCKET_MS, int((now - float(sent)) * 1000))
-            counts = histogram.setdefault(step_number, {})
-            counts[bucket] = counts.get(bucket, 0) + 1
-
-    async def main() -> None:
-        stop = trio.Event()
-
-        async def session(task_status: trio.TaskStatus[None]) -> None:
-            code = await subscribe_and_listen(
-                port, ADMIN_TOKEN, channel, on_events, stop, task_status=task_status
-            )
-            if code is not None:
-                closes.append(code)
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(sessions):
-                await nursery.start(session)
-            control.send("ready")
-            while True:
-                command = await trio.to_thread.run_sync(control.recv)
-                if command == "stop":
-                    stop.set()
-                    break
-                step = int(command)
-                control.send(
-                    {
-                        "received": received.pop(step, 0),
-                        "histogram": histogram.pop(step, {}),
-                        "closes": list(closes),
-                    }
-                )
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    control.send("stopped")
 
 
 def _percentile(histogram: dict[int, int], fraction: float) -> float:
@@ -128,111 +93,251 @@ async def _publish(
     return posted
 
 
-def run(options: Any, progress: Any) -> dict[str, Any]:
-    server = start_server("--in-memory", "--session-queue", str(options.session_queue))
-    pipes: list[Connection] = []
-    processes: list[Any] = []
-    try:
-        world = bootstrap(server, chats=1, users=1)
-        chat_id, user_id = world["chats"][0]
-        org_id, room_id = world["org"]["id"], world["room"]["id"]
-        channel = f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats/{chat_id}/messages"
+async def _publish_ws(port: int, kind: str, step: int, rate: float, seconds: float) -> int:
+    """The same schedule over one WebSocket connection (socketio / websockets peers)."""
+    total = max(1, int(rate * seconds))
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    buffer = bytearray()
+    await stream.send_all(upgrade_request(Adapter(kind).path(), port))
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        buffer += await stream.receive_some(65536)
+    assert buffer[9:12] == b"101", bytes(buffer[:200])
+    del buffer[: end + 4]
+    joined = trio.Event()
+    if kind != "socketio":
+        joined.set()
+    posted = 0
+
+    async def read() -> None:
+        while True:
+            for first, payload in parse_frames(buffer):
+                if first & 0x0F == OP_PING:
+                    await stream.send_all(client_frame(OP_PONG, payload))
+                elif payload == b"2":  # Engine.IO ping
+                    await stream.send_all(client_frame(OP_TEXT, b"3"))
+                elif payload.startswith(b"0{"):  # Engine.IO open: join the namespace
+                    await stream.send_all(client_frame(OP_TEXT, b"40"))
+                elif payload.startswith(b"40"):
+                    joined.set()
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buffer.extend(data)
+
+    async def send() -> None:
+        nonlocal posted
+        await joined.wait()
+        start = trio.current_time()
+        for number in range(total):
+            await trio.sleep_until(start + number / rate)
+            text = f"{step}:{time.time():.6f}"
+            payload = orjson.dumps(["post", text]) if kind == "socketio" else text.encode()
+            if kind == "socketio":
+                payload = b"42" + payload
+            await stream.send_all(client_frame(OP_TEXT, payload))
+            posted += 1
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        nursery.start_soon(send)
+    await stream.aclose()
+    return posted
+
+
+@dataclass
+class Target:
+    """A server under test: how to subscribe to it and how to publish to it."""
+
+    kind: str  # engine | socketio | websockets
+    port: int
+    pid: int
+    token: str = ""
+    channel: str = ""
+    message_path: str = ""
+    sender_id: str = ""
+
+    def publish(self, step: int, rate: float, seconds: float) -> int:
+        if self.kind == "engine":
+            return trio.run(
+                _publish, self.port, self.message_path, self.sender_id, step, rate, seconds
+            )
+        return trio.run(_publish_ws, self.port, self.kind, step, rate, seconds)
+
+
+def engine_target(server: ServerProcess) -> Target:
+    world = bootstrap(server, chats=1, users=1)
+    chat_id, user_id = world["chats"][0]
+    org_id, room_id = world["org"]["id"], world["room"]["id"]
+    return Target(
+        "engine",
+        server.port,
+        server.process.pid,
+        token=ADMIN_TOKEN,
+        channel=f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats/{chat_id}/messages",
+        message_path=f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
+        sender_id=user_id,
+    )
+
+
+class Generators:
+    """Subscriber processes holding ``sessions`` sessions between them."""
+
+    def __init__(self, target: Target, sessions: int, count: int) -> None:
         context = multiprocessing.get_context("spawn")
-        share = [
-            options.sessions // options.generators
-            + (1 if i < options.sessions % options.generators else 0)
-            for i in range(options.generators)
-        ]
-        connect = progress.add_task(
-            f"fanout: connecting {options.sessions} sessions", total=options.generators
-        )
-        for count in share:
+        self.pipes: list[Connection] = []
+        self.processes: list[Any] = []
+        for index in range(count):
+            share = sessions // count + (1 if index < sessions % count else 0)
             parent, child = context.Pipe()
             process = context.Process(
-                target=_subscriber_process, args=(server.port, channel, count, child)
+                target=subscriber.process_main,
+                args=(target.port, target.kind, target.token, target.channel, share, child),
             )
             process.start()
-            pipes.append(parent)
-            processes.append(process)
-        for pipe in pipes:
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def wait_ready(self, progress: Any, task: Any) -> None:
+        for pipe in self.pipes:
             if not pipe.poll(120):
-                raise RuntimeError("subscriber process did not get ready in 120 s")
-            assert pipe.recv() == "ready"
-            progress.advance(connect)
+                raise RuntimeError("a subscriber process did not get ready in 120 s")
+            answer = pipe.recv()
+            if answer != "ready":
+                raise RuntimeError(f"subscriber process: {answer}")
+            progress.advance(task)
+
+    def cpu(self) -> float:
+        return sum(_process_cpu(p.pid) for p in self.processes)
+
+    def report(self, step: int) -> tuple[int, dict[int, int], list[int]]:
+        received = 0
+        histogram: dict[int, int] = {}
+        closes: list[int] = []
+        for pipe in self.pipes:
+            pipe.send(str(step))
+            report = pipe.recv()
+            received += report["received"]
+            closes += report["closes"]
+            for bucket, count in report["histogram"].items():
+                histogram[bucket] = histogram.get(bucket, 0) + count
+        return received, histogram, closes
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+def run_step(
+    target: Target, generators: Generators, number: int, rate: float, seconds: float, sessions: int
+) -> dict[str, Any]:
+    cpu_before = cpu_seconds(target.pid)
+    generator_cpu_before = generators.cpu()
+    started = time.perf_counter()
+    posted = target.publish(number, rate, seconds)
+    sending = time.perf_counter() - started
+    time.sleep(DRAIN_SECONDS)
+    server_cpu = cpu_seconds(target.pid) - cpu_before
+    generator_cpu = generators.cpu() - generator_cpu_before
+    received, histogram, closes = generators.report(number)
+    expected = posted * sessions
+    step = {
+        "offered_msgs_per_s": rate,
+        "posted": posted,
+        "posted_per_s": posted / sending,
+        "expected_events": expected,
+        "received_events": received,
+        "delivery_ratio": received / expected if expected else 0.0,
+        "delivered_events_per_s": received / sending,
+        "p50_ms": _percentile(histogram, 0.50),
+        "p95_ms": _percentile(histogram, 0.95),
+        "p99_ms": _percentile(histogram, 0.99),
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_1000_events": 1000 * 1000 * server_cpu / max(1, received),
+        "server_cpu_share": server_cpu / (sending + DRAIN_SECONDS),
+        "generator_cpu_s": generator_cpu,
+        "server_rss_bytes": rss_bytes(target.pid),
+        "session_closes": len(closes),
+    }
+    # a step only counts if the offered rate was really sustained: when the server is
+    # saturated its answers slow the publisher down
+    step["passed"] = (
+        step["delivery_ratio"] >= 0.999
+        and step["p99_ms"] <= 250
+        and step["posted_per_s"] >= 0.95 * rate
+    )
+    return step
+
+
+def run_ladder(
+    target: Target,
+    sessions: int,
+    generator_count: int,
+    ladder: list[float],
+    seconds: float,
+    progress: Any,
+    label: str,
+    *,
+    half_rate_check: bool = False,
+) -> dict[str, Any]:
+    """Connect, climb the ladder until a step fails; optionally re-run at half the best."""
+    connect = progress.add_task(f"{label}: connecting {sessions} sessions", total=generator_count)
+    generators = Generators(target, sessions, generator_count)
+    try:
+        generators.wait_ready(progress, connect)
         steps = []
-        ladder = [rate for rate in options.ladder if rate <= options.max_rate]
-        task = progress.add_task("fanout: rate ladder", total=len(ladder))
-        path = f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages"
+        task = progress.add_task(f"{label}: rate ladder", total=len(ladder))
         for number, rate in enumerate(ladder, start=1):
-            progress.update(task, description=f"fanout: {rate} msg/s × {options.sessions} sessions")
-            cpu_before = cpu_seconds(server.process.pid)
-            generator_cpu_before = sum(_process_cpu(p.pid) for p in processes)
-            started = time.perf_counter()
-            posted = trio.run(_publish, server.port, path, user_id, number, rate, options.seconds)
-            sending = time.perf_counter() - started
-            time.sleep(DRAIN_SECONDS)
-            server_cpu = cpu_seconds(server.process.pid) - cpu_before
-            generator_cpu = sum(_process_cpu(p.pid) for p in processes) - generator_cpu_before
-            received = 0
-            histogram: dict[int, int] = {}
-            closes: list[int] = []
-            for pipe in pipes:
-                pipe.send(str(number))
-                report = pipe.recv()
-                received += report["received"]
-                closes += report["closes"]
-                for bucket, count in report["histogram"].items():
-                    histogram[bucket] = histogram.get(bucket, 0) + count
-            expected = posted * options.sessions
-            step = {
-                "offered_msgs_per_s": rate,
-                "posted": posted,
-                "posted_per_s": posted / sending,
-                "expected_events": expected,
-                "received_events": received,
-                "delivery_ratio": received / expected if expected else 0.0,
-                "delivered_events_per_s": received / sending,
-                "p50_ms": _percentile(histogram, 0.50),
-                "p95_ms": _percentile(histogram, 0.95),
-                "p99_ms": _percentile(histogram, 0.99),
-                "server_cpu_s": server_cpu,
-                "server_cpu_ms_per_1000_events": 1000 * 1000 * server_cpu / max(1, received),
-                "server_cpu_share": server_cpu / (sending + DRAIN_SECONDS),
-                "generator_cpu_s": generator_cpu,
-                "server_rss_bytes": rss_bytes(server.process.pid),
-                "session_closes": len(closes),
-            }
-            # a step only counts if the offered rate was really sustained: when the
-            # server is saturated its answers slow the publisher down
-            step["passed"] = (
-                step["delivery_ratio"] >= 0.999
-                and step["p99_ms"] <= 250
-                and step["posted_per_s"] >= 0.95 * rate
-            )
+            progress.update(task, description=f"{label}: {rate:g} msg/s × {sessions} sessions")
+            step = run_step(target, generators, number, rate, seconds, sessions)
             steps.append(step)
             progress.advance(task)
             if not step["passed"]:
                 break
         passing = [step for step in steps if step["passed"]]
-        best = max(passing, key=lambda s: s["delivered_events_per_s"]) if passing else None
+        best = max(passing, key=lambda s: s["offered_msgs_per_s"]) if passing else None
+        half = None
+        if half_rate_check and best is not None:
+            rate = best["offered_msgs_per_s"] / 2
+            progress.update(task, description=f"{label}: half rate, {rate:g} msg/s")
+            half = run_step(target, generators, len(ladder) + 1, rate, seconds, sessions)
         return {
-            "sessions": options.sessions,
-            "generators": options.generators,
-            "step_seconds": options.seconds,
+            "kind": target.kind,
+            "sessions": sessions,
+            "generators": generator_count,
+            "step_seconds": seconds,
             "steps": steps,
             "best": best,
-            "server_args": server.args[1:],
+            "half_rate": half,
         }
     finally:
-        for pipe in pipes:
-            try:
-                pipe.send("stop")
-            except (BrokenPipeError, OSError):
-                pass
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+        generators.stop()
+
+
+def run(options: Any, progress: Any) -> dict[str, Any]:
+    server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+    try:
+        target = engine_target(server)
+        ladder = [rate for rate in options.ladder if rate <= options.max_rate]
+        result = run_ladder(
+            target,
+            options.sessions,
+            options.generators,
+            ladder,
+            options.seconds,
+            progress,
+            "fanout",
+        )
+        result["server_args"] = server.args[1:]
+        return result
+    finally:
         server.stop()
 
 

@@ -81,8 +81,15 @@ def start_server(
     if data_dir is None:
         temporary = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")
         data_dir = Path(temporary.name)
+    # BENCH_PROFILE=out.prof runs the server under cProfile (written at its clean stop)
+    profile = (
+        ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
+        if "BENCH_PROFILE" in os.environ
+        else []
+    )
     args = [
         sys.executable,
+        *profile,
         "-m",
         "gateway.cli",
         "serve",

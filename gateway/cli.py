@@ -240,6 +240,7 @@ async def serve(
             finally:
                 http_done.set()
 
+        await nursery.start(ws_gateway.run_flusher)
         # Listen first: /healthz answers and /readyz says 503 while recovery runs.
         binds = await nursery.start(serve_http)
         log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})

@@ -49,6 +49,7 @@ CLOSE_SLOW_CONSUMER = 4008
 BAD_FRAME_LIMIT = 20  # per BAD_FRAME_WINDOW seconds; one more closes with 1008
 BAD_FRAME_WINDOW = 60.0
 MAX_ITEMS_PER_FRAME = 512
+FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flusher
 
 
 @dataclass(slots=True)
@@ -65,16 +66,28 @@ class WsSettings:
 
 @dataclass(eq=False)
 class Session:
-    """The router's view of a session: an encoding and a bounded, non-blocking queue."""
+    """The router's view of a session: an encoding and a bounded, non-blocking queue.
+
+    ``push`` never waits. The first item after a flush puts the session on the
+    gateway's ready list (``on_ready``); the gateway's one flusher task writes every
+    ready session's items. The session's own task (``wait_for_trouble``) wakes only
+    for what the flusher cannot do without waiting: a full kernel buffer, a full queue
+    (4008), shutdown (1001) or a broken connection.
+    """
 
     encoding: str
     queue_limit: int
     principal: Principal
+    on_ready: Callable[[Session], None]
+    transport: RawWebSocket
     subscriptions: set[str] = field(default_factory=set)
     overflowed: bool = False
     closing: bool = False
+    ready: bool = False  # on the flusher's list
+    blocked: bool = False  # the kernel's buffer is full: the session's task is flushing
+    broken: bool = False
     _queue: deque[bytes] = field(default_factory=deque)
-    _wakeup: trio.Event = field(default_factory=trio.Event)
+    _trouble: trio.Event = field(default_factory=trio.Event)
 
     def push(self, item: bytes) -> None:
         if self.overflowed:
@@ -82,9 +95,12 @@ class Session:
         if len(self._queue) >= self.queue_limit:
             self.overflowed = True
             self._queue.clear()
-        else:
-            self._queue.append(item)
-        self._wakeup.set()
+            self._trouble.set()
+            return
+        self._queue.append(item)
+        if not self.ready:
+            self.ready = True
+            self.on_ready(self)
 
     @property
     def depth(self) -> int:
@@ -92,23 +108,45 @@ class Session:
 
     def close_soon(self) -> None:
         self.closing = True
-        self._wakeup.set()
+        self._trouble.set()
 
-    async def wait(self) -> None:
-        """Until there is something to send, or the session must close."""
-        while not self._queue and not self.overflowed and not self.closing:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+    def trouble(self) -> None:
+        self._trouble.set()
+
+    @property
+    def troubled(self) -> bool:
+        return self.overflowed or self.closing or self.blocked or self.broken
+
+    async def wait_for_trouble(self) -> None:
+        while not self.troubled:
+            self._trouble = trio.Event()
+            await self._trouble.wait()
 
     def take(self) -> list[bytes]:
-        """Up to MAX_ITEMS_PER_FRAME ready items (empty: the session must close)."""
-        if self.overflowed:
-            return []
-        count = min(len(self._queue), MAX_ITEMS_PER_FRAME)
-        return [self._queue.popleft() for _ in range(count)]
+        """Up to MAX_ITEMS_PER_FRAME ready items."""
+        queue = self._queue
+        if len(queue) == 1:
+            return [queue.popleft()]
+        count = min(len(queue), MAX_ITEMS_PER_FRAME)
+        return [queue.popleft() for _ in range(count)]
 
     def encode(self, obj: dict[str, Any]) -> bytes:
         return orjson.dumps(obj) if self.encoding == JSON else msgpack.packb(obj)
+
+    def write_ready(self) -> None:
+        """Write queued items as frames, without waiting; stop if the kernel is full."""
+        opcode = OP_TEXT if self.encoding == JSON else OP_BINARY
+        transport = self.transport
+        try:
+            while self._queue:
+                transport.send_frame(opcode, pack_frame(self.take(), self.encoding))
+                if transport.backlog:
+                    self.blocked = True
+                    self._trouble.set()
+                    return
+        except Disconnected:
+            self.broken = True
+            self._trouble.set()
 
 
 def pack_frame(items: list[bytes], encoding: str) -> bytes:
@@ -141,8 +179,38 @@ class WsGateway:
         self.admin_token_hash = admin_token_hash
         self.settings = settings
         self.sessions: set[Session] = set()
+        self._ready: list[Session] = []
+        self._ready_event = trio.Event()
         self.slow_consumer_closes = 0
         self.bad_frame_closes = 0
+
+    def _on_ready(self, session: Session) -> None:
+        self._ready.append(session)
+        self._ready_event.set()
+
+    async def run_flusher(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write every ready session's queued items, in passes at most ``flush_interval``
+        apart: an idle server sends at once, a busy one lets the events of the next few
+        milliseconds share each session's frame. One task for all sessions: a frame costs
+        one ``send``, not a task switch."""
+        interval = self.settings.flush_interval
+        last_pass = -math.inf
+        task_status.started()
+        while True:
+            await self._ready_event.wait()
+            self._ready_event = trio.Event()
+            if interval and last_pass + interval > trio.current_time():
+                await trio.sleep_until(last_pass + interval)
+            ready, self._ready = self._ready, []
+            for index, session in enumerate(ready, start=1):
+                session.ready = False
+                if not session.troubled:
+                    session.write_ready()
+                if index % FLUSH_YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()  # let requests in between
+            last_pass = trio.current_time()
 
     def shutdown(self) -> None:
         """Close every session with 1001 once its queue is flushed."""
@@ -187,7 +255,7 @@ class WsGateway:
         return principal_for_token(self.engine.state, token, self.admin_token_hash)
 
     async def _serve(self, principal: Principal, encoding: str, transport: RawWebSocket) -> None:
-        session = Session(encoding, self.settings.queue_limit, principal)
+        session = Session(encoding, self.settings.queue_limit, principal, self._on_ready, transport)
         self.sessions.add(session)
         reachability = self.engine.reachability
         if principal.kind == "user":
@@ -195,7 +263,7 @@ class WsGateway:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, session, transport, nursery.cancel_scope)
-                if await self._write(session, transport):
+                if await self._tend(session, transport):
                     # we sent a close frame: the reader waits (a while) for the peer's
                     nursery.cancel_scope.deadline = trio.current_time() + self.limits.close_timeout
                 else:
@@ -206,30 +274,36 @@ class WsGateway:
             if principal.kind == "user":
                 reachability.session_closed(principal.id)
 
-    async def _write(self, session: Session, transport: RawWebSocket) -> bool:
-        """Send until the session closes; True when it ends with a close frame of ours."""
-        interval = self.settings.flush_interval
-        opcode = OP_TEXT if session.encoding == JSON else OP_BINARY
-        last_frame = -math.inf
+    async def _tend(self, session: Session, transport: RawWebSocket) -> bool:
+        """What the flusher leaves to the session's own task; True when the session
+        ends with a close frame of ours."""
         try:
             while True:
-                await session.wait()
-                if interval and not session.closing:
-                    # busy: let the events of the next few milliseconds share this frame
-                    await trio.sleep_until(last_frame + interval)
-                items = session.take()
-                if not items:
-                    if session.overflowed:
-                        self.slow_consumer_closes += 1
-                        await transport.close(
-                            CLOSE_SLOW_CONSUMER, "slow consumer: resume with since"
-                        )
-                    else:
-                        await transport.close(CLOSE_GOING_AWAY, "server shutting down")
+                await session.wait_for_trouble()
+                if session.broken:
+                    return False
+                if session.overflowed:
+                    self.slow_consumer_closes += 1
+                    await transport.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
                     return True
-                transport.send_frame(opcode, pack_frame(items, session.encoding))
-                await transport.flush()  # returns at once unless the kernel's buffer is full
-                last_frame = trio.current_time()
+                if session.blocked:
+                    await transport.flush()
+                    session.blocked = False
+                    if session.closing:
+                        continue
+                    if session.depth and not session.ready:
+                        session.ready = True
+                        self._on_ready(session)
+                    continue
+                # closing: the final flush, then 1001
+                while session.depth:
+                    session.write_ready()
+                    session.blocked = False
+                    if session.broken:
+                        return False
+                    await transport.flush()
+                await transport.close(CLOSE_GOING_AWAY, "server shutting down")
+                return True
         except Disconnected:
             return False
 

@@ -1,0 +1,275 @@
+"""The fan-out load generator: many WebSocket subscribers in one process, on one epoll.
+
+A general client (a task per connection, a full protocol library) spends more CPU per
+event than the servers under test, and the generator became the bottleneck at 1,000
+sessions. This one is a plain ``select.epoll`` loop with a minimal RFC 6455 client: it
+parses unmasked server frames, answers pings, masks what it sends with a zero key, and
+hands each text/binary payload to the protocol adapter. The same loop and frame code
+drive all three servers of ``python -m bench compare``; only the adapter differs:
+
+- ``engine``: subscribes to a channel; frames are JSON objects or arrays of them;
+- ``socketio``: Engine.IO v4 over the websocket transport (``0`` open → ``40``
+  connect; ``2`` ping → ``3`` pong; ``42["message", text]`` events);
+- ``websockets``: every text frame is one message.
+
+A message's text is ``"<step>:<unix time>"``; the receiver counts it for that step and
+files its latency in 1 ms buckets. Only 127.0.0.1 is contacted; connecting is bounded
+in time, and the loop stops on the parent's ``stop``.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+LOOPBACK = "127.0.0.1"
+MAX_LATENCY_BUCKET_MS = 60_000
+CONNECT_TIMEOUT = 60.0
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame; the key is zero, so the payload goes as it is."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 65536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + payload
+
+
+def parse_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Take every whole server frame off the front of ``buffer``: (first byte, payload)."""
+    frames = []
+    while len(buffer) >= 2:
+        length = buffer[1] & 0x7F
+        offset = 2
+        if length == 126:
+            if len(buffer) < 4:
+                break
+            length = int.from_bytes(buffer[2:4], "big")
+            offset = 4
+        elif length == 127:
+            if len(buffer) < 10:
+                break
+            length = int.from_bytes(buffer[2:10], "big")
+            offset = 10
+        if len(buffer) < offset + length:
+            break
+        frames.append((buffer[0], bytes(buffer[offset : offset + length])))
+        del buffer[: offset + length]
+    return frames
+
+
+def upgrade_request(path: str, port: int) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+class Tally:
+    """Counts and latency histograms per step."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, int] = {}
+        self.histogram: dict[int, dict[int, int]] = {}
+        self.closes: list[int] = []
+
+    def record(self, text: str, now: float) -> None:
+        step, _, sent = text.partition(":")
+        if not sent:
+            return
+        number = int(step)
+        self.received[number] = self.received.get(number, 0) + 1
+        bucket = min(MAX_LATENCY_BUCKET_MS, int((now - float(sent)) * 1000))
+        counts = self.histogram.setdefault(number, {})
+        counts[bucket] = counts.get(bucket, 0) + 1
+
+    def report(self, step: int) -> dict[str, Any]:
+        return {
+            "received": self.received.pop(step, 0),
+            "histogram": self.histogram.pop(step, {}),
+            "closes": list(self.closes),
+        }
+
+
+class Adapter:
+    """What differs between servers: the upgrade path, the first frames, the payloads."""
+
+    def __init__(self, kind: str, token: str = "", channel: str = "") -> None:
+        self.kind = kind
+        self.token = token
+        self.channel = channel
+
+    def path(self) -> str:
+        if self.kind == "engine":
+            return f"/ws?token={self.token}"
+        if self.kind == "socketio":
+            return "/socket.io/?EIO=4&transport=websocket"
+        return "/"
+
+    def on_open(self) -> bytes:
+        """Bytes to send once the upgrade is accepted."""
+        if self.kind == "engine":
+            frame = orjson.dumps({"type": "subscribe", "id": 1, "channel": self.channel})
+            return client_frame(OP_TEXT, frame)
+        return b""
+
+    def on_payload(self, payload: bytes, tally: Tally, now: float) -> tuple[bytes, bool]:
+        """Record the messages in one payload; returns (bytes to answer, now ready)."""
+        kind = self.kind
+        if kind == "websockets":
+            tally.record(payload.decode(), now)
+            return b"", False
+        if kind == "socketio":
+            if payload.startswith(b"42"):
+                event = orjson.loads(payload[2:])
+                if event[0] == "message":
+                    tally.record(event[1], now)
+                return b"", False
+            if payload == b"2":
+                return client_frame(OP_TEXT, b"3"), False
+            if payload.startswith(b"0{"):
+                return client_frame(OP_TEXT, b"40"), False
+            if payload.startswith(b"40"):
+                return b"", True
+            return b"", False
+        decoded = orjson.loads(payload)
+        ready = False
+        for item in decoded if isinstance(decoded, list) else (decoded,):
+            if item.get("action") == "added":
+                text = (item.get("resource") or {}).get("message")
+                if text:
+                    tally.record(text, now)
+            elif item.get("type") == "subscribed":
+                ready = True
+        return b"", ready
+
+    def ready_at_upgrade(self) -> bool:
+        return self.kind == "websockets"
+
+
+class Subscriber:
+    __slots__ = ("sock", "buffer", "upgraded", "ready", "parts")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.ready = False
+        self.parts: list[bytes] = []
+
+
+def _connect(port: int, adapter: Adapter) -> Subscriber:
+    sock = socket.create_connection((LOOPBACK, port), timeout=CONNECT_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(upgrade_request(adapter.path(), port))
+    sock.setblocking(False)
+    return Subscriber(sock)
+
+
+def _process(sub: Subscriber, adapter: Adapter, tally: Tally, now: float) -> bool:
+    """Consume whole frames from the buffer; False when the connection ended."""
+    buffer = sub.buffer
+    if not sub.upgraded:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return True
+        status = bytes(buffer[9:12])
+        if status != b"101":
+            tally.closes.append(int(status))
+            return False
+        del buffer[: end + 4]
+        sub.upgraded = True
+        sub.sock.sendall(adapter.on_open())
+        sub.ready = adapter.ready_at_upgrade()
+    for first, payload in parse_frames(buffer):
+        opcode = first & 0x0F
+        if opcode == OP_PING:
+            sub.sock.sendall(client_frame(OP_PONG, payload))
+            continue
+        if opcode == OP_CLOSE:
+            tally.closes.append(int.from_bytes(payload[:2], "big") if payload else 1005)
+            return False
+        if opcode not in (OP_TEXT, OP_BINARY, OP_CONT):
+            continue
+        if not first & 0x80:  # a fragment: keep it until the final one
+            sub.parts.append(payload)
+            continue
+        if sub.parts:
+            payload = b"".join(sub.parts) + payload
+            sub.parts.clear()
+        answer, ready = adapter.on_payload(payload, tally, now)
+        if answer:
+            sub.sock.sendall(answer)
+        sub.ready = sub.ready or ready
+    return True
+
+
+def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None:
+    """Hold ``sessions`` sessions; answer '<step>' with that step's counts, 'stop' ends."""
+    tally = Tally()
+    poller = select.epoll()
+    subs: dict[int, Subscriber] = {}
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    for _ in range(sessions):
+        sub = _connect(port, adapter)
+        subs[sub.sock.fileno()] = sub
+        poller.register(sub.sock.fileno(), select.EPOLLIN)
+    control_fd = control.fileno()
+    poller.register(control_fd, select.EPOLLIN)
+    announced = False
+    try:
+        while True:
+            if not announced and all(sub.ready for sub in subs.values()):
+                control.send("ready")
+                announced = True
+            if not announced and time.monotonic() > deadline:
+                control.send(f"only {sum(s.ready for s in subs.values())} of {sessions} ready")
+                return
+            for fd, _ in poller.poll(0.5):
+                if fd == control_fd:
+                    command = control.recv()
+                    if command == "stop":
+                        return
+                    control.send(tally.report(int(command)))
+                    continue
+                sub = subs.get(fd)
+                if sub is None:
+                    continue
+                try:
+                    data = sub.sock.recv(262144)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                alive = bool(data)
+                if alive:
+                    sub.buffer += data
+                    alive = _process(sub, adapter, tally, time.time())
+                if not alive:
+                    poller.unregister(fd)
+                    del subs[fd]
+                    sub.sock.close()
+                    sub.ready = True  # gone: not waited for
+    finally:
+        for sub in subs.values():
+            sub.sock.close()
+        poller.close()
+
+
+def process_main(
+    port: int, kind: str, token: str, channel: str, sessions: int, control: Any
+) -> None:
+    """Entry point of a generator process (spawned by the scenario)."""
+    run(port, Adapter(kind, token, channel), sessions, control)
+    control.send("stopped")
