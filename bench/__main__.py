@@ -23,7 +23,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import fanout_scenario, http_scenario, recovery_scenario
+from bench import (
+    compare_scenario,
+    conns_scenario,
+    fanout_scenario,
+    http_scenario,
+    recovery_scenario,
+    storm_scenario,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -133,7 +140,112 @@ def recovery_table(result: dict[str, Any], command: str) -> Table:
     return table
 
 
+def compare_table(result: dict[str, Any], command: str) -> Table:
+    table = Table(title=command)
+    for column in (
+        "subscribers",
+        "server",
+        "best msg/s",
+        "events/s",
+        "p99 ms",
+        "CPU ms/1k ev",
+        "engine ÷ this",
+    ):
+        table.add_column(column, justify="right")
+    for sessions, group in result["by_sessions"].items():
+        engine = group["best_msgs_per_s"]["engine"]
+        for kind in compare_scenario.KINDS:
+            best = group["runs"][kind]["best"]
+            rate = group["best_msgs_per_s"][kind]
+            top = " (top)" if group["top_of_ladder"][kind] else ""
+            table.add_row(
+                sessions,
+                kind,
+                f"{rate:g}{top}",
+                f"{best['delivered_events_per_s']:.0f}" if best else "-",
+                f"{best['p99_ms']:.0f}" if best else "-",
+                f"{best['server_cpu_ms_per_1000_events']:.1f}" if best else "-",
+                f"{engine / rate:.2f}" if rate else "-",
+            )
+    targets = result["targets"]
+    captions = []
+    for sessions, group in result["by_sessions"].items():
+        half = group["half_rate_p99_ms"]
+        captions.append(
+            f"{sessions}: engine ÷ socketio {_ratio(group['ratio_vs_socketio'])} "
+            f"(target ≥ {targets['ratio_vs_socketio']:g}), ÷ websockets "
+            f"{_ratio(group['ratio_vs_websockets'])} (≥ {targets['ratio_vs_websockets']:g}), "
+            f"p99 at half rate {'-' if half is None else f'{half:.0f} ms'} "
+            f"(≤ {targets['half_rate_p99_ms']:g})"
+        )
+    table.caption = "\n".join(captions)
+    return table
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def storm_table(result: dict[str, Any], command: str) -> Table:
+    table = Table(title=command)
+    for column in (
+        "burst",
+        "calls / keys",
+        "correct",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "wall s",
+        "server CPU s",
+        "gen CPU s",
+        "pass",
+    ):
+        table.add_column(column, justify="right")
+    for name, burst in result["bursts"].items():
+        table.add_row(
+            name,
+            f"{burst['calls']} / {burst['keys']}",
+            "yes" if burst["correct"] else "NO",
+            f"{burst['p50_ms']:.1f}",
+            f"{burst['p95_ms']:.1f}",
+            f"{burst['p99_ms']:.1f}",
+            f"{burst['max_ms']:.1f}",
+            f"{burst['wall_s']:.2f}",
+            f"{burst['server_cpu_s']:.2f}",
+            f"{burst['generator_cpu_s']:.2f}",
+            "yes" if burst["passed"] else "NO",
+        )
+    table.caption = f"target: exact correctness, p99 ≤ {result['p99_target_ms']:g} ms per call"
+    return table
+
+
+def conns_table(result: dict[str, Any], command: str) -> Table:
+    table = Table(title=command)
+    for column in ("sessions", "connect rate /s", "server RSS MiB", "RSS per session"):
+        table.add_column(column, justify="right")
+    for step in result["steps"]:
+        table.add_row(
+            f"{step['sessions']:,}",
+            f"{step['connect_rate_per_s']:.0f}",
+            f"{step['server_rss_bytes'] / 2**20:.0f}",
+            f"{step['rss_bytes_per_session'] / 1024:.1f} KiB",
+        )
+    broadcast = result["broadcast"]
+    table.caption = (
+        f"target ≤ {result['rss_target_bytes'] / 1024:.0f} KiB per session: "
+        f"{'met' if result['rss_bytes_per_session'] <= result['rss_target_bytes'] else 'MISSED'}; "
+        f"one message reached {broadcast['received']:,} of {broadcast['expected']:,} sessions "
+        f"(p50 {broadcast['p50_ms']:.0f} ms, p99 {broadcast['p99_ms']:.0f} ms); "
+        f"{result['session_closes']} closes"
+    )
+    return table
+
+
 SCENARIOS = {
+    "conns": (conns_scenario, conns_table),
+    "storm": (storm_scenario, storm_table),
+    "compare": (compare_scenario, compare_table),
     "http": (http_scenario, http_table),
     "fanout": (fanout_scenario, fanout_table),
     "recovery": (recovery_scenario, recovery_table),
@@ -170,6 +282,39 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     fanout.add_argument("--max-rate", type=float, default=1000.0)
     fanout.add_argument("--session-queue", type=int, default=5000)
+    compare = scenarios.add_parser(
+        "compare", help="fanout against python-socketio and a bare websockets server"
+    )
+    compare.add_argument(
+        "--sessions",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[500, 1000],
+        help="comma-separated subscriber counts (each max 10,000)",
+    )
+    compare.add_argument("--generators", type=int, default=1, help="subscriber processes (max 8)")
+    compare.add_argument("--seconds", type=float, default=4.0, help="per ladder step (max 60)")
+    compare.add_argument(
+        "--ladder",
+        type=lambda text: [float(x) for x in text.split(",")],
+        default=list(compare_scenario.DEFAULT_LADDER),
+        help="comma-separated msg/s",
+    )
+    compare.add_argument("--max-rate", type=float, default=2000.0)
+    compare.add_argument("--session-queue", type=int, default=5000)
+    storm = scenarios.add_parser(
+        "storm", help="bursts of exclusive joins and auto_resume calls, checked exactly"
+    )
+    storm.add_argument("--joins", type=int, default=1000, help="exclusive joins (max 5,000)")
+    storm.add_argument("--chats", type=int, default=100, help="chats they contend for")
+    storm.add_argument("--resumes", type=int, default=1000, help="auto_resume calls (max 5,000)")
+    storm.add_argument("--visitors", type=int, default=100, help="visitors they contend for")
+    storm.add_argument("--generators", type=int, default=2, help="load-generator processes (max 8)")
+    storm.add_argument(
+        "--in-memory", action="store_true", help="no storage (default: fsync always)"
+    )
+    conns = scenarios.add_parser("conns", help="N idle sessions, 2 subscriptions each")
+    conns.add_argument("--sessions", type=int, default=10_000, help="sessions (max 10,000)")
+    conns.add_argument("--steps", type=int, default=4, help="batches to open them in (max 20)")
     recovery = scenarios.add_parser(
         "recovery", help="restart time, RSS and snapshot pause with a large store"
     )
@@ -182,6 +327,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="share of the mutations in the snapshot (the rest in the log)",
     )
     options = parser.parse_args(argv)
+    if options.scenario == "storm":
+        options.joins = min(options.joins, 5000)
+        options.resumes = min(options.resumes, 5000)
+        options.chats = max(1, min(options.chats, options.joins))
+        options.visitors = max(1, min(options.visitors, options.resumes))
+        options.generators = min(max(1, options.generators), 8)
+        return options
+    if options.scenario == "conns":
+        options.sessions = max(1, min(options.sessions, 10_000))
+        options.steps = max(1, min(options.steps, 20, options.sessions))
+        return options
     if options.scenario == "recovery":
         options.messages = min(options.messages, 5_000_000)
         return options
@@ -189,6 +345,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     options.generators = min(max(1, options.generators), 8)
     if options.scenario == "http":
         options.connections = min(options.connections, 500)
+    elif options.scenario == "compare":
+        options.sessions = [min(count, 10_000) for count in options.sessions][:4]
+        options.ladder = options.ladder[:20]
     else:
         options.sessions = min(options.sessions, 10_000)
         options.ladder = options.ladder[:20]

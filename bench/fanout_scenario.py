@@ -153,7 +153,7 @@ class Target:
     port: int
     pid: int
     token: str = ""
-    channel: str = ""
+    channels: tuple[str, ...] = ()
     message_path: str = ""
     sender_id: str = ""
 
@@ -174,7 +174,7 @@ def engine_target(server: ServerProcess) -> Target:
         server.port,
         server.process.pid,
         token=ADMIN_TOKEN,
-        channel=f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats/{chat_id}/messages",
+        channels=(f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats/{chat_id}/messages",),
         message_path=f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
         sender_id=user_id,
     )
@@ -192,7 +192,7 @@ class Generators:
             parent, child = context.Pipe()
             process = context.Process(
                 target=subscriber.process_main,
-                args=(target.port, target.kind, target.token, target.channel, share, child),
+                args=(target.port, target.kind, target.token, target.channels, share, child),
             )
             process.start()
             self.pipes.append(parent)

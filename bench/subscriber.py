@@ -83,6 +83,7 @@ class Tally:
         self.received: dict[int, int] = {}
         self.histogram: dict[int, dict[int, int]] = {}
         self.closes: list[int] = []
+        self.errors: list[str] = []
 
     def record(self, text: str, now: float) -> None:
         step, _, sent = text.partition(":")
@@ -99,16 +100,20 @@ class Tally:
             "received": self.received.pop(step, 0),
             "histogram": self.histogram.pop(step, {}),
             "closes": list(self.closes),
+            "errors": list(self.errors),
         }
 
 
 class Adapter:
     """What differs between servers: the upgrade path, the first frames, the payloads."""
 
-    def __init__(self, kind: str, token: str = "", channel: str = "") -> None:
+    def __init__(self, kind: str, token: str = "", channels: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.token = token
-        self.channel = channel
+        self.channels = channels
+        # answers that make a session ready: one `subscribed` per channel, Socket.IO's
+        # namespace `40`, nothing for bare websockets
+        self.acks_needed = {"engine": len(channels), "socketio": 1}.get(kind, 0)
 
     def path(self) -> str:
         if self.kind == "engine":
@@ -120,52 +125,56 @@ class Adapter:
     def on_open(self) -> bytes:
         """Bytes to send once the upgrade is accepted."""
         if self.kind == "engine":
-            frame = orjson.dumps({"type": "subscribe", "id": 1, "channel": self.channel})
-            return client_frame(OP_TEXT, frame)
+            return b"".join(
+                client_frame(
+                    OP_TEXT, orjson.dumps({"type": "subscribe", "id": number, "channel": channel})
+                )
+                for number, channel in enumerate(self.channels, start=1)
+            )
         return b""
 
-    def on_payload(self, payload: bytes, tally: Tally, now: float) -> tuple[bytes, bool]:
-        """Record the messages in one payload; returns (bytes to answer, now ready)."""
+    def on_payload(self, payload: bytes, tally: Tally, now: float) -> tuple[bytes, int]:
+        """Record the messages in one payload; returns (bytes to answer, acks in it)."""
         kind = self.kind
         if kind == "websockets":
             tally.record(payload.decode(), now)
-            return b"", False
+            return b"", 0
         if kind == "socketio":
             if payload.startswith(b"42"):
                 event = orjson.loads(payload[2:])
                 if event[0] == "message":
                     tally.record(event[1], now)
-                return b"", False
+                return b"", 0
             if payload == b"2":
-                return client_frame(OP_TEXT, b"3"), False
+                return client_frame(OP_TEXT, b"3"), 0
             if payload.startswith(b"0{"):
-                return client_frame(OP_TEXT, b"40"), False
+                return client_frame(OP_TEXT, b"40"), 0
             if payload.startswith(b"40"):
-                return b"", True
-            return b"", False
+                return b"", 1
+            return b"", 0
         decoded = orjson.loads(payload)
-        ready = False
+        acks = 0
         for item in decoded if isinstance(decoded, list) else (decoded,):
             if item.get("action") == "added":
                 text = (item.get("resource") or {}).get("message")
                 if text:
                     tally.record(text, now)
             elif item.get("type") == "subscribed":
-                ready = True
-        return b"", ready
-
-    def ready_at_upgrade(self) -> bool:
-        return self.kind == "websockets"
+                acks += 1
+            elif item.get("type") == "error":
+                tally.errors.append(item.get("code", "?"))
+        return b"", acks
 
 
 class Subscriber:
-    __slots__ = ("sock", "buffer", "upgraded", "ready", "parts")
+    __slots__ = ("sock", "buffer", "upgraded", "ready", "acks", "parts")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
         self.upgraded = False
         self.ready = False
+        self.acks = 0
         self.parts: list[bytes] = []
 
 
@@ -191,7 +200,7 @@ def _process(sub: Subscriber, adapter: Adapter, tally: Tally, now: float) -> boo
         del buffer[: end + 4]
         sub.upgraded = True
         sub.sock.sendall(adapter.on_open())
-        sub.ready = adapter.ready_at_upgrade()
+        sub.ready = adapter.acks_needed == 0
     for first, payload in parse_frames(buffer):
         opcode = first & 0x0F
         if opcode == OP_PING:
@@ -208,10 +217,12 @@ def _process(sub: Subscriber, adapter: Adapter, tally: Tally, now: float) -> boo
         if sub.parts:
             payload = b"".join(sub.parts) + payload
             sub.parts.clear()
-        answer, ready = adapter.on_payload(payload, tally, now)
+        answer, acks = adapter.on_payload(payload, tally, now)
         if answer:
             sub.sock.sendall(answer)
-        sub.ready = sub.ready or ready
+        if acks:
+            sub.acks += acks
+            sub.ready = sub.acks >= adapter.acks_needed
     return True
 
 
@@ -268,8 +279,8 @@ def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None
 
 
 def process_main(
-    port: int, kind: str, token: str, channel: str, sessions: int, control: Any
+    port: int, kind: str, token: str, channels: tuple[str, ...], sessions: int, control: Any
 ) -> None:
     """Entry point of a generator process (spawned by the scenario)."""
-    run(port, Adapter(kind, token, channel), sessions, control)
+    run(port, Adapter(kind, token, channels), sessions, control)
     control.send("stopped")

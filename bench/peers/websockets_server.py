@@ -12,6 +12,7 @@ import argparse
 import asyncio
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 CLIENTS: set[ServerConnection] = set()
 
@@ -21,6 +22,8 @@ async def handler(connection: ServerConnection) -> None:
     try:
         async for message in connection:
             broadcast([other for other in CLIENTS if other is not connection], message)
+    except ConnectionClosed:
+        pass  # the generator drops its sessions without closing handshakes
     finally:
         CLIENTS.discard(connection)
 

@@ -1,0 +1,174 @@
+"""`python -m bench compare`: the fan-out workload against the engine and two peers.
+
+For each subscriber count (500 and 1,000 by default) and each server — the engine,
+python-socketio (``bench/peers/socketio_server.py``: AsyncServer + ASGIApp under
+uvicorn, a room broadcast) and a bare ``websockets`` broadcast server
+(``bench/peers/websockets_server.py``) — the same generator processes hold the
+sessions and the same rate ladder runs until a step fails (< 99.9 % delivery, p99 >
+250 ms, or the publisher falls behind). The figure per server is the highest passing
+rate; the ratios are the engine's over each peer's. The engine also runs one more step
+at half its best rate, where the target is p99 ≤ 50 ms.
+
+What differs, by design: the engine's publisher posts over HTTP (a message is a
+durable-format resource with an envelope, ~300 bytes of JSON per event); the peers'
+publisher sends over one WebSocket, and each event is the bare text (~20 bytes) or
+its Socket.IO packet. Each server runs as one process, as the engine does.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.fanout_scenario import Target, engine_target, run_ladder
+from bench.server import free_port, start_server
+
+PEERS = {
+    "socketio": "bench.peers.socketio_server",
+    "websockets": "bench.peers.websockets_server",
+}
+KINDS = ("engine", "socketio", "websockets")
+DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960)
+TARGET_VS_SOCKETIO = 3.0
+TARGET_VS_WEBSOCKETS = 0.5
+HALF_RATE_P99_MS = 50.0
+
+
+def start_peer(kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", PEERS[kind], "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} peer exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{kind} peer did not listen within 30 s")
+
+
+def stop_peer(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _best_rate(run: dict[str, Any]) -> float:
+    return run["best"]["offered_msgs_per_s"] if run["best"] else 0.0
+
+
+def run(options: Any, progress: Any) -> dict[str, Any]:
+    ladder = [rate for rate in options.ladder if rate <= options.max_rate]
+    by_sessions: dict[str, Any] = {}
+    for sessions in options.sessions:
+        runs: dict[str, Any] = {}
+        for kind in KINDS:
+            label = f"{kind} × {sessions}"
+            if kind == "engine":
+                server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+                try:
+                    runs[kind] = run_ladder(
+                        engine_target(server),
+                        sessions,
+                        options.generators,
+                        ladder,
+                        options.seconds,
+                        progress,
+                        label,
+                        half_rate_check=True,
+                    )
+                finally:
+                    server.stop()
+            else:
+                process, port = start_peer(kind)
+                try:
+                    runs[kind] = run_ladder(
+                        Target(kind, port, process.pid),
+                        sessions,
+                        options.generators,
+                        ladder,
+                        options.seconds,
+                        progress,
+                        label,
+                    )
+                finally:
+                    stop_peer(process)
+        engine = _best_rate(runs["engine"])
+        socketio = _best_rate(runs["socketio"])
+        websockets = _best_rate(runs["websockets"])
+        half = runs["engine"]["half_rate"]
+        by_sessions[str(sessions)] = {
+            "runs": runs,
+            "best_msgs_per_s": {kind: _best_rate(runs[kind]) for kind in KINDS},
+            "ratio_vs_socketio": engine / socketio if socketio else None,
+            "ratio_vs_websockets": engine / websockets if websockets else None,
+            "half_rate_p99_ms": half["p99_ms"] if half else None,
+            "top_of_ladder": {kind: _best_rate(runs[kind]) >= ladder[-1] for kind in KINDS},
+        }
+    return {
+        "sessions": options.sessions,
+        "ladder": ladder,
+        "generators": options.generators,
+        "step_seconds": options.seconds,
+        "targets": {
+            "ratio_vs_socketio": TARGET_VS_SOCKETIO,
+            "ratio_vs_websockets": TARGET_VS_WEBSOCKETS,
+            "half_rate_p99_ms": HALF_RATE_P99_MS,
+        },
+        "by_sessions": by_sessions,
+    }
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = report["result"]
+    groups = result["by_sessions"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.25
+    colours = {"engine": "#1f77b4", "socketio": "#ff7f0e", "websockets": "#2ca02c"}
+    for offset, kind in enumerate(KINDS):
+        xs = [index + (offset - 1) * width for index in range(len(groups))]
+        values = [groups[key]["best_msgs_per_s"][kind] for key in groups]
+        bars = left.bar(xs, values, width, label=kind, color=colours[kind])
+        left.bar_label(bars, fmt="%g", fontsize=8)
+    left.set_xticks(range(len(groups)), [f"{key} subscribers" for key in groups])
+    left.set_ylabel("highest passing msg/s")
+    left.set_title("Fan-out: highest rate with ≥ 99.9 % delivery and p99 ≤ 250 ms")
+    left.legend()
+    for key, group in groups.items():
+        for kind in KINDS:
+            steps = group["runs"][kind]["steps"]
+            right.plot(
+                [s["offered_msgs_per_s"] for s in steps],
+                [s["p99_ms"] for s in steps],
+                "o-" if key == str(result["sessions"][0]) else "s--",
+                color=colours[kind],
+                label=f"{kind} × {key}",
+            )
+    right.axhline(250, color="red", linestyle=":", label="250 ms")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("messages / s (log)")
+    right.set_ylabel("p99 ms (log)")
+    right.set_title("End-to-end p99 per ladder step")
+    right.legend(fontsize=7, ncol=2)
+    figure.suptitle(report["command"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

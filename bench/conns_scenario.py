@@ -1,0 +1,196 @@
+"""`python -m bench conns`: many idle authenticated sessions on one server process.
+
+Generator processes (``bench/subscriber.py``) open ``--sessions`` WebSocket sessions
+(up to 10,000), in ``--steps`` equal batches; each session authenticates with an
+operator's token and subscribes to two channels (a chat's messages and the operator's
+current chats). After each batch: the connect rate (sessions that became ready —
+upgraded and both subscriptions answered — per second), the server's RSS, and the RSS
+growth per session since the baseline taken before the first batch. At the end one
+message is posted and every session must receive it (checks that they are all alive
+and subscribed, and times that broadcast).
+
+The open-file limit is raised to its hard limit by ``python -m bench`` before
+anything starts; the server and the generators inherit it.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import httpx
+import orjson
+
+from bench import subscriber
+from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
+
+RSS_TARGET_BYTES = 40 * 1024
+SESSIONS_PER_GENERATOR = 2500
+
+
+def _percentile(histogram: dict[int, int], fraction: float) -> float:
+    total = sum(histogram.values())
+    if not total:
+        return math.nan
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= fraction * total:
+            return float(bucket)
+    return float(max(histogram))
+
+
+def run(options: Any, progress: Any) -> dict[str, Any]:
+    server = start_server("--in-memory", "--session-queue", "200")
+    pipes: list[Connection] = []
+    processes: list[Any] = []
+    try:
+        world = bootstrap(server, chats=1, users=8)
+        org_id, room_id = world["org"]["id"], world["room"]["id"]
+        chat_id, sender_id = world["chats"][0]
+        base = f"/api/v5/orgs/{org_id}"
+        messages = f"{base}/rooms/{room_id}/chats/{chat_id}/messages"
+        time.sleep(1.0)  # let the server settle before the baseline
+        baseline = rss_bytes(server.process.pid)
+        context = multiprocessing.get_context("spawn")
+        per_step = options.sessions // options.steps
+        steps = []
+        task = progress.add_task(f"conns: {options.sessions} sessions", total=options.sessions)
+        opened = 0
+        started = time.perf_counter()
+        for number in range(options.steps):
+            batch = per_step if number < options.steps - 1 else options.sessions - opened
+            batch_pipes = []
+            cpu_before = cpu_seconds(server.process.pid)
+            batch_started = time.perf_counter()
+            remaining = batch
+            while remaining:
+                share = min(remaining, SESSIONS_PER_GENERATOR)
+                user = world["users"][len(processes) % len(world["users"])]
+                channels = (messages, f"{base}/users/{user['id']}/current_chats")
+                parent, child = context.Pipe()
+                process = context.Process(
+                    target=subscriber.process_main,
+                    args=(server.port, "engine", user["token"], channels, share, child),
+                )
+                process.start()
+                pipes.append(parent)
+                batch_pipes.append(parent)
+                processes.append(process)
+                remaining -= share
+            for pipe in batch_pipes:
+                if not pipe.poll(180):
+                    raise RuntimeError("a generator did not get its sessions ready in 180 s")
+                answer = pipe.recv()
+                if answer != "ready":
+                    raise RuntimeError(f"generator: {answer}")
+            seconds = time.perf_counter() - batch_started
+            opened += batch
+            progress.update(task, completed=opened)
+            time.sleep(0.5)
+            rss = rss_bytes(server.process.pid)
+            steps.append(
+                {
+                    "sessions": opened,
+                    "batch": batch,
+                    "batch_seconds": seconds,
+                    "connect_rate_per_s": batch / seconds,
+                    "server_cpu_ms_per_session": 1000
+                    * (cpu_seconds(server.process.pid) - cpu_before)
+                    / batch,
+                    "server_rss_bytes": rss,
+                    "rss_bytes_per_session": (rss - baseline) / opened,
+                }
+            )
+        total_seconds = time.perf_counter() - started
+        # every session alive and subscribed: one message reaches all of them
+        with httpx.Client(
+            base_url=server.base_url,
+            headers={"Authorization": f"Token {ADMIN_TOKEN}"},
+            timeout=30,
+        ) as client:
+            response = client.post(
+                f"{base}/chats/{chat_id}/messages",
+                content=orjson.dumps({"sender_id": sender_id, "message": f"1:{time.time():.6f}"}),
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code == 201, response.text
+        time.sleep(3.0)
+        received = 0
+        histogram: dict[int, int] = {}
+        closes: list[int] = []
+        errors: list[str] = []
+        for pipe in pipes:
+            pipe.send("1")
+            report = pipe.recv()
+            received += report["received"]
+            closes += report["closes"]
+            errors += report["errors"]
+            for bucket, count in report["histogram"].items():
+                histogram[bucket] = histogram.get(bucket, 0) + count
+        last = steps[-1]
+        return {
+            "sessions": options.sessions,
+            "channels_per_session": 2,
+            "generators": len(processes),
+            "baseline_rss_bytes": baseline,
+            "steps": steps,
+            "connect_seconds": total_seconds,
+            "connect_rate_per_s": options.sessions / total_seconds,
+            "rss_bytes_per_session": last["rss_bytes_per_session"],
+            "rss_target_bytes": RSS_TARGET_BYTES,
+            "broadcast": {
+                "received": received,
+                "expected": options.sessions,
+                "p50_ms": _percentile(histogram, 0.5),
+                "p99_ms": _percentile(histogram, 0.99),
+                "max_ms": float(max(histogram)) if histogram else math.nan,
+            },
+            "session_closes": len(closes),
+            "subscribe_errors": errors[:10],
+            "passed": last["rss_bytes_per_session"] <= RSS_TARGET_BYTES
+            and received == options.sessions,
+            "server_args": server.args[1:],
+        }
+    finally:
+        for pipe in pipes:
+            try:
+                pipe.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        server.stop()
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = report["result"]
+    steps = result["steps"]
+    xs = [step["sessions"] for step in steps]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    left.plot(xs, [step["rss_bytes_per_session"] / 1024 for step in steps], "o-")
+    left.axhline(RSS_TARGET_BYTES / 1024, color="red", linestyle=":", label="40 KiB target")
+    left.set_xlabel("sessions")
+    left.set_ylabel("KiB of server RSS per session")
+    left.set_title("RSS per idle session (2 subscriptions each)")
+    left.set_ylim(bottom=0)
+    left.legend()
+    right.plot(xs, [step["connect_rate_per_s"] for step in steps], "o-")
+    right.set_xlabel("sessions")
+    right.set_ylabel("sessions ready / s")
+    right.set_title("Connect rate per batch (upgrade + 2 subscribes)")
+    right.set_ylim(bottom=0)
+    figure.suptitle(report["command"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

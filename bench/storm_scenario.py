@@ -1,0 +1,271 @@
+"""`python -m bench storm`: bursts of contended calls, checked for exact correctness.
+
+Two bursts, each fired all at once from separate generator processes, every call on its
+own keep-alive connection (opened before the burst):
+
+1. ``--joins`` (1,000) exclusive joins over ``--chats`` (100) empty chats, a different
+   operator per call on the same chat: each chat must end with exactly one 201 and
+   every other call ``400 chat_already_taken``, and exactly one presence;
+2. ``--resumes`` (1,000) ``auto_resume`` calls over ``--visitors`` (100) visitors
+   without chats: each visitor must get exactly one 201, the rest 200 with the same
+   chat, and exactly one chat.
+
+Reported per burst: latency p50/p95/p99/max per call, the burst's wall time, server
+and generator CPU. The server runs with its default durable storage (``--fsync
+always``) in a temporary data dir, unless ``--in-memory``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections import Counter, defaultdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from bench.client import HttpConnection
+from bench.server import ADMIN_TOKEN, cpu_seconds, start_server
+
+P99_TARGET_MS = 100.0
+Call = tuple[str, str, bytes | None, str]  # method, path, body, key (chat or visitor)
+
+
+def _generator(port: int, calls: list[Call], control: Connection) -> None:
+    """Open one connection per call, say 'ready', fire all on 'go', send the results."""
+
+    async def main() -> None:
+        connections = [await HttpConnection.open(port, ADMIN_TOKEN) for _ in calls]
+        control.send("ready")
+        assert await trio.to_thread.run_sync(control.recv) == "go"
+        results: list[tuple[str, int, bytes, float]] = [("", 0, b"", 0.0)] * len(calls)
+
+        async def fire(index: int) -> None:
+            method, path, body, key = calls[index]
+            started = time.perf_counter()
+            status, payload = await connections[index].request(method, path, body)
+            results[index] = (key, status, payload, (time.perf_counter() - started) * 1000)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for index in range(len(calls)):
+                    nursery.start_soon(fire, index)
+        for connection in connections:
+            await connection.aclose()
+        control.send(results)
+
+    trio.run(main)
+
+
+def _burst(
+    port: int, calls: list[Call], generators: int, server_pid: int
+) -> tuple[list[tuple[str, int, bytes, float]], dict[str, float]]:
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    for index in range(generators):
+        parent, child = context.Pipe()
+        process = context.Process(target=_generator, args=(port, calls[index::generators], child))
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    try:
+        for pipe in pipes:
+            if not pipe.poll(120) or pipe.recv() != "ready":
+                raise RuntimeError("a generator did not open its connections in 120 s")
+        cpu_before = cpu_seconds(server_pid)
+        generator_before = sum(cpu_seconds(p.pid) for p in processes)
+        started = time.perf_counter()
+        for pipe in pipes:
+            pipe.send("go")
+        results = []
+        for pipe in pipes:
+            if not pipe.poll(180):
+                raise RuntimeError("a generator did not finish its burst in 180 s")
+            results += pipe.recv()
+        wall = time.perf_counter() - started
+        usage = {
+            "wall_s": wall,
+            "server_cpu_s": cpu_seconds(server_pid) - cpu_before,
+            "generator_cpu_s": sum(cpu_seconds(p.pid) for p in processes) - generator_before,
+        }
+        return results, usage
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+def _latencies(results: list[tuple[str, int, bytes, float]]) -> dict[str, float]:
+    values = sorted(result[3] for result in results)
+
+    def at(fraction: float) -> float:
+        return values[min(len(values) - 1, math.ceil(fraction * len(values)) - 1)]
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": values[-1]}
+
+
+def _bootstrap(client: httpx.Client, options: Any) -> dict[str, Any]:
+    org = client.post("/api/v5/orgs", json={"name": "Storm"}).json()
+    base = f"/api/v5/orgs/{org['id']}"
+    room = client.post(f"{base}/rooms", json={"name": "Storm room"}).json()
+    per_chat = math.ceil(options.joins / options.chats)
+    per_visitor = math.ceil(options.resumes / options.visitors)
+    users = [
+        client.post(
+            f"{base}/users", json={"first_name": f"Op{i}", "last_name": "Storm", "alias": f"op{i}"}
+        ).json()["id"]
+        for i in range(max(per_chat, per_visitor))
+    ]
+    chats = []
+    for _ in range(options.chats):
+        visitor = client.post(f"{base}/visitors", json={}).json()["id"]
+        chats.append(
+            client.post(f"{base}/rooms/{room['id']}/visitors/{visitor}/chats").json()["id"]
+        )
+    visitors = [
+        client.post(f"{base}/visitors", json={}).json()["id"] for _ in range(options.visitors)
+    ]
+    return {"base": base, "room": room["id"], "users": users, "chats": chats, "visitors": visitors}
+
+
+def run(options: Any, progress: Any) -> dict[str, Any]:
+    flags = ["--in-memory"] if options.in_memory else []
+    server = start_server(*flags)
+    try:
+        task = progress.add_task("storm: bootstrap", total=3)
+        admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
+            world = _bootstrap(client, options)
+            progress.advance(task)
+            base, users = world["base"], world["users"]
+            joins: list[Call] = []
+            for number in range(options.joins):
+                chat = world["chats"][number % options.chats]
+                user = users[number // options.chats % len(users)]
+                body = orjson.dumps({"user_id": user, "exclusive": True})
+                joins.append(("POST", f"{base}/chats/{chat}/presences", body, chat))
+            progress.update(task, description=f"storm: {options.joins} exclusive joins")
+            join_results, join_usage = _burst(
+                server.port, joins, options.generators, server.process.pid
+            )
+            progress.advance(task)
+            resumes: list[Call] = []
+            for number in range(options.resumes):
+                visitor = world["visitors"][number % options.visitors]
+                user = users[number // options.visitors % len(users)]
+                path = f"{base}/rooms/{world['room']}/visitors/{visitor}/chats?auto_resume={user}"
+                resumes.append(("POST", path, None, visitor))
+            progress.update(task, description=f"storm: {options.resumes} auto_resume calls")
+            resume_results, resume_usage = _burst(
+                server.port, resumes, options.generators, server.process.pid
+            )
+            progress.advance(task)
+            joins_check = _check_joins(client, base, join_results)
+            resumes_check = _check_resumes(client, base, world["room"], resume_results)
+        bursts = {
+            "exclusive_joins": {
+                "calls": len(join_results),
+                "keys": options.chats,
+                **_latencies(join_results),
+                **join_usage,
+                **joins_check,
+            },
+            "auto_resume": {
+                "calls": len(resume_results),
+                "keys": options.visitors,
+                **_latencies(resume_results),
+                **resume_usage,
+                **resumes_check,
+            },
+        }
+        for burst in bursts.values():
+            burst["passed"] = burst["correct"] and burst["p99_ms"] <= P99_TARGET_MS
+        return {
+            "generators": options.generators,
+            "server_args": server.args[1:],
+            "p99_target_ms": P99_TARGET_MS,
+            "bursts": bursts,
+        }
+    finally:
+        server.stop()
+
+
+def _check_joins(
+    client: httpx.Client, base: str, results: list[tuple[str, int, bytes, float]]
+) -> dict[str, Any]:
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    for chat, status, payload, _ in results:
+        code = "201" if status == 201 else f"{status} {orjson.loads(payload).get('code')}"
+        outcomes[chat][code] += 1
+    problems = []
+    for chat, counter in outcomes.items():
+        if counter["201"] != 1 or set(counter) - {"201", "400 chat_already_taken"}:
+            problems.append({"chat": chat, "outcomes": dict(counter)})
+        presences = client.get(f"{base}/chats/{chat}/presences").json()["results"]
+        if len(presences) != 1:
+            problems.append({"chat": chat, "presences": len(presences)})
+    return {"correct": not problems, "problems": problems[:10], "winners": len(outcomes)}
+
+
+def _check_resumes(
+    client: httpx.Client, base: str, room: str, results: list[tuple[str, int, bytes, float]]
+) -> dict[str, Any]:
+    statuses: dict[str, Counter[int]] = defaultdict(Counter)
+    chat_ids: dict[str, set[str]] = defaultdict(set)
+    for visitor, status, payload, _ in results:
+        statuses[visitor][status] += 1
+        if status in (200, 201):
+            chat_ids[visitor].add(orjson.loads(payload)["id"])
+    stored: Counter[str] = Counter()
+    url: str | None = f"{base}/rooms/{room}/chats?page_size=100"
+    for _ in range(10_000):  # bounded walk over the room's open chats
+        if url is None:
+            break
+        page = client.get(url).json()
+        stored.update(chat["visitor_id"] for chat in page["results"])
+        url = page.get("next")
+    problems = []
+    for visitor, counter in statuses.items():
+        if counter[201] != 1 or set(counter) - {200, 201} or len(chat_ids[visitor]) != 1:
+            problems.append({"visitor": visitor, "statuses": dict(counter)})
+        if stored[visitor] != 1:
+            problems.append({"visitor": visitor, "chats": stored[visitor]})
+    return {"correct": not problems, "problems": problems[:10], "visitors_served": len(statuses)}
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursts = report["result"]["bursts"]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    names = list(bursts)
+    keys = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+    width = 0.2
+    for offset, key in enumerate(keys):
+        xs = [index + (offset - 1.5) * width for index in range(len(names))]
+        bars = axis.bar(xs, [bursts[name][key] for name in names], width, label=key[:-3])
+        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+    axis.axhline(P99_TARGET_MS, color="red", linestyle=":", label="p99 target")
+    axis.set_xticks(
+        range(len(names)),
+        [
+            f"{name}\n{bursts[name]['calls']} calls / {bursts[name]['keys']} keys, "
+            f"{'correct' if bursts[name]['correct'] else 'WRONG'}"
+            for name in names
+        ],
+    )
+    axis.set_ylabel("ms per call")
+    axis.set_title("Storm: latency of contended calls fired at once")
+    axis.legend()
+    figure.suptitle(report["command"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
