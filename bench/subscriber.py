@@ -48,23 +48,28 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 def parse_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
     """Take every whole server frame off the front of ``buffer``: (first byte, payload)."""
     frames = []
-    while len(buffer) >= 2:
-        length = buffer[1] & 0x7F
-        offset = 2
+    data = bytes(buffer)
+    end = len(data)
+    pos = 0
+    while end - pos >= 2:
+        length = data[pos + 1] & 0x7F
+        offset = pos + 2
         if length == 126:
-            if len(buffer) < 4:
+            if end - pos < 4:
                 break
-            length = int.from_bytes(buffer[2:4], "big")
-            offset = 4
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            offset = pos + 4
         elif length == 127:
-            if len(buffer) < 10:
+            if end - pos < 10:
                 break
-            length = int.from_bytes(buffer[2:10], "big")
-            offset = 10
-        if len(buffer) < offset + length:
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            offset = pos + 10
+        if offset + length > end:
             break
-        frames.append((buffer[0], bytes(buffer[offset : offset + length])))
-        del buffer[: offset + length]
+        frames.append((data[pos], data[offset : offset + length]))
+        pos = offset + length
+    if pos:
+        del buffer[:pos]
     return frames
 
 
@@ -236,6 +241,10 @@ def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None
         sub = _connect(port, adapter)
         subs[sub.sock.fileno()] = sub
         poller.register(sub.sock.fileno(), select.EPOLLIN)
+    # one buffer for every recv: a fresh 256 KiB bytes object per call costs an
+    # mmap/munmap pair, more than the events in it
+    receive_buffer = bytearray(262144)
+    receive_view = memoryview(receive_buffer)
     control_fd = control.fileno()
     poller.register(control_fd, select.EPOLLIN)
     announced = False
@@ -258,14 +267,14 @@ def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None
                 if sub is None:
                     continue
                 try:
-                    data = sub.sock.recv(262144)
+                    count = sub.sock.recv_into(receive_buffer)
                 except BlockingIOError:
                     continue
                 except OSError:
-                    data = b""
-                alive = bool(data)
+                    count = 0
+                alive = count > 0
                 if alive:
-                    sub.buffer += data
+                    sub.buffer += receive_view[:count]
                     alive = _process(sub, adapter, tally, time.time())
                 if not alive:
                     poller.unregister(fd)
