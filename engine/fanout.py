@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+import orjson
+
 from engine import channels
 from engine.chat import ChangeSet, ChatState
 from engine.model import Message
@@ -29,14 +32,33 @@ ADDED, CHANGED, REMOVED = "added", "changed", "removed"
 
 
 class Payload:
-    """A rendered resource shared by several events; encodings are cached on it."""
+    """A rendered resource shared by several events.
 
-    __slots__ = ("data", "json", "msgpack")
+    It starts as a dict (``data``); its JSON encoding is made once, on first need.
+    Once its batch is published, ``compact`` keeps only the JSON bytes: that is what
+    channel histories hold (hundreds of thousands of events), at a fraction of the
+    dict's memory. msgpack is then derived from the JSON, for msgpack sessions only.
+    """
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    __slots__ = ("data", "json")
+
+    def __init__(self, data: dict[str, Any] | None, json: bytes | None = None) -> None:
         self.data = data
-        self.json: bytes | None = None
-        self.msgpack: bytes | None = None
+        self.json = json
+
+    def as_json(self) -> bytes:
+        if self.json is None:
+            self.json = orjson.dumps(self.data)
+        return self.json
+
+    def as_msgpack(self) -> bytes:
+        data = self.data if self.data is not None else orjson.loads(self.as_json())
+        return msgpack.packb(data)
+
+    def compact(self) -> None:
+        if self.data is not None:
+            self.as_json()
+            self.data = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,6 +120,7 @@ def fan_out(state: State, changes: ChangeSet) -> list[Publication]:
         nonlocal chat_diff
         if chat_diff is None:
             after = full_chat().data
+            assert after is not None  # compacted only once the batch is published
             before = changes.before_view or {}
             # updated_at always travels with a change, even within one millisecond
             diff = {"id": chat.id, "updated_at": after["updated_at"]}

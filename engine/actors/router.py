@@ -8,9 +8,10 @@ what a snapshot needs, and gives every channel its events in commit order. A sub
 with ``since`` is also synchronous, hence atomic with respect to publishing: the replay
 and the live events that follow have no gap and no duplicate. No call here ever waits.
 
-Every event is encoded at most once per encoding (JSON, msgpack), whatever the number
+A live event is encoded at most once per encoding (JSON, msgpack), whatever the number
 of sessions subscribed to its channel, and the shared resource inside it once per
-batch. Pushing to a session never waits: a session whose bounded queue is full is
+batch; histories keep only the resource's JSON (``Payload.compact``), and a replay
+builds its frames again. Pushing to a session never waits: a session whose bounded queue is full is
 marked for closing (4008) by the session itself, so one slow consumer never slows the
 router, the chat actors or the other sessions.
 
@@ -43,9 +44,10 @@ class Subscriber(Protocol):
 
 
 class Event:
-    """One event of one channel, with its encodings made on first need."""
+    """One event of one channel. Its frames are built when needed (a live push, a
+    replay) and not kept: histories hold only the event and its shared payload."""
 
-    __slots__ = ("channel", "seq", "action", "resource_id", "payload", "_json", "_msgpack")
+    __slots__ = ("channel", "seq", "action", "resource_id", "payload")
 
     def __init__(
         self, channel: str, seq: int, action: str, resource_id: str, payload: Payload | None
@@ -55,28 +57,9 @@ class Event:
         self.action = action
         self.resource_id = resource_id
         self.payload = payload
-        self._json: bytes | None = None
-        self._msgpack: bytes | None = None
 
     def encoded(self, encoding: str) -> bytes:
-        if encoding == JSON:
-            if self._json is None:
-                self._json = self._encode_json()
-            return self._json
-        if self._msgpack is None:
-            self._msgpack = self._encode_msgpack()
-        return self._msgpack
-
-    def as_dict(self) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "channel": self.channel,
-            "action": self.action,
-            "resource_id": self.resource_id,
-            "seq": self.seq,
-        }
-        if self.payload is not None:
-            event["resource"] = self.payload.data
-        return event
+        return self._encode_json() if encoding == JSON else self._encode_msgpack()
 
     def _encode_json(self) -> bytes:
         # Channel names and ids are plain ASCII (validated), so they need no escaping:
@@ -90,9 +73,7 @@ class Event:
         payload = self.payload
         if payload is None:
             return head + b"}"
-        if payload.json is None:
-            payload.json = orjson.dumps(payload.data)
-        return head + b',"resource":' + payload.json + b"}"
+        return head + b',"resource":' + payload.as_json() + b"}"
 
     def _encode_msgpack(self) -> bytes:
         payload = self.payload
@@ -108,9 +89,7 @@ class Event:
             msgpack.packb(self.seq),
         ]
         if payload is not None:
-            if payload.msgpack is None:
-                payload.msgpack = msgpack.packb(payload.data)
-            parts += [msgpack.packb("resource"), payload.msgpack]
+            parts += [msgpack.packb("resource"), payload.as_msgpack()]
         return b"".join(parts)
 
 
@@ -199,7 +178,7 @@ class ChannelRouter:
                             e.seq,
                             e.action,
                             e.resource_id,
-                            None if e.payload is None else e.payload.data,
+                            None if e.payload is None else e.payload.as_json(),
                         ]
                         for e in channel.history
                     ],
@@ -216,13 +195,7 @@ class ChannelRouter:
             channel.seq = seq
             for event_seq, action, resource_id, payload in history:
                 channel.history.append(
-                    Event(
-                        name,
-                        event_seq,
-                        action,
-                        resource_id,
-                        None if payload is None else Payload(payload),
-                    )
+                    Event(name, event_seq, action, resource_id, _restored_payload(payload))
                 )
                 self._history_total += 1
             if channel.history:
@@ -257,9 +230,18 @@ class ChannelRouter:
             recent[channel.name] = None
             recent.move_to_end(channel.name)
             stats.events_published += 1
-            for session in channel.subscribers:
-                session.push(event.encoded(session.encoding))
-            stats.events_delivered += len(channel.subscribers)
+            if channel.subscribers:
+                frames: dict[str, bytes] = {}
+                for session in channel.subscribers:
+                    encoding = session.encoding
+                    frame = frames.get(encoding)
+                    if frame is None:
+                        frame = frames[encoding] = event.encoded(encoding)
+                    session.push(frame)
+                stats.events_delivered += len(channel.subscribers)
+        for publication in publications:
+            if publication.payload is not None:
+                publication.payload.compact()
         while self._history_total > self.total_history_limit and recent:
             name, _ = recent.popitem(last=False)
             dropped = self._channels[name].history
@@ -292,3 +274,12 @@ class ChannelRouter:
             session.push(event.encoded(session.encoding))
         self.stats.events_delivered += len(replay)
         return subscribed
+
+
+def _restored_payload(payload: bytes | dict[str, Any] | None) -> Payload | None:
+    """Snapshots hold a payload's JSON; those written before this change, its dict."""
+    if payload is None:
+        return None
+    if isinstance(payload, dict):
+        return Payload(None, orjson.dumps(payload))
+    return Payload(None, payload)
