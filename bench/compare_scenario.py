@@ -31,7 +31,8 @@ PEERS = {
     "websockets": "bench.peers.websockets_server",
 }
 KINDS = ("engine", "socketio", "websockets")
-DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960)
+# starts low enough to find python-socketio's rate at 1,000 subscribers
+DEFAULT_LADDER = (1, 2, 3, 5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960)
 TARGET_VS_SOCKETIO = 3.0
 TARGET_VS_WEBSOCKETS = 0.5
 HALF_RATE_P99_MS = 50.0

@@ -48,7 +48,10 @@ class Payload:
 
     def as_json(self) -> bytes:
         if self.json is None:
-            self.json = orjson.dumps(self.data)
+            # orjson returns a bytes object with its whole output buffer allocated
+            # (~4 KiB for a 900-byte chat); histories hold hundreds of thousands of
+            # these, so keep an exact-size copy
+            self.json = bytes(memoryview(orjson.dumps(self.data)))
         return self.json
 
     def as_msgpack(self) -> bytes:

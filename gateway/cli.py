@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("session-queue", "2000") or 2000),
         help="items a WebSocket session may have waiting before it is closed with 4008",
     )
+    serve.add_argument(
+        "--flush-interval",
+        type=float,
+        default=float(_env("flush-interval", "0.025") or 0.025),
+        help="seconds between two WebSocket write passes when busy (0: back to back)",
+    )
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
     return parser
@@ -198,7 +204,11 @@ async def serve(
         admin_token_hash=token.hash,
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
-        ws=WsSettings(queue_limit=options.session_queue, limits=ws_limits or WsLimits()),
+        ws=WsSettings(
+            queue_limit=options.session_queue,
+            flush_interval=max(0.0, options.flush_interval),
+            limits=ws_limits or WsLimits(),
+        ),
     )
     app = create_app(engine, settings)
     config = HypercornConfig()

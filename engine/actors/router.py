@@ -216,7 +216,7 @@ class ChannelRouter:
             channel = self._channel(publication.channel)
             channel.seq += 1
             event = Event(
-                publication.channel,
+                channel.name,  # the channel's own string: fan-out builds a new one each time
                 channel.seq,
                 publication.action,
                 publication.resource_id,
