@@ -33,6 +33,7 @@ class Recovered:
     router_data: dict[str, Any] | None
     snapshot_lsn: int
     records: list[tuple[int, list[Fact]]] = field(default_factory=list)
+    records_replayed: int = 0  # len(records), kept once records are released
     last_lsn: int = 0
     truncated_bytes: int = 0
     seconds: float = 0.0

@@ -63,4 +63,4 @@ async def test_segments_rotate_replay_in_order_and_are_removed(tmp_path: Path) -
         assert chat.message_count == 30
 
     recovered = await run_engine(tmp_path, read)
-    assert recovered.recovery is not None and recovered.recovery.records  # a log tail was replayed
+    assert recovered.recovery is not None and recovered.recovery.records_replayed  # a log tail
