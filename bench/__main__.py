@@ -368,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
         "scenario": options.scenario,
         "command": command,
         "machine": machine(),
+        # server settings given through the environment (tokens left out)
+        "server_env": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith("CHAT_ENGINE_") and "TOKEN" not in name
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "result": result,
     }

@@ -23,7 +23,7 @@ dropped range is told ``resumed: false``).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -93,14 +93,21 @@ class Event:
         return b"".join(parts)
 
 
+_NO_SUBSCRIBERS: frozenset[Any] = frozenset()
+
+
 class _Channel:
     __slots__ = ("name", "seq", "history", "subscribers")
 
-    def __init__(self, name: str, history_limit: int) -> None:
+    # A store with 100,000 chats has ~600,000 channels, most with a handful of events
+    # and no subscriber: a list (not a 64-slot deque block) and a shared empty set
+    # until the first subscribe keep that ~900 B a channel cheaper (measured with
+    # tracemalloc on a recovered store).
+    def __init__(self, name: str) -> None:
         self.name = name
         self.seq = 0
-        self.history: deque[Event] = deque(maxlen=history_limit)
-        self.subscribers: set[Subscriber] = set()
+        self.history: list[Event] = []
+        self.subscribers: set[Subscriber] | frozenset[Subscriber] = _NO_SUBSCRIBERS
 
 
 @dataclass(slots=True)
@@ -157,7 +164,7 @@ class ChannelRouter:
         found = self._channels.get(channel)
         if found is None or session not in found.subscribers:
             return False
-        found.subscribers.discard(session)
+        found.subscribers.discard(session)  # type: ignore[union-attr]  # it is in: a set
         self.stats.subscriptions -= 1
         return True
 
@@ -193,7 +200,7 @@ class ChannelRouter:
         for name, seq, history in data["channels"]:
             channel = self._channel(name)
             channel.seq = seq
-            for event_seq, action, resource_id, payload in history:
+            for event_seq, action, resource_id, payload in history[-self.history_limit :]:
                 channel.history.append(
                     Event(name, event_seq, action, resource_id, _restored_payload(payload))
                 )
@@ -205,7 +212,7 @@ class ChannelRouter:
     def _channel(self, name: str) -> _Channel:
         found = self._channels.get(name)
         if found is None:
-            found = self._channels[name] = _Channel(name, self.history_limit)
+            found = self._channels[name] = _Channel(name)
         return found
 
     def _publish(self, publications: list[Publication]) -> None:
@@ -223,7 +230,8 @@ class ChannelRouter:
                 publication.payload,
             )
             history = channel.history
-            if len(history) == history.maxlen:
+            if len(history) >= self.history_limit:
+                del history[0]
                 self._history_total -= 1
             history.append(event)
             self._history_total += 1
@@ -266,7 +274,9 @@ class ChannelRouter:
                 resumed = True
                 replay = [event for event in history if event.seq > since]
         if session not in channel.subscribers:
-            channel.subscribers.add(session)
+            if not channel.subscribers:
+                channel.subscribers = set()
+            channel.subscribers.add(session)  # type: ignore[union-attr]
             self.stats.subscriptions += 1
         subscribed = Subscribed(channel.seq, resumed, self.epoch)
         session.push(answer(subscribed))
