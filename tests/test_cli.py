@@ -39,6 +39,7 @@ def test_every_flag_has_an_env_twin_and_the_flag_wins(monkeypatch: pytest.Monkey
         "SNAPSHOT_INTERVAL": "5",
         "HISTORY_LIMIT": "10",
         "SESSION_QUEUE": "20",
+        "FLUSH_INTERVAL": "0.01",
         "NO_OPEN_REGISTRATION": "yes",
     }
     for name, value in env.items():
@@ -61,6 +62,7 @@ def test_every_flag_has_an_env_twin_and_the_flag_wins(monkeypatch: pytest.Monkey
         20,
         True,
     )
+    assert options.flush_interval == 0.01
     assert build_parser().parse_args(["serve", "--port", "1234"]).port == 1234
 
 

@@ -189,3 +189,29 @@ async def test_a_peer_that_takes_no_bytes_is_dropped_after_the_write_timeout(
             if None in events:
                 break
     assert closes == []  # dropped, not closed as a slow consumer
+
+
+async def test_with_back_to_back_write_passes_events_still_arrive_in_order(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--flush-interval 0: the flusher runs a pass as soon as anything is ready."""
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, "--flush-interval", "0")
+    world: World = await build_world(server)
+    async with world.org_client as client:
+        response = await client.post(
+            world.path(f"/rooms/{world.room['id']}/visitors/{world.visitor['id']}/chats")
+        )
+        chat_id = response.json()["id"]
+        channel = world.path(f"/rooms/{world.room['id']}/chats/{chat_id}/messages")
+        async with ws_connect(server.base_url, ADMIN_TOKEN) as watcher:
+            await watcher.subscribe(channel)
+            for number in range(30):
+                response = await client.post(
+                    world.path(f"/chats/{chat_id}/messages"),
+                    json={"sender_id": world.users[0]["id"], "message": f"m{number}"},
+                )
+                assert response.status_code == 201
+            events = [await watcher.until(lambda f: "action" in f) for _ in range(30)]
+    assert [e["resource"]["message"] for e in events] == [f"m{n}" for n in range(30)]
+    assert [e["seq"] for e in events] == list(range(1, 31))
