@@ -25,22 +25,11 @@ import httpx
 import orjson
 
 from bench import subscriber
+from bench.fanout_scenario import _percentile
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
 
 RSS_TARGET_BYTES = 40 * 1024
 SESSIONS_PER_GENERATOR = 2500
-
-
-def _percentile(histogram: dict[int, int], fraction: float) -> float:
-    total = sum(histogram.values())
-    if not total:
-        return math.nan
-    seen = 0
-    for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen >= fraction * total:
-            return float(bucket)
-    return float(max(histogram))
 
 
 def run(options: Any, progress: Any) -> dict[str, Any]:

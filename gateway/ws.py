@@ -110,9 +110,6 @@ class Session:
         self.closing = True
         self._trouble.set()
 
-    def trouble(self) -> None:
-        self._trouble.set()
-
     @property
     def troubled(self) -> bool:
         return self.overflowed or self.closing or self.blocked or self.broken
