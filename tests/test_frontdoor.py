@@ -117,9 +117,9 @@ async def test_the_server_pings_and_drops_a_peer_that_stays_silent(
     to 0.2 s and 1 s (real time: the kernel's sockets do not follow a MockClock)."""
     monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
     server = await start_server(nursery, ws_limits=WsLimits(ping_interval=0.2, read_timeout=1.0))
+    started = trio.current_time()  # before the server last hears from the silent peer
     silent, silent_ws = await _open_raw(port_of(server))
     answering, answering_ws = await _open_raw(port_of(server))
-    started = trio.current_time()
     pings = 0
 
     async def answer_pings() -> None:
