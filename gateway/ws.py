@@ -134,6 +134,9 @@ class Session:
         """Write queued items as frames, without waiting; stop if the kernel is full."""
         opcode = OP_TEXT if self.encoding == JSON else OP_BINARY
         transport = self.transport
+        if transport.close_code is not None:
+            self._queue.clear()  # a close frame went out: nothing may follow it
+            return
         try:
             while self._queue:
                 transport.send_frame(opcode, pack_frame(self.take(), self.encoding))
