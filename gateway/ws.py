@@ -191,7 +191,7 @@ class WsGateway:
     async def run_flusher(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write every ready session's queued items, in passes at most ``flush_interval``
+        """Write every ready session's queued items, in passes at least ``flush_interval``
         apart: an idle server sends at once, a busy one lets the events of the next few
         milliseconds share each session's frame. One task for all sessions: a frame costs
         one ``send``, not a task switch."""
