@@ -27,6 +27,7 @@ import orjson
 from bench import subscriber
 from bench.fanout_scenario import _percentile
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
+from engine import channels
 
 RSS_TARGET_BYTES = 40 * 1024
 SESSIONS_PER_GENERATOR = 2500
@@ -41,7 +42,8 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         org_id, room_id = world["org"]["id"], world["room"]["id"]
         chat_id, sender_id = world["chats"][0]
         base = f"/api/v5/orgs/{org_id}"
-        messages = f"{base}/rooms/{room_id}/chats/{chat_id}/messages"
+        # channel names come from the engine's one definition of them (CONTRACT §7)
+        messages = channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages")
         time.sleep(1.0)  # let the server settle before the baseline
         baseline = rss_bytes(server.process.pid)
         context = multiprocessing.get_context("spawn")
@@ -59,11 +61,11 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             while remaining:
                 share = min(remaining, SESSIONS_PER_GENERATOR)
                 user = world["users"][len(processes) % len(world["users"])]
-                channels = (messages, f"{base}/users/{user['id']}/current_chats")
+                subscribed = (messages, channels.current_chats(org_id, user["id"]))
                 parent, child = context.Pipe()
                 process = context.Process(
                     target=subscriber.process_main,
-                    args=(server.port, "engine", user["token"], channels, share, child),
+                    args=(server.port, "engine", user["token"], subscribed, share, child),
                 )
                 process.start()
                 pipes.append(parent)

@@ -46,6 +46,7 @@ from bench.subscriber import (
     parse_frames,
     upgrade_request,
 )
+from engine import channels
 
 DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320)
 DRAIN_SECONDS = 2.0
@@ -174,7 +175,7 @@ def engine_target(server: ServerProcess) -> Target:
         server.port,
         server.process.pid,
         token=ADMIN_TOKEN,
-        channels=(f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats/{chat_id}/messages",),
+        channels=(channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages"),),
         message_path=f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
         sender_id=user_id,
     )

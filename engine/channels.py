@@ -15,6 +15,7 @@ from engine.ids import is_uuid, is_visitor_id
 from engine.state import State
 
 SUB_COLLECTIONS = ("presences", "messages", "participations")
+MAX_SUBSCRIPTIONS = 1000  # per WebSocket session (CONTRACT §8: too_many_subscriptions)
 
 VISITOR_CHATS = "visitor_chats"
 USER_CHATS = "user_chats"
@@ -139,3 +140,25 @@ def may_subscribe(state: State, principal_kind: str, principal_id: str, ref: Cha
     assert ref.room_id is not None and ref.org_id is not None
     room = state.rooms.get(ref.room_id)
     return room is not None and org_can_access_room(ref.org_id, room)
+
+
+def subscribe_refusal(
+    state: State,
+    principal_kind: str,
+    principal_id: str,
+    channel: str,
+    subscriptions: set[str],
+    limit: int = MAX_SUBSCRIPTIONS,
+) -> tuple[str, str] | None:
+    """Why a session holding ``subscriptions`` may not subscribe to ``channel`` — the
+    error code and detail of CONTRACT §8 — or ``None``. A path that is no §7 channel is
+    ``unknown_channel``; one outside the caller's rights, existing or not, ``forbidden``;
+    subscribing again to a held channel never counts against the limit."""
+    ref = parse(channel)
+    if ref is None:
+        return "unknown_channel", "No such channel."
+    if not may_subscribe(state, principal_kind, principal_id, ref):
+        return "forbidden", "You may not subscribe to this channel."
+    if channel not in subscriptions and len(subscriptions) >= limit:
+        return "too_many_subscriptions", f"At most {limit} subscriptions per session."
+    return None

@@ -215,8 +215,8 @@ async def serve(
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
-    # WebSocket sessions bypass hypercorn (gateway/frontdoor.py); their limits
-    # (64 KiB messages, pings every 25 s, 60 s of silence) are gateway.wsconn.WsLimits.
+    # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
+    # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
     ws_gateway = app.extensions["ws"]
 
     async def shutdown_trigger() -> None:

@@ -1,16 +1,18 @@
 """WebSocket sessions (CONTRACT §8): frames <-> the channel router.
 
-A session has two tasks: the reader parses client frames (subscribe, unsubscribe,
-ping) and answers through the session's own queue, and the writer drains that queue,
-packing every ready item into one frame (a JSON array, or a msgpack array) so a busy
-session pays the per-frame cost once per batch, not once per event.
+A session's reader task parses client frames (subscribe, unsubscribe, ping) and
+answers through the session's own queue, as the router does with events. The gateway's
+one flusher task writes every session with something queued: all ready items as one
+frame (a JSON array, or a msgpack array; at most 512 items a frame), so a busy session
+pays the per-frame cost once per batch, not once per event. A session's own task only
+does what needs waiting (a full kernel buffer, a close).
 
 The queue is bounded (``queue_limit`` items). The router pushes without waiting; a
 session whose queue is full drops it at once (memory stays bounded) and is closed with
-4008 as soon as the frame it is writing completes (it resumes with ``since``), so a slow
-client never slows the router, the chat actors or other sessions. A client that never
-reads again cannot even take the close frame; the 60 s write timeout ends its
-connection.
+4008 as soon as the kernel has taken the frame being written (it resumes with
+``since``), so a slow client never slows the router, the chat actors or other
+sessions. A client that never reads again cannot even take the close frame; the 60 s
+write timeout ends its connection.
 
 The front door (``gateway/frontdoor.py``) hands each ``GET /ws`` connection here as a
 plain socket; ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
@@ -55,7 +57,7 @@ FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flush
 @dataclass(slots=True)
 class WsSettings:
     queue_limit: int = 2000  # items (events and answers) waiting for one session
-    max_subscriptions: int = 1000
+    max_subscriptions: int = channels.MAX_SUBSCRIPTIONS
     # A busy session sends at most one frame per interval, carrying everything that
     # arrived meanwhile; an idle one sends at once. Each frame costs a task wake-up and
     # a send system call, so at high rates batching, not the events, keeps fan-out
@@ -179,6 +181,8 @@ class WsGateway:
         self.admin_token_hash = admin_token_hash
         self.settings = settings
         self.sessions: set[Session] = set()
+        # sessions with something queued; each at most once (``Session.ready``), so this
+        # is bounded by the number of sessions
         self._ready: list[Session] = []
         self._ready_event = trio.Event()
         self.slow_consumer_closes = 0
@@ -389,7 +393,15 @@ class WsGateway:
             raise BadFrame("'since' must be a non-negative integer.", frame_id)
         if epoch is not None and not isinstance(epoch, str):
             raise BadFrame("'epoch' must be a string.", frame_id)
-        refusal = self._refusal(session, channel)
+        principal = session.principal
+        refusal = channels.subscribe_refusal(
+            self.engine.state,
+            principal.kind,
+            principal.id,
+            channel,
+            session.subscriptions,
+            self.settings.max_subscriptions,
+        )
         if refusal is not None:
             code, detail = refusal
             session.push(
@@ -412,23 +424,6 @@ class WsGateway:
         )
         session.subscriptions.add(channel)
         self.engine.router.subscribe(session, channel, since=since, epoch=epoch, answer=answer)
-
-    def _refusal(self, session: Session, channel: str) -> tuple[str, str] | None:
-        ref = channels.parse(channel)
-        if ref is None:
-            return "unknown_channel", "No such channel."
-        principal = session.principal
-        if not channels.may_subscribe(self.engine.state, principal.kind, principal.id, ref):
-            return "forbidden", "You may not subscribe to this channel."
-        if (
-            channel not in session.subscriptions
-            and len(session.subscriptions) >= self.settings.max_subscriptions
-        ):
-            return (
-                "too_many_subscriptions",
-                f"At most {self.settings.max_subscriptions} subscriptions per session.",
-            )
-        return None
 
 
 def _with_id(frame: dict[str, Any], frame_id: Any) -> dict[str, Any]:

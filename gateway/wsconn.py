@@ -138,7 +138,10 @@ class RawWebSocket:
         return len(self._out)
 
     def write(self, data: bytes) -> None:
-        """Hand bytes to the kernel now if it takes them; keep the rest, in order."""
+        """Hand bytes to the kernel now if it takes them; keep the rest, in order.
+
+        What is kept stays small: every writer waits (``flush``) before writing again
+        once anything is kept, so it holds at most one frame and a control frame."""
         if self._out:
             self._out += data
             return

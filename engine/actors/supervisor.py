@@ -8,8 +8,6 @@ always sees a state between two applied facts. Every write goes through an actor
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import time
@@ -148,7 +146,6 @@ class Engine:
         recovered.records = []
         recovered.router_data = None
         self.recovery = recovered
-        release_free_memory()
 
     async def _snapshot_periodically(self) -> None:
         assert self.store is not None
@@ -201,20 +198,3 @@ class Engine:
             await nursery.start(self._reachability.run)
             self.started.set()
             task_status.started()
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the kernel (glibc's ``malloc_trim``).
-
-    Recovery decodes a snapshot and a log into temporary structures as large as the
-    state itself; once they are freed, glibc keeps the pages. Returning them lowers
-    RSS, and with it the cost of every snapshot's ``fork`` (page tables are copied in
-    proportion to the resident memory). A no-op where there is no glibc.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:  # pragma: no cover - not glibc
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - a libc without malloc_trim
-        pass
