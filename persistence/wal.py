@@ -268,7 +268,7 @@ class WriteAheadLog:
         for item in batch:  # in log order: apply order is replay order
             try:
                 item.result = self._apply(item.lsn, item.facts)
-            except BaseException as error:  # a bug; keep the others going
+            except Exception as error:  # a bug; keep the others going
                 log.exception("applying record %s failed", item.lsn)
                 item.error = error
             item.done.set()
