@@ -42,6 +42,7 @@ from engine.model import (
     Message,
     Presence,
     Product,
+    shared,
 )
 
 
@@ -275,9 +276,9 @@ class ChatState:
             id=fact.chat_id,
             token=fact.token,
             seq=seq,
-            room_id=fact.room_id,
-            organization_id=fact.org_id,
-            visitor_id=fact.visitor_id,
+            room_id=shared(fact.room_id),
+            organization_id=shared(fact.org_id),
+            visitor_id=shared(fact.visitor_id),
             private_room=fact.private_room,
             start_time=fact.at,
             updated_at=fact.at,
@@ -339,7 +340,7 @@ class ChatState:
             changes.deltas.append(Delta("chat_changed"))
         elif isinstance(fact, (TagAdded, TagRemoved)):
             if isinstance(fact, TagAdded):
-                self.tags.append(fact.name)
+                self.tags.append(shared(fact.name))
             else:
                 self.tags.remove(fact.name)
             self.updated_at = fact.at
@@ -374,6 +375,7 @@ class ChatState:
     def _join(
         self, user_id: str, at: int, message_id: str, seq: int, changes: ChangeSet | None
     ) -> None:
+        user_id = shared(user_id)
         self.presences[user_id] = Presence(user_id, at, seq)
         self.ever_present.add(user_id)
         if self.private_room:
@@ -389,7 +391,7 @@ class ChatState:
 
     def _leave(self, user_id: str, at: int, message_id: str, changes: ChangeSet) -> None:
         del self.presences[user_id]
-        message = Message(message_id, LEAVE, at, SENDER_USER, user_id, None, None, None)
+        message = Message(message_id, LEAVE, at, SENDER_USER, shared(user_id), None, None, None)
         self.messages.append(message)
         self.updated_at = at
         changes.deltas.append(Delta("presence_removed", user_id))
@@ -406,12 +408,13 @@ class ChatState:
             self._leave(user_id, fact.at, message_id, changes)
 
     def _post(self, fact: MessagePosted, changes: ChangeSet) -> None:
+        sender_id = shared(fact.sender_id)
         message = Message(
             fact.message_id,
-            fact.type,
+            shared(fact.type),
             fact.at,
-            fact.sender_type,
-            fact.sender_id,
+            shared(fact.sender_type),
+            sender_id,
             fact.message,
             fact.page_url,
             fact.page_title,
@@ -424,8 +427,8 @@ class ChatState:
         new_participant = False
         if fact.sender_type == SENDER_USER:
             self.user_message_count += 1
-            if fact.sender_id not in self.user_participants:
-                self.user_participants.append(fact.sender_id)
+            if sender_id not in self.user_participants:
+                self.user_participants.append(sender_id)
                 new_participant = True
             if fact.type == MSG:
                 self.user_sent_msg = True

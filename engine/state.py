@@ -32,7 +32,7 @@ from engine.facts import (
     UserLeft,
     VisitorRegistered,
 )
-from engine.model import SENDER_USER, Org, Room, User, Visitor
+from engine.model import SENDER_USER, Org, Room, User, Visitor, shared
 from engine.views import chat_collection_view
 
 PRINCIPAL_ORG = "org"
@@ -105,14 +105,19 @@ class State:
 
     def _org_created(self, fact: OrgCreated) -> None:
         self.orgs[fact.org_id] = Org(
-            fact.org_id, fact.name, fact.at, self._next_seq(), fact.token_hash
+            shared(fact.org_id), fact.name, fact.at, self._next_seq(), fact.token_hash
         )
         self.tokens[fact.token_hash] = (PRINCIPAL_ORG, fact.org_id)
         self.org_rooms[fact.org_id] = SortedDict()
 
     def _room_created(self, fact: RoomCreated) -> None:
         room = Room(
-            fact.room_id, fact.name, fact.org_id, fact.private_chats, fact.at, self._next_seq()
+            shared(fact.room_id),
+            fact.name,
+            shared(fact.org_id),
+            fact.private_chats,
+            fact.at,
+            self._next_seq(),
         )
         self.rooms[room.id] = room
         self.org_rooms[fact.org_id][room.seq] = room
@@ -126,8 +131,8 @@ class State:
     def _user_created(self, fact: UserCreated) -> None:
         room_ids = None if fact.room_ids is None else list(fact.room_ids)
         user = User(
-            fact.user_id,
-            fact.org_id,
+            shared(fact.user_id),
+            shared(fact.org_id),
             fact.first_name,
             fact.last_name,
             fact.alias,
@@ -141,14 +146,15 @@ class State:
 
     def _visitor_registered(self, fact: VisitorRegistered) -> None:
         visitor = self.visitors.get(fact.visitor_id)
+        org_id = None if fact.org_id is None else shared(fact.org_id)
         if visitor is None:
-            visitor = Visitor(fact.visitor_id, fact.org_id, fact.at, fact.token_hash)
+            visitor = Visitor(shared(fact.visitor_id), org_id, fact.at, fact.token_hash)
             self.visitors[visitor.id] = visitor
         else:
             self.tokens.pop(visitor.token_hash, None)
             visitor.token_hash = fact.token_hash
             if visitor.organization_id is None:
-                visitor.organization_id = fact.org_id
+                visitor.organization_id = org_id
         self.tokens[fact.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
 
     def _chat_created(self, fact: ChatCreated) -> ChangeSet:

@@ -9,6 +9,7 @@ declaration order too, so adding a field at the end stays readable.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -16,7 +17,7 @@ import msgpack
 from engine import facts as fact_types
 from engine.chat import ChatState
 from engine.facts import Fact
-from engine.model import Cart, Message, Org, Presence, Product, Room, User, Visitor
+from engine.model import Cart, Message, Org, Presence, Product, Room, User, Visitor, shared
 from engine.state import State
 
 FACT_TYPES: dict[str, type] = {
@@ -86,34 +87,85 @@ def encode_state(state: State) -> dict[str, Any]:
     }
 
 
-def decode_state(data: dict[str, Any], state: State | None = None) -> State:
+def decode_state(data: Mapping[str, Any], state: State | None = None) -> State:
     """Rebuild a state, indexes included, from ``encode_state``'s output, into ``state``
     (which must be empty) or a new one."""
+    return decode_state_items(data.items(), state)
+
+
+def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = None) -> State:
+    """``decode_state`` from ``encode_state``'s entries in their written order, where a
+    collection may be an iterator (``persistence.snapshot`` streams the chats one at a
+    time, so a chat's decoded rows are freed before the next is read: a 1,000,000-message
+    snapshot then leaves no hundreds of MB of freed rows scattered among the live
+    objects). Repeated ids are shared strings (``engine.model.shared``)."""
     state = state if state is not None else State()
-    for row in data["orgs"]:
-        state.restore_org(Org(*row))
-    for row in data["rooms"]:
-        room = Room(*row[:-1])
-        room.shared_with = set(row[-1])
-        state.restore_room(room)
-    for row in data["users"]:
-        state.restore_user(User(*row))
-    for row in data["visitors"]:
-        state.restore_visitor(Visitor(*row))
-    scalar_fields = [f.name for f in dataclasses.fields(ChatState) if f.name not in _CHAT_NESTED]
-    for scalars, messages, presences, ever_present, participants, tags, carts in sorted(
-        data["chats"], key=lambda chat: chat[0][scalar_fields.index("seq")]
-    ):
-        chat = ChatState(**dict(zip(scalar_fields, scalars, strict=True)))
-        chat.messages = [Message(*row) for row in messages]
-        chat.presences = {row[0]: Presence(*row) for row in presences}
-        chat.ever_present = set(ever_present)
-        chat.user_participants = list(participants)
-        chat.tags = list(tags)
-        for *cart_fields, products in carts:
-            cart = Cart(*cart_fields)
-            cart.products = [Product(*row) for row in products]
-            chat.carts.append(cart)
-        state.restore_chat(chat)
-    state.seq = data["seq"]
+    seq = None
+    for key, value in items:
+        if key == "seq":
+            seq = value
+        elif key == "orgs":
+            for row in value:
+                row[0] = shared(row[0])
+                state.restore_org(Org(*row))
+        elif key == "rooms":
+            for row in value:
+                row[0], row[2] = shared(row[0]), shared(row[2])
+                room = Room(*row[:-1])
+                room.shared_with = {shared(org_id) for org_id in row[-1]}
+                state.restore_room(room)
+        elif key == "users":
+            for row in value:
+                row[0], row[1] = shared(row[0]), shared(row[1])
+                state.restore_user(User(*row))
+        elif key == "visitors":
+            for row in value:
+                row[0] = shared(row[0])
+                if row[1] is not None:
+                    row[1] = shared(row[1])
+                state.restore_visitor(Visitor(*row))
+        elif key == "chats":
+            last_seq = 0
+            for chat_row in value:
+                chat = _decode_chat(chat_row)
+                if chat.seq <= last_seq:  # restore_chat's indexes need creation order
+                    raise ValueError(f"chat {chat.id} out of creation order in the snapshot")
+                last_seq = chat.seq
+                state.restore_chat(chat)
+        else:
+            raise ValueError(f"unknown state section {key!r}")
+    if seq is None:
+        raise ValueError("state without seq")
+    state.seq = seq
     return state
+
+
+_SCALAR_FIELDS = [f.name for f in dataclasses.fields(ChatState) if f.name not in _CHAT_NESTED]
+_SHARED_SCALARS = [
+    _SCALAR_FIELDS.index(name) for name in ("room_id", "organization_id", "visitor_id")
+]
+
+
+def _decode_chat(row: list[Any]) -> ChatState:
+    scalars, messages, presences, ever_present, participants, tags, carts = row
+    for index in _SHARED_SCALARS:
+        scalars[index] = shared(scalars[index])
+    chat = ChatState(**dict(zip(_SCALAR_FIELDS, scalars, strict=True)))
+    for message in messages:  # type, sender_type, sender_id
+        message[1], message[3], message[4] = (
+            shared(message[1]),
+            shared(message[3]),
+            shared(message[4]),
+        )
+    chat.messages = [Message(*message) for message in messages]
+    for presence in presences:
+        presence[0] = shared(presence[0])
+    chat.presences = {presence[0]: Presence(*presence) for presence in presences}
+    chat.ever_present = {shared(user_id) for user_id in ever_present}
+    chat.user_participants = [shared(user_id) for user_id in participants]
+    chat.tags = [shared(name) for name in tags]
+    for *cart_fields, products in carts:
+        cart = Cart(*cart_fields)
+        cart.products = [Product(*product) for product in products]
+        chat.carts.append(cart)
+    return chat

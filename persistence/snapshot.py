@@ -13,20 +13,23 @@ no lock and no log handler, and leaves with ``os._exit``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import trio
 
 from engine.actors.router import ChannelRouter
 from engine.state import State
-from persistence.codec import decode_state, encode_state, pack, unpack
+from persistence.codec import decode_state_items, encode_state, pack
 
 log = logging.getLogger("chat_engine.snapshot")
 
@@ -90,9 +93,8 @@ def load_newest(directory: Path, into: State) -> Loaded | None:
             payload = data[len(MAGIC) + HEADER.size :]
             if len(payload) != length or zlib.crc32(payload) != crc:
                 raise ValueError("checksum mismatch")
-            content = unpack(payload)
-            fresh = State()
-            decode_state(content["state"], fresh)  # a corrupt snapshot must not half-fill ``into``
+            fresh = State()  # a corrupt snapshot must not half-fill ``into``
+            content = _read(payload, fresh)
             into.take_over(fresh)
             return Loaded(content["lsn"], into, content["router"], path)
         except Exception as error:
@@ -101,6 +103,38 @@ def load_newest(directory: Path, into: State) -> Loaded | None:
                 extra={"fields": {"snapshot": path.name, "error": str(error)}},
             )
     return None
+
+
+def _read(payload: bytes, state: State) -> dict[str, Any]:
+    """Decode a snapshot's payload into ``state``, streaming its chats one by one
+    (``codec.decode_state_items``); returns its other top-level entries."""
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(payload),
+        raw=False,
+        strict_map_key=False,
+        read_size=1 << 20,
+        max_buffer_size=max(len(payload), 1 << 20),
+    )
+
+    def state_items() -> Iterator[tuple[str, Any]]:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "chats":
+                yield key, (unpacker.unpack() for _ in range(unpacker.read_array_header()))
+            else:
+                yield key, unpacker.unpack()
+
+    content: dict[str, Any] = {}
+    for _ in range(unpacker.read_map_header()):
+        key = unpacker.unpack()
+        if key == "state":
+            decode_state_items(state_items(), state)
+            content[key] = None
+        else:
+            content[key] = unpacker.unpack()
+    if content.keys() != {"lsn", "state", "router"}:
+        raise ValueError(f"snapshot has {sorted(content)}")
+    return content
 
 
 def remove_old(directory: Path) -> list[int]:

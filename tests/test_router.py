@@ -3,6 +3,7 @@ encodings, across a snapshot's export/restore, while histories keep only JSON.""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import msgpack
@@ -96,15 +97,70 @@ def test_snapshots_holding_payload_dicts_still_restore() -> None:
     assert msgpack.unpackb(late.items[1])["resource"] == {"id": "m1"}
 
 
-def test_the_total_history_cap_drops_the_least_recently_published_channel() -> None:
+def resumes(router: ChannelRouter, channel: str, since: int) -> list[int] | None:
+    """The seqs a new subscriber with ``since`` is replayed, or None if not resumed."""
+    collector = Collector(JSON)
+    subscribed = router.subscribe(collector, channel, since=since, epoch=None, answer=answer)
+    if not subscribed.resumed:
+        return None
+    return [orjson.loads(item)["seq"] for item in collector.items[1:]]
+
+
+def test_the_total_history_cap_drops_the_oldest_events_first() -> None:
     router = ChannelRouter(epoch="e1", history_limit=10, total_history_limit=5)
     for number in range(3):
         router.publish([Publication(OTHER, "changed", "c1", Payload({"n": number}))])
     for number in range(3):
         router.publish([Publication(CHANNEL, "added", f"m{number}", Payload({"n": number}))])
-    stale = Collector(JSON)
-    subscribed = router.subscribe(stale, OTHER, since=0, epoch=None, answer=answer)
-    assert (subscribed.head, subscribed.resumed) == (3, False)  # seq goes on, history gone
-    fresh = Collector(JSON)
-    assert router.subscribe(fresh, CHANNEL, since=0, epoch=None, answer=answer).resumed
-    assert len(fresh.items) == 4
+    assert resumes(router, OTHER, since=0) is None  # its first event is gone; seq goes on
+    assert resumes(router, OTHER, since=1) == [2, 3]
+    assert resumes(router, CHANNEL, since=0) == [1, 2, 3]
+    assert router.stats.history_events_dropped == 1
+
+
+def test_the_total_cap_counts_only_events_a_channel_still_holds() -> None:
+    """Events a channel's own limit already dropped do not use up the total."""
+    router = ChannelRouter(epoch="e1", history_limit=2, total_history_limit=3)
+    for number in range(5):
+        router.publish([Publication(CHANNEL, "added", f"m{number}", Payload({"n": number}))])
+    router.publish([Publication(OTHER, "changed", "c1", Payload({"n": 0}))])
+    assert resumes(router, CHANNEL, since=3) == [4, 5]  # three events held: 4, 5 and 1
+    assert resumes(router, OTHER, since=0) == [1]
+    router.publish([Publication(OTHER, "changed", "c1", Payload({"n": 1}))])
+    assert resumes(router, CHANNEL, since=3) is None  # now the oldest held, 4, went
+    assert resumes(router, CHANNEL, since=4) == [5]
+    assert resumes(router, OTHER, since=0) == [1, 2]
+
+
+def test_a_restored_history_keeps_to_the_total_cap() -> None:
+    router = ChannelRouter(epoch="e1")
+    publish_three(router)
+    restored = ChannelRouter(epoch="e1", total_history_limit=4)
+    restored.restore(router.export())
+    assert resumes(restored, CHANNEL, since=0) is None
+    assert resumes(restored, CHANNEL, since=2) == [3]
+    assert resumes(restored, OTHER, since=0) == [1, 2, 3]
+
+
+def test_the_history_caps_match_a_plain_model_under_random_traffic() -> None:
+    """Per channel the newest ``history_limit`` events, and of those, across channels,
+    the newest ``total_history_limit`` — whatever mix of hot and quiet channels."""
+    rng = random.Random(7)
+    names = [f"/api/v5/orgs/o1/rooms/r{number}/chats" for number in range(6)]
+    weights = [50, 20, 10, 5, 1, 1]
+    router = ChannelRouter(epoch="e1", history_limit=7, total_history_limit=20)
+    held: dict[str, list[tuple[int, int]]] = {name: [] for name in names}  # (order, seq)
+    seqs = dict.fromkeys(names, 0)
+    order = 0
+    for _ in range(2_000):
+        batch = rng.choices(names, weights, k=rng.randint(1, 4))
+        for name in batch:
+            seqs[name] += 1
+            order += 1
+            held[name] = [*held[name], (order, seqs[name])][-7:]
+        router.publish([Publication(name, "changed", "c1", Payload({})) for name in batch])
+        newest = sorted(event for events in held.values() for event in events)[-20:]
+        for name in names:
+            channel = router._channels.get(name)
+            actual = [event.seq for event in channel.history] if channel else []
+            assert actual == [seq for event in newest if event in held[name] for seq in event[1:]]

@@ -16,14 +16,16 @@ marked for closing (4008) by the session itself, so one slow consumer never slow
 router, the chat actors or the other sessions.
 
 Memory: each channel keeps its last ``history_limit`` events; across channels at most
-``total_history_limit`` events are kept, the histories of the channels published to
-least recently being dropped first (their ``seq`` goes on; a client asking for a
-dropped range is told ``resumed: false``).
+``total_history_limit`` events are kept, the oldest dropped first, whatever their
+channel (its ``seq`` goes on; a client asking for a dropped range is told
+``resumed: false``). The eviction queue holds one reference to the channel per event
+kept, 8 bytes, where a per-channel LRU cost ~60 bytes per channel and a reordering on
+every publish.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -97,7 +99,7 @@ _NO_SUBSCRIBERS: frozenset[Any] = frozenset()
 
 
 class _Channel:
-    __slots__ = ("name", "seq", "history", "subscribers")
+    __slots__ = ("name", "seq", "history", "subscribers", "queued")
 
     # A store with 100,000 chats has ~600,000 channels, most with a handful of events
     # and no subscriber: a list (not a 64-slot deque block) and a shared empty set
@@ -108,6 +110,9 @@ class _Channel:
         self.seq = 0
         self.history: list[Event] = []
         self.subscribers: set[Subscriber] | frozenset[Subscriber] = _NO_SUBSCRIBERS
+        # this channel's entries in the router's eviction queue: one per event published
+        # since, the newest ``len(history)`` of them still held
+        self.queued = 0
 
 
 @dataclass(slots=True)
@@ -123,7 +128,7 @@ class RouterStats:
     events_delivered: int = 0
     batches: int = 0
     subscriptions: int = 0
-    histories_dropped: int = 0
+    history_events_dropped: int = 0
 
 
 class ChannelRouter:
@@ -139,8 +144,9 @@ class ChannelRouter:
         self.total_history_limit = total_history_limit
         self.stats = RouterStats()
         self._channels: dict[str, _Channel] = {}
-        self._recent: OrderedDict[str, None] = OrderedDict()  # channels with history, LRU
-        self._history_total = 0
+        # one entry per event published (or restored), oldest first: its channel
+        self._eviction: deque[_Channel] = deque()
+        self._stale = 0  # entries whose event a channel's own limit already dropped
 
     def publish(self, publications: list[Publication]) -> None:
         """Hand over the events of one committed mutation, as one batch."""
@@ -202,11 +208,11 @@ class ChannelRouter:
             channel.seq = seq
             for event_seq, action, resource_id, payload in history[-self.history_limit :]:
                 channel.history.append(
-                    Event(name, event_seq, action, resource_id, _restored_payload(payload))
+                    Event(channel.name, event_seq, action, resource_id, _restored_payload(payload))
                 )
-                self._history_total += 1
-            if channel.history:
-                self._recent[name] = None
+            channel.queued = len(channel.history)
+            self._eviction.extend([channel] * channel.queued)
+        self._evict()
 
     # -- internals -----------------------------------------------------------
     def _channel(self, name: str) -> _Channel:
@@ -218,7 +224,7 @@ class ChannelRouter:
     def _publish(self, publications: list[Publication]) -> None:
         stats = self.stats
         stats.batches += 1
-        recent = self._recent
+        queue = self._eviction.append
         for publication in publications:
             channel = self._channel(publication.channel)
             channel.seq += 1
@@ -231,12 +237,11 @@ class ChannelRouter:
             )
             history = channel.history
             if len(history) >= self.history_limit:
-                del history[0]
-                self._history_total -= 1
+                del history[0]  # its eviction entry stays, as a stale one
+                self._stale += 1
             history.append(event)
-            self._history_total += 1
-            recent[channel.name] = None
-            recent.move_to_end(channel.name)
+            channel.queued += 1
+            queue(channel)
             stats.events_published += 1
             if channel.subscribers:
                 frames: dict[str, bytes] = {}
@@ -250,12 +255,34 @@ class ChannelRouter:
         for publication in publications:
             if publication.payload is not None:
                 publication.payload.compact()
-        while self._history_total > self.total_history_limit and recent:
-            name, _ = recent.popitem(last=False)
-            dropped = self._channels[name].history
-            self._history_total -= len(dropped)
-            dropped.clear()
-            stats.histories_dropped += 1
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest held events beyond ``total_history_limit``.
+
+        The queue holds a channel's entries oldest first; those of events its own
+        ``history_limit`` already pushed out are *stale*: they are a channel's first
+        ``queued - len(history)`` entries. Stale entries are skipped when met, and the
+        queue is compacted once they are half of it, so it stays within twice the
+        events held."""
+        queue = self._eviction
+        while len(queue) - self._stale > self.total_history_limit:
+            channel = queue.popleft()
+            if channel.queued > len(channel.history):
+                self._stale -= 1
+            else:
+                del channel.history[0]
+                self.stats.history_events_dropped += 1
+            channel.queued -= 1
+        if self._stale > len(queue) // 2:
+            kept: deque[_Channel] = deque()
+            for channel in queue:
+                if channel.queued > len(channel.history):
+                    channel.queued -= 1
+                else:
+                    kept.append(channel)
+            self._eviction = kept
+            self._stale = 0
 
     def _subscribe(
         self, session: Subscriber, name: str, since: int | None, epoch: str | None, answer: Any
