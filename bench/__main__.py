@@ -321,10 +321,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     recovery.add_argument("--chats", type=int, default=100_000)
     recovery.add_argument("--messages", type=int, default=1_000_000)
     recovery.add_argument(
-        "--snapshot-share",
-        type=float,
-        default=0.9,
-        help="share of the mutations in the snapshot (the rest in the log)",
+        "--log-records",
+        type=int,
+        default=50_000,
+        help="mutations in the log after the snapshot (default: the server's "
+        "--snapshot-records, the longest tail it leaves)",
     )
     options = parser.parse_args(argv)
     if options.scenario == "storm":
@@ -340,6 +341,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         return options
     if options.scenario == "recovery":
         options.messages = min(options.messages, 5_000_000)
+        options.log_records = max(0, options.log_records)
         return options
     options.seconds = min(options.seconds, 120.0)
     options.generators = min(max(1, options.generators), 8)

@@ -3,8 +3,12 @@ event-loop pause a snapshot causes on it.
 
 The store is made offline through the engine's own pure API (the same facts the server
 would commit): ``--chats`` chats, each with a user present, and ``--messages`` messages
-over them. The first ``--snapshot-share`` of the mutations go into a snapshot, the rest
-into the write-ahead log, so a restart both loads a snapshot and replays a log tail.
+over them. The last ``--log-records`` mutations go into the write-ahead log, the rest
+into a snapshot, so a restart both loads a snapshot and replays a log tail. The default
+is the server's own ``--snapshot-records``: the longest tail it leaves when it crashes
+just before its next snapshot is due. The snapshot carries the channel histories a live
+server would have (the last ``FANOUT_WINDOW`` records before it are fanned out through a
+router, enough to fill its 500,000-event cap), so a restart restores them too.
 Then a real server process starts on that directory; we time it from spawn to
 ``/readyz`` 200, read its RSS, post one message, and read from its log the pause its next
 (forked) snapshot caused.
@@ -26,6 +30,7 @@ from bench.server import ADMIN_TOKEN, rss_bytes, start_server
 from engine import directory
 from engine.actors.router import ChannelRouter
 from engine.facts import Fact, TagAdded
+from engine.fanout import fan_out
 from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.state import State
 from persistence import snapshot
@@ -69,11 +74,15 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         }
 
 
+FANOUT_WINDOW = 100_000
+
+
 def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, Any]:
     """Apply the snapshot part, write the snapshot, then apply and log the rest."""
     total = 5 + options.chats + options.messages + (options.chats + 2) // 3
-    snapshot_records = int(total * options.snapshot_share)
+    snapshot_records = max(1, total - options.log_records)
     state = State()
+    router = ChannelRouter(epoch="bench")
     clock = itertools.count(1_700_000_000_000)
     numbers = itertools.count(1)
     log_handle = None
@@ -82,12 +91,13 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
     def commit(facts: list[Fact]) -> None:
         nonlocal log_handle
         number = next(numbers)
+        fanned = snapshot_records - FANOUT_WINDOW < number <= snapshot_records
         for fact in facts:
-            state.apply(fact)
+            for change in state.apply(fact):
+                if fanned:
+                    router.publish(fan_out(state, change))
         if number == snapshot_records:
-            snapshot.write_file(
-                data_dir, number, snapshot.encode(number, state, ChannelRouter(epoch="bench"))
-            )
+            snapshot.write_file(data_dir, number, snapshot.encode(number, state, router))
         elif number > snapshot_records:
             if log_handle is None:
                 log_handle = open(data_dir / segment_name(number), "wb")  # noqa: SIM115

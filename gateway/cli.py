@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between snapshots",
     )
     serve.add_argument(
+        "--snapshot-records",
+        type=_positive_int,
+        default=int(_env("snapshot-records", "50000") or 50000),
+        help="take a snapshot sooner once this many records were logged since the last "
+        "one (bounds the log a restart replays)",
+    )
+    serve.add_argument(
         "--history-limit",
         type=int,
         default=int(_env("history-limit", "1000") or 1000),
@@ -121,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 @dataclass(slots=True)
@@ -191,6 +205,7 @@ async def serve(
                 Path(options.data_dir),
                 fsync=options.fsync,
                 snapshot_interval=options.snapshot_interval,
+                snapshot_records=options.snapshot_records,
             )
         engine = Engine(
             EngineConfig(

@@ -17,8 +17,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from engine.actors.router import ChannelRouter
 from engine.facts import Fact
 from engine.state import State
 from persistence import snapshot
@@ -30,7 +30,6 @@ log = logging.getLogger("chat_engine.store")
 @dataclass(slots=True)
 class Recovered:
     state: State
-    router_data: dict[str, Any] | None
     snapshot_lsn: int
     records: list[tuple[int, list[Fact]]] = field(default_factory=list)
     records_replayed: int = 0  # len(records), kept once records are released
@@ -46,11 +45,15 @@ class Store:
         *,
         fsync: str = "always",
         snapshot_interval: float = 60.0,
+        snapshot_records: int = 50_000,
         segment_bytes: int = 64 * 1024 * 1024,
         file_ops: FileOps | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.snapshot_interval = snapshot_interval
+        # a snapshot is also due once this many records were logged since the last one,
+        # which bounds the log tail a restart replays (docs/durability.md)
+        self.snapshot_records = snapshot_records
         self.wal = WriteAheadLog(
             data_dir, fsync=fsync, segment_bytes=segment_bytes, file_ops=file_ops
         )
@@ -68,17 +71,16 @@ class Store:
         path.write_text(value + "\n")
         return value
 
-    def recover(self, state: State) -> Recovered:
-        """Blocking: load the snapshot into ``state`` and read the log after it (run it
-        in a worker thread)."""
+    def recover(self, state: State, router: ChannelRouter) -> Recovered:
+        """Blocking: load the snapshot into ``state`` and ``router`` and read the log
+        after it (run it in a worker thread)."""
         started = time.perf_counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        loaded = snapshot.load_newest(self.data_dir, state)
+        loaded = snapshot.load_newest(self.data_dir, state, router)
         base = loaded.lsn if loaded is not None else 0
         tail = read_log(self.data_dir, after_lsn=base)
         recovered = Recovered(
             state=state,
-            router_data=loaded.router_data if loaded is not None else None,
             snapshot_lsn=base,
             records=tail.records,
             last_lsn=max(base, tail.last_lsn),
@@ -88,7 +90,7 @@ class Store:
         recovered.seconds = time.perf_counter() - started
         return recovered
 
-    async def take_snapshot(self, lsn: int, state: State, router: Any) -> None:
+    async def take_snapshot(self, lsn: int, state: State, router: ChannelRouter) -> None:
         if lsn <= self.last_snapshot_lsn:
             return
         pause = await snapshot.take_forked(self.data_dir, lsn, state, router)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -162,6 +163,41 @@ async def test_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path: Pat
     finally:
         server.stop()
     assert b"snapshot unreadable, falling back" in log_path.read_bytes()
+
+
+async def test_many_records_bring_the_next_snapshot_forward(tmp_path: Path) -> None:
+    """--snapshot-records bounds the log tail a restart replays, whatever the interval."""
+    log_path = tmp_path / "server.log"
+    server = await trio.to_thread.run_sync(
+        partial(
+            start_server,
+            "--snapshot-interval",
+            "3600",
+            "--snapshot-records",
+            "30",
+            data_dir=tmp_path,
+            log_path=log_path,
+        )
+    )
+    try:
+        world = await populate(server, 40)  # 45 records
+        with trio.fail_after(30):  # the forked child writes it: wait for the file
+            while not snapshot.snapshots(tmp_path):
+                await trio.sleep(0.05)
+        covered = snapshot.snapshots(tmp_path)[-1][0]
+        assert 30 <= covered <= 45
+    finally:
+        server.kill()
+    server = await boot(tmp_path, log_path)
+    try:
+        assert await texts(server, world) == world["texts"]
+    finally:
+        assert server.stop() == 0
+    recovered = [
+        orjson.loads(line) for line in log_path.read_bytes().splitlines() if b'"recovered"' in line
+    ]
+    assert recovered[-1]["snapshot_lsn"] == covered
+    assert recovered[-1]["records_replayed"] == 45 - covered
 
 
 async def test_websocket_resumes_across_restarts(tmp_path: Path) -> None:

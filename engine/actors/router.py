@@ -34,6 +34,7 @@ import msgpack
 import orjson
 
 from engine.fanout import Payload, Publication
+from engine.model import shared
 
 JSON = "json"
 MSGPACK = "msgpack"
@@ -203,16 +204,29 @@ class ChannelRouter:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load ``export``'s output (before any subscriber exists)."""
-        for name, seq, history in data["channels"]:
-            channel = self._channel(name)
-            channel.seq = seq
-            for event_seq, action, resource_id, payload in history[-self.history_limit :]:
-                channel.history.append(
-                    Event(channel.name, event_seq, action, resource_id, _restored_payload(payload))
-                )
-            channel.queued = len(channel.history)
-            self._eviction.extend([channel] * channel.queued)
-        self._evict()
+        restoring = self.restoring()
+        for row in data["channels"]:
+            restoring.channel(row)
+        restoring.done()
+
+    def restoring(self) -> Restoring:
+        """Load ``export``'s channels one at a time (``persistence.snapshot`` streams
+        them out of a snapshot), then call ``done``."""
+        return Restoring(self)
+
+    def empty_copy(self) -> ChannelRouter:
+        return ChannelRouter(
+            epoch=self.epoch,
+            history_limit=self.history_limit,
+            total_history_limit=self.total_history_limit,
+        )
+
+    def take_over(self, other: ChannelRouter) -> None:
+        """Become ``other`` (restored aside, so a bad snapshot leaves this one empty)."""
+        self.stats = other.stats
+        self._channels = other._channels
+        self._eviction = other._eviction
+        self._stale = other._stale
 
     # -- internals -----------------------------------------------------------
     def _channel(self, name: str) -> _Channel:
@@ -313,10 +327,39 @@ class ChannelRouter:
         return subscribed
 
 
-def _restored_payload(payload: bytes | dict[str, Any] | None) -> Payload | None:
-    """Snapshots hold a payload's JSON; those written before this change, its dict."""
-    if payload is None:
-        return None
-    if isinstance(payload, dict):
-        return Payload(None, orjson.dumps(payload))
-    return Payload(None, payload)
+class Restoring:
+    """Channels going back into a router from a snapshot. One resource published to
+    several channels was one shared ``Payload`` when live; the snapshot holds its JSON
+    once per event, so equal JSON is shared again here."""
+
+    def __init__(self, router: ChannelRouter) -> None:
+        self.router = router
+        self.payloads: dict[bytes, Payload] = {}
+
+    def channel(self, row: list[Any]) -> None:
+        name, seq, history = row
+        router = self.router
+        channel = router._channel(name)
+        channel.seq = seq
+        for event_seq, action, resource_id, payload in history[-router.history_limit :]:
+            channel.history.append(
+                Event(channel.name, event_seq, shared(action), resource_id, self._payload(payload))
+            )
+        channel.queued = len(channel.history)
+        router._eviction.extend([channel] * channel.queued)
+
+    def _payload(self, payload: bytes | dict[str, Any] | None) -> Payload | None:
+        """Snapshots hold a payload's JSON; those written before histories kept JSON,
+        its dict."""
+        if payload is None:
+            return None
+        if isinstance(payload, dict):
+            payload = orjson.dumps(payload)
+        found = self.payloads.get(payload)
+        if found is None:
+            found = self.payloads[payload] = Payload(None, payload)
+        return found
+
+    def done(self) -> None:
+        self.payloads.clear()
+        self.router._evict()

@@ -78,6 +78,7 @@ class Engine:
             total_history_limit=self.config.total_history_limit,
         )
         self._reachability: Reachability | None = None
+        self._snapshot_due = trio.Event()
 
     @property
     def pool(self) -> ActorPool:
@@ -115,7 +116,17 @@ class Engine:
                 publications += fan_out(self.state, change)
         self.router.publish(publications)
         self.applied_lsn = lsn
+        if self.started.is_set():  # not while recovering, in a worker thread
+            self._check_snapshot_due()
         return changes
+
+    def _check_snapshot_due(self) -> None:
+        store = self.store
+        if (
+            store is not None
+            and self.applied_lsn - store.last_snapshot_lsn >= store.snapshot_records
+        ):
+            self._snapshot_due.set()
 
     def _recover(self) -> None:
         """Blocking (a worker thread): nothing else touches the state until started."""
@@ -134,9 +145,7 @@ class Engine:
 
     def _recover_unguarded(self) -> None:
         assert self.store is not None
-        recovered = self.store.recover(self.state)
-        if recovered.router_data is not None:
-            self.router.restore(recovered.router_data)
+        recovered = self.store.recover(self.state, self.router)
         self.applied_lsn = recovered.snapshot_lsn
         for lsn, facts in recovered.records:
             self._apply_record(lsn, facts)
@@ -144,13 +153,16 @@ class Engine:
         # what was decoded is in the state and the router now: let it go
         recovered.records_replayed = len(recovered.records)
         recovered.records = []
-        recovered.router_data = None
         self.recovery = recovered
 
     async def _snapshot_periodically(self) -> None:
         assert self.store is not None
         while True:
-            await trio.sleep(self.store.snapshot_interval)
+            # every snapshot_interval seconds, or sooner once snapshot_records records
+            # were logged since the last one
+            with trio.move_on_after(self.store.snapshot_interval):
+                await self._snapshot_due.wait()
+            self._snapshot_due = trio.Event()
             await self.snapshot()
 
     async def snapshot(self) -> None:
@@ -197,4 +209,5 @@ class Engine:
             self._reachability = Reachability(self, self.config.presence_timeout)
             await nursery.start(self._reachability.run)
             self.started.set()
+            self._check_snapshot_due()  # a long replayed tail: snapshot it at once
             task_status.started()
