@@ -99,7 +99,9 @@ class ChatState:
     messages: list[Message] = field(default_factory=list)
     presences: dict[str, Presence] = field(default_factory=dict)  # in join order
     user_participants: list[str] = field(default_factory=list)  # by first message
-    ever_present: set[str] = field(default_factory=set)
+    # every user ever present, each once, in no meaningful order (a list: 64 B where a
+    # set is 216)
+    ever_present: list[str] = field(default_factory=list)
     message_count: int = 0
     user_message_count: int = 0
     visitor_message_count: int = 0
@@ -273,7 +275,7 @@ class ChatState:
     @classmethod
     def create(cls, fact: ChatCreated, *, seq: int) -> ChatState:
         return cls(
-            id=fact.chat_id,
+            id=shared(fact.chat_id),  # also in the keys of its channels
             token=fact.token,
             seq=seq,
             room_id=shared(fact.room_id),
@@ -377,7 +379,8 @@ class ChatState:
     ) -> None:
         user_id = shared(user_id)
         self.presences[user_id] = Presence(user_id, at, seq)
-        self.ever_present.add(user_id)
+        if user_id not in self.ever_present:
+            self.ever_present.append(user_id)
         if self.private_room:
             self.is_private = True
         message = Message(message_id, JOIN, at, SENDER_USER, user_id, None, None, None)

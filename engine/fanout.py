@@ -18,8 +18,9 @@ import msgpack
 import orjson
 
 from engine import channels
+from engine.channels import ChannelKey
 from engine.chat import ChangeSet, ChatState
-from engine.model import Message
+from engine.model import Message, shared
 from engine.state import State
 from engine.views import (
     chat_collection_view,
@@ -66,7 +67,7 @@ class Payload:
 
 @dataclass(slots=True, frozen=True)
 class Publication:
-    channel: str
+    channel: ChannelKey  # channels.key_of(its name): a sub-channel's is a tuple
     action: str
     resource_id: str
     payload: Payload | None  # None for "removed"
@@ -94,15 +95,19 @@ class _Addresses:
         self.users = _ordered_union(sorted(changes.users_before), sorted(changes.users_after))
         self.present = _ordered_union(changes.present_before, changes.present_after)
         self.orgs = [room.organization_id, *sorted(room.shared_with)]
-        self.visitor_chats = channels.visitor_chats(chat.visitor_id)
-        self.user_chats = {u: channels.user_chats(self.user_org[u], u) for u in self.users}
-        self.room_chats = [channels.room_chats(org, room.id) for org in self.orgs]
+        # shared: they are the first part of every sub-channel key (channels.sub_key)
+        self.visitor_chats = shared(channels.visitor_chats(chat.visitor_id))
+        self.user_chats = {u: shared(channels.user_chats(self.user_org[u], u)) for u in self.users}
+        self.room_chats = [shared(channels.room_chats(org, room.id)) for org in self.orgs]
 
-    def subs(self, chat_id: str, collection: str) -> tuple[str, list[str]]:
+    def subs(self, chat_id: str, collection: str) -> tuple[ChannelKey, list[ChannelKey]]:
         """(the visitor's sub-channel, the operators' sub-channels)."""
-        operators = [channels.sub(self.user_chats[u], chat_id, collection) for u in self.users]
-        operators += [channels.sub(room, chat_id, collection) for room in self.room_chats]
-        return channels.sub(self.visitor_chats, chat_id, collection), operators
+        sub_key = channels.sub_key
+        operators: list[ChannelKey] = [
+            sub_key(self.user_chats[u], chat_id, collection) for u in self.users
+        ]
+        operators += [sub_key(room, chat_id, collection) for room in self.room_chats]
+        return sub_key(self.visitor_chats, chat_id, collection), operators
 
 
 def fan_out(state: State, changes: ChangeSet) -> list[Publication]:
@@ -159,8 +164,8 @@ def fan_out(state: State, changes: ChangeSet) -> list[Publication]:
         elif kind == "participation_added":
             visitor_channel, operator_channels = where.subs(chat.id, "participations")
             payload = Payload(participation_view(delta.subject))
-            for channel in [visitor_channel, *operator_channels]:
-                emit(Publication(channel, ADDED, delta.subject[0], payload))
+            for sub_channel in [visitor_channel, *operator_channels]:
+                emit(Publication(sub_channel, ADDED, delta.subject[0], payload))
         elif kind in ("presence_added", "presence_removed"):
             _presence(state, chat, where, delta.subject, kind == "presence_added", emit)
         elif kind == "message_added":
@@ -179,7 +184,9 @@ def _presence(
 ) -> None:
     visitor_channel, operator_channels = where.subs(chat.id, "presences")
     current = [
-        channels.current_presences(where.user_org[present], present, chat.id)
+        channels.sub_key(
+            shared(channels.current_chats(where.user_org[present], present)), chat.id, "presences"
+        )
         for present in where.present
     ]
     if not added:

@@ -142,7 +142,7 @@ def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = N
 
 _SCALAR_FIELDS = [f.name for f in dataclasses.fields(ChatState) if f.name not in _CHAT_NESTED]
 _SHARED_SCALARS = [
-    _SCALAR_FIELDS.index(name) for name in ("room_id", "organization_id", "visitor_id")
+    _SCALAR_FIELDS.index(name) for name in ("id", "room_id", "organization_id", "visitor_id")
 ]
 
 
@@ -161,7 +161,7 @@ def _decode_chat(row: list[Any]) -> ChatState:
     for presence in presences:
         presence[0] = shared(presence[0])
     chat.presences = {presence[0]: Presence(*presence) for presence in presences}
-    chat.ever_present = {shared(user_id) for user_id in ever_present}
+    chat.ever_present = [shared(user_id) for user_id in ever_present]
     chat.user_participants = [shared(user_id) for user_id in participants]
     chat.tags = [shared(name) for name in tags]
     for *cart_fields, products in carts:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.actors.router import ChannelRouter
@@ -31,8 +32,7 @@ log = logging.getLogger("chat_engine.store")
 class Recovered:
     state: State
     snapshot_lsn: int
-    records: list[tuple[int, list[Fact]]] = field(default_factory=list)
-    records_replayed: int = 0  # len(records), kept once records are released
+    records_replayed: int = 0
     last_lsn: int = 0
     truncated_bytes: int = 0
     seconds: float = 0.0
@@ -71,18 +71,27 @@ class Store:
         path.write_text(value + "\n")
         return value
 
-    def recover(self, state: State, router: ChannelRouter) -> Recovered:
-        """Blocking: load the snapshot into ``state`` and ``router`` and read the log
-        after it (run it in a worker thread)."""
+    def recover(
+        self,
+        state: State,
+        router: ChannelRouter,
+        apply: Callable[[int, list[Fact]], object],
+        *,
+        loaded: Callable[[int], object] = lambda lsn: None,
+    ) -> Recovered:
+        """Blocking (run it in a worker thread): load the snapshot into ``state`` and
+        ``router``, tell ``loaded`` its log position, then hand every log record after
+        it to ``apply``, in order, as it is read."""
         started = time.perf_counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        loaded = snapshot.load_newest(self.data_dir, state, router)
-        base = loaded.lsn if loaded is not None else 0
-        tail = read_log(self.data_dir, after_lsn=base)
+        found = snapshot.load_newest(self.data_dir, state, router)
+        base = found.lsn if found is not None else 0
+        loaded(base)
+        tail = read_log(self.data_dir, after_lsn=base, apply=apply)
         recovered = Recovered(
             state=state,
             snapshot_lsn=base,
-            records=tail.records,
+            records_replayed=tail.count,
             last_lsn=max(base, tail.last_lsn),
             truncated_bytes=tail.truncated_bytes,
         )

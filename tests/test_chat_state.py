@@ -109,7 +109,7 @@ def test_join_and_leave_events_are_in_history_but_not_counted() -> None:
     chat = harness.chat
     assert [m.type for m in chat.messages] == [JOIN, LEAVE]
     assert chat.message_count == 0 and chat.currently_present_user_count == 0
-    assert chat.ever_present == {"u1"} and chat.user_participants == []
+    assert chat.ever_present == ["u1"] and chat.user_participants == []
 
 
 def test_leave_when_absent_is_not_found() -> None:

@@ -10,9 +10,11 @@ import msgpack
 import orjson
 
 from engine.actors.router import JSON, MSGPACK, ChannelRouter
+from engine.channels import key_of, name_of
 from engine.fanout import Payload, Publication
 
 CHANNEL = "/api/v5/orgs/o1/rooms/r1/chats/c1/messages"
+CHANNEL_KEY = key_of(CHANNEL)  # what fan-out publishes to
 OTHER = "/api/v5/orgs/o1/rooms/r1/chats"
 
 
@@ -36,7 +38,7 @@ def publish_three(router: ChannelRouter) -> list[Payload]:
         payloads.append(payload)
         router.publish(
             [
-                Publication(CHANNEL, "added", f"m{number}", payload),
+                Publication(CHANNEL_KEY, "added", f"m{number}", payload),
                 Publication(OTHER, "changed", "c1", payload),
             ]
         )
@@ -111,7 +113,7 @@ def test_the_total_history_cap_drops_the_oldest_events_first() -> None:
     for number in range(3):
         router.publish([Publication(OTHER, "changed", "c1", Payload({"n": number}))])
     for number in range(3):
-        router.publish([Publication(CHANNEL, "added", f"m{number}", Payload({"n": number}))])
+        router.publish([Publication(CHANNEL_KEY, "added", f"m{number}", Payload({"n": number}))])
     assert resumes(router, OTHER, since=0) is None  # its first event is gone; seq goes on
     assert resumes(router, OTHER, since=1) == [2, 3]
     assert resumes(router, CHANNEL, since=0) == [1, 2, 3]
@@ -122,7 +124,7 @@ def test_the_total_cap_counts_only_events_a_channel_still_holds() -> None:
     """Events a channel's own limit already dropped do not use up the total."""
     router = ChannelRouter(epoch="e1", history_limit=2, total_history_limit=3)
     for number in range(5):
-        router.publish([Publication(CHANNEL, "added", f"m{number}", Payload({"n": number}))])
+        router.publish([Publication(CHANNEL_KEY, "added", f"m{number}", Payload({"n": number}))])
     router.publish([Publication(OTHER, "changed", "c1", Payload({"n": 0}))])
     assert resumes(router, CHANNEL, since=3) == [4, 5]  # three events held: 4, 5 and 1
     assert resumes(router, OTHER, since=0) == [1]
@@ -164,3 +166,21 @@ def test_the_history_caps_match_a_plain_model_under_random_traffic() -> None:
             channel = router._channels.get(name)
             actual = [event.seq for event in channel.history] if channel else []
             assert actual == [seq for event in newest if event in held[name] for seq in event[1:]]
+
+
+def test_channel_keys_give_back_the_exact_name() -> None:
+    names = [
+        CHANNEL,
+        OTHER,
+        "/api/v5/client/visitors/v1/chats/c1/participations",
+        "/api/v5/orgs/o1/users/u1/current_chats/c1/presences",
+        "/api/v5/orgs/o1/users/u1/current_chats",
+        "messages",
+        "/messages",
+        "c1/messages",
+        "//messages",
+    ]
+    for name in names:
+        assert name_of(key_of(name)) == name
+    assert key_of(CHANNEL) == ("/api/v5/orgs/o1/rooms/r1/chats", "c1", "messages")
+    assert key_of(OTHER) == OTHER

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import msgpack
 import orjson
 
+from engine.channels import ChannelKey, key_of, name_of
 from engine.fanout import Payload, Publication
 from engine.model import shared
 
@@ -53,9 +54,14 @@ class Event:
     __slots__ = ("channel", "seq", "action", "resource_id", "payload")
 
     def __init__(
-        self, channel: str, seq: int, action: str, resource_id: str, payload: Payload | None
+        self,
+        channel: ChannelKey,
+        seq: int,
+        action: str,
+        resource_id: str,
+        payload: Payload | None,
     ) -> None:
-        self.channel = channel
+        self.channel = channel  # its key (channels.key_of)
         self.seq = seq
         self.action = action
         self.resource_id = resource_id
@@ -68,7 +74,7 @@ class Event:
         # Channel names and ids are plain ASCII (validated), so they need no escaping:
         # only the shared resource goes through orjson, once per batch.
         head = b'{"channel":"%s","action":"%s","resource_id":"%s","seq":%d' % (
-            self.channel.encode(),
+            name_of(self.channel).encode(),
             self.action.encode(),
             self.resource_id.encode(),
             self.seq,
@@ -83,7 +89,7 @@ class Event:
         parts = [
             b"\x85" if payload is not None else b"\x84",  # fixmap of 5 (or 4) entries
             msgpack.packb("channel"),
-            msgpack.packb(self.channel),
+            msgpack.packb(name_of(self.channel)),
             msgpack.packb("action"),
             msgpack.packb(self.action),
             msgpack.packb("resource_id"),
@@ -97,23 +103,30 @@ class Event:
 
 
 _NO_SUBSCRIBERS: frozenset[Any] = frozenset()
+_NO_EVENTS: tuple[()] = ()
 
 
 class _Channel:
-    __slots__ = ("name", "seq", "history", "subscribers", "queued")
+    __slots__ = ("key", "seq", "history", "subscribers", "queued")
 
     # A store with 100,000 chats has ~600,000 channels, most with a handful of events
     # and no subscriber: a list (not a 64-slot deque block) and a shared empty set
     # until the first subscribe keep that ~900 B a channel cheaper (measured with
     # tracemalloc on a recovered store).
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, key: ChannelKey) -> None:
+        self.key = key  # channels.key_of(its name)
         self.seq = 0
-        self.history: list[Event] = []
+        # no events: the shared empty tuple; then a list made for its first event (an
+        # exact one-slot list, where an append to an empty list reserves four)
+        self.history: list[Event] | tuple[()] = _NO_EVENTS
         self.subscribers: set[Subscriber] | frozenset[Subscriber] = _NO_SUBSCRIBERS
         # this channel's entries in the router's eviction queue: one per event published
         # since, the newest ``len(history)`` of them still held
         self.queued = 0
+
+    @property
+    def name(self) -> str:
+        return name_of(self.key)
 
 
 @dataclass(slots=True)
@@ -144,7 +157,7 @@ class ChannelRouter:
         self.history_limit = history_limit
         self.total_history_limit = total_history_limit
         self.stats = RouterStats()
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[ChannelKey, _Channel] = {}
         # one entry per event published (or restored), oldest first: its channel
         self._eviction: deque[_Channel] = deque()
         self._stale = 0  # entries whose event a channel's own limit already dropped
@@ -165,10 +178,10 @@ class ChannelRouter:
     ) -> Subscribed:
         """Subscribe and replay atomically. ``answer(subscribed)`` renders the
         ``subscribed`` frame, which is queued before the replayed events."""
-        return self._subscribe(session, channel, since, epoch, answer)
+        return self._subscribe(session, key_of(channel), since, epoch, answer)
 
     def unsubscribe(self, session: Subscriber, channel: str) -> bool:
-        found = self._channels.get(channel)
+        found = self._channels.get(key_of(channel))
         if found is None or session not in found.subscribers:
             return False
         found.subscribers.discard(session)  # type: ignore[union-attr]  # it is in: a set
@@ -229,10 +242,10 @@ class ChannelRouter:
         self._stale = other._stale
 
     # -- internals -----------------------------------------------------------
-    def _channel(self, name: str) -> _Channel:
-        found = self._channels.get(name)
+    def _channel(self, key: ChannelKey) -> _Channel:
+        found = self._channels.get(key)
         if found is None:
-            found = self._channels[name] = _Channel(name)
+            found = self._channels[key] = _Channel(key)
         return found
 
     def _publish(self, publications: list[Publication]) -> None:
@@ -243,17 +256,20 @@ class ChannelRouter:
             channel = self._channel(publication.channel)
             channel.seq += 1
             event = Event(
-                channel.name,  # the channel's own string: fan-out builds a new one each time
+                channel.key,  # the channel's own key: fan-out builds a new one each time
                 channel.seq,
                 publication.action,
                 publication.resource_id,
                 publication.payload,
             )
             history = channel.history
-            if len(history) >= self.history_limit:
-                del history[0]  # its eviction entry stays, as a stale one
-                self._stale += 1
-            history.append(event)
+            if not history:
+                channel.history = [event]
+            else:
+                if len(history) >= self.history_limit:
+                    del history[0]  # its eviction entry stays, as a stale one
+                    self._stale += 1
+                history.append(event)
             channel.queued += 1
             queue(channel)
             stats.events_published += 1
@@ -285,7 +301,11 @@ class ChannelRouter:
             if channel.queued > len(channel.history):
                 self._stale -= 1
             else:
-                del channel.history[0]
+                history = channel.history
+                if len(history) == 1:
+                    channel.history = _NO_EVENTS
+                else:
+                    del history[0]  # type: ignore[union-attr]  # two or more: a list
                 self.stats.history_events_dropped += 1
             channel.queued -= 1
         if self._stale > len(queue) // 2:
@@ -299,9 +319,14 @@ class ChannelRouter:
             self._stale = 0
 
     def _subscribe(
-        self, session: Subscriber, name: str, since: int | None, epoch: str | None, answer: Any
+        self,
+        session: Subscriber,
+        key: ChannelKey,
+        since: int | None,
+        epoch: str | None,
+        answer: Any,
     ) -> Subscribed:
-        channel = self._channel(name)
+        channel = self._channel(key)
         replay: list[Event] = []
         resumed = False
         if (
@@ -339,13 +364,14 @@ class Restoring:
     def channel(self, row: list[Any]) -> None:
         name, seq, history = row
         router = self.router
-        channel = router._channel(name)
+        channel = router._channel(key_of(name))
         channel.seq = seq
-        for event_seq, action, resource_id, payload in history[-router.history_limit :]:
-            channel.history.append(
-                Event(channel.name, event_seq, shared(action), resource_id, self._payload(payload))
-            )
-        channel.queued = len(channel.history)
+        events = [
+            Event(channel.key, event_seq, shared(action), resource_id, self._payload(payload))
+            for event_seq, action, resource_id, payload in history[-router.history_limit :]
+        ]
+        channel.history = events or _NO_EVENTS
+        channel.queued = len(events)
         router._eviction.extend([channel] * channel.queued)
 
     def _payload(self, payload: bytes | dict[str, Any] | None) -> Payload | None:

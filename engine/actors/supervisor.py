@@ -145,14 +145,12 @@ class Engine:
 
     def _recover_unguarded(self) -> None:
         assert self.store is not None
-        recovered = self.store.recover(self.state, self.router)
-        self.applied_lsn = recovered.snapshot_lsn
-        for lsn, facts in recovered.records:
-            self._apply_record(lsn, facts)
+
+        def loaded(lsn: int) -> None:
+            self.applied_lsn = lsn
+
+        recovered = self.store.recover(self.state, self.router, self._apply_record, loaded=loaded)
         self.applied_lsn = recovered.last_lsn
-        # what was decoded is in the state and the router now: let it go
-        recovered.records_replayed = len(recovered.records)
-        recovered.records = []
         self.recovery = recovered
 
     async def _snapshot_periodically(self) -> None:
