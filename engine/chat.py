@@ -10,6 +10,7 @@ commit that fails leaves the state exactly as it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,8 +115,10 @@ class ChatState:
     visitor_has_posted: bool = False
     first_visitor_message_url: str | None = None
     first_visitor_message_url_title: str | None = None
-    tags: list[str] = field(default_factory=list)
-    carts: list[Cart] = field(default_factory=list)
+    # most chats have neither: the shared empty tuple (an empty list is 56 B), and a
+    # new list on each change
+    tags: Sequence[str] = ()
+    carts: Sequence[Cart] = ()
 
     # -- derived fields -------------------------------------------------------------
     @property
@@ -342,9 +345,9 @@ class ChatState:
             changes.deltas.append(Delta("chat_changed"))
         elif isinstance(fact, (TagAdded, TagRemoved)):
             if isinstance(fact, TagAdded):
-                self.tags.append(shared(fact.name))
+                self.tags = [*self.tags, shared(fact.name)]
             else:
-                self.tags.remove(fact.name)
+                self.tags = [name for name in self.tags if name != fact.name]
             self.updated_at = fact.at
             changes.deltas.append(Delta("chat_changed"))
         else:
@@ -357,7 +360,7 @@ class ChatState:
         if isinstance(fact, CartCreated):
             cart = Cart(fact.cart_id, fact.currency, fact.at)
             cart.products = [Product(*row, added_at=fact.at) for row in fact.products]
-            self.carts.append(cart)
+            self.carts = [*self.carts, cart]
         elif isinstance(fact, CartLocked):
             self.cart(fact.cart_id).locked_at = fact.at
         elif isinstance(fact, ProductAdded):

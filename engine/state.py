@@ -224,9 +224,10 @@ class State:
 
     def _api_data_set(self, fact: ApiDataSet) -> list[ChangeSet]:
         visitor = self.visitors[fact.visitor_id]
-        visitor.api_data[fact.org_id] = [
-            {"name": name, "value": value} for name, value in fact.items
-        ]
+        visitor.api_data = {
+            **visitor.api_data,
+            fact.org_id: [{"name": name, "value": value} for name, value in fact.items],
+        }
         changes = []
         for chat in self.visitor_chats.get(fact.visitor_id, []):
             if chat.organization_id == fact.org_id:

@@ -17,7 +17,18 @@ import msgpack
 from engine import facts as fact_types
 from engine.chat import ChatState
 from engine.facts import Fact
-from engine.model import Cart, Message, Org, Presence, Product, Room, User, Visitor, shared
+from engine.model import (
+    NO_API_DATA,
+    Cart,
+    Message,
+    Org,
+    Presence,
+    Product,
+    Room,
+    User,
+    Visitor,
+    shared,
+)
 from engine.state import State
 
 FACT_TYPES: dict[str, type] = {
@@ -68,7 +79,10 @@ def encode_state(state: State) -> dict[str, Any]:
             for room in state.rooms.values()
         ],
         "users": [_row(user) for user in state.users.values()],
-        "visitors": [_row(visitor) for visitor in state.visitors.values()],
+        "visitors": [
+            [*_row(visitor, ("api_data",)), dict(visitor.api_data)]
+            for visitor in state.visitors.values()
+        ],
         "chats": [
             [
                 _row(chat, _CHAT_NESTED),
@@ -123,6 +137,8 @@ def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = N
                 row[0] = shared(row[0])
                 if row[1] is not None:
                     row[1] = shared(row[1])
+                if not row[4]:
+                    row[4] = NO_API_DATA
                 state.restore_visitor(Visitor(*row))
         elif key == "chats":
             last_seq = 0
@@ -163,9 +179,15 @@ def _decode_chat(row: list[Any]) -> ChatState:
     chat.presences = {presence[0]: Presence(*presence) for presence in presences}
     chat.ever_present = [shared(user_id) for user_id in ever_present]
     chat.user_participants = [shared(user_id) for user_id in participants]
-    chat.tags = [shared(name) for name in tags]
-    for *cart_fields, products in carts:
-        cart = Cart(*cart_fields)
-        cart.products = [Product(*product) for product in products]
-        chat.carts.append(cart)
+    if tags:
+        chat.tags = [shared(name) for name in tags]
+    if carts:
+        chat.carts = [_decode_cart(row) for row in carts]
     return chat
+
+
+def _decode_cart(row: list[Any]) -> Cart:
+    *cart_fields, products = row
+    cart = Cart(*cart_fields)
+    cart.products = [Product(*product) for product in products]
+    return cart
