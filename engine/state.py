@@ -7,7 +7,7 @@ in apply order, so replaying a log rebuilds identical state. Queries return orde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sortedcontainers import SortedDict
@@ -38,6 +38,9 @@ from engine.views import chat_collection_view
 PRINCIPAL_ORG = "org"
 PRINCIPAL_USER = "user"
 PRINCIPAL_VISITOR = "visitor"
+
+
+_IndexEntry = tuple[dict[Any, SortedDict], Any, Any]  # (index, key, position)
 
 
 def _bucket(mapping: dict[Any, SortedDict], key: Any) -> SortedDict:
@@ -210,17 +213,33 @@ class State:
         return changes
 
     def _index_report(self, chat: ChatState) -> None:
-        # one key tuple for the org's index and the room's
+        for index, key, position in self._report_entries(chat):
+            _bucket(index, key)[position] = chat
+
+    def _report_entries(self, chat: ChatState) -> Iterator[_IndexEntry]:
+        """Where the report's indexes hold ``chat``: (index, key, position)."""
+        # one position tuple for the org's index and the room's
         started = (chat.start_time, chat.seq)
         ended = None if chat.end_time is None else (chat.end_time, chat.seq)
         for key in (chat.organization_id, chat.room_id):
-            _bucket(self.report_by_start, key)[started] = chat
-            if chat.end_time is None:
-                _bucket(self.report_open, key)[chat.seq] = chat
+            yield self.report_by_start, key, started
+            if ended is None:
+                yield self.report_open, key, chat.seq
             else:
-                _bucket(self.report_by_end, key)[ended] = chat
+                yield self.report_by_end, key, ended
         for name in chat.tags:
-            _bucket(self.tag_chats, (chat.organization_id, name))[started] = chat
+            yield self.tag_chats, (chat.organization_id, name), started
+
+    def _restored_entries(self, chat: ChatState) -> Iterator[_IndexEntry]:
+        """Every ordered index a restored chat is in (those a live chat enters one
+        fact at a time)."""
+        if chat.end_time is None:
+            yield self.room_open_chats, chat.room_id, chat.seq
+        yield from self._report_entries(chat)
+        for user_id in set(chat.ever_present).union(chat.user_participants):
+            yield self.user_chats, user_id, chat.seq
+        for presence in chat.presences.values():
+            yield self.user_current_chats, presence.user_id, presence.seq
 
     def _api_data_set(self, fact: ApiDataSet) -> list[ChangeSet]:
         visitor = self.visitors[fact.visitor_id]
@@ -273,17 +292,21 @@ class State:
         self.visitors[visitor.id] = visitor
         self.tokens[visitor.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
 
-    def restore_chat(self, chat: ChatState) -> None:
-        """Index a restored chat; chats must come in creation (``seq``) order."""
-        self.chats[chat.id] = chat
-        if chat.end_time is None:
-            self.room_open_chats[chat.room_id][chat.seq] = chat
-        self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
-        self._index_report(chat)
-        for user_id in set(chat.ever_present).union(chat.user_participants):
-            _bucket(self.user_chats, user_id)[chat.seq] = chat
-        for presence in chat.presences.values():
-            _bucket(self.user_current_chats, presence.user_id)[presence.seq] = chat
+    def restore_chats(self, chats: Iterable[ChatState]) -> None:
+        """Index restored chats, which must come in creation (``seq``) order. Each
+        ordered index is collected aside and sorted into its ``SortedDict`` once at the
+        end: inserting 800,000 positions one by one was a sixth of a restart."""
+        collected: dict[tuple[int, Any], tuple[dict[Any, SortedDict], Any, list[Any]]] = {}
+        for chat in chats:
+            self.chats[chat.id] = chat
+            self.visitor_chats.setdefault(chat.visitor_id, []).append(chat)
+            for index, key, position in self._restored_entries(chat):
+                found = collected.get((id(index), key))
+                if found is None:
+                    found = collected[(id(index), key)] = (index, key, [])
+                found[2].append((position, chat))
+        for index, key, items in collected.values():
+            _bucket(index, key).update(items)
 
     # -- queries -------------------------------------------------------------------
     def principal(self, token_hash: str) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ declaration order too, so adding a field at the end stays readable.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgpack
@@ -141,13 +141,7 @@ def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = N
                     row[4] = NO_API_DATA
                 state.restore_visitor(Visitor(*row))
         elif key == "chats":
-            last_seq = 0
-            for chat_row in value:
-                chat = _decode_chat(chat_row)
-                if chat.seq <= last_seq:  # restore_chat's indexes need creation order
-                    raise ValueError(f"chat {chat.id} out of creation order in the snapshot")
-                last_seq = chat.seq
-                state.restore_chat(chat)
+            state.restore_chats(_decode_chats(value))
         else:
             raise ValueError(f"unknown state section {key!r}")
     if seq is None:
@@ -160,6 +154,16 @@ _SCALAR_FIELDS = [f.name for f in dataclasses.fields(ChatState) if f.name not in
 _SHARED_SCALARS = [
     _SCALAR_FIELDS.index(name) for name in ("id", "room_id", "organization_id", "visitor_id")
 ]
+
+
+def _decode_chats(rows: Iterable[list[Any]]) -> Iterator[ChatState]:
+    last_seq = 0
+    for row in rows:
+        chat = _decode_chat(row)
+        if chat.seq <= last_seq:  # restore_chats needs creation order
+            raise ValueError(f"chat {chat.id} out of creation order in the snapshot")
+        last_seq = chat.seq
+        yield chat
 
 
 def _decode_chat(row: list[Any]) -> ChatState:
