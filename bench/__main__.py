@@ -13,6 +13,7 @@ import os
 import platform
 import resource
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -356,6 +357,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+def code_revision() -> dict[str, object]:
+    """The commit the figures were measured on, and whether the tree had changes on top
+    (so a result is traceable to its code); empty outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit, "uncommitted_changes": bool(changes)}
+
+
 def main(argv: list[str] | None = None) -> None:
     options = parse(argv)
     raise_open_file_limit()
@@ -377,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             if name.startswith("CHAT_ENGINE_") and "TOKEN" not in name
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": code_revision(),
         "result": result,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
