@@ -128,6 +128,12 @@ def recovery_table(result: dict[str, Any], command: str) -> Table:
         "",
     )
     table.add_row("restart to /readyz", f"{result['ready_seconds']:.1f} s", "≤ 15 s")
+    if result.get("recovery_seconds") is not None:
+        table.add_row(
+            "  of which recovery: snapshot + log",
+            f"{result['snapshot_load_seconds']:.1f} s + {result['log_replay_seconds']:.1f} s",
+            "",
+        )
     table.add_row("RSS per stored message", f"{result['rss_bytes_per_message']:.0f} B", "≤ 1,024 B")
     table.add_row("disk per stored message", f"{result['disk_bytes_per_message']:.0f} B", "")
     pause = result["snapshot_fork_pause_ms"]

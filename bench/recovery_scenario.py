@@ -50,6 +50,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         )
         ready_seconds = time.perf_counter() - started
         progress.update(task, total=1, completed=1)
+        phases = _recovery_phases(log_path)
         try:
             rss = rss_bytes(server.process.pid)
             pause = _snapshot_pause(
@@ -65,6 +66,10 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             "snapshot_records": built["snapshot_lsn"],
             "log_records": built["records"] - built["snapshot_lsn"],
             "ready_seconds": ready_seconds,
+            # inside that: the server's own recovery, split (its "recovered" log line)
+            "recovery_seconds": phases.get("seconds"),
+            "snapshot_load_seconds": phases.get("snapshot_seconds"),
+            "log_replay_seconds": phases.get("replay_seconds"),
             "rss_bytes": rss,
             "rss_bytes_per_message": rss / options.messages,
             "disk_bytes": disk,
@@ -189,6 +194,20 @@ def _snapshot_pause(
                 return float(json.loads(line)["fork_pause_ms"])
         time.sleep(0.2)
     return None
+
+
+def _recovery_phases(log_path: Path) -> dict[str, float]:
+    """The server's "recovered" log line: its whole recovery, the snapshot load and the
+    log replay, in seconds (the rest of a restart is process start and imports)."""
+    for line in log_path.read_text().splitlines():
+        if '"recovered"' in line:
+            fields = json.loads(line)
+            return {
+                name: float(fields[name])
+                for name in ("seconds", "snapshot_seconds", "replay_seconds")
+                if name in fields
+            }
+    return {}
 
 
 REPORT_REQUESTS = 50

@@ -198,6 +198,9 @@ async def test_many_records_bring_the_next_snapshot_forward(tmp_path: Path) -> N
     ]
     assert recovered[-1]["snapshot_lsn"] == covered
     assert recovered[-1]["records_replayed"] == 45 - covered
+    # the line splits the time: loading the snapshot, then replaying the log after it
+    assert 0 <= recovered[-1]["snapshot_seconds"] <= recovered[-1]["seconds"]
+    assert recovered[-1]["replay_seconds"] >= 0
 
 
 async def test_websocket_resumes_across_restarts(tmp_path: Path) -> None:

@@ -198,7 +198,11 @@ class Engine:
                         "fields": {
                             "seconds": round(time.perf_counter() - started, 3),
                             "snapshot_lsn": self.recovery.snapshot_lsn,
+                            "snapshot_seconds": round(self.recovery.snapshot_seconds, 3),
                             "records_replayed": self.recovery.records_replayed,
+                            "replay_seconds": round(
+                                self.recovery.seconds - self.recovery.snapshot_seconds, 3
+                            ),
                             "tail_bytes_truncated": self.recovery.truncated_bytes,
                             "chats": len(self.state.chats),
                         }
