@@ -53,6 +53,20 @@ class EngineCollector(Collector):
             "Sessions closed with 1008.",
             value=self._ws.bad_frame_closes,
         )
+        writes = self._ws.write_stats
+        yield CounterMetricFamily(
+            "chat_engine_ws_write_passes",
+            "WebSocket write passes (each writes every session with queued items).",
+            value=writes.passes,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_ws_write_seconds",
+            "Time write passes held the event loop.",
+            value=writes.seconds,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_ws_frames", "WebSocket frames written by passes.", value=writes.frames
+        )
         depths = [session.depth for session in sessions]
         yield GaugeMetricFamily(
             "chat_engine_session_queue_depth_max",

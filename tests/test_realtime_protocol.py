@@ -343,6 +343,15 @@ async def test_metrics_are_exposed(world: World) -> None:
         'chat_engine_http_request_seconds_bucket{le="0.005",method="GET",route="/api/v5/orgs/<org_id>/rooms",status="200"}',
     ):
         assert name in text, name
+    # the `subscribed` answer went out in a write pass, as one frame at least
+    counters = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("chat_engine_ws_")
+    }
+    assert counters["chat_engine_ws_write_passes_total"] >= 1
+    assert counters["chat_engine_ws_frames_total"] >= 1
+    assert counters["chat_engine_ws_write_seconds_total"] > 0
 
 
 async def test_an_org_user_made_after_subscribe_is_authorized(world: World) -> None:
