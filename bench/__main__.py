@@ -97,6 +97,7 @@ def fanout_table(result: dict[str, Any], command: str) -> Table:
         "server CPU ms/1k ev",
         "server CPU share",
         "gen CPU s",
+        "write pass ms",
         "closes",
         "pass",
     ):
@@ -112,6 +113,7 @@ def fanout_table(result: dict[str, Any], command: str) -> Table:
             f"{step['server_cpu_ms_per_1000_events']:.1f}",
             f"{step['server_cpu_share']:.2f}",
             f"{step['generator_cpu_s']:.1f}",
+            f"{step['write_pass_ms']:.1f}" if "write_pass_ms" in step else "",
             str(step["session_closes"]),
             "yes" if step["passed"] else "NO",
         )
@@ -363,8 +365,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+# what the figures depend on (docs and earlier results do not count as changes)
+CODE_PATHS = ("engine", "gateway", "persistence", "bench", ":!bench/results", "pyproject.toml")
+
+
 def code_revision() -> dict[str, object]:
-    """The commit the figures were measured on, and whether the tree had changes on top
+    """The commit the figures were measured on, and whether its code had changes on top
     (so a result is traceable to its code); empty outside a git checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
@@ -372,7 +378,7 @@ def code_revision() -> dict[str, object]:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             cwd=root,
             capture_output=True,
             text=True,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import httpx
 import orjson
 import trio
 
@@ -158,6 +159,22 @@ class Target:
     message_path: str = ""
     sender_id: str = ""
 
+    def write_stats(self) -> dict[str, float] | None:
+        """The engine's write-pass counters from /metrics (None for the peers)."""
+        if self.kind != "engine":
+            return None
+        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
+        response.raise_for_status()
+        found = {}
+        for line in response.text.splitlines():
+            for name in ("passes", "seconds", "frames"):
+                metric = (
+                    "chat_engine_ws_write_" + name if name != "frames" else "chat_engine_ws_frames"
+                )
+                if line.startswith(metric + "_total "):
+                    found[name] = float(line.split()[1])
+        return found
+
     def publish(self, step: int, rate: float, seconds: float) -> int:
         if self.kind == "engine":
             return trio.run(
@@ -239,6 +256,7 @@ class Generators:
 def run_step(
     target: Target, generators: Generators, number: int, rate: float, seconds: float, sessions: int
 ) -> dict[str, Any]:
+    writes_before = target.write_stats()
     cpu_before = cpu_seconds(target.pid)
     generator_cpu_before = generators.cpu()
     started = time.perf_counter()
@@ -246,6 +264,7 @@ def run_step(
     sending = time.perf_counter() - started
     time.sleep(DRAIN_SECONDS)
     server_cpu = cpu_seconds(target.pid) - cpu_before
+    writes_after = target.write_stats()
     generator_cpu = generators.cpu() - generator_cpu_before
     received, histogram, closes = generators.report(number)
     expected = posted * sessions
@@ -267,6 +286,15 @@ def run_step(
         "server_rss_bytes": rss_bytes(target.pid),
         "session_closes": len(closes),
     }
+    if writes_before and writes_after:  # the engine's write passes (its /metrics)
+        passes = writes_after["passes"] - writes_before["passes"]
+        writing = writes_after["seconds"] - writes_before["seconds"]
+        step["write_passes"] = passes
+        step["write_pass_ms"] = 1000 * writing / passes if passes else 0.0
+        step["frames_per_pass"] = (
+            (writes_after["frames"] - writes_before["frames"]) / passes if passes else 0.0
+        )
+        step["write_share"] = writing / (sending + DRAIN_SECONDS)
     # a step only counts if the offered rate was really sustained: when the server is
     # saturated its answers slow the publisher down
     step["passed"] = (
