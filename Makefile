@@ -20,7 +20,7 @@ serve: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check engine gateway persistence bench tests
 	$(VENV)/bin/ruff format --check engine gateway persistence bench tests
-	$(VENV)/bin/mypy engine persistence
+	$(VENV)/bin/mypy engine persistence gateway
 
 unit: $(STAMP)
 	$(PY) -m pytest

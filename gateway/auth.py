@@ -95,7 +95,7 @@ def visible_chat(state: State, org_id: str, chat_id: str) -> ChatState:
 def named_user(state: State, org_id: str, user_id: object, field: str) -> User:
     """A user named in a body or query field (``sender_id``, ``user_id``,
     ``auto_resume``): anything but a user of the org is 400 naming the field."""
-    user = state.users.get(user_id) if is_uuid(user_id) else None
+    user = state.users.get(user_id) if isinstance(user_id, str) and is_uuid(user_id) else None
     if user is None or user.organization_id != org_id:
         raise errors.invalid_field(field, "Must be the id of a user of the organization.")
     return user

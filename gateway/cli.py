@@ -25,6 +25,7 @@ from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
 from gateway import frontdoor, logs
 from gateway.app import GatewaySettings, create_app
+from gateway.http1 import Http1Server
 from gateway.ws import WsSettings
 from gateway.wsconn import WsLimits
 from persistence.store import Store
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
+    serve.add_argument(
+        "--http1-server",
+        choices=("builtin", "hypercorn"),
+        default=_env("http1-server", "builtin"),
+        help="what serves HTTP/1.x requests: the built-in server (gateway/http1.py, several "
+        "times less CPU per request) or hypercorn (HTTP/2 is always hypercorn's)",
+    )
     return parser
 
 
@@ -234,6 +242,13 @@ async def serve(
     # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
     # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
     ws_gateway = app.extensions["ws"]
+    http1 = None
+    if options.http1_server == "builtin":
+        http1 = Http1Server(
+            app,  # type: ignore[arg-type]  # quart's __call__ is an ASGI app
+            keep_alive_timeout=config.keep_alive_timeout,
+            access_log=logging.getLogger("chat_engine.access") if options.access_log else None,
+        )
 
     async def shutdown_trigger() -> None:
         await stopping.wait()
@@ -261,6 +276,7 @@ async def serve(
                     options.port,
                     ws_gateway.handle_connection,
                     shutdown_trigger=shutdown_trigger,
+                    http1=http1,
                     task_status=task_status,
                 )
             finally:

@@ -1,5 +1,6 @@
 """The listening socket: WebSocket upgrades to ``/ws`` go straight to the session code,
-every other connection goes to hypercorn.
+HTTP/1.x connections to ``gateway/http1.py`` (or hypercorn, with ``--http1-server
+hypercorn``), HTTP/2 to hypercorn.
 
 Why: through ASGI every outgoing WebSocket frame crossed quart's ``send_data``,
 hypercorn's ``app_send`` and ``protocol_send`` and trio's ``send_all`` — ~100-200 µs of
@@ -31,9 +32,12 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from gateway.http1 import Http1Server
+
 log = logging.getLogger("chat_engine.frontdoor")
 
 WS_PREFIX = b"GET /ws"
+H2_PREFACE = b"PRI * HT"  # HTTP/2's connection preface, as far as the peek reads
 PEEK_TIMEOUT = 10.0  # a connection that sent too little to classify goes to hypercorn
 PEEK_RETRY = 0.005
 ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -55,7 +59,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _peek_kind(conn: socket.socket) -> str:
-    """'ws' for a WebSocket upgrade to /ws, else 'http'."""
+    """'ws' for a WebSocket upgrade to /ws, 'h2' for HTTP/2 with prior knowledge, else
+    'http'."""
     with trio.move_on_after(PEEK_TIMEOUT):
         while True:
             await trio.lowlevel.wait_readable(conn)
@@ -68,6 +73,8 @@ async def _peek_kind(conn: socket.socket) -> str:
             if len(head) > len(WS_PREFIX):
                 if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
                     return "ws"
+                if head.startswith(H2_PREFACE):
+                    return "h2"
                 return "http"
             if not head or not WS_PREFIX.startswith(head):
                 return "http"
@@ -83,8 +90,11 @@ async def serve(
     ws_handler: WsHandler,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    http1: Http1Server | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve until ``shutdown_trigger`` returns. HTTP/1.x connections go to ``http1``
+    when given (``gateway/http1.py``), else, like HTTP/2, to hypercorn."""
     listener = bind(host, port)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     config.set_statsd_logger_class(StatsdLogger)
@@ -100,6 +110,9 @@ async def serve(
             raise
         if kind == "ws":
             await ws_handler(conn)
+            return
+        if kind == "http" and http1 is not None:
+            await http1.serve_connection(conn)
             return
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         state = ConnectionState(lifespan_state.copy())
@@ -142,6 +155,8 @@ async def serve(
                         raise others from None
                 finally:
                     listener.close()  # stop accepting; in-flight connections finish
+                    if http1 is not None:
+                        http1.stop()
                     await context.terminated.set()
                     server_nursery.cancel_scope.deadline = (
                         trio.current_time() + config.graceful_timeout

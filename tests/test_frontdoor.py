@@ -1,4 +1,4 @@
-"""The front door: one port for HTTP (hypercorn) and WebSocket sessions (direct path).
+"""The front door: one port for HTTP and WebSocket sessions (direct path).
 
 Raw sockets on purpose: these are the byte-level cases a library client hides — a
 plain GET on /ws, an upgrade on a reused connection, pings, a silent or stuck peer.
@@ -58,7 +58,7 @@ async def test_a_plain_get_on_ws_is_400_with_a_json_error(server: Server) -> Non
 async def test_an_upgrade_after_other_requests_on_one_connection_is_400(
     server: Server,
 ) -> None:
-    """Hypercorn has the connection; it answers /ws with a clear error, not a 404."""
+    """The HTTP server has the connection; it answers /ws with a clear error, not a 404."""
     stream = await trio.open_tcp_stream("127.0.0.1", port_of(server))
     await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = await read_http_response(stream)

@@ -1,0 +1,209 @@
+"""The built-in HTTP/1.1 server (gateway/http1.py), byte by byte over real sockets:
+what HTTP clients other than httpx send — pipelined requests, chunked bodies,
+``Expect: 100-continue``, HTTP/1.0, HEAD — and what a broken request gets."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+from tests.conftest import ADMIN_TOKEN, Server, start_server
+
+
+class Conn:
+    """A raw connection that reads responses one at a time from a shared buffer."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def open(cls, server: Server) -> Conn:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _more(self) -> bool:
+        chunk = await self.stream.receive_some(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    async def response(self, *, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in self.buffer:
+                assert await self._more(), "connection closed before a response"
+            head_bytes, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            lines = head_bytes.decode("latin-1").split("\r\n")
+            headers = {
+                name.lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:])
+            }
+            length = 0 if head else int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                assert await self._more(), "connection closed inside a body"
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    async def closed(self) -> bool:
+        """True once the server closed the connection (nothing more to read)."""
+        with trio.fail_after(10):
+            while True:
+                chunk = await self.stream.receive_some(65536)
+                if not chunk:
+                    return True
+                self.buffer += chunk
+
+
+AUTH = f"Authorization: Token {ADMIN_TOKEN}\r\n".encode()
+
+
+def post_org(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\n"
+        + AUTH
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    conn = await Conn.open(server)
+    await conn.send(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + post_org(b'{"name": "Piped"}')
+        + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert (await conn.response())[0] == 200
+    status, _, body = await conn.response()
+    assert status == 201 and orjson.loads(body)["name"] == "Piped"
+    status, _, body = await conn.response()
+    assert (status, orjson.loads(body)) == (200, {"status": "ready"})
+
+
+async def test_a_chunked_body_is_read_whole(server: Server) -> None:
+    conn = await Conn.open(server)
+    await conn.send(
+        b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\n"
+        + AUTH
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b'9\r\n{"name": \r\n'
+        + b'8;ext=1\r\n"Chunky"\r\n'
+        + b"1\r\n}\r\n0\r\nX-Trailer: ignored\r\n\r\n"
+    )
+    status, _, body = await conn.response()
+    assert status == 201 and orjson.loads(body)["name"] == "Chunky"
+    # and the connection goes on
+    await conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await conn.response())[0] == 200
+
+
+async def test_expect_100_continue_gets_a_continue_first(server: Server) -> None:
+    conn = await Conn.open(server)
+    body = b'{"name": "Patient"}'
+    await conn.send(post_org(body, b"Expect: 100-continue\r\n")[: -len(body)])
+    assert (await conn.response(head=True))[0] == 100
+    await conn.send(body)
+    status, _, answer = await conn.response()
+    assert status == 201 and orjson.loads(answer)["name"] == "Patient"
+
+
+async def test_http_1_0_and_connection_close_end_the_connection(server: Server) -> None:
+    for request in (
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        conn = await Conn.open(server)
+        await conn.send(request)
+        status, headers, _ = await conn.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert await conn.closed()
+
+
+async def test_head_has_the_length_but_no_body(server: Server) -> None:
+    conn = await Conn.open(server)
+    await conn.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+    status, headers, _ = await conn.response(head=True)
+    assert status == 200 and headers["content-length"] == "15"
+    status, _, body = await conn.response()  # the next response follows at once
+    assert (status, orjson.loads(body)) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n", 400),
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: x1\r\n\r\n", 400),
+        (
+            b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
+    ],
+)
+async def test_a_malformed_request_is_refused_with_json_and_closed(
+    server: Server, request_bytes: bytes, status: int
+) -> None:
+    conn = await Conn.open(server)
+    await conn.send(request_bytes)
+    got, headers, body = await conn.response()
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert orjson.loads(body)["code"] == "invalid"
+    assert await conn.closed()
+
+
+async def test_a_malformed_chunk_is_refused(server: Server) -> None:
+    conn = await Conn.open(server)
+    await conn.send(
+        b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\n"
+        + AUTH
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    status, _, body = await conn.response()
+    assert status == 400 and orjson.loads(body)["code"] == "invalid"
+    assert await conn.closed()
+
+
+async def test_an_oversized_body_is_413_and_its_bytes_are_not_read_as_a_request(
+    server: Server,
+) -> None:
+    conn = await Conn.open(server)
+    body = b'{"name": "' + b"x" * 70_000 + b'"}'
+    await conn.send(post_org(body)[: -len(body)] + body[:1000])  # the rest never follows
+    status, headers, answer = await conn.response()
+    assert status == 413 and orjson.loads(answer)["code"] == "body_too_large"
+    assert headers["connection"] == "close"
+    assert await conn.closed()
+
+
+async def test_hypercorn_still_serves_http_1_when_asked(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, "--http1-server", "hypercorn")
+    conn = await Conn.open(server)
+    await conn.send(post_org(b'{"name": "Old path"}') + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await conn.response()
+    assert status == 201 and orjson.loads(body)["name"] == "Old path"
+    assert headers["server"].startswith("hypercorn")
+    assert (await conn.response())[0] == 200
+
+
+async def test_http_2_with_prior_knowledge_goes_to_hypercorn(server: Server) -> None:
+    conn = await Conn.open(server)
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+    await conn.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+    with trio.fail_after(10):
+        while len(conn.buffer) < 9:
+            assert await conn._more()
+    assert conn.buffer[3] == 0x04  # the server's first frame: its SETTINGS
