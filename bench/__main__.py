@@ -32,6 +32,7 @@ from bench import (
     recovery_scenario,
     storm_scenario,
 )
+from persistence.store import DEFAULT_SNAPSHOT_RECORDS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -332,7 +333,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     recovery.add_argument(
         "--log-records",
         type=int,
-        default=50_000,
+        default=DEFAULT_SNAPSHOT_RECORDS,
         help="mutations in the log after the snapshot (default: the server's "
         "--snapshot-records, the longest tail it leaves)",
     )

@@ -28,7 +28,7 @@ from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.ws import WsSettings
 from gateway.wsconn import WsLimits
-from persistence.store import Store
+from persistence.store import DEFAULT_SNAPSHOT_RECORDS, Store
 from persistence.wal import FSYNC_MODES
 
 log = logging.getLogger("chat_engine")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--snapshot-records",
         type=_positive_int,
-        default=int(_env("snapshot-records", "50000") or 50000),
+        default=int(_env("snapshot-records", "") or DEFAULT_SNAPSHOT_RECORDS),
         help="take a snapshot sooner once this many records were logged since the last "
         "one (bounds the log a restart replays)",
     )

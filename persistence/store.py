@@ -28,6 +28,13 @@ from persistence.wal import FileOps, WriteAheadLog, read_log
 log = logging.getLogger("chat_engine.store")
 
 
+# A snapshot is due once this many records were logged since the last: it bounds the log a
+# restart replays (~90 µs a record at 1,000,000 stored messages, against ~7 µs a record
+# loaded from a snapshot), and costs a fork plus the child's encoding (~7 s of CPU at that
+# size, on another core).
+DEFAULT_SNAPSHOT_RECORDS = 25_000
+
+
 @dataclass(slots=True)
 class Recovered:
     state: State
@@ -46,7 +53,7 @@ class Store:
         *,
         fsync: str = "always",
         snapshot_interval: float = 60.0,
-        snapshot_records: int = 50_000,
+        snapshot_records: int = DEFAULT_SNAPSHOT_RECORDS,
         segment_bytes: int = 64 * 1024 * 1024,
         file_ops: FileOps | None = None,
     ) -> None:
