@@ -43,3 +43,26 @@ async def test_sigterm_closes_sessions_with_1001_and_exits_0() -> None:
         assert code == 0
     finally:
         server.stop()
+
+
+async def test_sigterm_closes_idle_keep_alive_connections_at_once() -> None:
+    """An idle keep-alive connection does not hold shutdown for the grace period."""
+    server = await trio.to_thread.run_sync(start_server, "--in-memory")
+    try:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        with trio.fail_after(10):
+            while not received.endswith(b'{"status":"ok"}'):
+                received += await stream.receive_some(65536)
+        started = trio.current_time()
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await stream.receive_some(65536) == b""  # closed by the server
+        code = await trio.to_thread.run_sync(lambda: server.process.wait(timeout=10))
+        assert code == 0
+        # well within hypercorn's 5 s grace period, which an idle connection used to take
+        assert trio.current_time() - started < 4
+    finally:
+        server.stop()
