@@ -400,6 +400,7 @@ class Request:
             self.peer_gone = True
         finally:
             self.responded.set()
+        self.connection.server.log_access(self)
 
     async def handle(self) -> bool:
         """Run the app for this request; True if the connection may carry another."""
@@ -421,7 +422,6 @@ class Request:
             return False
         if not self.responded.is_set():  # the app ended without a complete answer
             return False
-        self.connection.server.log_access(self)
         if self.peer_gone:
             return False
         if not self.body_done:  # unread body bytes: they cannot be skipped safely

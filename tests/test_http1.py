@@ -4,6 +4,8 @@ what HTTP clients other than httpx send — pipelined requests, chunked bodies,
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 import trio
@@ -207,3 +209,21 @@ async def test_http_2_with_prior_knowledge_goes_to_hypercorn(server: Server) -> 
         while len(conn.buffer) < 9:
             assert await conn._more()
     assert conn.buffer[3] == 0x04  # the server's first frame: its SETTINGS
+
+
+async def test_access_log_has_a_line_per_request(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    caplog.set_level(logging.INFO, logger="chat_engine.access")
+    server = await start_server(nursery, "--access-log")
+    conn = await Conn.open(server)
+    await conn.send(b"GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n" + post_org(b'{"name": "Log"}'))
+    await conn.response()
+    await conn.response()
+    lines = [r.fields for r in caplog.records if r.name == "chat_engine.access"]  # type: ignore[attr-defined]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("GET", "/healthz", 200),
+        ("POST", "/api/v5/orgs", 201),
+    ]
+    assert lines[0]["query"] == "x=1" and lines[0]["bytes"] == 15
