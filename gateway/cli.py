@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http1-server",
         choices=("builtin", "hypercorn"),
         default=_env("http1-server", "builtin"),
-        help="what serves HTTP/1.x requests: the built-in server (gateway/http1.py, several "
-        "times less CPU per request) or hypercorn (HTTP/2 is always hypercorn's)",
+        help="what serves HTTP/1.x requests: the built-in server (gateway/http1.py, about "
+        "half the CPU per request) or hypercorn (HTTP/2 is always hypercorn's)",
     )
     return parser
 

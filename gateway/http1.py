@@ -298,7 +298,10 @@ class Request:
             if self.expect_continue:
                 self.expect_continue = False
                 await self.connection._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await (self._read_chunked() if self.chunked else self._read_sized())
+            with trio.move_on_after(self.connection.server.head_timeout) as scope:
+                body = await (self._read_chunked() if self.chunked else self._read_sized())
+            if scope.cancelled_caught:  # a body that stalls: as if the peer left
+                raise PeerGone
         except PeerGone:
             self.peer_gone = True
             return {"type": "http.disconnect"}
@@ -437,7 +440,7 @@ class Http1Server:
         app: App,
         *,
         keep_alive_timeout: float = 5.0,
-        head_timeout: float = 30.0,
+        head_timeout: float = 30.0,  # for the rest of a head, and each piece of a body
         write_timeout: float = 60.0,
         access_log: logging.Logger | None = None,
     ) -> None:

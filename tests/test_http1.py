@@ -5,10 +5,12 @@ what HTTP clients other than httpx send — pipelined requests, chunked bodies,
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import ADMIN_TOKEN, Server, start_server
 
@@ -227,3 +229,32 @@ async def test_access_log_has_a_line_per_request(
         ("POST", "/api/v5/orgs", 201),
     ]
     assert lines[0]["query"] == "x=1" and lines[0]["bytes"] == 15
+
+
+async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that sends a head and part of its body, then nothing: the app sees a
+    disconnect after ``head_timeout`` and the connection closes (virtual time)."""
+    import socket
+
+    from gateway.http1 import Http1Server
+
+    seen: list[dict[str, object]] = []
+
+    async def app(scope: dict[str, object], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    server = Http1Server(app, head_timeout=30.0)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    with trio.fail_after(120):
+        await server.serve_connection(ours)
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert seen[0]["body"] == b"abc" and trio.current_time() >= 30
+    assert theirs.recv(100) == b""  # closed, no answer: the app never answered
+    theirs.close()
