@@ -209,6 +209,7 @@ class Connection:
             await self._write(head + body)
         except PeerGone:
             pass
+        self.server.log_refusal(self, error, len(body))
 
 
 class Request:
@@ -467,6 +468,23 @@ class Http1Server:
                     "status": request.status,
                     "bytes": sum(len(part) for part in request.body_parts),
                     "ms": round((time.perf_counter() - request.started) * 1000, 2),
+                }
+            },
+        )
+
+    def log_refusal(self, connection: Connection, error: BadRequest, size: int) -> None:
+        """A request refused before it reached the app (its head may not even parse)."""
+        if self.access_log is None:
+            return
+        client = connection.client
+        self.access_log.info(
+            "refused",
+            extra={
+                "fields": {
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                    "status": error.status,
+                    "detail": error.detail,
+                    "bytes": size,
                 }
             },
         )

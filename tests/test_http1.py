@@ -229,6 +229,12 @@ async def test_access_log_has_a_line_per_request(
         ("POST", "/api/v5/orgs", 201),
     ]
     assert lines[0]["query"] == "x=1" and lines[0]["bytes"] == 15
+    # a request refused before the app saw it has its line too
+    conn = await Conn.open(server)
+    await conn.send(b"GARBAGE\r\n\r\n")
+    assert (await conn.response())[0] == 400
+    refused = [r for r in caplog.records if r.name == "chat_engine.access"][-1]
+    assert refused.getMessage() == "refused" and refused.fields["status"] == 400  # type: ignore[attr-defined]
 
 
 async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.MockClock) -> None:
