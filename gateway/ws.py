@@ -52,6 +52,11 @@ BAD_FRAME_LIMIT = 20  # per BAD_FRAME_WINDOW seconds; one more closes with 1008
 BAD_FRAME_WINDOW = 60.0
 MAX_ITEMS_PER_FRAME = 512
 FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flusher
+# After a write pass, the next waits this fraction of the time the pass spent writing
+# (at most flush_interval): writing then takes at most 2/3 of the time. At 1,000
+# sessions, 0.5 against 1.0 measured p99 27 vs 40-46 ms at 60 msg/s and 35-46 vs 50-55
+# ms at 120 msg/s, for a ceiling of 240 instead of 320 msg/s (fanout, runs alternated).
+WRITE_GAP_RATIO = 0.5
 
 
 @dataclass(slots=True)
@@ -211,11 +216,11 @@ class WsGateway:
     ) -> None:
         """Write every ready session's queued items, in passes. After a pass whose
         writing took ``w`` (the time it held the event loop, not the requests it let in
-        between), the next starts no sooner than ``w`` (at most ``flush_interval``)
-        later: an idle or lightly loaded server sends within a few milliseconds, a busy
-        one lets the events arriving meanwhile share each session's frame, so writing
-        takes at most about half the time. One task for all sessions: a frame costs one
-        ``send``, not a task switch."""
+        between), the next starts no sooner than ``WRITE_GAP_RATIO * w`` (at most
+        ``flush_interval``) later: an idle or lightly loaded server sends within a few
+        milliseconds, a busy one lets the events arriving meanwhile share each session's
+        frame, so writing takes at most about two thirds of the time. One task for all
+        sessions: a frame costs one ``send``, not a task switch."""
         interval = self.settings.flush_interval
         last_pass = -math.inf
         gap = 0.0
@@ -244,7 +249,7 @@ class WsGateway:
             stats.passes += 1
             stats.seconds += writing
             stats.frames += frames
-            gap = min(interval, writing)
+            gap = min(interval, WRITE_GAP_RATIO * writing)
 
     def shutdown(self) -> None:
         """Close every session with 1001 once its queue is flushed."""
