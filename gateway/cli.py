@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("flush-interval", "0.025") or 0.025),
         help="most seconds a WebSocket write pass waits after the previous one (it waits "
-        "as long as that one's writing took, up to this; 0: back to back)",
+        "half as long as that one's writing took, up to this; 0: back to back)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "info"))
     serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
