@@ -41,6 +41,7 @@ from gateway.auth import (
     visible_chat,
     visible_room,
 )
+from gateway.http1 import INTERNAL, WS_LATE
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
@@ -123,7 +124,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"code": "internal", "detail": "Internal error."}, 500)
+        return error_response(errors.EngineError(INTERNAL))
 
     @app.before_request
     async def _before() -> None:
@@ -200,9 +201,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     async def websocket_endpoint() -> Response:
         # The front door takes every connection that opens with GET /ws; one that
         # reaches here sent the upgrade after other requests on the same connection.
-        return error_response(
-            errors.Invalid("Open a new connection for GET /ws: it must be its first request.")
-        )
+        return error_response(errors.Invalid(WS_LATE))
 
     @app.route("/openapi.json")
     async def openapi() -> Response:

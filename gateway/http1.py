@@ -31,6 +31,8 @@ from urllib.parse import unquote_to_bytes
 import orjson
 import trio
 
+from engine import errors
+
 log = logging.getLogger("chat_engine.http")
 
 MAX_HEAD = 64 * 1024  # request line and headers
@@ -39,6 +41,7 @@ BODY_CHUNK = 65536  # at most this many body bytes per ASGI message
 MAX_CHUNK_LINE = 1024
 
 WS_LATE = "Open a new connection for GET /ws: it must be its first request."
+INTERNAL = "Internal error."
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -199,7 +202,8 @@ class Connection:
             self.sock.close()
 
     async def _refuse(self, error: BadRequest) -> None:
-        body = orjson.dumps({"code": "invalid", "detail": error.detail})
+        # the contract's generic code for a bad request, whatever the status
+        body = orjson.dumps(errors.Invalid(error.detail).body())
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"date: %s\r\nconnection: close\r\n\r\n"
@@ -225,8 +229,6 @@ class Request:
     ) -> None:
         self.connection = connection
         self.method = method.decode("ascii")
-        self.version = version
-        self.headers = headers
         self.close_after = version == b"HTTP/1.0"
         length: int | None = None
         chunked = False
@@ -416,7 +418,7 @@ class Request:
             log.exception("the application failed on %s %s", self.method, self.scope["path"])
             if not self.responded.is_set():
                 self.status, self.response_headers = 500, [(b"content-type", b"application/json")]
-                self.body_parts = [b'{"code":"internal","detail":"Internal error."}']
+                self.body_parts = [orjson.dumps(errors.EngineError(INTERNAL).body())]
                 self.close_after = True
                 await self._respond()
             return False

@@ -5,6 +5,7 @@ what HTTP clients other than httpx send — pipelined requests, chunked bodies,
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.http1 import Http1Server
 from tests.conftest import ADMIN_TOKEN, Server, start_server
 
 
@@ -237,13 +239,92 @@ async def test_access_log_has_a_line_per_request(
     assert refused.getMessage() == "refused" and refused.fields["status"] == 400  # type: ignore[attr-defined]
 
 
+async def echo_app(scope: dict[str, object], receive: Any, send: Any) -> None:
+    """A minimal ASGI app: answers 200 with the request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    return ours, theirs
+
+
+async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = Http1Server(echo_app, keep_alive_timeout=5.0)
+    ours, theirs = socket_pair()
+    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+    with trio.fail_after(60):
+        await server.serve_connection(ours)  # answers, then waits for the next request
+    assert 5.0 <= trio.current_time() < 6.0
+    answer = theirs.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")
+    assert theirs.recv(100) == b""  # then closed
+    theirs.close()
+
+
+async def test_a_head_that_stalls_ends_its_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = Http1Server(echo_app, keep_alive_timeout=5.0, head_timeout=30.0)
+    ours, theirs = socket_pair()
+    theirs.send(b"GET /x HTTP/1.1\r\nHost: x\r\n")  # never finished
+    with trio.fail_after(120):
+        await server.serve_connection(ours)
+    assert 30.0 <= trio.current_time() < 31.0
+    assert theirs.recv(100) == b""  # closed without an answer
+    theirs.close()
+
+
+async def test_stopping_closes_idle_connections_at_once_and_answers_with_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = Http1Server(echo_app, keep_alive_timeout=5.0)
+    idle, idle_peer = socket_pair()
+    busy, busy_peer = socket_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve_connection, idle)
+        nursery.start_soon(server.serve_connection, busy)
+        await trio.sleep(1.0)  # virtual: both connections are waiting for a request
+        busy_peer.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\n")  # half a request
+        await trio.sleep(1.0)
+        server.stop()
+        busy_peer.send(b"ok")
+    assert trio.current_time() < 3.0  # neither waited for the keep-alive timeout
+    assert idle_peer.recv(100) == b""
+    answer = busy_peer.recv(1000)
+    assert b"\r\nconnection: close\r\n" in answer and answer.endswith(b"ok")
+    for peer in (idle_peer, busy_peer):
+        peer.close()
+
+
+async def test_a_chunked_body_over_64_kib_is_413(server: Server) -> None:
+    conn = await Conn.open(server)
+    chunk = b"x" * 16_384
+    await conn.send(
+        b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\n"
+        + AUTH
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"4000\r\n" + chunk + b"\r\n" for _ in range(5))
+        + b"0\r\n\r\n"
+    )
+    status, _, answer = await conn.response()
+    assert status == 413 and orjson.loads(answer)["code"] == "body_too_large"
+
+
 async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.MockClock) -> None:
     """A client that sends a head and part of its body, then nothing: the app sees a
     disconnect after ``head_timeout`` and the connection closes (virtual time)."""
-    import socket
-
-    from gateway.http1 import Http1Server
-
     seen: list[dict[str, object]] = []
 
     async def app(scope: dict[str, object], receive: Any, send: Any) -> None:
@@ -254,9 +335,7 @@ async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.M
                 return
 
     server = Http1Server(app, head_timeout=30.0)
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.setblocking(False)
+    ours, theirs = socket_pair()
     theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
     with trio.fail_after(120):
         await server.serve_connection(ours)

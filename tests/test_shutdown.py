@@ -45,8 +45,9 @@ async def test_sigterm_closes_sessions_with_1001_and_exits_0() -> None:
         server.stop()
 
 
-async def test_sigterm_closes_idle_keep_alive_connections_at_once() -> None:
-    """An idle keep-alive connection does not hold shutdown for the grace period."""
+async def test_sigterm_closes_idle_keep_alive_connections() -> None:
+    """An idle keep-alive connection is closed and the server exits 0 (that it is closed
+    at once, not after the grace period, is tests/test_http1.py's, in virtual time)."""
     server = await trio.to_thread.run_sync(start_server, "--in-memory")
     try:
         port = int(server.base_url.rsplit(":", 1)[1])
@@ -56,13 +57,10 @@ async def test_sigterm_closes_idle_keep_alive_connections_at_once() -> None:
         with trio.fail_after(10):
             while not received.endswith(b'{"status":"ok"}'):
                 received += await stream.receive_some(65536)
-        started = trio.current_time()
         server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await stream.receive_some(65536) == b""  # closed by the server
         code = await trio.to_thread.run_sync(lambda: server.process.wait(timeout=10))
         assert code == 0
-        # well within hypercorn's 5 s grace period, which an idle connection used to take
-        assert trio.current_time() - started < 4
     finally:
         server.stop()
