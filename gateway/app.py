@@ -2,22 +2,22 @@
 
 Routes hold no rules: validation of shapes is in ``gateway.validation``, who may do what
 in ``gateway.auth`` / ``engine.access``, every domain rule in ``engine``. Writes go
-through the engine's actors; reads use the engine state's ordered views.
+through the engine's actors; reads use the engine state's ordered views. The request
+pipeline (routing, errors, the request object) is ``gateway.web``; quart-trio is the
+ASGI face of the same pipeline, for connections hypercorn serves.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+import quart
 import trio
 from pydantic import BaseModel
-from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -41,14 +41,22 @@ from gateway.auth import (
     visible_chat,
     visible_room,
 )
-from gateway.http1 import INTERNAL, WS_LATE
+from gateway.http1 import WS_LATE
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
 from gateway.ratelimit import RateLimiter
+from gateway.web import (
+    Handler,
+    Request,
+    Response,
+    Router,
+    WebApp,
+    error_response,
+    json_response,
+)
 from gateway.ws import WsGateway, WsSettings
 
-log = logging.getLogger("chat_engine.http")
 M = TypeVar("M", bound=BaseModel)
 
 HTTP_ERRORS = {
@@ -69,25 +77,22 @@ class GatewaySettings:
     ws: WsSettings | None = None
 
 
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status=status, content_type="application/json")
+@dataclass(slots=True)
+class Gateway:
+    web: WebApp  # called directly by the built-in HTTP/1.1 server
+    asgi: QuartTrio  # the same pipeline as an ASGI app, for hypercorn
+    ws: WsGateway
 
 
-def error_response(error: errors.EngineError) -> Response:
-    return json_response(error.body(), error.status)
-
-
-def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
-    app = QuartTrio("chat_engine")
-    app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
+def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     api = OpenApi()
+    router = Router()
     state = engine.state
     limiter = RateLimiter(
         settings.registration_rate, settings.registration_burst, trio.current_time
     )
     ws = WsGateway(engine, settings.admin_token_hash, settings.ws or WsSettings())
     metrics = Metrics(engine, ws)
-    app.extensions["ws"] = ws
 
     def route(
         method: str,
@@ -96,82 +101,55 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         *,
         body: type[BaseModel] | None = None,
         status: int = 200,
-    ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
-        def register(
-            handler: Callable[..., Awaitable[Response]],
-        ) -> Callable[..., Awaitable[Response]]:
-            rule = path.replace("{", "<").replace("}", ">")
-            app.add_url_rule(rule, f"{method} {path}", handler, methods=[method])
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            router.add(method, path, handler)
             api.add(method, path, summary, body=body, status=status)
             return handler
 
         return register
 
-    # -- plumbing ------------------------------------------------------------------
-    @app.errorhandler(errors.EngineError)
-    async def _engine_error(error: errors.EngineError) -> Response:
-        return error_response(error)
+    def plain(method: str, path: str) -> Callable[[Handler], Handler]:
+        """A route outside the API (operations): not in the OpenAPI document."""
 
-    @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException) -> Response:
-        kind = HTTP_ERRORS.get(error.code or 500)
-        if kind is None:
-            return json_response(
-                {"code": "invalid", "detail": error.description}, error.code or 400
-            )
-        return error_response(kind(error.description or kind.code))
+        def register(handler: Handler) -> Handler:
+            router.add(method, path, handler)
+            return handler
 
-    @app.errorhandler(Exception)
-    async def _unexpected(error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(errors.EngineError(INTERNAL))
+        return register
 
-    @app.before_request
-    async def _before() -> None:
-        request.started_at = time.perf_counter()  # type: ignore[attr-defined]
-        length = request.content_length
-        if length is not None and length > v.MAX_BODY_BYTES:
+    def check(req: Request) -> None:
+        if len(req.body) > v.MAX_BODY_BYTES:
             raise errors.BodyTooLarge(f"The body is over {v.MAX_BODY_BYTES} bytes.")
-        if request.path.startswith("/api/") and not engine.started.is_set():
+        if req.path.startswith("/api/") and not engine.started.is_set():
             raise errors.Unavailable("The engine is starting.")
 
-    @app.after_request
-    async def _after(response: Response) -> Response:
-        started = getattr(request, "started_at", None)
-        if started is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.http_latency.labels(request.method, route, str(response.status_code)).observe(
-                time.perf_counter() - started
-            )
-        return response
+    def observe(method: str, rule: str, status: int, seconds: float) -> None:
+        metrics.http_latency.labels(method, rule, str(status)).observe(seconds)
 
-    def principal() -> Principal:
-        caller = authenticate(
-            state, request.headers.get("Authorization"), settings.admin_token_hash
-        )
+    def principal(req: Request) -> Principal:
+        caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
         if caller.kind == "user":
             engine.reachability.touch(caller.id)  # a request keeps its presences alive
         return caller
 
-    async def read_body(model: type[M]) -> M:
-        raw = await request.get_data(cache=False)
-        assert isinstance(raw, bytes)
-        return v.validate(model, v.parse_json_object(raw, request.headers.get("Content-Type")))
+    async def read_body(req: Request, model: type[M]) -> M:
+        return v.validate(model, v.parse_json_object(req.body, req.header(b"content-type")))
 
-    def base_url() -> str:
+    def base_url(req: Request) -> str:
         if settings.public_url:
             return settings.public_url.rstrip("/")
-        return f"{request.scheme}://{request.host}"
+        return f"{req.scheme}://{req.host}"
 
-    def page(view: Any, render: Callable[[Any], Any]) -> Response:
-        args = request.args
+    def page(req: Request, view: Any, render: Callable[[Any], Any]) -> Response:
+        args = req.args
         return json_response(
             paginate(
                 view,
-                path=request.path,
+                path=req.path,
                 cursor=args.get("cursor"),
                 page_size=v.parse_page_size(args),
-                url_for=link_builder(base_url(), request.path, list(args.items(multi=True))),
+                url_for=link_builder(base_url(req), req.path, req.arg_pairs),
                 render=render,
             )
         )
@@ -183,54 +161,48 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return views.message_view(message, state.users, visitor_view=True)
 
     # -- operations ------------------------------------------------------------------
-    @app.route("/healthz")
-    async def healthz() -> Response:
+    @plain("GET", "/healthz")
+    async def healthz(req: Request) -> Response:
         return json_response({"status": "ok"})
 
-    @app.route("/readyz")
-    async def readyz() -> Response:
+    @plain("GET", "/readyz")
+    async def readyz(req: Request) -> Response:
         if not engine.started.is_set():
             return error_response(errors.Unavailable("The engine is starting."))
         return json_response({"status": "ready"})
 
-    @app.route("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), status=200, content_type=CONTENT_TYPE)
+    @plain("GET", "/metrics")
+    async def metrics_endpoint(req: Request) -> Response:
+        return Response(metrics.render(), 200, CONTENT_TYPE)
 
-    @app.websocket("/ws")
-    async def websocket_endpoint() -> Response:
-        # The front door takes every connection that opens with GET /ws; one that
-        # reaches here sent the upgrade after other requests on the same connection.
-        return error_response(errors.Invalid(WS_LATE))
-
-    @app.route("/openapi.json")
-    async def openapi() -> Response:
+    @plain("GET", "/openapi.json")
+    async def openapi(req: Request) -> Response:
         return json_response(api.document())
 
     # -- directory (CONTRACT §3) -------------------------------------------------------
     @route("POST", "/api/v5/orgs", "Create an organization (admin).", body=v.OrgCreate, status=201)
-    async def create_org() -> Response:
-        require_admin(principal())
-        data = await read_body(v.OrgCreate)
+    async def create_org(req: Request) -> Response:
+        require_admin(principal(req))
+        data = await read_body(req, v.OrgCreate)
         org, token = await engine.directory.create_org(data.name)
         return json_response(views.org_view(org, token), 201)
 
     @route("GET", "/api/v5/orgs/{org_id}", "Get an organization.")
-    async def get_org(org_id: str) -> Response:
-        require_org(state, principal(), org_id, users_too=False)
+    async def get_org(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id, users_too=False)
         return json_response(views.org_view(state.orgs[org_id]))
 
     @route("POST", "/api/v5/orgs/{org_id}/rooms", "Create a room.", body=v.RoomCreate, status=201)
-    async def create_room(org_id: str) -> Response:
-        require_org(state, principal(), org_id, users_too=False)
-        data = await read_body(v.RoomCreate)
+    async def create_room(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id, users_too=False)
+        data = await read_body(req, v.RoomCreate)
         room = await engine.directory.create_room(org_id, data.name, data.private_chats)
         return json_response(views.room_view(room), 201)
 
     @route("GET", "/api/v5/orgs/{org_id}/rooms", "List the org's own and shared rooms.")
-    async def list_rooms(org_id: str) -> Response:
-        require_org(state, principal(), org_id)
-        return page(state.rooms_of_org(org_id), views.room_view)
+    async def list_rooms(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id)
+        return page(req, state.rooms_of_org(org_id), views.room_view)
 
     @route(
         "POST",
@@ -239,12 +211,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.ShareCreate,
         status=201,
     )
-    async def share_room(org_id: str, room_id: str) -> Response:
-        require_org(state, principal(), org_id, users_too=False)
+    async def share_room(req: Request, org_id: str, room_id: str) -> Response:
+        require_org(state, principal(req), org_id, users_too=False)
         room = visible_room(state, org_id, room_id)
         if room.organization_id != org_id:
             raise errors.Forbidden("Only the room's owner may share it.")
-        data = await read_body(v.ShareCreate)
+        data = await read_body(req, v.ShareCreate)
         await engine.directory.share_room(room, data.organization_id)
         return json_response({"room_id": room.id, "organization_id": data.organization_id}, 201)
 
@@ -255,9 +227,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.UserCreate,
         status=201,
     )
-    async def create_user(org_id: str) -> Response:
-        require_org(state, principal(), org_id, users_too=False)
-        data = await read_body(v.UserCreate)
+    async def create_user(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id, users_too=False)
+        data = await read_body(req, v.UserCreate)
         user, token = await engine.directory.create_user(
             org_id,
             first_name=data.first_name,
@@ -268,8 +240,8 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         return json_response(views.user_view(user, token), 201)
 
     @route("GET", "/api/v5/orgs/{org_id}/users/{user_id}", "Get a user.")
-    async def get_user(org_id: str, user_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def get_user(req: Request, org_id: str, user_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         return json_response(views.user_view(org_user(state, org_id, user_id)))
 
     @route(
@@ -279,22 +251,22 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.VisitorCreate,
         status=201,
     )
-    async def register_visitor(org_id: str) -> Response:
-        require_org(state, principal(), org_id, users_too=False)
-        data = await read_body(v.VisitorCreate)
+    async def register_visitor(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id, users_too=False)
+        data = await read_body(req, v.VisitorCreate)
         created, visitor, token = await engine.directory.register_visitor(org_id, data.id)
         return json_response({"id": visitor.id, "token": token}, 201 if created else 200)
 
     @route(
         "POST", "/api/v5/client/visitors", "Open visitor registration (rate limited).", status=201
     )
-    async def open_registration() -> Response:
+    async def open_registration(req: Request) -> Response:
         if not settings.open_registration:
             raise errors.Forbidden("Open visitor registration is turned off.")
-        wait = limiter.acquire(request.remote_addr or "unknown")
+        wait = limiter.acquire(req.remote_addr or "unknown")
         if wait > 0:
             response = error_response(errors.RateLimited("Too many registrations; slow down."))
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            response.headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
             return response
         _, visitor, token = await engine.directory.register_visitor(None, None)
         return json_response({"id": visitor.id, "token": token}, 201)
@@ -303,35 +275,35 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     @route(
         "GET", "/api/v5/orgs/{org_id}/rooms/{room_id}/chats", "The room's open chats, oldest first."
     )
-    async def room_chats(org_id: str, room_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def room_chats(req: Request, org_id: str, room_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         room = visible_room(state, org_id, room_id)
-        waiting = v.optional_bool(request.args, "is_waiting_response")
-        return page(state.open_chats_of_room(room.id, waiting), views.chat_collection_view)
+        waiting = v.optional_bool(req.args, "is_waiting_response")
+        return page(req, state.open_chats_of_room(room.id, waiting), views.chat_collection_view)
 
     @route(
         "GET",
         "/api/v5/orgs/{org_id}/users/{user_id}/chats",
         "Chats the user participates or was present in.",
     )
-    async def user_chats(org_id: str, user_id: str) -> Response:
-        caller = principal()
+    async def user_chats(req: Request, org_id: str, user_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         user = org_user(state, org_id, user_id)
         require_self(caller, user.id)
-        return page(state.chats_of_user(user.id), views.chat_collection_view)
+        return page(req, state.chats_of_user(user.id), views.chat_collection_view)
 
     @route(
         "GET",
         "/api/v5/orgs/{org_id}/users/{user_id}/current_chats",
         "Chats the user is present in, by join time.",
     )
-    async def current_chats(org_id: str, user_id: str) -> Response:
-        caller = principal()
+    async def current_chats(req: Request, org_id: str, user_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         user = org_user(state, org_id, user_id)
         require_self(caller, user.id)
-        return page(state.current_chats_of_user(user.id), views.chat_collection_view)
+        return page(req, state.current_chats_of_user(user.id), views.chat_collection_view)
 
     @route(
         "POST",
@@ -340,15 +312,15 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.ChatCreate,
         status=201,
     )
-    async def create_chat(org_id: str, room_id: str, visitor_id: str) -> Response:
-        caller = principal()
+    async def create_chat(req: Request, org_id: str, room_id: str, visitor_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         room = visible_room(state, org_id, room_id)
         visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
         if visitor is None or not visitor_usable_in_room(visitor, org_id, room):
             raise errors.NotFound("Visitor not found.")
-        data = await read_body(v.ChatCreate)
-        resume_id = request.args.get("auto_resume", data.auto_resume)
+        data = await read_body(req, v.ChatCreate)
+        resume_id = req.args.get("auto_resume", data.auto_resume)
         resume_user = None
         if resume_id is not None:
             resume_user = named_user(state, org_id, resume_id, "auto_resume")
@@ -359,11 +331,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
     @route(
         "GET", "/api/v5/orgs/{org_id}/chats", "The org's chat report: filters, orderings, pages."
     )
-    async def chat_report(org_id: str) -> Response:
-        require_org(state, principal(), org_id)
-        query = report_query(org_id)
+    async def chat_report(req: Request, org_id: str) -> Response:
+        require_org(state, principal(req), org_id)
+        query = report_query(req, org_id)
         result = run_report(state, org_id, query)
-        link = link_builder(base_url(), request.path, list(request.args.items(multi=True)), "page")
+        link = link_builder(base_url(req), req.path, req.arg_pairs, "page")
 
         def url_for(number: int) -> str:
             return link(str(number))
@@ -384,8 +356,8 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
             }
         )
 
-    def report_query(org_id: str) -> ReportQuery:
-        args = request.args
+    def report_query(req: Request, org_id: str) -> ReportQuery:
+        args = req.args
         ordering = args.get("ordering", "start_time")
         if ordering not in ORDERINGS:
             raise errors.invalid_field("ordering", f"Must be one of {', '.join(ORDERINGS)}.")
@@ -428,10 +400,10 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.TagCreate,
         status=201,
     )
-    async def add_tag(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def add_tag(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(v.TagCreate)
+        data = await read_body(req, v.TagCreate)
         await engine.chats.tag(chat, data.name, add=True)
         return json_response({"name": data.name}, 201)
 
@@ -441,15 +413,15 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "Remove a tag (idempotent).",
         status=204,
     )
-    async def remove_tag(org_id: str, chat_id: str, name: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def remove_tag(req: Request, org_id: str, chat_id: str, name: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         await engine.chats.tag(chat, name, add=False)
-        return Response(b"", status=204)
+        return Response(b"", 204, None)
 
     @route("GET", "/api/v5/orgs/{org_id}/chats/{chat_id}", "A chat in rich form.")
-    async def get_chat(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def get_chat(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         return json_response(rich(chat))
 
@@ -459,12 +431,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "End a chat and/or set is_private.",
         body=v.ChatUpdate,
     )
-    async def update_chat(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def update_chat(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(v.ChatUpdate)
+        data = await read_body(req, v.ChatUpdate)
         await engine.chats.update(chat, is_ended=data.is_ended, is_private=data.is_private)
-        return await get_chat(org_id, chat_id)
+        return await get_chat(req, org_id, chat_id)
 
     # -- presences -----------------------------------------------------------------------
     @route(
@@ -472,10 +444,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "/api/v5/orgs/{org_id}/chats/{chat_id}/presences",
         "Users present in the chat, by join time.",
     )
-    async def list_presences(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def list_presences(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         return page(
+            req,
             state.presences_of_chat(chat),
             lambda presence: views.presence_view(presence, chat.id, state.users[presence.user_id]),
         )
@@ -487,11 +460,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.PresenceCreate,
         status=201,
     )
-    async def join(org_id: str, chat_id: str) -> Response:
-        caller = principal()
+    async def join(req: Request, org_id: str, chat_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(v.PresenceCreate)
+        data = await read_body(req, v.PresenceCreate)
         user = named_user(state, org_id, data.user_id, "user_id")
         require_self(caller, user.id, "user_id")
         outcome = await engine.chats.join(chat, user, exclusive=data.exclusive)
@@ -505,31 +478,31 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "Remove a user from the chat.",
         status=204,
     )
-    async def leave(org_id: str, chat_id: str, user_id: str) -> Response:
-        caller = principal()
+    async def leave(req: Request, org_id: str, chat_id: str, user_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
         user = org_user(state, org_id, user_id)
         require_self(caller, user.id)
         await engine.chats.leave(chat, user.id)
-        return Response(b"", status=204)
+        return Response(b"", 204, None)
 
     carts_path = "/api/v5/orgs/{org_id}/chats/{chat_id}/shopping_carts"
 
     @route("POST", carts_path, "Open a shopping cart.", body=v.CartCreate, status=201)
-    async def create_cart(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def create_cart(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(v.CartCreate)
+        data = await read_body(req, v.CartCreate)
         cart = await engine.chats.create_cart(chat, data.currency, [p.row() for p in data.products])
         return json_response(views.cart_view(cart), 201)
 
     @route("PATCH", carts_path + "/{cart_id}", "Lock (purchase) a cart.", body=v.CartUpdate)
-    async def update_cart(org_id: str, chat_id: str, cart_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def update_cart(req: Request, org_id: str, chat_id: str, cart_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         chat.cart(cart_id)  # 404 before validating the body
-        data = await read_body(v.CartUpdate)
+        data = await read_body(req, v.CartUpdate)
         cart = await engine.chats.lock_cart(chat, cart_id, locked=data.locked)
         return json_response(views.cart_view(cart))
 
@@ -540,11 +513,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.ProductCreate,
         status=201,
     )
-    async def add_product(org_id: str, chat_id: str, cart_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def add_product(req: Request, org_id: str, chat_id: str, cart_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         chat.cart(cart_id)  # 404 before validating the body
-        data = await read_body(v.ProductCreate)
+        data = await read_body(req, v.ProductCreate)
         product = await engine.chats.add_product(chat, cart_id, data.row())
         return json_response(views.product_view(product), 201)
 
@@ -554,25 +527,25 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "Remove a product (sets deleted_at).",
         status=204,
     )
-    async def delete_product(org_id: str, chat_id: str, cart_id: str, product_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def delete_product(
+        req: Request, org_id: str, chat_id: str, cart_id: str, product_id: str
+    ) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         await engine.chats.delete_product(chat, cart_id, product_id)
-        return Response(b"", status=204)
+        return Response(b"", 204, None)
 
     @route(
         "PUT",
         "/api/v5/orgs/{org_id}/visitors/{visitor_id}/api_data",
         "Replace the visitor's api_data.",
     )
-    async def put_api_data(org_id: str, visitor_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def put_api_data(req: Request, org_id: str, visitor_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
         if visitor is None or visitor.organization_id not in (None, org_id):
             raise errors.NotFound("Visitor not found.")
-        raw = await request.get_data(cache=False)
-        assert isinstance(raw, bytes)
-        items = v.parse_api_data(raw, request.headers.get("Content-Type"))
+        items = v.parse_api_data(req.body, req.header(b"content-type"))
         await engine.directory.set_api_data(org_id, visitor, items)
         return json_response(visitor.api_data[org_id])
 
@@ -585,9 +558,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         )
 
     @route("GET", client_base + "/chats", "The visitor's chats, oldest first.")
-    async def visitor_chats(visitor_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
-        return page(state.chats_of_visitor(visitor.id), views.chat_collection_view)
+    async def visitor_chats(req: Request, visitor_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
+        return page(req, state.chats_of_visitor(visitor.id), views.chat_collection_view)
 
     @route(
         "POST",
@@ -596,18 +569,18 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.VisitorChatCreate,
         status=201,
     )
-    async def visitor_create_chat(visitor_id: str, room_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_create_chat(req: Request, visitor_id: str, room_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         room = state.rooms.get(room_id)
         if room is None or not visitor_may_use_room(visitor, room):
             raise errors.NotFound("Room not found.")
-        data = await read_body(v.VisitorChatCreate)
+        data = await read_body(req, v.VisitorChatCreate)
         created, chat = await engine.directory.visitor_chat(room, visitor, resume=data.auto_resume)
         return json_response(views.chat_collection_view(chat), 201 if created else 200)
 
     @route("GET", client_base + "/chats/{chat_id}", "One of the visitor's chats.")
-    async def visitor_get_chat(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_get_chat(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         return json_response(views.chat_collection_view(own_chat(state, visitor, chat_id)))
 
     @route(
@@ -616,10 +589,10 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "End the chat (is_ended only).",
         body=v.VisitorChatUpdate,
     )
-    async def visitor_update_chat(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_update_chat(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        data = await read_body(v.VisitorChatUpdate)
+        data = await read_body(req, v.VisitorChatUpdate)
         await engine.chats.update(chat, is_ended=data.is_ended, is_private=None)
         return json_response(views.chat_collection_view(chat))
 
@@ -628,22 +601,22 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         client_base + "/chats/{chat_id}/presences",
         "Users present, by join time (visitor view).",
     )
-    async def visitor_presences(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_presences(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        return page(state.presences_of_chat(chat), visitor_view_presence(chat))
+        return page(req, state.presences_of_chat(chat), visitor_view_presence(chat))
 
     @route("GET", client_base + "/chats/{chat_id}/participations", "The chat's participations.")
-    async def visitor_participations(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_participations(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        return page(state.participations_of_chat(chat), views.participation_view)
+        return page(req, state.participations_of_chat(chat), views.participation_view)
 
     @route("GET", client_base + "/chats/{chat_id}/messages", "The chat history (visitor view).")
-    async def visitor_history(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_history(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        return page(state.messages_of_chat(chat), render_visitor_message)
+        return page(req, state.messages_of_chat(chat), render_visitor_message)
 
     @route(
         "POST",
@@ -652,10 +625,10 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.VisitorMessageCreate,
         status=201,
     )
-    async def visitor_post(visitor_id: str, chat_id: str) -> Response:
-        visitor = require_visitor(state, principal(), visitor_id)
+    async def visitor_post(req: Request, visitor_id: str, chat_id: str) -> Response:
+        visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        data = await read_body(v.VisitorMessageCreate)
+        data = await read_body(req, v.VisitorMessageCreate)
         message = await engine.chats.post(
             chat,
             sender_type=SENDER_VISITOR,
@@ -673,19 +646,19 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         "/api/v5/orgs/{org_id}/users/{user_id}/chats/{chat_id}/participations",
         "The chat's participations.",
     )
-    async def participations(org_id: str, user_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def participations(req: Request, org_id: str, user_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         org_user(state, org_id, user_id)
         chat = visible_chat(state, org_id, chat_id)
-        return page(state.participations_of_chat(chat), views.participation_view)
+        return page(req, state.participations_of_chat(chat), views.participation_view)
 
     @route(
         "GET", "/api/v5/orgs/{org_id}/chats/{chat_id}/messages", "The chat history, oldest first."
     )
-    async def history(org_id: str, chat_id: str) -> Response:
-        require_org(state, principal(), org_id)
+    async def history(req: Request, org_id: str, chat_id: str) -> Response:
+        require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        return page(state.messages_of_chat(chat), render_message)
+        return page(req, state.messages_of_chat(chat), render_message)
 
     @route(
         "POST",
@@ -694,11 +667,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
         body=v.MessageCreate,
         status=201,
     )
-    async def post_message(org_id: str, chat_id: str) -> Response:
-        caller = principal()
+    async def post_message(req: Request, org_id: str, chat_id: str) -> Response:
+        caller = principal(req)
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(v.MessageCreate)
+        data = await read_body(req, v.MessageCreate)
         sender = named_user(state, org_id, data.sender_id, "sender_id")
         require_self(caller, sender.id, "sender_id")
         message = await engine.chats.post(
@@ -711,5 +684,68 @@ def create_app(engine: Engine, settings: GatewaySettings) -> QuartTrio:
             page_title=data.page_title,
         )
         return json_response(render_message(message), 201)
+
+    web = WebApp(router, check, observe)
+    return Gateway(web=web, asgi=asgi_app(web), ws=ws)
+
+
+def asgi_app(web: WebApp) -> QuartTrio:
+    """quart-trio as the ASGI layer of ``web``: one catch-all route hands every request
+    to the same pipeline the built-in server calls (quart reads the body and enforces
+    its size; its own routing and errors see only that route)."""
+    app = QuartTrio("chat_engine")
+    app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    async def forward(path: str = "") -> quart.Response:
+        incoming = quart.request
+        body = await incoming.get_data(cache=False)
+        assert isinstance(body, bytes)
+        scope = incoming.scope
+        answer = await web.handle(
+            Request(
+                incoming.method,
+                scope["path"],
+                scope["query_string"],
+                [(name.lower(), value) for name, value in scope["headers"]],
+                body,
+                scheme=scope.get("scheme", "http"),
+                server=scope.get("server"),  # type: ignore[arg-type]
+                client=scope.get("client"),
+            )
+        )
+        response = quart.Response(answer.body, status=answer.status)
+        if answer.content_type is not None:
+            response.headers["Content-Type"] = answer.content_type
+        else:
+            response.headers.pop("Content-Type", None)
+        for name, value in answer.headers:
+            response.headers[name] = value
+        return response
+
+    app.add_url_rule("/", "forward-root", forward, methods=methods, provide_automatic_options=False)
+    app.add_url_rule(
+        "/<path:path>", "forward", forward, methods=methods, provide_automatic_options=False
+    )
+
+    @app.websocket("/ws")
+    async def websocket_endpoint() -> quart.Response:
+        # The front door takes every connection that opens with GET /ws; one that
+        # reaches here sent the upgrade after other requests on the same connection.
+        return quart.Response(
+            orjson.dumps(errors.Invalid(WS_LATE).body()), 400, content_type="application/json"
+        )
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> quart.Response:
+        kind = HTTP_ERRORS.get(error.code or 500)
+        failure = (
+            errors.Invalid(error.description or "Bad request.")
+            if kind is None
+            else kind(error.description or kind.code)
+        )
+        return quart.Response(
+            orjson.dumps(failure.body()), failure.status, content_type="application/json"
+        )
 
     return app

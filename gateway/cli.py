@@ -234,18 +234,18 @@ async def serve(
             limits=ws_limits or WsLimits(),
         ),
     )
-    app = create_app(engine, settings)
+    gateway = create_app(engine, settings)
     config = HypercornConfig()
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
     # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
     # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
-    ws_gateway = app.extensions["ws"]
+    ws_gateway = gateway.ws
     http1 = None
     if options.http1_server == "builtin":
         http1 = Http1Server(
-            app,  # type: ignore[arg-type]  # quart's __call__ is an ASGI app
+            gateway.web.handle,
             keep_alive_timeout=config.keep_alive_timeout,
             access_log=logging.getLogger("chat_engine.access") if options.access_log else None,
         )
@@ -270,7 +270,7 @@ async def serve(
         async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
                 await frontdoor.serve(
-                    app,
+                    gateway.asgi,
                     config,
                     options.host,
                     options.port,

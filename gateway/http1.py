@@ -1,20 +1,24 @@
-"""HTTP/1.1 on a plain socket, handed to the ASGI app (quart) without hypercorn.
+"""HTTP/1.1 on a plain socket, handed to the request pipeline (``gateway/web.py``)
+without hypercorn or ASGI.
 
 Why: hypercorn's HTTP/1.1 path (h11, a task group and several events per request,
 its timers) cost ~600 µs of CPU per request here, three times quart's own ~180 µs: a
 burst of 1,000 contended calls took 1.6-2.1 s of CPU. This does the same job as the
-front door does for WebSocket frames: read a request head with one ``recv``, call the
-app, write the answer with one ``send``.
+front door does for WebSocket frames: read a request head with one ``recv``, read the
+whole body (at most ``max_body`` bytes), call the handler, write the answer with one
+``send``.
 
 What it does, and what it leaves to hypercorn: HTTP/1.0 and 1.1 requests, keep-alive,
 pipelined requests (answered in order), ``Content-Length`` and ``chunked`` bodies,
 ``Expect: 100-continue``, ``HEAD``. Anything else (HTTP/2 with prior knowledge) is
 still hypercorn's: the front door peeks at the first bytes. A malformed head is
-answered 400 and the connection closed; one longer than ``MAX_HEAD`` bytes is 431.
-A request whose body the app did not read (a 413, say) ends its connection, as its
-unread bytes cannot be told from the next request. ``Upgrade`` headers are ignored (a
-server may); ``/ws`` gets here only as a later request on a connection, which is
-refused with 400 (the front door serves it only as a connection's first request).
+answered 400 and the connection closed; one longer than ``MAX_HEAD`` bytes is 431. A
+body over ``max_body`` is 413 ``body_too_large`` without being read, and ends its
+connection, as its unread bytes cannot be told from the next request. A body that
+stalls for ``head_timeout`` ends the connection without an answer. ``Upgrade`` headers
+are ignored (a server may); ``/ws`` gets here only as a later request on a connection,
+which is refused with 400 (the front door serves it only as a connection's first
+request).
 """
 
 from __future__ import annotations
@@ -25,36 +29,41 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import orjson
 import trio
 
 from engine import errors
+from gateway.web import INTERNAL, Request, Response
 
 log = logging.getLogger("chat_engine.http")
 
 MAX_HEAD = 64 * 1024  # request line and headers
 RECV_SIZE = 65536
-BODY_CHUNK = 65536  # at most this many body bytes per ASGI message
 MAX_CHUNK_LINE = 1024
+DEFAULT_MAX_BODY = 64 * 1024
 
 WS_LATE = "Open a new connection for GET /ws: it must be its first request."
-INTERNAL = "Internal error."
 
-App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
-    def __init__(self, detail: str, status: int = 400) -> None:
+    """A request refused before the handler: answered with ``kind``'s JSON body and
+    ``connection: close``."""
+
+    def __init__(
+        self, detail: str, status: int = 400, kind: type[errors.EngineError] = errors.Invalid
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status
+        self.kind = kind
 
 
 class PeerGone(Exception):
-    """The peer closed the connection, or it broke."""
+    """The peer closed the connection, it broke, or it stalled."""
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -91,19 +100,61 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, byte
     return method, target, version, headers
 
 
+def split_target(target: bytes) -> tuple[str, bytes]:
+    """The decoded path and the raw query string of a request target."""
+    path, _, query = target.partition(b"?")
+    if not path.startswith(b"/"):
+        if path == b"*" or b"://" in path:  # asterisk or absolute form
+            path = b"/" + path.split(b"://", 1)[-1].partition(b"/")[2]
+        else:
+            raise BadRequest("Malformed request target.")
+    return unquote_to_bytes(path).decode("utf-8", "surrogateescape"), query
+
+
+class Framing:
+    """How the request's body is delimited, and whether the connection goes on after."""
+
+    __slots__ = ("length", "chunked", "close_after", "expect_continue")
+
+    def __init__(self, version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.close_after = version == b"HTTP/1.0"
+        self.expect_continue = False
+        length: int | None = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise BadRequest("Bad Content-Length.")
+                length = int(value)
+            elif name == b"transfer-encoding":
+                codings = [c.strip().lower() for c in value.split(b",")]
+                if codings[-1] != b"chunked" or version == b"HTTP/1.0":
+                    raise BadRequest("Only the chunked transfer coding is accepted.", 501)
+                chunked = True
+            elif name == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                if b"close" in tokens:
+                    self.close_after = True
+            elif name == b"expect":
+                if value.lower() == b"100-continue":
+                    self.expect_continue = version == b"HTTP/1.1"
+        if chunked and length is not None:
+            raise BadRequest("Both Content-Length and Transfer-Encoding.")
+        self.chunked = chunked
+        self.length = length or 0
+
+
 class Connection:
     """One HTTP/1.x connection: requests one after another until either side ends it."""
 
     def __init__(
         self,
         sock: socket.socket,
-        app: App,
         server: Http1Server,
         client: tuple[str, int] | None,
         local: tuple[str, int] | None,
     ) -> None:
         self.sock = sock
-        self.app = app
         self.server = server
         self.client = client
         self.local = local
@@ -129,8 +180,23 @@ class Connection:
             self.buffer += data
             return
 
+    async def _fill_body(self) -> None:
+        """``_fill`` for a body: a piece that takes over ``head_timeout`` is a peer gone."""
+        with trio.move_on_after(self.server.head_timeout):
+            await self._fill()
+            return
+        raise PeerGone
+
     async def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        try:
+            sent = self.sock.send(data)  # the common case: all of it, at once
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            raise PeerGone from None
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         with trio.move_on_after(self.server.write_timeout) as scope:
             while view:
                 try:
@@ -148,8 +214,16 @@ class Connection:
     async def _read_head(self) -> bytes | None:
         """The next request's head, without its blank line; None when the connection
         should end quietly (the peer closed, stayed idle, or the server is stopping)."""
+        buffer = self.buffer
+        while buffer[:2] == b"\r\n":  # tolerated before a request line
+            del buffer[:2]
+        end = buffer.find(b"\r\n\r\n")
+        if 0 <= end <= MAX_HEAD:  # pipelined: already here
+            head = bytes(buffer[:end])
+            del buffer[: end + 4]
+            return head
         scope = trio.CancelScope(deadline=trio.current_time() + self.server.keep_alive_timeout)
-        waiting_idle = not self.buffer
+        waiting_idle = not buffer
         if waiting_idle:
             if self.server.stopping:
                 return None
@@ -157,16 +231,16 @@ class Connection:
         try:
             with scope:
                 while True:
-                    while self.buffer[:2] == b"\r\n":  # tolerated before a request line
-                        del self.buffer[:2]
-                    end = self.buffer.find(b"\r\n\r\n")
+                    while buffer[:2] == b"\r\n":
+                        del buffer[:2]
+                    end = buffer.find(b"\r\n\r\n")
                     if end >= 0:
                         if end > MAX_HEAD:
                             raise BadRequest("The request head is too large.", 431)
-                        head = bytes(self.buffer[:end])
-                        del self.buffer[: end + 4]
+                        head = bytes(buffer[:end])
+                        del buffer[: end + 4]
                         return head
-                    if len(self.buffer) > MAX_HEAD:
+                    if len(buffer) > MAX_HEAD:
                         raise BadRequest("The request head is too large.", 431)
                     try:
                         await self._fill()
@@ -180,6 +254,54 @@ class Connection:
             self.server.idle.discard(scope)
         return None  # idle too long, or the server is stopping
 
+    async def _read_body(self, framing: Framing) -> bytes:
+        limit = self.server.max_body
+        if framing.length > limit:
+            raise BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
+        if framing.expect_continue and (framing.chunked or framing.length):
+            await self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if framing.chunked:
+            return await self._read_chunked(limit)
+        length = framing.length
+        while len(self.buffer) < length:
+            await self._fill_body()
+        body = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return body
+
+    async def _line(self) -> bytes:
+        buffer = self.buffer
+        while True:
+            end = buffer.find(b"\r\n")
+            if end >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 2]
+                return line
+            if len(buffer) > MAX_CHUNK_LINE:
+                raise BadRequest("Malformed chunked body.")
+            await self._fill_body()
+
+    async def _read_chunked(self, limit: int) -> bytes:
+        body = bytearray()
+        while True:
+            size_text = (await self._line()).partition(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadRequest("Malformed chunked body.") from None
+            if size == 0:
+                while await self._line():  # trailer fields, ignored
+                    pass
+                return bytes(body)
+            if len(body) + size > limit:
+                raise BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
+            while len(self.buffer) < size:
+                await self._fill_body()
+            body += self.buffer[:size]
+            del self.buffer[:size]
+            if await self._line() != b"":
+                raise BadRequest("Malformed chunked body.")
+
     async def run(self) -> None:
         try:
             while True:
@@ -187,23 +309,61 @@ class Connection:
                     head = await self._read_head()
                     if head is None:
                         return
-                    request = Request(self, *parse_head(head))
-                    if request.scope["path"] == "/ws":  # the front door takes first ones
+                    started = time.perf_counter()
+                    method, target, version, headers = parse_head(head)
+                    path, query = split_target(target)
+                    if path == "/ws":  # the front door takes first ones
                         raise BadRequest(WS_LATE)
+                    framing = Framing(version, headers)
+                    body = await self._read_body(framing)
                 except BadRequest as error:
                     await self._refuse(error)
                     return
-                keep_alive = await request.handle()
-                if not keep_alive or self.server.stopping:
+                request = Request(
+                    method.decode("ascii"),
+                    path,
+                    query,
+                    headers,
+                    body,
+                    server=self.local,
+                    client=self.client,
+                )
+                try:
+                    response = await self.server.handler(request)
+                except Exception:  # the handler answers its own errors; this is a bug
+                    log.exception("the handler failed on %s %s", request.method, path)
+                    response = Response(orjson.dumps(errors.EngineError(INTERNAL).body()), 500)
+                    framing.close_after = True
+                keep_alive = not framing.close_after and not self.server.stopping
+                await self._respond(request, response, keep_alive)
+                self.server.log_access(self, request, response, started)
+                if not keep_alive:
                     return
         except PeerGone:
             return
         finally:
             self.sock.close()
 
+    async def _respond(self, request: Request, response: Response, keep_alive: bool) -> None:
+        status = response.status
+        body = response.body
+        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        if response.content_type is not None:
+            head += b"content-type: %s\r\n" % response.content_type.encode("latin-1")
+        for name, value in response.headers:
+            head += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        if status >= 200 and status not in (204, 304):
+            head += b"content-length: %d\r\n" % len(body)
+        head += b"date: %s\r\n" % http_date()
+        if not keep_alive:
+            head += b"connection: close\r\n"
+        head += b"\r\n"
+        if request.method != "HEAD" and status not in (204, 304):
+            head += body
+        await self._write(head)
+
     async def _refuse(self, error: BadRequest) -> None:
-        # the contract's generic code for a bad request, whatever the status
-        body = orjson.dumps(errors.Invalid(error.detail).body())
+        body = orjson.dumps(error.kind(error.detail).body())
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"date: %s\r\nconnection: close\r\n\r\n"
@@ -216,238 +376,21 @@ class Connection:
         self.server.log_refusal(self, error, len(body))
 
 
-class Request:
-    """One request: its ASGI scope, ``receive`` (the body) and ``send`` (the answer)."""
-
-    def __init__(
-        self,
-        connection: Connection,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        self.connection = connection
-        self.method = method.decode("ascii")
-        self.close_after = version == b"HTTP/1.0"
-        length: int | None = None
-        chunked = False
-        self.expect_continue = False
-        for name, value in headers:
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise BadRequest("Bad Content-Length.")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(b",")]
-                if codings[-1] != b"chunked" or version == b"HTTP/1.0":
-                    raise BadRequest("Only the chunked transfer coding is accepted.", 501)
-                chunked = True
-            elif name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    self.close_after = True
-            elif name == b"expect":
-                if value.lower() == b"100-continue":
-                    self.expect_continue = version == b"HTTP/1.1"
-        if chunked and length is not None:
-            raise BadRequest("Both Content-Length and Transfer-Encoding.")
-        self.chunked = chunked
-        self.remaining = length or 0  # Content-Length bytes still to read
-        self.body_done = not chunked and not length
-        self.chunk_left = 0  # bytes of the current chunk still to read
-        path, _, query = target.partition(b"?")
-        if not path.startswith(b"/"):
-            if path == b"*" or b"://" in path:  # asterisk or absolute form
-                path = b"/" + path.split(b"://", 1)[-1].partition(b"/")[2]
-            else:
-                raise BadRequest("Malformed request target.")
-        self.scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": version[5:].decode("ascii"),
-            "method": self.method,
-            "scheme": "http",
-            "path": unquote_to_bytes(path).decode("utf-8", "surrogateescape"),
-            "raw_path": path,
-            "query_string": query,
-            "root_path": "",
-            "headers": headers,
-            "client": connection.client,
-            "server": connection.local,
-            "extensions": {},
-        }
-        self.status = 0
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.body_parts: list[bytes] = []
-        self.responded = trio.Event()
-        self.peer_gone = False
-        self.bad_body: BadRequest | None = None
-        self.body_sent = False  # the message with more_body false went to the app
-        self.started = time.perf_counter()
-
-    # -- ASGI ----------------------------------------------------------------------------
-    async def receive(self) -> dict[str, Any]:
-        if self.body_done and not self.body_sent:  # no body: one empty message
-            self.body_sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        if self.body_done or self.peer_gone:
-            await self.responded.wait()
-            return {"type": "http.disconnect"}
-        # Nothing raised here reaches us through the app (quart reads the body in a
-        # task of its own): a broken or malformed body reads as a disconnect, and
-        # ``handle`` answers it once the app is done.
-        try:
-            if self.expect_continue:
-                self.expect_continue = False
-                await self.connection._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            with trio.move_on_after(self.connection.server.head_timeout) as scope:
-                body = await (self._read_chunked() if self.chunked else self._read_sized())
-            if scope.cancelled_caught:  # a body that stalls: as if the peer left
-                raise PeerGone
-        except PeerGone:
-            self.peer_gone = True
-            return {"type": "http.disconnect"}
-        except BadRequest as error:
-            self.bad_body = error
-            self.peer_gone = True  # no more of this connection can be trusted
-            return {"type": "http.disconnect"}
-        self.body_sent = self.body_done
-        return {"type": "http.request", "body": body, "more_body": not self.body_done}
-
-    async def _read_sized(self) -> bytes:
-        connection = self.connection
-        if not connection.buffer:
-            await connection._fill()
-        take = min(self.remaining, len(connection.buffer), BODY_CHUNK)
-        body = bytes(connection.buffer[:take])
-        del connection.buffer[:take]
-        self.remaining -= take
-        self.body_done = self.remaining == 0
-        return body
-
-    async def _line(self) -> bytes:
-        connection = self.connection
-        while True:
-            end = connection.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(connection.buffer[:end])
-                del connection.buffer[: end + 2]
-                return line
-            if len(connection.buffer) > MAX_CHUNK_LINE:
-                raise BadRequest("Malformed chunked body.")
-            await connection._fill()
-
-    async def _read_chunked(self) -> bytes:
-        connection = self.connection
-        if self.chunk_left == 0:
-            size_text = (await self._line()).partition(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest("Malformed chunked body.") from None
-            if size == 0:
-                while await self._line():  # trailer fields, ignored
-                    pass
-                self.body_done = True
-                return b""
-            self.chunk_left = size
-        if not connection.buffer:
-            await connection._fill()
-        take = min(self.chunk_left, len(connection.buffer), BODY_CHUNK)
-        body = bytes(connection.buffer[:take])
-        del connection.buffer[:take]
-        self.chunk_left -= take
-        if self.chunk_left == 0:
-            if await self._line() != b"":
-                raise BadRequest("Malformed chunked body.")
-        return body
-
-    async def send(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = int(message["status"])
-            self.response_headers = list(message.get("headers", ()))
-        elif kind == "http.response.body":
-            body = message.get("body", b"")
-            if body:
-                self.body_parts.append(bytes(body))
-            if not message.get("more_body", False) and not self.responded.is_set():
-                await self._respond()
-
-    # -- the answer ------------------------------------------------------------------
-    def _keep_alive(self) -> bool:
-        return not self.close_after and self.body_done and not self.peer_gone
-
-    async def _respond(self) -> None:
-        body = b"".join(self.body_parts)
-        keep_alive = self._keep_alive() and not self.connection.server.stopping
-        lines = [b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS.get(self.status, b""))]
-        has_length = False
-        for name, value in self.response_headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                has_length = True
-            elif lowered in (b"connection", b"transfer-encoding", b"date"):
-                continue
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if not has_length and self.status >= 200 and self.status not in (204, 304):
-            lines.append(b"content-length: %d\r\n" % len(body))
-        lines.append(b"date: %s\r\n" % http_date())
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        if self.method != "HEAD" and self.status not in (204, 304):
-            lines.append(body)
-        self.close_after = not keep_alive
-        try:
-            await self.connection._write(b"".join(lines))
-        except PeerGone:
-            self.peer_gone = True
-        finally:
-            self.responded.set()
-        self.connection.server.log_access(self)
-
-    async def handle(self) -> bool:
-        """Run the app for this request; True if the connection may carry another."""
-        try:
-            await self.connection.app(self.scope, self.receive, self.send)
-        except PeerGone:
-            return False
-        except Exception:
-            log.exception("the application failed on %s %s", self.method, self.scope["path"])
-            if not self.responded.is_set():
-                self.status, self.response_headers = 500, [(b"content-type", b"application/json")]
-                self.body_parts = [orjson.dumps(errors.EngineError(INTERNAL).body())]
-                self.close_after = True
-                await self._respond()
-            return False
-        if self.bad_body is not None:  # a malformed body, found while the app read it
-            if not self.responded.is_set():
-                await self.connection._refuse(self.bad_body)
-            return False
-        if not self.responded.is_set():  # the app ended without a complete answer
-            return False
-        if self.peer_gone:
-            return False
-        if not self.body_done:  # unread body bytes: they cannot be skipped safely
-            return False
-        return not self.close_after
-
-
 class Http1Server:
     """Settings and the idle connections, which a stopping server closes at once."""
 
     def __init__(
         self,
-        app: App,
+        handler: Handler,
         *,
         keep_alive_timeout: float = 5.0,
         head_timeout: float = 30.0,  # for the rest of a head, and each piece of a body
         write_timeout: float = 60.0,
+        max_body: int = DEFAULT_MAX_BODY,
         access_log: logging.Logger | None = None,
     ) -> None:
-        self.app = app
+        self.handler = handler
+        self.max_body = max_body
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
@@ -455,21 +398,23 @@ class Http1Server:
         self.stopping = False
         self.access_log = access_log
 
-    def log_access(self, request: Request) -> None:
+    def log_access(
+        self, connection: Connection, request: Request, response: Response, started: float
+    ) -> None:
         if self.access_log is None:
             return
-        client = request.connection.client
+        client = connection.client
         self.access_log.info(
             "request",
             extra={
                 "fields": {
                     "client": f"{client[0]}:{client[1]}" if client else None,
                     "method": request.method,
-                    "path": request.scope["path"],
-                    "query": request.scope["query_string"].decode("latin-1"),
-                    "status": request.status,
-                    "bytes": sum(len(part) for part in request.body_parts),
-                    "ms": round((time.perf_counter() - request.started) * 1000, 2),
+                    "path": request.path,
+                    "query": request.query_string.decode("latin-1"),
+                    "status": response.status,
+                    "bytes": len(response.body),
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
                 }
             },
         )
@@ -498,7 +443,7 @@ class Http1Server:
         except OSError:
             sock.close()
             return
-        await Connection(sock, self.app, self, client, local).run()
+        await Connection(sock, self, client, local).run()
 
     def stop(self) -> None:
         """Answer in-flight requests with ``connection: close``; end idle ones now."""

@@ -1,4 +1,5 @@
-"""Fixtures: a real server (hypercorn + the engine) on a free port, and HTTP clients.
+"""Fixtures: a real server (the HTTP front door + the engine) on a free port, and HTTP
+clients.
 
 The server runs in the test's own trio loop but is reached only over TCP with a real
 HTTP client, exactly as a user would reach it.

@@ -374,7 +374,7 @@ async def test_not_ready_is_503(nursery: trio.Nursery) -> None:
     from hypercorn.config import Config
 
     engine = Engine()  # never started: recovery "still running"
-    app = create_app(engine, GatewaySettings(admin_token_hash=hash_token("x")))
+    app = create_app(engine, GatewaySettings(admin_token_hash=hash_token("x"))).asgi
     config = Config()
     config.bind = ["127.0.0.1:0"]
     binds = await nursery.start(partial(hypercorn.trio.serve, app, config))

@@ -340,7 +340,7 @@ async def test_metrics_are_exposed(world: World) -> None:
         "chat_engine_events_published_total",
         "chat_engine_events_delivered_total",
         "chat_engine_session_queue_depth_max",
-        'chat_engine_http_request_seconds_bucket{le="0.005",method="GET",route="/api/v5/orgs/<org_id>/rooms",status="200"}',
+        'chat_engine_http_request_seconds_bucket{le="0.005",method="GET",route="/api/v5/orgs/{org_id}/rooms",status="200"}',
     ):
         assert name in text, name
     # the `subscribed` answer went out in a write pass, as one frame at least

@@ -1,0 +1,132 @@
+"""The request pipeline (gateway/web.py): its route table, and the same answers whether
+the built-in HTTP/1.1 server or hypercorn (through quart-trio) carries the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from gateway.web import Request, Response, Router
+from tests.conftest import ADMIN_TOKEN, start_server
+
+
+def request(method: str, path: str) -> Request:
+    return Request(method, path, b"", [], b"")
+
+
+def test_a_literal_segment_wins_over_a_parameter_and_parameters_are_not_empty() -> None:
+    router = Router()
+
+    async def by_id(req: Request, org_id: str) -> Response:
+        return Response(org_id.encode())
+
+    async def mine(req: Request) -> Response:
+        return Response(b"mine")
+
+    router.add("GET", "/orgs/{org_id}", by_id)
+    router.add("GET", "/orgs/mine", mine)
+    router.add("GET", "/orgs/{org_id}/rooms/{room_id}", by_id)
+    found = router.match("/orgs/mine")
+    assert found is not None and found[0].methods["GET"] is mine and found[1] == {}
+    found = router.match("/orgs/abc")
+    assert found is not None and found[1] == {"org_id": "abc"} and found[0].rule == "/orgs/{org_id}"
+    found = router.match("/orgs/a/rooms/b")
+    assert found is not None and found[1] == {"org_id": "a", "room_id": "b"}
+    for path in ("/orgs/", "/orgs//rooms/b", "/orgs/a/rooms", "/orgs/a/rooms/b/", "orgs/a", "/"):
+        assert router.match(path) is None, path
+
+
+def test_a_route_defined_twice_or_with_two_names_for_a_segment_is_refused() -> None:
+    router = Router()
+
+    async def handler(req: Request, **params: str) -> Response:
+        return Response()
+
+    router.add("GET", "/orgs/{org_id}", handler)
+    with pytest.raises(ValueError):
+        router.add("GET", "/orgs/{org_id}", handler)
+    with pytest.raises(ValueError):
+        router.add("POST", "/orgs/{id}", handler)
+
+
+def test_query_arguments_keep_order_repeats_and_blanks() -> None:
+    req = Request("GET", "/x", b"a=1&b=&a=2&c=x+y%21", [], b"")
+    assert req.arg_pairs == [("a", "1"), ("b", ""), ("a", "2"), ("c", "x y!")]
+    assert req.args == {"a": "1", "b": "", "c": "x y!"}
+    with_host = Request("GET", "/x", b"", [(b"host", b"example.org:81")], b"", server=("h", 1))
+    assert with_host.host == "example.org:81"
+    assert request("GET", "/x").host == "localhost"
+
+
+def shape(response: httpx.Response) -> dict[str, Any]:
+    """What a client relies on, without ids and dates that differ between servers."""
+    body: Any = None
+    if response.content and response.headers.get("content-type") == "application/json":
+        json = response.json()
+        body = (
+            sorted(json) if "code" not in json else (json["code"], sorted(json.get("errors", {})))
+        )
+    return {
+        "status": response.status_code,
+        "content_type": response.headers.get("content-type"),
+        "allow": response.headers.get("allow"),
+        "body": body,
+        "empty": not response.content,
+    }
+
+
+async def test_the_built_in_server_and_hypercorn_answer_alike(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    servers = [
+        await start_server(nursery),
+        await start_server(nursery, "--http1-server", "hypercorn"),
+    ]
+    seen: list[list[dict[str, Any]]] = []
+    for server in servers:
+        async with server.client(ADMIN_TOKEN) as admin, server.client() as anonymous:
+            org = (await admin.post("/api/v5/orgs", json={"name": "Parity"})).json()
+            base = f"/api/v5/orgs/{org['id']}"
+            await admin.post(f"{base}/rooms", json={"name": "One"})
+            await admin.post(f"{base}/rooms", json={"name": "Two"})
+            answers = [
+                await admin.get("/healthz"),
+                await admin.get("/nope"),
+                await admin.get("/api/v5/orgs/"),
+                await admin.get("/api/v5/orgs//rooms"),
+                await admin.put("/api/v5/orgs", json={}),
+                await admin.options(base),
+                await admin.head(base),
+                await admin.get(base),
+                await admin.post(
+                    "/api/v5/orgs", content=b"name", headers={"content-type": "text/plain"}
+                ),
+                await admin.post("/api/v5/orgs", json={"name": ""}),
+                await admin.post(
+                    "/api/v5/orgs", content=b"{", headers={"content-type": "application/json"}
+                ),
+                await anonymous.post("/api/v5/orgs", json={"name": "x"}),
+                await admin.post("/api/v5/orgs", json={"name": "x" * 70_000}),
+                await admin.get(f"{base}/rooms", params={"page_size": "0"}),
+                await admin.get(f"{base}/rooms", params={"page_size": "1"}),
+                await admin.get(f"{base}/chats", params={"ordering": "sideways"}),
+                await admin.delete(f"{base}/chats/{org['id']}/tags/x"),
+            ]
+            first_page = answers[-3].json()
+            assert first_page["next"].startswith(
+                f"{server.base_url}{base}/rooms?page_size=1&cursor="
+            )
+            seen.append([shape(answer) for answer in answers])
+    builtin, hypercorn = seen
+    for number, (ours, theirs) in enumerate(zip(builtin, hypercorn, strict=True)):
+        assert ours == theirs, number
+    assert [answer["status"] for answer in builtin] == [
+        200, 404, 404, 404, 405, 200, 200, 200, 415, 400, 400, 401, 413, 400, 200, 400, 404,
+    ]  # fmt: skip
+    assert builtin[4]["allow"] == "OPTIONS, POST"
+    assert builtin[5]["allow"] == "GET, HEAD, OPTIONS" and builtin[5]["empty"]
+    assert builtin[6]["empty"] and builtin[6]["content_type"] == "application/json"
