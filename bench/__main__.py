@@ -212,6 +212,20 @@ def storm_table(result: dict[str, Any], command: str) -> Table:
         "pass",
     ):
         table.add_column(column, justify="right")
+    for name, baseline in result.get("baselines", {}).items():
+        table.add_row(
+            f"baseline: {name}",
+            f"{baseline['calls']} / –",
+            "–",
+            f"{baseline['p50_ms']:.1f}",
+            f"{baseline['p95_ms']:.1f}",
+            f"{baseline['p99_ms']:.1f}",
+            f"{baseline['max_ms']:.1f}",
+            f"{baseline['wall_s']:.2f}",
+            f"{baseline['server_cpu_s']:.2f}",
+            f"{baseline['generator_cpu_s']:.2f}",
+            "–",
+        )
     for name, burst in result["bursts"].items():
         table.add_row(
             name,
@@ -226,7 +240,15 @@ def storm_table(result: dict[str, Any], command: str) -> Table:
             f"{burst['generator_cpu_s']:.2f}",
             "yes" if burst["passed"] else "NO",
         )
-    table.caption = f"target: exact correctness, p99 ≤ {result['p99_target_ms']:g} ms per call"
+    ratios = "; ".join(
+        f"{name} p99 = {burst['p99_vs_bare_server']:.1f}× the bare server's, "
+        f"{burst['p99_vs_healthz']:.1f}× healthz"
+        for name, burst in result["bursts"].items()
+        if "p99_vs_bare_server" in burst
+    )
+    table.caption = (
+        f"target: exact correctness, p99 ≤ {result['p99_target_ms']:g} ms per call. {ratios}"
+    )
     return table
 
 

@@ -29,6 +29,7 @@ from bench.server import free_port, start_server
 PEERS = {
     "socketio": "bench.peers.socketio_server",
     "websockets": "bench.peers.websockets_server",
+    "bare_http": "bench.peers.bare_http_server",  # the storm scenario's floor
 }
 KINDS = ("engine", "socketio", "websockets")
 # starts low enough to find python-socketio's rate at 1,000 subscribers

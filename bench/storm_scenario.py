@@ -13,6 +13,12 @@ own keep-alive connection (opened before the burst):
 Reported per burst: latency p50/p95/p99/max per call, the burst's wall time, server
 and generator CPU. The server runs with its default durable storage (``--fsync
 always``) in a temporary data dir, unless ``--in-memory``.
+
+Two baselines, fired the same way by the same generator in the same run, say what
+part of a call's latency is not the engine's: the same number of ``GET /healthz`` on
+the engine's server (its HTTP path alone: parse, route, answer), and the exclusive-join
+requests sent to a bare trio HTTP server that answers each with a constant
+(``bench/peers/bare_http_server.py``: Python, trio and the sockets, nothing else).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import orjson
 import trio
 
 from bench.client import HttpConnection
+from bench.compare_scenario import start_peer, stop_peer
 from bench.server import ADMIN_TOKEN, cpu_seconds, start_server
 
 P99_TARGET_MS = 100.0
@@ -137,7 +144,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
     flags = ["--in-memory"] if options.in_memory else []
     server = start_server(*flags)
     try:
-        task = progress.add_task("storm: bootstrap", total=3)
+        task = progress.add_task("storm: bootstrap", total=5)
         admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
         with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
             world = _bootstrap(client, options)
@@ -149,6 +156,17 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 user = users[number // options.chats % len(users)]
                 body = orjson.dumps({"user_id": user, "exclusive": True})
                 joins.append(("POST", f"{base}/chats/{chat}/presences", body, chat))
+            progress.update(task, description=f"storm: {options.joins} calls to a bare server")
+            floor = _floor(joins, options.generators)
+            progress.advance(task)
+            progress.update(task, description=f"storm: {options.joins} GET /healthz")
+            healthz = _baseline(
+                server.port,
+                [("GET", "/healthz", None, "")] * options.joins,
+                options.generators,
+                server.process.pid,
+            )
+            progress.advance(task)
             progress.update(task, description=f"storm: {options.joins} exclusive joins")
             join_results, join_usage = _burst(
                 server.port, joins, options.generators, server.process.pid
@@ -185,14 +203,32 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         }
         for burst in bursts.values():
             burst["passed"] = burst["correct"] and burst["p99_ms"] <= P99_TARGET_MS
+            burst["p99_vs_bare_server"] = burst["p99_ms"] / floor["p99_ms"]
+            burst["p99_vs_healthz"] = burst["p99_ms"] / healthz["p99_ms"]
         return {
             "generators": options.generators,
             "server_args": server.args[1:],
             "p99_target_ms": P99_TARGET_MS,
             "bursts": bursts,
+            "baselines": {"bare_server": floor, "healthz": healthz},
         }
     finally:
         server.stop()
+
+
+def _baseline(port: int, calls: list[Call], generators: int, pid: int) -> dict[str, Any]:
+    results, usage = _burst(port, calls, generators, pid)
+    statuses = Counter(str(result[1]) for result in results)
+    return {"calls": len(calls), **_latencies(results), **usage, "statuses": dict(statuses)}
+
+
+def _floor(calls: list[Call], generators: int) -> dict[str, Any]:
+    """The same requests, fired the same way, at a server that does nothing with them."""
+    process, port = start_peer("bare_http")
+    try:
+        return _baseline(port, calls, generators, process.pid)
+    finally:
+        stop_peer(process)
 
 
 def _check_joins(
@@ -244,23 +280,33 @@ def plot(report: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bursts = report["result"]["bursts"]
-    figure, axis = plt.subplots(figsize=(8, 4))
-    names = list(bursts)
+    result = report["result"]
+    bursts = result["bursts"]
+    baselines = result.get("baselines", {})
+    groups = {**baselines, **bursts}
+    labels = {
+        "bare_server": "bare trio server\n(constant answer)",
+        "healthz": "engine: GET /healthz\n(HTTP path only)",
+    }
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    names = list(groups)
     keys = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
     width = 0.2
     for offset, key in enumerate(keys):
         xs = [index + (offset - 1.5) * width for index in range(len(names))]
-        bars = axis.bar(xs, [bursts[name][key] for name in names], width, label=key[:-3])
-        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+        bars = axis.bar(xs, [groups[name][key] for name in names], width, label=key[:-3])
+        axis.bar_label(bars, fmt="%.0f", fontsize=7)
     axis.axhline(P99_TARGET_MS, color="red", linestyle=":", label="p99 target")
     axis.set_xticks(
         range(len(names)),
         [
-            f"{name}\n{bursts[name]['calls']} calls / {bursts[name]['keys']} keys, "
-            f"{'correct' if bursts[name]['correct'] else 'WRONG'}"
+            labels[name]
+            if name in labels
+            else f"{name}\n{groups[name]['calls']} calls / {groups[name]['keys']} keys, "
+            f"{'correct' if groups[name]['correct'] else 'WRONG'}"
             for name in names
         ],
+        fontsize=8,
     )
     axis.set_ylabel("ms per call")
     axis.set_title("Storm: latency of contended calls fired at once")

@@ -124,9 +124,6 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         if req.path.startswith("/api/") and not engine.started.is_set():
             raise errors.Unavailable("The engine is starting.")
 
-    def observe(method: str, rule: str, status: int, seconds: float) -> None:
-        metrics.http_latency.labels(method, rule, str(status)).observe(seconds)
-
     def principal(req: Request) -> Principal:
         caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
         if caller.kind == "user":
@@ -685,7 +682,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         )
         return json_response(render_message(message), 201)
 
-    web = WebApp(router, check, observe)
+    web = WebApp(router, check, metrics.observe_request)
     return Gateway(web=web, asgi=asgi_app(web), ws=ws)
 
 

@@ -8,6 +8,7 @@ nothing for them. Only the HTTP latency histogram is observed per request.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -138,6 +139,19 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
+
+        self._latency_children: dict[tuple[str, str, int], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP answer. The labelled child is looked up once per (method, route,
+        status): ``labels()`` costs a lock, a tuple and string checks every time."""
+        key = (method, route, status)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = self.http_latency.labels(
+                method, route, str(status)
+            )
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
