@@ -32,9 +32,8 @@ from typing import Any
 
 import httpx
 import orjson
-import trio
 
-from bench.client import HttpConnection
+from bench.client import Burst, request_bytes
 from bench.compare_scenario import start_peer, stop_peer
 from bench.server import ADMIN_TOKEN, cpu_seconds, start_server
 
@@ -44,28 +43,22 @@ Call = tuple[str, str, bytes | None, str]  # method, path, body, key (chat or vi
 
 def _generator(port: int, calls: list[Call], control: Connection) -> None:
     """Open one connection per call, say 'ready', fire all on 'go', send the results."""
-
-    async def main() -> None:
-        connections = [await HttpConnection.open(port, ADMIN_TOKEN) for _ in calls]
+    requests = [
+        request_bytes(method, path, body, port, ADMIN_TOKEN) for method, path, body, _ in calls
+    ]
+    burst = Burst(port, len(calls))
+    try:
         control.send("ready")
-        assert await trio.to_thread.run_sync(control.recv) == "go"
-        results: list[tuple[str, int, bytes, float]] = [("", 0, b"", 0.0)] * len(calls)
-
-        async def fire(index: int) -> None:
-            method, path, body, key = calls[index]
-            started = time.perf_counter()
-            status, payload = await connections[index].request(method, path, body)
-            results[index] = (key, status, payload, (time.perf_counter() - started) * 1000)
-
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                for index in range(len(calls)):
-                    nursery.start_soon(fire, index)
-        for connection in connections:
-            await connection.aclose()
-        control.send(results)
-
-    trio.run(main)
+        assert control.recv() == "go"
+        answers = burst.fire(requests, timeout=120)
+    finally:
+        burst.close()
+    control.send(
+        [
+            (call[3], status, body, ms)
+            for call, (status, body, ms) in zip(calls, answers, strict=True)
+        ]
+    )
 
 
 def _burst(
