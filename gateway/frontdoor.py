@@ -32,13 +32,14 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from gateway.deadlines import Deadlines
 from gateway.http1 import Http1Server
 
 log = logging.getLogger("chat_engine.frontdoor")
 
 WS_PREFIX = b"GET /ws"
 H2_PREFACE = b"PRI * HT"  # HTTP/2's connection preface, as far as the peek reads
-PEEK_TIMEOUT = 10.0  # a connection that sent too little to classify goes to hypercorn
+PEEK_TIMEOUT = 10.0  # a connection that sent too little to classify is closed
 PEEK_RETRY = 0.005
 ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 BACKLOG = 4096
@@ -60,26 +61,24 @@ def bind(host: str, port: int) -> socket.socket:
 
 async def _peek_kind(conn: socket.socket) -> str:
     """'ws' for a WebSocket upgrade to /ws, 'h2' for HTTP/2 with prior knowledge, else
-    'http'."""
-    with trio.move_on_after(PEEK_TIMEOUT):
-        while True:
+    'http'. No timeout of its own: the caller's deadline cancels it."""
+    while True:
+        try:
+            head = conn.recv(len(WS_PREFIX) + 1, socket.MSG_PEEK)
+        except BlockingIOError:  # nothing yet: the usual case for a fresh connection
             await trio.lowlevel.wait_readable(conn)
-            try:
-                head = conn.recv(len(WS_PREFIX) + 1, socket.MSG_PEEK)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return "http"
-            if len(head) > len(WS_PREFIX):
-                if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
-                    return "ws"
-                if head.startswith(H2_PREFACE):
-                    return "h2"
-                return "http"
-            if not head or not WS_PREFIX.startswith(head):
-                return "http"
-            await trio.sleep(PEEK_RETRY)  # a prefix of "GET /ws": wait for more
-    return "http"
+            continue
+        except OSError:
+            return "http"
+        if len(head) > len(WS_PREFIX):
+            if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
+                return "ws"
+            if head.startswith(H2_PREFACE):
+                return "h2"
+            return "http"
+        if not head or not WS_PREFIX.startswith(head):
+            return "http"
+        await trio.sleep(PEEK_RETRY)  # a prefix of "GET /ws": wait for more
 
 
 async def serve(
@@ -101,22 +100,28 @@ async def serve(
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
+    deadlines = http1.deadlines if http1 is not None else Deadlines()
 
     async def connection(conn: socket.socket) -> None:
-        try:
-            kind = await _peek_kind(conn)
-        except BaseException:
-            conn.close()
-            raise
-        if kind == "ws":
-            await ws_handler(conn)
-            return
-        if kind == "http" and http1 is not None:
-            await http1.serve_connection(conn)
-            return
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-        state = ConnectionState(lifespan_state.copy())
-        await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+        # one cancel scope for the connection's life: its timeouts are deadlines on it
+        with trio.CancelScope() as scope:
+            deadlines.set(scope, PEEK_TIMEOUT)
+            try:
+                kind = await _peek_kind(conn)
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                deadlines.clear(scope)
+            if kind == "ws":
+                await ws_handler(conn)
+                return
+            if kind == "http" and http1 is not None:
+                await http1.serve_connection(conn, scope)
+                return
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            state = ConnectionState(lifespan_state.copy())
+            await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
 
     async def accept_loop(nursery: trio.Nursery) -> None:
         while True:
@@ -140,6 +145,9 @@ async def serve(
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
+            # beside the connections, not among them: the server nursery waits for its
+            # tasks to end, and connections still need their timeouts while it does
+            lifespan_nursery.start_soon(deadlines.run)
             async with trio.open_nursery() as server_nursery:
                 bound = repr_socket_addr(listener.family, listener.getsockname())
                 task_status.started([f"http://{bound}"])

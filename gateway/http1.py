@@ -35,6 +35,7 @@ import orjson
 import trio
 
 from engine import errors
+from gateway.deadlines import Deadlines
 from gateway.web import INTERNAL, Request, Response
 
 log = logging.getLogger("chat_engine.http")
@@ -153,7 +154,9 @@ class Connection:
         server: Http1Server,
         client: tuple[str, int] | None,
         local: tuple[str, int] | None,
+        scope: trio.CancelScope,
     ) -> None:
+        self.scope = scope  # the connection's: cancelled on a timeout, or to stop
         self.sock = sock
         self.server = server
         self.client = client
@@ -181,11 +184,14 @@ class Connection:
             return
 
     async def _fill_body(self) -> None:
-        """``_fill`` for a body: a piece that takes over ``head_timeout`` is a peer gone."""
-        with trio.move_on_after(self.server.head_timeout):
+        """``_fill`` for a body: a piece that takes over ``head_timeout`` ends the
+        connection (its scope is cancelled)."""
+        deadlines = self.server.deadlines
+        deadlines.set(self.scope, self.server.head_timeout)
+        try:
             await self._fill()
-            return
-        raise PeerGone
+        finally:
+            deadlines.clear(self.scope)
 
     async def _write(self, data: bytes | memoryview) -> None:
         try:
@@ -213,7 +219,9 @@ class Connection:
     # -- requests --------------------------------------------------------------------
     async def _read_head(self) -> bytes | None:
         """The next request's head, without its blank line; None when the connection
-        should end quietly (the peer closed, stayed idle, or the server is stopping)."""
+        should end quietly (the peer closed, or the server is stopping). Waiting longer
+        than the keep-alive timeout (idle) or the head timeout (once the head started)
+        cancels the connection's scope."""
         buffer = self.buffer
         while buffer[:2] == b"\r\n":  # tolerated before a request line
             del buffer[:2]
@@ -222,37 +230,39 @@ class Connection:
             head = bytes(buffer[:end])
             del buffer[: end + 4]
             return head
-        scope = trio.CancelScope(deadline=trio.current_time() + self.server.keep_alive_timeout)
-        waiting_idle = not buffer
-        if waiting_idle:
-            if self.server.stopping:
+        server = self.server
+        idle = not buffer
+        if idle:
+            if server.stopping:
                 return None
-            self.server.idle.add(scope)
+            server.idle.add(self)
+            server.deadlines.set(self.scope, server.keep_alive_timeout)
+        else:
+            server.deadlines.set(self.scope, server.head_timeout)
         try:
-            with scope:
-                while True:
-                    while buffer[:2] == b"\r\n":
-                        del buffer[:2]
-                    end = buffer.find(b"\r\n\r\n")
-                    if end >= 0:
-                        if end > MAX_HEAD:
-                            raise BadRequest("The request head is too large.", 431)
-                        head = bytes(buffer[:end])
-                        del buffer[: end + 4]
-                        return head
-                    if len(buffer) > MAX_HEAD:
+            while True:
+                while buffer[:2] == b"\r\n":
+                    del buffer[:2]
+                end = buffer.find(b"\r\n\r\n")
+                if end >= 0:
+                    if end > MAX_HEAD:
                         raise BadRequest("The request head is too large.", 431)
-                    try:
-                        await self._fill()
-                    except PeerGone:
-                        return None
-                    if waiting_idle:  # the request started: no longer idle
-                        self.server.idle.discard(scope)
-                        scope.deadline = trio.current_time() + self.server.head_timeout
-                        waiting_idle = False
+                    head = bytes(buffer[:end])
+                    del buffer[: end + 4]
+                    return head
+                if len(buffer) > MAX_HEAD:
+                    raise BadRequest("The request head is too large.", 431)
+                try:
+                    await self._fill()
+                except PeerGone:
+                    return None
+                if idle:  # the request started: no longer idle
+                    server.idle.discard(self)
+                    server.deadlines.set(self.scope, server.head_timeout)
+                    idle = False
         finally:
-            self.server.idle.discard(scope)
-        return None  # idle too long, or the server is stopping
+            server.idle.discard(self)
+            server.deadlines.clear(self.scope)
 
     async def _read_body(self, framing: Framing) -> bytes:
         limit = self.server.max_body
@@ -388,13 +398,15 @@ class Http1Server:
         write_timeout: float = 60.0,
         max_body: int = DEFAULT_MAX_BODY,
         access_log: logging.Logger | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
-        self.idle: set[trio.CancelScope] = set()
+        self.idle: set[Connection] = set()  # waiting for a request, none begun
+        self.deadlines = deadlines or Deadlines()
         self.stopping = False
         self.access_log = access_log
 
@@ -436,17 +448,26 @@ class Http1Server:
             },
         )
 
-    async def serve_connection(self, sock: socket.socket) -> None:
+    async def serve_connection(
+        self, sock: socket.socket, scope: trio.CancelScope | None = None
+    ) -> None:
+        """Serve ``sock`` until either side ends it. ``scope``: the connection's cancel
+        scope if the caller opened one (the front door does), else one is opened here.
+        ``deadlines.run`` must be running for timeouts to fire."""
         try:
             client = sock.getpeername()[:2]
             local = sock.getsockname()[:2]
         except OSError:
             sock.close()
             return
-        await Connection(sock, self, client, local).run()
+        if scope is not None:
+            await Connection(sock, self, client, local, scope).run()
+            return
+        with trio.CancelScope() as own:
+            await Connection(sock, self, client, local, own).run()
 
     def stop(self) -> None:
         """Answer in-flight requests with ``connection: close``; end idle ones now."""
         self.stopping = True
-        for scope in list(self.idle):
-            scope.cancel()
+        for connection in list(self.idle):
+            connection.scope.cancel()

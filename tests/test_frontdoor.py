@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 import wsproto
 from wsproto.events import (
     AcceptConnection,
@@ -21,6 +22,8 @@ from wsproto.events import (
     TextMessage,
 )
 
+from gateway import frontdoor
+from gateway.deadlines import Deadlines
 from gateway.wsconn import WsLimits
 from tests.conftest import ADMIN_TOKEN, Server, World, build_world, start_server
 from tests.wsclient import ws_connect
@@ -215,3 +218,47 @@ async def test_with_back_to_back_write_passes_events_still_arrive_in_order(
             events = [await watcher.until(lambda f: "action" in f) for _ in range(30)]
     assert [e["resource"]["message"] for e in events] == [f"m{n}" for n in range(30)]
     assert [e["seq"] for e in events] == list(range(1, 31))
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_peek_timeout(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(frontdoor, "PEEK_TIMEOUT", 0.5)
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery)
+    silent = await trio.open_tcp_stream("127.0.0.1", port_of(server))
+    half = await trio.open_tcp_stream("127.0.0.1", port_of(server))
+    await half.send_all(b"GET /w")  # could still become an upgrade: waits for more
+    with trio.fail_after(10):
+        for stream in (silent, half):
+            try:  # closed by the server: an end of stream, or a reset (unread bytes)
+                assert await stream.receive_some(100) == b""
+            except trio.BrokenResourceError:
+                pass
+    await silent.aclose()
+    await half.aclose()
+
+
+async def test_deadlines_cancel_late_scopes_only(autojump_clock: trio.testing.MockClock) -> None:
+    deadlines = Deadlines(resolution=0.25)
+    ended: dict[str, float] = {}
+
+    async def wait(name: str, seconds: float, clear_after: float | None = None) -> None:
+        with trio.CancelScope() as scope:
+            deadlines.set(scope, seconds)
+            if clear_after is not None:
+                await trio.sleep(clear_after)
+                deadlines.clear(scope)
+            await trio.sleep(10)
+        ended[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deadlines.run)
+        nursery.start_soon(wait, "five", 5.0)
+        nursery.start_soon(wait, "one", 1.0)
+        nursery.start_soon(wait, "cleared", 2.0, 1.0)
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert 5.0 <= ended["five"] <= 5.25 and 1.0 <= ended["one"] <= 1.25
+    assert ended["cleared"] == 11.0  # never cancelled: 1 s, then its full 10 s
+    assert len(deadlines) == 0

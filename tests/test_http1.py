@@ -244,6 +244,17 @@ async def echo_app(request: Request) -> Response:
     return Response(request.body, 200, None)
 
 
+async def serve(server: Http1Server, *socks: socket.socket) -> None:
+    """Serve connections until they end, with the server's timeouts running (as the
+    front door runs them)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.deadlines.run)
+        async with trio.open_nursery() as connections:
+            for sock in socks:
+                connections.start_soon(server.serve_connection, sock)
+        nursery.cancel_scope.cancel()
+
+
 def socket_pair() -> tuple[socket.socket, socket.socket]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
@@ -258,7 +269,7 @@ async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
     ours, theirs = socket_pair()
     theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
     with trio.fail_after(60):
-        await server.serve_connection(ours)  # answers, then waits for the next request
+        await serve(server, ours)  # answers, then waits for the next request
     assert 5.0 <= trio.current_time() < 6.0
     answer = theirs.recv(1000)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")
@@ -273,7 +284,7 @@ async def test_a_head_that_stalls_ends_its_connection(
     ours, theirs = socket_pair()
     theirs.send(b"GET /x HTTP/1.1\r\nHost: x\r\n")  # never finished
     with trio.fail_after(120):
-        await server.serve_connection(ours)
+        await serve(server, ours)
     assert 30.0 <= trio.current_time() < 31.0
     assert theirs.recv(100) == b""  # closed without an answer
     theirs.close()
@@ -286,8 +297,7 @@ async def test_stopping_closes_idle_connections_at_once_and_answers_with_close(
     idle, idle_peer = socket_pair()
     busy, busy_peer = socket_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.serve_connection, idle)
-        nursery.start_soon(server.serve_connection, busy)
+        nursery.start_soon(serve, server, idle, busy)
         await trio.sleep(1.0)  # virtual: both connections are waiting for a request
         busy_peer.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\n")  # half a request
         await trio.sleep(1.0)
@@ -329,7 +339,7 @@ async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.M
     ours, theirs = socket_pair()
     theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
     with trio.fail_after(120):
-        await server.serve_connection(ours)
+        await serve(server, ours)
     assert seen == [] and 30 <= trio.current_time() < 31
     assert theirs.recv(100) == b""  # closed, no answer
     theirs.close()
