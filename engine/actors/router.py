@@ -249,15 +249,22 @@ class ChannelRouter:
         return found
 
     def _publish(self, publications: list[Publication]) -> None:
+        # The hot loop of every mutation (~50 publications for a join into a chat with
+        # ten operators): lookups hoisted, the channel lookup inlined.
         stats = self.stats
         stats.batches += 1
         queue = self._eviction.append
+        found = self._channels
+        limit = self.history_limit
         for publication in publications:
-            channel = self._channel(publication.channel)
-            channel.seq += 1
+            key = publication.channel
+            channel = found.get(key)
+            if channel is None:
+                channel = found[key] = _Channel(key)
+            channel.seq = seq = channel.seq + 1
             event = Event(
                 channel.key,  # the channel's own key: fan-out builds a new one each time
-                channel.seq,
+                seq,
                 publication.action,
                 publication.resource_id,
                 publication.payload,
@@ -266,13 +273,12 @@ class ChannelRouter:
             if not history:
                 channel.history = [event]
             else:
-                if len(history) >= self.history_limit:
+                if len(history) >= limit:
                     del history[0]  # its eviction entry stays, as a stale one
                     self._stale += 1
                 history.append(event)
             channel.queued += 1
             queue(channel)
-            stats.events_published += 1
             if channel.subscribers:
                 frames: dict[str, bytes] = {}
                 for session in channel.subscribers:
@@ -282,9 +288,13 @@ class ChannelRouter:
                         frame = frames[encoding] = event.encoded(encoding)
                     session.push(frame)
                 stats.events_delivered += len(channel.subscribers)
+        stats.events_published += len(publications)
+        compacted = None  # publications of one payload come together: skip repeats
         for publication in publications:
-            if publication.payload is not None:
-                publication.payload.compact()
+            payload = publication.payload
+            if payload is not None and payload is not compacted:
+                payload.compact()
+                compacted = payload
         self._evict()
 
     def _evict(self) -> None:
