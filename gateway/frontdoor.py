@@ -102,7 +102,10 @@ async def serve(
     context = WorkerContext(None)
     deadlines = http1.deadlines if http1 is not None else Deadlines()
 
-    async def connection(conn: socket.socket) -> None:
+    local = listener.getsockname()[:2]
+    wildcard = local[0] in ("0.0.0.0", "::")  # then each connection's own local address
+
+    async def connection(conn: socket.socket, peer: tuple[str, int]) -> None:
         # one cancel scope for the connection's life: its timeouts are deadlines on it
         with trio.CancelScope() as scope:
             deadlines.set(scope, PEEK_TIMEOUT)
@@ -117,7 +120,8 @@ async def serve(
                 await ws_handler(conn)
                 return
             if kind == "http" and http1 is not None:
-                await http1.serve_connection(conn, scope)
+                addresses = None if wildcard else (peer[:2], local)
+                await http1.serve_connection(conn, scope, addresses)
                 return
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             state = ConnectionState(lifespan_state.copy())
@@ -128,7 +132,7 @@ async def serve(
             await trio.lowlevel.wait_readable(listener)
             while True:
                 try:
-                    conn, _ = listener.accept()
+                    conn, peer = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as error:
@@ -139,7 +143,7 @@ async def serve(
                     break
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(connection, conn)
+                nursery.start_soon(connection, conn, peer)
 
     try:
         async with trio.open_nursery() as lifespan_nursery:

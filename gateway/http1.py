@@ -449,17 +449,24 @@ class Http1Server:
         )
 
     async def serve_connection(
-        self, sock: socket.socket, scope: trio.CancelScope | None = None
+        self,
+        sock: socket.socket,
+        scope: trio.CancelScope | None = None,
+        addresses: tuple[tuple[str, int], tuple[str, int]] | None = None,
     ) -> None:
         """Serve ``sock`` until either side ends it. ``scope``: the connection's cancel
-        scope if the caller opened one (the front door does), else one is opened here.
+        scope if the caller opened one (the front door does), else one is opened here;
+        ``addresses``: (peer, local) if the caller knows them (two syscalls saved).
         ``deadlines.run`` must be running for timeouts to fire."""
-        try:
-            client = sock.getpeername()[:2]
-            local = sock.getsockname()[:2]
-        except OSError:
-            sock.close()
-            return
+        if addresses is not None:
+            client, local = addresses
+        else:
+            try:
+                client = sock.getpeername()[:2]
+                local = sock.getsockname()[:2]
+            except OSError:
+                sock.close()
+                return
         if scope is not None:
             await Connection(sock, self, client, local, scope).run()
             return

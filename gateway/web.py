@@ -179,7 +179,24 @@ class Router:
         if not path.startswith("/"):
             return None
         segments = path[1:].split("/") if path != "/" else []
+        # The common case, without recursion: a literal segment if there is one, else
+        # the parameter; a dead end falls back to the full search (with backtracking).
+        node: _Node | None = self._root
         params: dict[str, str] = {}
+        for segment in segments:
+            assert node is not None
+            literal = node.literals.get(segment)
+            if literal is not None:
+                node = literal
+            elif node.param_node is not None and segment:
+                params[node.param] = segment  # type: ignore[index]
+                node = node.param_node
+            else:
+                node = None
+                break
+        if node is not None and node.methods:
+            return node, params
+        params = {}
         node = self._walk(self._root, segments, 0, params)
         return None if node is None else (node, params)
 

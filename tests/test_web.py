@@ -35,6 +35,8 @@ def test_a_literal_segment_wins_over_a_parameter_and_parameters_are_not_empty() 
     assert found is not None and found[1] == {"org_id": "abc"} and found[0].rule == "/orgs/{org_id}"
     found = router.match("/orgs/a/rooms/b")
     assert found is not None and found[1] == {"org_id": "a", "room_id": "b"}
+    found = router.match("/orgs/mine/rooms/b")  # the literal leads nowhere: backtrack
+    assert found is not None and found[1] == {"org_id": "mine", "room_id": "b"}
     for path in ("/orgs/", "/orgs//rooms/b", "/orgs/a/rooms", "/orgs/a/rooms/b/", "orgs/a", "/"):
         assert router.match(path) is None, path
 
