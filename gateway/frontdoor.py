@@ -106,7 +106,9 @@ async def serve(
     wildcard = local[0] in ("0.0.0.0", "::")  # then each connection's own local address
 
     async def connection(conn: socket.socket, peer: tuple[str, int]) -> None:
-        # one cancel scope for the connection's life: its timeouts are deadlines on it
+        # An HTTP/1.x connection lives in one cancel scope: its timeouts are deadlines
+        # on it (gateway/deadlines.py). A WebSocket session leaves it once classified:
+        # it has timeouts of its own, and does not keep the scope for its whole life.
         with trio.CancelScope() as scope:
             deadlines.set(scope, PEEK_TIMEOUT)
             try:
@@ -116,16 +118,18 @@ async def serve(
                 raise
             finally:
                 deadlines.clear(scope)
-            if kind == "ws":
-                await ws_handler(conn)
-                return
             if kind == "http" and http1 is not None:
                 addresses = None if wildcard else (peer[:2], local)
                 await http1.serve_connection(conn, scope, addresses)
                 return
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-            state = ConnectionState(lifespan_state.copy())
-            await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+        if scope.cancelled_caught:  # too little sent to tell what it is
+            return
+        if kind == "ws":
+            await ws_handler(conn)
+            return
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
 
     async def accept_loop(nursery: trio.Nursery) -> None:
         while True:
