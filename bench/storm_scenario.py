@@ -16,7 +16,8 @@ always``) in a temporary data dir, unless ``--in-memory``.
 
 Two baselines, fired the same way by the same generator in the same run, say what
 part of a call's latency is not the engine's: the same number of ``GET /healthz`` on
-the engine's server (its HTTP path alone: parse, route, answer), and the exclusive-join
+the engine's server after the two bursts (its HTTP path alone: parse, route, answer),
+and, before them, the exclusive-join
 requests sent to a bare trio HTTP server that answers each with a constant
 (``bench/peers/bare_http_server.py``: Python, trio and the sockets, nothing else).
 """
@@ -152,14 +153,6 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             progress.update(task, description=f"storm: {options.joins} calls to a bare server")
             floor = _floor(joins, options.generators)
             progress.advance(task)
-            progress.update(task, description=f"storm: {options.joins} GET /healthz")
-            healthz = _baseline(
-                server.port,
-                [("GET", "/healthz", None, "")] * options.joins,
-                options.generators,
-                server.process.pid,
-            )
-            progress.advance(task)
             progress.update(task, description=f"storm: {options.joins} exclusive joins")
             join_results, join_usage = _burst(
                 server.port, joins, options.generators, server.process.pid
@@ -174,6 +167,16 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             progress.update(task, description=f"storm: {options.resumes} auto_resume calls")
             resume_results, resume_usage = _burst(
                 server.port, resumes, options.generators, server.process.pid
+            )
+            progress.advance(task)
+            # last, so that it is not the first burst a fresh server meets (the graded
+            # bursts take that cost, as they always did)
+            progress.update(task, description=f"storm: {options.joins} GET /healthz")
+            healthz = _baseline(
+                server.port,
+                [("GET", "/healthz", None, "")] * options.joins,
+                options.generators,
+                server.process.pid,
             )
             progress.advance(task)
             joins_check = _check_joins(client, base, join_results)
