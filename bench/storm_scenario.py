@@ -1,7 +1,8 @@
 """`python -m bench storm`: bursts of contended calls, checked for exact correctness.
 
 Two bursts, each fired all at once from separate generator processes, every call on its
-own keep-alive connection (opened before the burst):
+own keep-alive connection (opened before the burst, and primed with one ``GET /healthz``
+so that the server has accepted it):
 
 1. ``--joins`` (1,000) exclusive joins over ``--chats`` (100) empty chats, a different
    operator per call on the same chat: each chat must end with exactly one 201 and
@@ -49,6 +50,10 @@ def _generator(port: int, calls: list[Call], control: Connection) -> None:
     ]
     burst = Burst(port, len(calls))
     try:
+        # each connection carries one request first, so that the server has accepted
+        # it and is waiting on it like on any keep-alive connection of a client's pool:
+        # a burst then times the calls, not the server accepting 1,000 connections
+        burst.fire([request_bytes("GET", "/healthz", None, port)] * len(calls), timeout=60)
         control.send("ready")
         assert control.recv() == "go"
         answers = burst.fire(requests, timeout=120)
