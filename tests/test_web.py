@@ -3,13 +3,16 @@ the built-in HTTP/1.1 server or hypercorn (through quart-trio) carries the reque
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 
-from gateway.web import Request, Response, Router
+from engine import errors
+from gateway.web import Request, Response, Router, WebApp
 from tests.conftest import ADMIN_TOKEN, start_server
 
 
@@ -132,3 +135,45 @@ async def test_the_built_in_server_and_hypercorn_answer_alike(
     assert builtin[4]["allow"] == "OPTIONS, POST"
     assert builtin[5]["allow"] == "GET, HEAD, OPTIONS" and builtin[5]["empty"]
     assert builtin[6]["empty"] and builtin[6]["content_type"] == "application/json"
+
+
+async def test_a_failing_handler_is_a_json_500_logged_and_observed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    observed: list[tuple[str, str, int]] = []
+    router = Router()
+
+    async def broken(req: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    async def refused(req: Request, item: str) -> Response:
+        raise errors.Forbidden(f"Not {item}.")
+
+    router.add("GET", "/broken", broken)
+    router.add("GET", "/items/{item}", refused)
+    app = WebApp(
+        router, lambda req: None, lambda m, rule, status, s: observed.append((m, rule, status))
+    )
+    with caplog.at_level(logging.ERROR, logger="chat_engine.http"):
+        crashed = await app.handle(request("GET", "/broken"))
+    assert crashed.status == 500
+    assert orjson.loads(crashed.body) == {"code": "internal", "detail": "Internal error."}
+    assert any("unhandled error on GET /broken" in r.getMessage() for r in caplog.records)
+    forbidden = await app.handle(request("GET", "/items/x"))
+    assert forbidden.status == 403 and orjson.loads(forbidden.body)["detail"] == "Not x."
+    missing = await app.handle(request("GET", "/nowhere"))
+    assert missing.status == 404
+    assert observed == [
+        ("GET", "/broken", 500),
+        ("GET", "/items/{item}", 403),
+        ("GET", "unmatched", 404),
+    ]
+
+
+async def test_the_checks_run_before_routing() -> None:
+    def starting(req: Request) -> None:
+        raise errors.Unavailable("Starting.")
+
+    app = WebApp(Router(), starting, lambda *args: None)
+    answer = await app.handle(request("GET", "/no/such/path"))
+    assert answer.status == 503 and orjson.loads(answer.body)["code"] == "unavailable"
