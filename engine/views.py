@@ -125,6 +125,7 @@ def participation_view(participation: tuple[str, str]) -> dict[str, Any]:
 
 
 LOG_TYPES = {"msg": 1, "autosuggest": 2}
+_UNNAMED: Any = object()  # not looked up yet (None is a name: a visitor without one)
 LOG_SENDERS = {"user": 1, "visitor": 2}
 
 
@@ -133,19 +134,28 @@ def chat_rich_view(
 ) -> dict[str, Any]:
     """The rich form of a chat (the org report and ``GET /orgs/{org}/chats/{chat}``)."""
     visitor_name = next((item["value"] for item in api_data if item.get("name") == "name"), None)
-    logs = []
+    # The org report renders whole chats, 25 a page: a chat's few senders are looked up
+    # and named once, not once per message (a user's full_name is built on each call).
+    names: dict[str, str | None] = {}
+    logs: list[dict[str, Any]] = []
+    append = logs.append
     for message in chat.messages:
-        if message.type not in LOG_TYPES:
+        kind = LOG_TYPES.get(message.type)
+        if kind is None:
             continue
-        user = users.get(message.sender_id) if message.sender_type == SENDER_USER else None
-        logs.append(
+        sender_id = message.sender_id
+        name = names.get(sender_id, _UNNAMED)
+        if name is _UNNAMED:
+            user = users.get(sender_id) if message.sender_type == SENDER_USER else None
+            name = names[sender_id] = user.full_name if user is not None else visitor_name
+        append(
             {
                 "created_at": format_ms(message.created_at),
-                "type": LOG_TYPES[message.type],
+                "type": kind,
                 "sender_type": LOG_SENDERS[message.sender_type],
-                "sender_id": message.sender_id,
+                "sender_id": sender_id,
                 "message": message.message,
-                "display_name": user.full_name if user is not None else visitor_name,
+                "display_name": name,
             }
         )
     return {
