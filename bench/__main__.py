@@ -81,8 +81,16 @@ def http_table(result: dict[str, Any], command: str) -> Table:
                 f"{phase['server_cpu_ms_per_request']:.2f}",
                 f"{phase['generator_cpu_s']:.1f}",
             )
-    for name, value in result.get("comparisons", {}).items():
-        table.caption = f"{name} = {value:.2f}"
+    notes = [f"{name} = {value:.2f}" for name, value in result.get("comparisons", {}).items()]
+    for mode, outcome in result["modes"].items():
+        by_kind = outcome["phases"].get("mix", {}).get("by_kind", {})
+        if by_kind:
+            parts = ", ".join(
+                f"{kind} p50 {kind_stats['p50_ms']:.1f} / p99 {kind_stats['p99_ms']:.1f} ms"
+                for kind, kind_stats in by_kind.items()
+            )
+            notes.append(f"mix [{mode}]: {parts}")
+    table.caption = "\n".join(notes)
     return table
 
 
@@ -287,7 +295,9 @@ SCENARIOS = {
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     scenarios = parser.add_subparsers(dest="scenario", required=True)
-    http = scenarios.add_parser("http", help="message POST and history GET vs a /healthz baseline")
+    http = scenarios.add_parser(
+        "http", help="message POST, history and report GETs, alone and mixed, vs /healthz"
+    )
     http.add_argument("--seconds", type=float, default=8.0, help="per phase (max 120)")
     http.add_argument("--connections", type=int, default=16, help="per generator process (max 500)")
     http.add_argument("--generators", type=int, default=1, help="load-generator processes (max 8)")

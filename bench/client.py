@@ -1,5 +1,6 @@
 """Minimal keep-alive HTTP/1.1 clients for load generation: ``HttpConnection`` over trio
-sockets, and ``Burst`` (many requests fired at once, no tasks, epoll).
+sockets, ``Burst`` (many requests fired at once) and ``closed_loop`` (each connection
+sends its next request when its answer arrived), the last two with epoll and no tasks.
 
 A general-purpose client (httpx) spends more CPU per request than the server under
 test on this 2-core machine, which would make the generator the bottleneck. These do
@@ -12,6 +13,7 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -132,7 +134,79 @@ class Burst:
             sock.close()
 
 
-def _complete_answer(buffer: bytes) -> tuple[int, bytes] | None:
+def closed_loop(
+    port: int,
+    connections: int,
+    seconds: float,
+    next_request: Callable[[], tuple[str, bytes]],
+    *,
+    max_requests: int = 10_000_000,
+) -> tuple[list[tuple[str, float]], int]:
+    """``connections`` keep-alive connections, each sending its next request (``(kind,
+    bytes)`` from ``next_request``) as soon as the previous answer arrived, for
+    ``seconds`` (and at most ``max_requests`` in all). Returns ``(kind, milliseconds)``
+    per answer and the count of answers with a status of 400 or more. One epoll loop,
+    no task per connection: a trio task per connection cost the generator about what a
+    ``GET /healthz`` costs the server."""
+    sockets = []
+    for _ in range(connections):
+        sock = socket.create_connection((LOOPBACK, port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets.append(sock)
+    poller = select.epoll(connections)
+    by_fd = {sock.fileno(): index for index, sock in enumerate(sockets)}
+    buffers = [b""] * connections
+    pending: list[tuple[str, float]] = [("", 0.0)] * connections
+    samples: list[tuple[str, float]] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    def send(index: int) -> None:
+        nonlocal sent
+        kind, request = next_request()
+        pending[index] = (kind, time.perf_counter())
+        sockets[index].sendall(request)  # small: the socket buffer takes it at once
+        sent += 1
+
+    try:
+        for index, sock in enumerate(sockets):
+            send(index)
+            poller.register(sock.fileno(), select.EPOLLIN)
+        open_connections = connections
+        while open_connections:
+            for fd, _ in poller.poll(max(0.0, deadline - time.perf_counter()) + 30):
+                index = by_fd[fd]
+                chunk = sockets[index].recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed a connection")
+                buffers[index] += chunk
+                answer = _complete_answer(buffers[index])
+                if answer is None:
+                    continue
+                status, _, used = answer
+                buffers[index] = buffers[index][used:]
+                kind, started = pending[index]
+                now = time.perf_counter()
+                samples.append((kind, (now - started) * 1000))
+                if status >= 400:
+                    errors += 1
+                if now < deadline and sent < max_requests:
+                    send(index)
+                else:
+                    poller.unregister(fd)
+                    open_connections -= 1
+            if time.perf_counter() > deadline + 30:
+                raise TimeoutError("answers missing 30 s after the end of the phase")
+    finally:
+        poller.close()
+        for sock in sockets:
+            sock.close()
+    return samples, errors
+
+
+def _complete_answer(buffer: bytes) -> tuple[int, bytes, int] | None:
+    """(status, body, bytes used) of the first complete answer in ``buffer``."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -143,4 +217,4 @@ def _complete_answer(buffer: bytes) -> tuple[int, bytes] | None:
             length = int(value)
     if len(buffer) < end + 4 + length:
         return None
-    return int(buffer[9:12]), buffer[end + 4 : end + 4 + length]
+    return int(buffer[9:12]), buffer[end + 4 : end + 4 + length], end + 4 + length

@@ -1,16 +1,27 @@
-"""`python -m bench http`: message POST and history GET throughput and latency.
+"""`python -m bench http`: throughput and latency of the HTTP API's main calls, alone
+and mixed.
 
 Phases, each run for ``--seconds`` with ``--connections`` keep-alive connections in each
 of ``--generators`` load-generator processes:
 
-- ``healthz``: GET /healthz, the framework's floor cost per request: the **baseline**
+- ``healthz``: GET /healthz, the server's floor cost per request: the **baseline**
   every other phase is reported against (same run, same machine, same generator);
 - ``post``: POST a message to one of the bootstrapped chats (each chat has an operator);
-- ``history``: GET the first page (25) of a chat's history.
+- ``history``: GET the first page (25) of a chat's history;
+- ``report``: GET an org's chat report (``GET /orgs/{org}/chats``, 25 chats in rich
+  form a page, each with its whole history), turning through four queries: the
+  default, ``ordering=-start_time``, ``is_real_conversation=true`` and
+  ``min_message_count=1``. The report's org is a second one, with ``REPORT_CHATS``
+  chats of ``REPORT_MESSAGES`` messages each (half from the visitor), so that what a
+  page holds does not depend on how many posts the other phases made;
+- ``mix``: each request drawn at random, ``MIX`` weights: 2 posts, 5 history pages and
+  3 report pages in 10; latency is also given per kind.
 
 Closed loop: each connection sends its next request when the previous answer arrived,
 so the throughput is the server's capacity at that concurrency and the latency the one
-seen at that load.
+seen at that load. The generator is one epoll loop per process
+(``bench.client.closed_loop``), so that it costs less than the server even for
+``healthz``.
 """
 
 from __future__ import annotations
@@ -20,57 +31,98 @@ import random
 import time
 from typing import Any
 
+import httpx
 import orjson
-import trio
 
-from bench.client import HttpConnection
+from bench.client import closed_loop, request_bytes
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
 
-PHASES = ("healthz", "post", "history")
-MAX_REQUESTS_PER_CONNECTION = 1_000_000  # a hard bound besides the time limit
+PHASES = ("healthz", "post", "history", "report", "mix")
+KINDS = ("post", "history", "report")
+MIX = {"post": 2, "history": 5, "report": 3}
+REPORT_QUERIES = (
+    "page_size=25",
+    "page_size=25&ordering=-start_time",
+    "page_size=25&is_real_conversation=true",
+    "page_size=25&min_message_count=1",
+)
+REPORT_CHATS = 50
+REPORT_MESSAGES = 20
+MAX_REQUESTS_PER_GENERATOR = 10_000_000  # a hard bound besides the time limit
+
+GeneratorArgs = tuple[int, str, int, float, str, list[list[str]], int, str]
 
 
-def _generator(args: tuple[int, str, int, float, str, list[list[str]], int]) -> dict[str, Any]:
-    port, phase, connections, seconds, org_id, chats, seed = args
+def _generator(args: GeneratorArgs) -> dict[str, Any]:
+    port, phase, connections, seconds, org_id, chats, seed, report_org_id = args
     rng = random.Random(seed)
-    latencies: list[float] = []
-    errors = 0
+    base = f"/api/v5/orgs/{org_id}"
+    healthz = request_bytes("GET", "/healthz", None, port, ADMIN_TOKEN)
+    reports = [
+        request_bytes("GET", f"/api/v5/orgs/{report_org_id}/chats?{query}", None, port, ADMIN_TOKEN)
+        for query in REPORT_QUERIES
+    ]
+    kinds, weights = list(MIX), list(MIX.values())
 
-    async def worker() -> None:
-        nonlocal errors
-        connection = await HttpConnection.open(port, ADMIN_TOKEN)
-        deadline = time.perf_counter() + seconds
-        try:
-            for _ in range(MAX_REQUESTS_PER_CONNECTION):
-                chat_id, user_id = rng.choice(chats)
-                started = time.perf_counter()
-                if started >= deadline:
-                    break
-                if phase == "healthz":
-                    status, _ = await connection.request("GET", "/healthz")
-                elif phase == "post":
-                    body = orjson.dumps({"sender_id": user_id, "message": "Hello from the bench"})
-                    status, _ = await connection.request(
-                        "POST", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages", body
-                    )
-                else:
-                    status, _ = await connection.request(
-                        "GET", f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages?page_size=25"
-                    )
-                latencies.append((time.perf_counter() - started) * 1000)
-                if status >= 400:
-                    errors += 1
-        finally:
-            await connection.aclose()
+    def make(kind: str) -> tuple[str, bytes]:
+        if kind == "healthz":
+            return kind, healthz
+        if kind == "report":
+            return kind, rng.choice(reports)
+        chat_id, user_id = rng.choice(chats)
+        if kind == "post":
+            body = orjson.dumps({"sender_id": user_id, "message": "Hello from the bench"})
+            path = f"{base}/chats/{chat_id}/messages"
+            return kind, request_bytes("POST", path, body, port, ADMIN_TOKEN)
+        path = f"{base}/chats/{chat_id}/messages?page_size=25"
+        return kind, request_bytes("GET", path, None, port, ADMIN_TOKEN)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(connections):
-                nursery.start_soon(worker)
+    def next_request() -> tuple[str, bytes]:
+        return make(rng.choices(kinds, weights)[0] if phase == "mix" else phase)
 
     cpu_before = time.process_time()
-    trio.run(main)
-    return {"latencies": latencies, "errors": errors, "cpu": time.process_time() - cpu_before}
+    samples, errors = closed_loop(
+        port, connections, seconds, next_request, max_requests=MAX_REQUESTS_PER_GENERATOR
+    )
+    return {"samples": samples, "errors": errors, "cpu": time.process_time() - cpu_before}
+
+
+def _report_org(server: Any) -> str:
+    """A second org for the report phase: ``REPORT_CHATS`` chats, each with an operator
+    present and ``REPORT_MESSAGES`` messages, the operator and the visitor in turn."""
+    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
+        org = client.post("/api/v5/orgs", json={"name": "Report"}).json()
+        base = f"/api/v5/orgs/{org['id']}"
+        room = client.post(f"{base}/rooms", json={"name": "Report room"}).json()
+        users = [
+            client.post(
+                f"{base}/users",
+                json={"first_name": f"Op{i}", "last_name": "Report", "alias": f"op{i}"},
+            ).json()["id"]
+            for i in range(4)
+        ]
+        for index in range(REPORT_CHATS):
+            visitor = client.post(f"{base}/visitors", json={}).json()
+            user_id = users[index % len(users)]
+            chat = client.post(
+                f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+                params={"auto_resume": user_id},
+            ).json()
+            as_visitor = {"Authorization": f"Token {visitor['token']}"}
+            visitor_path = f"/api/v5/client/visitors/{visitor['id']}/chats/{chat['id']}/messages"
+            for number in range(REPORT_MESSAGES):
+                if number % 2:
+                    response = client.post(
+                        visitor_path, json={"message": f"Visitor line {number}"}, headers=as_visitor
+                    )
+                else:
+                    response = client.post(
+                        f"{base}/chats/{chat['id']}/messages",
+                        json={"sender_id": user_id, "message": f"Operator line {number}"},
+                    )
+                response.raise_for_status()
+    return str(org["id"])
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -101,6 +153,7 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
     try:
         world = bootstrap(server, chats=options.chats)
         chats = [list(pair) for pair in world["chats"]]
+        report_org_id = _report_org(server)
         results: dict[str, Any] = {}
         context = multiprocessing.get_context("spawn")
         with context.Pool(options.generators) as pool:
@@ -118,6 +171,7 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                             world["org"]["id"],
                             chats,
                             seed,
+                            report_org_id,
                         )
                         for seed in range(options.generators)
                     ],
@@ -130,7 +184,8 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                 outputs = pending.get()
                 wall = time.perf_counter() - wall_before
                 server_cpu = cpu_seconds(server.process.pid) - cpu_before
-                latencies = [value for output in outputs for value in output["latencies"]]
+                samples = [sample for output in outputs for sample in output["samples"]]
+                latencies = [ms for _, ms in samples]
                 results[phase] = {
                     "requests": len(latencies),
                     "errors": sum(output["errors"] for output in outputs),
@@ -143,6 +198,16 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                     "generator_cpu_s": sum(output["cpu"] for output in outputs),
                     "wall_s": wall,
                 }
+                if phase == "mix":
+                    results[phase]["by_kind"] = {
+                        kind: {
+                            "requests": len(mine),
+                            "p50_ms": percentile(mine, 0.50),
+                            "p99_ms": percentile(mine, 0.99),
+                        }
+                        for kind in KINDS
+                        if (mine := [ms for name, ms in samples if name == kind])
+                    }
                 progress.update(task, completed=options.seconds)
         baseline = results["healthz"]["throughput_rps"]
         for phase in PHASES:
