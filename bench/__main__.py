@@ -89,7 +89,7 @@ def http_table(result: dict[str, Any], command: str) -> Table:
                 f"{kind} p50 {kind_stats['p50_ms']:.1f} / p99 {kind_stats['p99_ms']:.1f} ms"
                 for kind, kind_stats in by_kind.items()
             )
-            notes.append(f"mix [{mode}]: {parts}")
+            notes.append(f"mix ({mode}): {parts}")
     table.caption = "\n".join(notes)
     return table
 
