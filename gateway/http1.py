@@ -64,7 +64,8 @@ class BadRequest(Exception):
 
 
 class PeerGone(Exception):
-    """The peer closed the connection, it broke, or it stalled."""
+    """The peer closed the connection, or it broke (a stall cancels the connection's
+    scope instead)."""
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
