@@ -81,10 +81,13 @@ class Request:
 
     @property
     def arg_pairs(self) -> list[tuple[str, str]]:
-        """Query parameters in order, repeated names included (``+`` is a space)."""
+        """Query parameters in order, repeated names included (``+`` is a space), as
+        UTF-8 whether percent-encoded or sent raw; bytes that are not UTF-8 read as U+FFFD."""
         if self._pairs is None:
             self._pairs = parse_qsl(
-                self.query_string.decode("latin-1"), keep_blank_values=True, errors="replace"
+                self.query_string.decode("utf-8", "replace"),
+                keep_blank_values=True,
+                errors="replace",
             )
         return self._pairs
 

@@ -61,6 +61,8 @@ def test_query_arguments_keep_order_repeats_and_blanks() -> None:
     req = Request("GET", "/x", b"a=1&b=&a=2&c=x+y%21", [], b"")
     assert req.arg_pairs == [("a", "1"), ("b", ""), ("a", "2"), ("c", "x y!")]
     assert req.args == {"a": "1", "b": "", "c": "x y!"}
+    raw = Request("GET", "/x", "tag=h%C3%A9&raw=hé&bad=%FF".encode(), [], b"")
+    assert raw.args == {"tag": "hé", "raw": "hé", "bad": "\ufffd"}  # UTF-8, never an error
     with_host = Request("GET", "/x", b"", [(b"host", b"example.org:81")], b"", server=("h", 1))
     assert with_host.host == "example.org:81"
     assert request("GET", "/x").host == "localhost"

@@ -104,7 +104,11 @@ class ActorPool:
         while True:
             call: _Call | None = None
             try:
-                call = receive.receive_nowait()  # queued work: no timer needed
+                # queued work: no timer needed. Work that never checkpoints (a refused
+                # join) then runs back to back without yielding, but only for what was
+                # queued when the run began: senders are other tasks, and they cannot
+                # add to the mailbox (at most ``capacity``) until this one yields.
+                call = receive.receive_nowait()
             except trio.WouldBlock:
                 with trio.move_on_after(self._idle_timeout):
                     call = await receive.receive()
