@@ -58,6 +58,7 @@ from gateway.web import (
 from gateway.ws import WsGateway, WsSettings
 
 M = TypeVar("M", bound=BaseModel)
+STARTING = "The engine is starting."
 
 HTTP_ERRORS = {
     404: errors.NotFound,
@@ -119,10 +120,9 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         return register
 
     def check(req: Request) -> None:
-        if len(req.body) > v.MAX_BODY_BYTES:
-            raise errors.BodyTooLarge(f"The body is over {v.MAX_BODY_BYTES} bytes.")
+        # (bodies over v.MAX_BODY_BYTES never get here: both transports refuse them)
         if req.path.startswith("/api/") and not engine.started.is_set():
-            raise errors.Unavailable("The engine is starting.")
+            raise errors.Unavailable(STARTING)
 
     def principal(req: Request) -> Principal:
         caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
@@ -130,7 +130,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
             engine.reachability.touch(caller.id)  # a request keeps its presences alive
         return caller
 
-    async def read_body(req: Request, model: type[M]) -> M:
+    def read_body(req: Request, model: type[M]) -> M:
         return v.validate(model, v.parse_json_object(req.body, req.header(b"content-type")))
 
     def base_url(req: Request) -> str:
@@ -165,7 +165,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     @plain("GET", "/readyz")
     async def readyz(req: Request) -> Response:
         if not engine.started.is_set():
-            return error_response(errors.Unavailable("The engine is starting."))
+            return error_response(errors.Unavailable(STARTING))
         return json_response({"status": "ready"})
 
     @plain("GET", "/metrics")
@@ -180,7 +180,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     @route("POST", "/api/v5/orgs", "Create an organization (admin).", body=v.OrgCreate, status=201)
     async def create_org(req: Request) -> Response:
         require_admin(principal(req))
-        data = await read_body(req, v.OrgCreate)
+        data = read_body(req, v.OrgCreate)
         org, token = await engine.directory.create_org(data.name)
         return json_response(views.org_view(org, token), 201)
 
@@ -192,7 +192,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     @route("POST", "/api/v5/orgs/{org_id}/rooms", "Create a room.", body=v.RoomCreate, status=201)
     async def create_room(req: Request, org_id: str) -> Response:
         require_org(state, principal(req), org_id, users_too=False)
-        data = await read_body(req, v.RoomCreate)
+        data = read_body(req, v.RoomCreate)
         room = await engine.directory.create_room(org_id, data.name, data.private_chats)
         return json_response(views.room_view(room), 201)
 
@@ -213,7 +213,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         room = visible_room(state, org_id, room_id)
         if room.organization_id != org_id:
             raise errors.Forbidden("Only the room's owner may share it.")
-        data = await read_body(req, v.ShareCreate)
+        data = read_body(req, v.ShareCreate)
         await engine.directory.share_room(room, data.organization_id)
         return json_response({"room_id": room.id, "organization_id": data.organization_id}, 201)
 
@@ -226,7 +226,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     )
     async def create_user(req: Request, org_id: str) -> Response:
         require_org(state, principal(req), org_id, users_too=False)
-        data = await read_body(req, v.UserCreate)
+        data = read_body(req, v.UserCreate)
         user, token = await engine.directory.create_user(
             org_id,
             first_name=data.first_name,
@@ -250,7 +250,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     )
     async def register_visitor(req: Request, org_id: str) -> Response:
         require_org(state, principal(req), org_id, users_too=False)
-        data = await read_body(req, v.VisitorCreate)
+        data = read_body(req, v.VisitorCreate)
         created, visitor, token = await engine.directory.register_visitor(org_id, data.id)
         return json_response({"id": visitor.id, "token": token}, 201 if created else 200)
 
@@ -316,7 +316,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
         if visitor is None or not visitor_usable_in_room(visitor, org_id, room):
             raise errors.NotFound("Visitor not found.")
-        data = await read_body(req, v.ChatCreate)
+        data = read_body(req, v.ChatCreate)
         resume_id = req.args.get("auto_resume", data.auto_resume)
         resume_user = None
         if resume_id is not None:
@@ -400,7 +400,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def add_tag(req: Request, org_id: str, chat_id: str) -> Response:
         require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(req, v.TagCreate)
+        data = read_body(req, v.TagCreate)
         await engine.chats.tag(chat, data.name, add=True)
         return json_response({"name": data.name}, 201)
 
@@ -431,7 +431,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def update_chat(req: Request, org_id: str, chat_id: str) -> Response:
         require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(req, v.ChatUpdate)
+        data = read_body(req, v.ChatUpdate)
         await engine.chats.update(chat, is_ended=data.is_ended, is_private=data.is_private)
         return await get_chat(req, org_id, chat_id)
 
@@ -461,7 +461,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         caller = principal(req)
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(req, v.PresenceCreate)
+        data = read_body(req, v.PresenceCreate)
         user = named_user(state, org_id, data.user_id, "user_id")
         require_self(caller, user.id, "user_id")
         outcome = await engine.chats.join(chat, user, exclusive=data.exclusive)
@@ -490,7 +490,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def create_cart(req: Request, org_id: str, chat_id: str) -> Response:
         require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(req, v.CartCreate)
+        data = read_body(req, v.CartCreate)
         cart = await engine.chats.create_cart(chat, data.currency, [p.row() for p in data.products])
         return json_response(views.cart_view(cart), 201)
 
@@ -499,7 +499,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         chat.cart(cart_id)  # 404 before validating the body
-        data = await read_body(req, v.CartUpdate)
+        data = read_body(req, v.CartUpdate)
         cart = await engine.chats.lock_cart(chat, cart_id, locked=data.locked)
         return json_response(views.cart_view(cart))
 
@@ -514,7 +514,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         require_org(state, principal(req), org_id)
         chat = visible_chat(state, org_id, chat_id)
         chat.cart(cart_id)  # 404 before validating the body
-        data = await read_body(req, v.ProductCreate)
+        data = read_body(req, v.ProductCreate)
         product = await engine.chats.add_product(chat, cart_id, data.row())
         return json_response(views.product_view(product), 201)
 
@@ -571,7 +571,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         room = state.rooms.get(room_id)
         if room is None or not visitor_may_use_room(visitor, room):
             raise errors.NotFound("Room not found.")
-        data = await read_body(req, v.VisitorChatCreate)
+        data = read_body(req, v.VisitorChatCreate)
         created, chat = await engine.directory.visitor_chat(room, visitor, resume=data.auto_resume)
         return json_response(views.chat_collection_view(chat), 201 if created else 200)
 
@@ -589,7 +589,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def visitor_update_chat(req: Request, visitor_id: str, chat_id: str) -> Response:
         visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        data = await read_body(req, v.VisitorChatUpdate)
+        data = read_body(req, v.VisitorChatUpdate)
         await engine.chats.update(chat, is_ended=data.is_ended, is_private=None)
         return json_response(views.chat_collection_view(chat))
 
@@ -625,7 +625,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def visitor_post(req: Request, visitor_id: str, chat_id: str) -> Response:
         visitor = require_visitor(state, principal(req), visitor_id)
         chat = own_chat(state, visitor, chat_id)
-        data = await read_body(req, v.VisitorMessageCreate)
+        data = read_body(req, v.VisitorMessageCreate)
         message = await engine.chats.post(
             chat,
             sender_type=SENDER_VISITOR,
@@ -668,7 +668,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         caller = principal(req)
         require_org(state, caller, org_id)
         chat = visible_chat(state, org_id, chat_id)
-        data = await read_body(req, v.MessageCreate)
+        data = read_body(req, v.MessageCreate)
         sender = named_user(state, org_id, data.sender_id, "sender_id")
         require_self(caller, sender.id, "sender_id")
         message = await engine.chats.post(

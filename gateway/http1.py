@@ -36,14 +36,14 @@ import trio
 
 from engine import errors
 from gateway.deadlines import Deadlines
-from gateway.web import INTERNAL, Request, Response
+from gateway.validation import MAX_BODY_BYTES
+from gateway.web import INTERNAL, Request, Response, error_response
 
 log = logging.getLogger("chat_engine.http")
 
 MAX_HEAD = 64 * 1024  # request line and headers
 RECV_SIZE = 65536
 MAX_CHUNK_LINE = 1024
-DEFAULT_MAX_BODY = 64 * 1024
 
 WS_LATE = "Open a new connection for GET /ws: it must be its first request."
 
@@ -61,6 +61,10 @@ class BadRequest(Exception):
         self.detail = detail
         self.status = status
         self.kind = kind
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
 
 
 class PeerGone(Exception):
@@ -268,7 +272,7 @@ class Connection:
     async def _read_body(self, framing: Framing) -> bytes:
         limit = self.server.max_body
         if framing.length > limit:
-            raise BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
+            raise _too_large(limit)
         if framing.expect_continue and (framing.chunked or framing.length):
             await self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if framing.chunked:
@@ -305,7 +309,7 @@ class Connection:
                     pass
                 return bytes(body)
             if len(body) + size > limit:
-                raise BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
+                raise _too_large(limit)
             while len(self.buffer) < size:
                 await self._fill_body()
             body += self.buffer[:size]
@@ -343,7 +347,7 @@ class Connection:
                     response = await self.server.handler(request)
                 except Exception:  # the handler answers its own errors; this is a bug
                     log.exception("the handler failed on %s %s", request.method, path)
-                    response = Response(orjson.dumps(errors.EngineError(INTERNAL).body()), 500)
+                    response = error_response(errors.EngineError(INTERNAL))
                     framing.close_after = True
                 keep_alive = not framing.close_after and not self.server.stopping
                 await self._respond(request, response, keep_alive)
@@ -397,7 +401,7 @@ class Http1Server:
         keep_alive_timeout: float = 5.0,
         head_timeout: float = 30.0,  # for the rest of a head, and each piece of a body
         write_timeout: float = 60.0,
-        max_body: int = DEFAULT_MAX_BODY,
+        max_body: int = MAX_BODY_BYTES,
         access_log: logging.Logger | None = None,
         deadlines: Deadlines | None = None,
     ) -> None:

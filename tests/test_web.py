@@ -13,7 +13,7 @@ import trio
 
 from engine import errors
 from gateway.web import Request, Response, Router, WebApp
-from tests.conftest import ADMIN_TOKEN, start_server
+from tests.conftest import ADMIN_TOKEN, Server, start_server
 
 
 def request(method: str, path: str) -> Request:
@@ -179,3 +179,15 @@ async def test_the_checks_run_before_routing() -> None:
     app = WebApp(Router(), starting, lambda *args: None)
     answer = await app.handle(request("GET", "/no/such/path"))
     assert answer.status == 503 and orjson.loads(answer.body)["code"] == "unavailable"
+
+
+async def test_a_method_the_server_does_not_know_is_one_metric_label(server: Server) -> None:
+    """The latency histogram is labelled by method: a client choosing any token as its
+    method must not grow /metrics (nor the server's memory) without bound."""
+    async with server.client() as client:
+        for method in ("BREW", "PROPFIND", "LINK"):
+            assert (await client.request(method, "/nowhere")).status_code == 404
+        text = (await client.get("/metrics")).text
+    for method in ("BREW", "PROPFIND", "LINK"):
+        assert f'method="{method}"' not in text
+    assert 'method="other",route="unmatched",status="404"' in text
