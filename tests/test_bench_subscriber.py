@@ -65,12 +65,12 @@ def test_the_generator_records_what_decoding_would() -> None:
     )
     answer_frame = collector.items.pop()
     publications = [
-        Publication(key_of(CHANNEL), "added", "m1", message(1, "3:1700000000.25")),
-        Publication(key_of(CHANNEL), "added", "m2", message(2, None)),  # no text
-        Publication(key_of(CHANNEL), "changed", "m1", message(1, "3:1700000000.50")),
-        Publication(key_of(CHANNEL), "added", "m3", message(3, "3:1700000000.75")),
-        Publication(key_of(CHANNEL), "added", "m4", message(4, "not the bench's")),
-        Publication(key_of(CHANNEL), "added", "m5", message(5, "4:1700000001.0", "Bo")),
+        Publication([key_of(CHANNEL)], "added", "m1", message(1, "3:1700000000.25")),
+        Publication([key_of(CHANNEL)], "added", "m2", message(2, None)),  # no text
+        Publication([key_of(CHANNEL)], "changed", "m1", message(1, "3:1700000000.50")),
+        Publication([key_of(CHANNEL)], "added", "m3", message(3, "3:1700000000.75")),
+        Publication([key_of(CHANNEL)], "added", "m4", message(4, "not the bench's")),
+        Publication([key_of(CHANNEL)], "added", "m5", message(5, "4:1700000001.0", "Bo")),
     ]
     router.publish(publications)
     events = collector.items

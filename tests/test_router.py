@@ -38,8 +38,8 @@ def publish_three(router: ChannelRouter) -> list[Payload]:
         payloads.append(payload)
         router.publish(
             [
-                Publication(CHANNEL_KEY, "added", f"m{number}", payload),
-                Publication(OTHER, "changed", "c1", payload),
+                Publication([CHANNEL_KEY], "added", f"m{number}", payload),
+                Publication([OTHER], "changed", "c1", payload),
             ]
         )
     return payloads
@@ -85,7 +85,7 @@ def test_export_and_restore_keep_seq_and_replays() -> None:
     assert (subscribed.head, subscribed.resumed) == (3, True)
     assert after.items[1:] == before.items[1:]
     # the next event goes on from the restored seq
-    restored.publish([Publication(OTHER, "removed", "c1", None)])
+    restored.publish([Publication([OTHER], "removed", "c1", None)])
     assert orjson.loads(after.items[-1])["seq"] == 4
 
 
@@ -111,9 +111,9 @@ def resumes(router: ChannelRouter, channel: str, since: int) -> list[int] | None
 def test_the_total_history_cap_drops_the_oldest_events_first() -> None:
     router = ChannelRouter(epoch="e1", history_limit=10, total_history_limit=5)
     for number in range(3):
-        router.publish([Publication(OTHER, "changed", "c1", Payload({"n": number}))])
+        router.publish([Publication([OTHER], "changed", "c1", Payload({"n": number}))])
     for number in range(3):
-        router.publish([Publication(CHANNEL_KEY, "added", f"m{number}", Payload({"n": number}))])
+        router.publish([Publication([CHANNEL_KEY], "added", f"m{number}", Payload({"n": number}))])
     assert resumes(router, OTHER, since=0) is None  # its first event is gone; seq goes on
     assert resumes(router, OTHER, since=1) == [2, 3]
     assert resumes(router, CHANNEL, since=0) == [1, 2, 3]
@@ -124,11 +124,11 @@ def test_the_total_cap_counts_only_events_a_channel_still_holds() -> None:
     """Events a channel's own limit already dropped do not use up the total."""
     router = ChannelRouter(epoch="e1", history_limit=2, total_history_limit=3)
     for number in range(5):
-        router.publish([Publication(CHANNEL_KEY, "added", f"m{number}", Payload({"n": number}))])
-    router.publish([Publication(OTHER, "changed", "c1", Payload({"n": 0}))])
+        router.publish([Publication([CHANNEL_KEY], "added", f"m{number}", Payload({"n": number}))])
+    router.publish([Publication([OTHER], "changed", "c1", Payload({"n": 0}))])
     assert resumes(router, CHANNEL, since=3) == [4, 5]  # three events held: 4, 5 and 1
     assert resumes(router, OTHER, since=0) == [1]
-    router.publish([Publication(OTHER, "changed", "c1", Payload({"n": 1}))])
+    router.publish([Publication([OTHER], "changed", "c1", Payload({"n": 1}))])
     assert resumes(router, CHANNEL, since=3) is None  # now the oldest held, 4, went
     assert resumes(router, CHANNEL, since=4) == [5]
     assert resumes(router, OTHER, since=0) == [1, 2]
@@ -160,11 +160,11 @@ def test_the_history_caps_match_a_plain_model_under_random_traffic() -> None:
             seqs[name] += 1
             order += 1
             held[name] = [*held[name], (order, seqs[name])][-7:]
-        router.publish([Publication(name, "changed", "c1", Payload({})) for name in batch])
+        router.publish([Publication([name], "changed", "c1", Payload({})) for name in batch])
         newest = sorted(event for events in held.values() for event in events)[-20:]
         for name in names:
             channel = router._channels.get(name)
-            actual = [event.seq for event in channel.history] if channel else []
+            actual = [seq for seq, _ in channel.held()] if channel else []
             assert actual == [seq for event in newest if event in held[name] for seq in event[1:]]
 
 
@@ -184,3 +184,44 @@ def test_channel_keys_give_back_the_exact_name() -> None:
         assert name_of(key_of(name)) == name
     assert key_of(CHANNEL) == ("/api/v5/orgs/o1/rooms/r1/chats", "c1", "messages")
     assert key_of(OTHER) == OTHER
+
+
+def test_one_event_on_many_channels_is_held_once_and_shared_again_after_a_restore() -> None:
+    """A join into a busy chat puts one event on dozens of channels: their histories
+    hold that one event, not a copy each, and so does a router restored from a snapshot
+    (the snapshot stores it once per channel)."""
+    names = [f"/api/v5/orgs/o1/users/u{number}/chats" for number in range(5)]
+    router = ChannelRouter(epoch="e1")
+    router.publish([Publication(list(names), "changed", "c1", Payload({"id": "c1", "n": 1}))])
+    router.publish([Publication(names[:2], "added", "c2", Payload({"id": "c2"}))])
+    for source in (router, restored_copy(router)):
+        heads = [source._channels[name].history[0] for name in names]
+        assert all(head is heads[0] for head in heads)
+        assert source._channels[names[0]].history[1] is source._channels[names[1]].history[1]
+        assert [resumes(source, name, since=0) for name in names] == [[1, 2]] * 2 + [[1]] * 3
+
+
+def restored_copy(router: ChannelRouter) -> ChannelRouter:
+    restored = ChannelRouter(epoch=router.epoch)
+    restored.restore(msgpack.unpackb(msgpack.packb(router.export())))
+    return restored
+
+
+def test_a_restore_keeps_only_the_contiguous_run_that_ends_at_the_channel_seq() -> None:
+    """A history is the channel's newest events with no gap, which is what lets a
+    replay number them from their position; a snapshot row that says otherwise (a gap,
+    a last event behind the seq) keeps only what can be numbered truthfully."""
+    rows = [
+        [
+            CHANNEL,
+            5,
+            [[2, "added", "m2", b"{}"], [4, "added", "m4", b"{}"], [5, "added", "m5", b"{}"]],
+        ],
+        [OTHER, 9, [[7, "changed", "c1", b"{}"], [8, "changed", "c1", b"{}"]]],
+    ]
+    router = ChannelRouter(epoch="e1")
+    router.restore({"epoch": "e1", "channels": rows})
+    assert resumes(router, CHANNEL, since=3) == [4, 5]
+    assert resumes(router, CHANNEL, since=1) is None
+    assert resumes(router, OTHER, since=9) == []  # up to date: nothing to replay
+    assert resumes(router, OTHER, since=8) is None  # event 9 is not held

@@ -8,10 +8,15 @@ what a snapshot needs, and gives every channel its events in commit order. A sub
 with ``since`` is also synchronous, hence atomic with respect to publishing: the replay
 and the live events that follow have no gap and no duplicate. No call here ever waits.
 
-A live event is encoded at most once per encoding (JSON, msgpack), whatever the number
-of sessions subscribed to its channel, and the shared resource inside it once per
-batch; histories keep only the resource's JSON (``Payload.compact``), and a replay
-builds its frames again. Pushing to a session never waits: a session whose bounded queue is full is
+Fan-out hands over each event once with the list of channels that carry it
+(``Publication``), and every one of those channels keeps that one shared event
+(``Item``: action, resource id, payload) in its history: a history holds no per-channel
+event object, and the ``seq`` of its events follows from their position (a history is
+always the channel's newest events, contiguous, ending at its ``seq``). A live event is
+encoded at most once per encoding (JSON, msgpack) and channel, whatever the number of
+sessions subscribed to it, and the shared resource inside it once per batch; histories
+keep only the resource's JSON (``Payload.compact``), and a replay builds its frames
+again. Pushing to a session never waits: a session whose bounded queue is full is
 marked for closing (4008) by the session itself, so one slow consumer never slows the
 router, the chat actors or the other sessions.
 
@@ -47,59 +52,40 @@ class Subscriber(Protocol):
     def push(self, item: bytes) -> None: ...
 
 
-class Event:
-    """One event of one channel. Its frames are built when needed (a live push, a
-    replay) and not kept: histories hold only the event and its shared payload."""
+# One event as every channel that carries it holds it: (action, resource_id, payload),
+# shared by those channels; its channel and seq are the holder's.
+Item = tuple[str, str, Payload | None]
 
-    __slots__ = ("channel", "seq", "action", "resource_id", "payload")
 
-    def __init__(
-        self,
-        channel: ChannelKey,
-        seq: int,
-        action: str,
-        resource_id: str,
-        payload: Payload | None,
-    ) -> None:
-        self.channel = channel  # its key (channels.key_of)
-        self.seq = seq
-        self.action = action
-        self.resource_id = resource_id
-        self.payload = payload
-
-    def encoded(self, encoding: str) -> bytes:
-        return self._encode_json() if encoding == JSON else self._encode_msgpack()
-
-    def _encode_json(self) -> bytes:
+def encode_event(channel: str, seq: int, item: Item, encoding: str) -> bytes:
+    """The frame of ``item`` as event ``seq`` of ``channel`` (its name)."""
+    action, resource_id, payload = item
+    if encoding == JSON:
         # Channel names and ids are plain ASCII (validated), so they need no escaping:
         # only the shared resource goes through orjson, once per batch.
         head = b'{"channel":"%s","action":"%s","resource_id":"%s","seq":%d' % (
-            name_of(self.channel).encode(),
-            self.action.encode(),
-            self.resource_id.encode(),
-            self.seq,
+            channel.encode(),
+            action.encode(),
+            resource_id.encode(),
+            seq,
         )
-        payload = self.payload
         if payload is None:
             return head + b"}"
         return head + b',"resource":' + payload.as_json() + b"}"
-
-    def _encode_msgpack(self) -> bytes:
-        payload = self.payload
-        parts = [
-            b"\x85" if payload is not None else b"\x84",  # fixmap of 5 (or 4) entries
-            msgpack.packb("channel"),
-            msgpack.packb(name_of(self.channel)),
-            msgpack.packb("action"),
-            msgpack.packb(self.action),
-            msgpack.packb("resource_id"),
-            msgpack.packb(self.resource_id),
-            msgpack.packb("seq"),
-            msgpack.packb(self.seq),
-        ]
-        if payload is not None:
-            parts += [msgpack.packb("resource"), payload.as_msgpack()]
-        return b"".join(parts)
+    parts = [
+        b"\x85" if payload is not None else b"\x84",  # fixmap of 5 (or 4) entries
+        msgpack.packb("channel"),
+        msgpack.packb(channel),
+        msgpack.packb("action"),
+        msgpack.packb(action),
+        msgpack.packb("resource_id"),
+        msgpack.packb(resource_id),
+        msgpack.packb("seq"),
+        msgpack.packb(seq),
+    ]
+    if payload is not None:
+        parts += [msgpack.packb("resource"), payload.as_msgpack()]
+    return b"".join(parts)
 
 
 _NO_SUBSCRIBERS: frozenset[Any] = frozenset()
@@ -116,9 +102,10 @@ class _Channel:
     def __init__(self, key: ChannelKey) -> None:
         self.key = key  # channels.key_of(its name)
         self.seq = 0
-        # no events: the shared empty tuple; then a list made for its first event (an
-        # exact one-slot list, where an append to an empty list reserves four)
-        self.history: list[Event] | tuple[()] = _NO_EVENTS
+        # its newest events, the last one being event ``seq``. No events: the shared
+        # empty tuple; then a list made for its first event (an exact one-slot list,
+        # where an append to an empty list reserves four)
+        self.history: list[Item] | tuple[()] = _NO_EVENTS
         self.subscribers: set[Subscriber] | frozenset[Subscriber] = _NO_SUBSCRIBERS
         # this channel's entries in the router's eviction queue: one per event published
         # since, the newest ``len(history)`` of them still held
@@ -127,6 +114,11 @@ class _Channel:
     @property
     def name(self) -> str:
         return name_of(self.key)
+
+    def held(self) -> list[tuple[int, Item]]:
+        """The history with each event's seq."""
+        first = self.seq - len(self.history) + 1
+        return list(enumerate(self.history, first))
 
 
 @dataclass(slots=True)
@@ -201,13 +193,8 @@ class ChannelRouter:
                     channel.name,
                     channel.seq,
                     [
-                        [
-                            e.seq,
-                            e.action,
-                            e.resource_id,
-                            None if e.payload is None else e.payload.as_json(),
-                        ]
-                        for e in channel.history
+                        [seq, action, resource_id, None if payload is None else payload.as_json()]
+                        for seq, (action, resource_id, payload) in channel.held()
                     ],
                 ]
                 for channel in self._channels.values()
@@ -249,53 +236,56 @@ class ChannelRouter:
         return found
 
     def _publish(self, publications: list[Publication]) -> None:
-        # The hot loop of every mutation (~50 publications for a join into a chat with
-        # ten operators): lookups hoisted, the channel lookup inlined.
+        # The hot loop of every mutation (~50 channel events for a join into a chat
+        # with ten operators): lookups hoisted, the channel lookup inlined, nothing
+        # allocated per channel but its history slot and eviction entry.
         stats = self.stats
         stats.batches += 1
         queue = self._eviction.append
         found = self._channels
         limit = self.history_limit
+        published = 0
         for publication in publications:
-            key = publication.channel
-            channel = found.get(key)
-            if channel is None:
-                channel = found[key] = _Channel(key)
-            channel.seq = seq = channel.seq + 1
-            event = Event(
-                channel.key,  # the channel's own key: fan-out builds a new one each time
-                seq,
-                publication.action,
-                publication.resource_id,
-                publication.payload,
-            )
-            history = channel.history
-            if not history:
-                channel.history = [event]
-            else:
-                if len(history) >= limit:
-                    del history[0]  # its eviction entry stays, as a stale one
-                    self._stale += 1
-                history.append(event)
-            channel.queued += 1
-            queue(channel)
-            if channel.subscribers:
-                frames: dict[str, bytes] = {}
-                for session in channel.subscribers:
-                    encoding = session.encoding
-                    frame = frames.get(encoding)
-                    if frame is None:
-                        frame = frames[encoding] = event.encoded(encoding)
-                    session.push(frame)
-                stats.events_delivered += len(channel.subscribers)
-        stats.events_published += len(publications)
-        compacted = None  # publications of one payload come together: skip repeats
+            item: Item = (publication.action, publication.resource_id, publication.payload)
+            keys = publication.channels
+            published += len(keys)
+            for key in keys:
+                channel = found.get(key)
+                if channel is None:
+                    channel = found[key] = _Channel(key)
+                channel.seq += 1
+                history = channel.history
+                if not history:
+                    channel.history = [item]
+                else:
+                    if len(history) >= limit:
+                        del history[0]  # its eviction entry stays, as a stale one
+                        self._stale += 1
+                    history.append(item)
+                channel.queued += 1
+                queue(channel)
+                if channel.subscribers:
+                    self._push_live(channel, item)
+        stats.events_published += published
+        compacted = None  # consecutive publications often share one payload
         for publication in publications:
             payload = publication.payload
             if payload is not None and payload is not compacted:
                 payload.compact()
                 compacted = payload
         self._evict()
+
+    def _push_live(self, channel: _Channel, item: Item) -> None:
+        frames: dict[str, bytes] = {}
+        name = channel.name
+        seq = channel.seq
+        for session in channel.subscribers:
+            encoding = session.encoding
+            frame = frames.get(encoding)
+            if frame is None:
+                frame = frames[encoding] = encode_event(name, seq, item, encoding)
+            session.push(frame)
+        self.stats.events_delivered += len(channel.subscribers)
 
     def _evict(self) -> None:
         """Forget the oldest held events beyond ``total_history_limit``.
@@ -337,7 +327,7 @@ class ChannelRouter:
         answer: Any,
     ) -> Subscribed:
         channel = self._channel(key)
-        replay: list[Event] = []
+        replay: list[Item] = []
         resumed = False
         if (
             since is not None
@@ -345,10 +335,10 @@ class ChannelRouter:
             and 0 <= since <= channel.seq
         ):
             history = channel.history
-            first_held = history[0].seq if history else channel.seq + 1
+            first_held = channel.seq - len(history) + 1
             if since + 1 >= first_held:
                 resumed = True
-                replay = [event for event in history if event.seq > since]
+                replay = list(history[since + 1 - first_held :])
         if session not in channel.subscribers:
             if not channel.subscribers:
                 channel.subscribers = set()
@@ -356,19 +346,22 @@ class ChannelRouter:
             self.stats.subscriptions += 1
         subscribed = Subscribed(channel.seq, resumed, self.epoch)
         session.push(answer(subscribed))
-        for event in replay:
-            session.push(event.encoded(session.encoding))
+        name = channel.name
+        encoding = session.encoding
+        for seq, item in enumerate(replay, channel.seq - len(replay) + 1):
+            session.push(encode_event(name, seq, item, encoding))
         self.stats.events_delivered += len(replay)
         return subscribed
 
 
 class Restoring:
-    """Channels going back into a router from a snapshot. One resource published to
-    several channels was one shared ``Payload`` when live; the snapshot holds its JSON
-    once per event, so equal JSON is shared again here."""
+    """Channels going back into a router from a snapshot. One event published to
+    several channels was one shared ``Item`` when live; the snapshot holds it once per
+    channel, so equal events (and equal payload JSON) are shared again here."""
 
     def __init__(self, router: ChannelRouter) -> None:
         self.router = router
+        self.items: dict[tuple[str, str, bytes | None], Item] = {}
         self.payloads: dict[bytes, Payload] = {}
 
     def channel(self, row: list[Any]) -> None:
@@ -379,25 +372,42 @@ class Restoring:
         channel = router._channels.get(key)
         if channel is None:
             channel = router._channels[key] = _Channel(key)
-        key = channel.key
         channel.seq = seq
         if not history:
             return
+        # a history is the channel's newest events, contiguous up to its seq: keep the
+        # run that ends there (all of it, unless the snapshot says otherwise)
+        kept = 0
+        for event in reversed(history[-router.history_limit :]):
+            if event[0] != seq - kept:
+                break
+            kept += 1
+        if not kept:
+            return
+        items = self.items
         payloads = self.payloads
-        events = []
-        for event_seq, action, resource_id, payload in history[-router.history_limit :]:
-            if payload is not None:
-                if isinstance(payload, dict):  # written before histories kept JSON
-                    payload = orjson.dumps(payload)
-                found = payloads.get(payload)
-                if found is None:
-                    found = payloads[payload] = Payload(None, payload)
-                payload = found
-            events.append(Event(key, event_seq, shared(action), resource_id, payload))
+        events: list[Item] = []
+        for _, action, resource_id, payload in history[len(history) - kept :]:
+            if isinstance(payload, dict):  # written before histories kept JSON
+                payload = orjson.dumps(payload)
+            found = items.get((action, resource_id, payload))
+            if found is None:
+                shared_payload = None
+                if payload is not None:
+                    shared_payload = payloads.get(payload)
+                    if shared_payload is None:
+                        shared_payload = payloads[payload] = Payload(None, payload)
+                found = items[(action, resource_id, payload)] = (
+                    shared(action),
+                    resource_id,
+                    shared_payload,
+                )
+            events.append(found)
         channel.history = events
         channel.queued = len(events)
         router._eviction.extend([channel] * len(events))
 
     def done(self) -> None:
+        self.items.clear()
         self.payloads.clear()
         self.router._evict()
