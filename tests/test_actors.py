@@ -115,3 +115,30 @@ async def test_full_mailbox_gives_unavailable_after_the_send_timeout(
             await pool.run("chat", release.wait)
         release.set()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_actor_with_calls_in_hand_or_waiting_is_never_retired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Retirement is a sweep every ``idle_timeout / 2``; it must skip an actor that is
+    busy, that holds a queued call, or that a sender waits on for room — else a fresh
+    actor would run work for the same key alongside it."""
+    trace: list[str] = []
+    async with trio.open_nursery() as nursery:
+        pool = ActorPool(nursery, capacity=1, idle_timeout=1, send_timeout=60)
+
+        async def step(name: str) -> None:
+            trace.append(f"{name}:start")
+            await trio.sleep(5)  # far longer than the idle timeout
+            trace.append(f"{name}:end")
+
+        async with trio.open_nursery() as callers:
+            for index in range(3):  # one running, one queued, one waiting to send
+                callers.start_soon(pool.run, "chat", lambda name=f"w{index}": step(name))
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(3)
+            assert pool.live_actors == 1
+        assert trace == [f"w{i}:{edge}" for i in range(3) for edge in ("start", "end")]
+        await trio.sleep(2)  # now idle for longer than the timeout, and swept
+        assert pool.live_actors == 0
+        nursery.cancel_scope.cancel()
