@@ -13,8 +13,9 @@ the lookup), and the sweeper retires only one with none: never one that holds a 
 handed straight to its waiting receive, or a sender waiting for room. A sender that
 still holds the retired actor sees its mailbox closed and retries with a fresh one.
 An idle actor waits on its mailbox with no timer of its own: a timed cancel scope per
-wait cost ~10 µs a call, more than the rest of the hand-off. Overflow policy: a full mailbox makes senders wait (back-pressure on
-the request); a sender that cannot deliver within ``send_timeout`` gets ``Unavailable``.
+wait cost ~10 µs, 40 % of a hand-off to an idle actor (25.5-29.1 µs with it, 15.5-17.6
+without). Overflow policy: a full mailbox makes senders wait (back-pressure on the
+request); a sender that cannot deliver within ``send_timeout`` gets ``Unavailable``.
 """
 
 from __future__ import annotations
