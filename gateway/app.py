@@ -47,6 +47,7 @@ from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
 from gateway.ratelimit import RateLimiter
 from gateway.web import (
+    METHODS,
     Handler,
     Request,
     Response,
@@ -692,7 +693,7 @@ def asgi_app(web: WebApp) -> QuartTrio:
     its size; its own routing and errors see only that route)."""
     app = QuartTrio("chat_engine")
     app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    methods = list(METHODS)
 
     async def forward(path: str = "") -> quart.Response:
         incoming = quart.request

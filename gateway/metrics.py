@@ -15,10 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.actors.supervisor import Engine
+from gateway.web import METHODS
 from gateway.ws import WsGateway
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_METHODS = frozenset(METHODS)
 
 
 class EngineCollector(Collector):
@@ -146,7 +147,7 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP answer. The labelled child is looked up once per (method, route,
         status): ``labels()`` costs a lock, a tuple and string checks every time."""
-        if method not in METHODS:  # a client picks it: bound the label's values
+        if method not in KNOWN_METHODS:  # a client picks it: bound the label's values
             method = "other"
         key = (method, route, status)
         child = self._latency_children.get(key)

@@ -32,6 +32,9 @@ log = logging.getLogger("chat_engine.http")
 
 INTERNAL = "Internal error."
 JSON = "application/json"
+# The methods a route may take, and HEAD and OPTIONS, which the pipeline answers for
+# any route; the ASGI layer forwards these, and the latency metric names no other.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class Request:
@@ -163,6 +166,8 @@ class Router:
         self._root = _Node()
 
     def add(self, method: str, template: str, handler: Handler) -> None:
+        if method not in METHODS or method in ("HEAD", "OPTIONS"):
+            raise ValueError(f"{method} {template}: routes take {', '.join(METHODS[2:])} or GET")
         node = self._root
         for segment in template.strip("/").split("/") if template != "/" else []:
             if segment.startswith("{") and segment.endswith("}"):

@@ -369,19 +369,37 @@ async def test_odd_bytes_never_500(world: World, fuzz: bytes) -> None:
     )
 
 
-async def test_not_ready_is_503(nursery: trio.Nursery) -> None:
-    import hypercorn.trio
+@pytest.mark.parametrize("http1_server", ["builtin", "hypercorn"])
+async def test_not_ready_is_503(nursery: trio.Nursery, http1_server: str) -> None:
+    """Until recovery is done, on either HTTP/1.1 server (``--http1-server``), served by
+    the front door as ``chat-engine serve`` does."""
     from hypercorn.config import Config
 
+    from gateway import frontdoor
+    from gateway.http1 import Http1Server
+
     engine = Engine()  # never started: recovery "still running"
-    app = create_app(engine, GatewaySettings(admin_token_hash=hash_token("x"))).asgi
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
+    gateway = create_app(engine, GatewaySettings(admin_token_hash=hash_token("x")))
+    binds = await nursery.start(
+        partial(
+            frontdoor.serve,
+            gateway.asgi,
+            Config(),
+            "127.0.0.1",
+            0,
+            gateway.ws.handle_connection,
+            shutdown_trigger=trio.sleep_forever,
+            http1=Http1Server(gateway.web.handle) if http1_server == "builtin" else None,
+        )
+    )
     async with httpx.AsyncClient(base_url=binds[0], headers={"Authorization": "Token x"}) as client:
         ready = await client.get("/readyz")
         api = await client.post("/api/v5/orgs", json={"name": "Early"})
+        # a read needs no actor: only the readiness check stops it (else a 404 here)
+        read = await client.get("/api/v5/orgs/00000000-0000-4000-8000-000000000000")
         health = await client.get("/healthz")
     assert ready.status_code == 503 and ready.json()["code"] == "unavailable"
-    assert api.status_code == 503 and api.json()["code"] == "unavailable"
+    for early in (api, read):
+        assert early.status_code == 503 and early.json()["code"] == "unavailable"
     assert health.status_code == 200
+    assert health.headers.get("server", "").startswith("hypercorn") == (http1_server != "builtin")

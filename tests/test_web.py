@@ -44,7 +44,7 @@ def test_a_literal_segment_wins_over_a_parameter_and_parameters_are_not_empty() 
         assert router.match(path) is None, path
 
 
-def test_a_route_defined_twice_or_with_two_names_for_a_segment_is_refused() -> None:
+def test_a_route_defined_twice_with_two_names_for_a_segment_or_an_odd_method_is_refused() -> None:
     router = Router()
 
     async def handler(req: Request, **params: str) -> Response:
@@ -55,6 +55,11 @@ def test_a_route_defined_twice_or_with_two_names_for_a_segment_is_refused() -> N
         router.add("GET", "/orgs/{org_id}", handler)
     with pytest.raises(ValueError):
         router.add("POST", "/orgs/{id}", handler)
+    # HEAD and OPTIONS are the pipeline's own; any other method the ASGI layer would
+    # not forward and the metrics would not name
+    for method in ("HEAD", "OPTIONS", "BREW"):
+        with pytest.raises(ValueError):
+            router.add(method, "/items", handler)
 
 
 def test_query_arguments_keep_order_repeats_and_blanks() -> None:
