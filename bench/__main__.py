@@ -138,6 +138,11 @@ def recovery_table(result: dict[str, Any], command: str) -> Table:
         f"{result['snapshot_records']:,} / {result['log_records']:,}",
         "",
     )
+    table.add_row(
+        "everything restored",
+        "yes" if result["restored"] else "NO: " + "; ".join(result["restore_problems"]),
+        "yes",
+    )
     table.add_row("restart to /readyz", f"{result['ready_seconds']:.1f} s", "≤ 15 s")
     if result.get("recovery_seconds") is not None:
         table.add_row(
@@ -292,109 +297,198 @@ SCENARIOS = {
 }
 
 
+def _bounded(kind: type, low: float, high: float) -> Any:
+    """An argparse type: a number of ``kind`` in ``[low, high]``, else a clear error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, not {text}")
+        return value
+
+    return parse
+
+
+def _list_of(item: Any, most: int) -> Any:
+    """An argparse type: 1 to ``most`` comma-separated values, each parsed by ``item``."""
+
+    def parse(text: str) -> list[Any]:
+        parts = text.split(",")
+        if len(parts) > most:
+            raise argparse.ArgumentTypeError(f"at most {most} values, not {len(parts)}")
+        return [item(part.strip()) for part in parts]
+
+    return parse
+
+
+def _modes(text: str) -> list[str]:
+    modes = text.split(",")
+    unknown = [mode for mode in modes if mode not in STORAGE_MODES]
+    if unknown or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(
+            f"distinct values among {', '.join(STORAGE_MODES)}, not {text!r}"
+        )
+    return modes
+
+
+STORAGE_MODES = ("memory", "always", "interval", "off")
+RATE = _bounded(float, 0.1, 100_000.0)
+GENERATORS = _bounded(int, 1, 8)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    scenarios = parser.add_subparsers(dest="scenario", required=True)
-    http = scenarios.add_parser(
-        "http", help="message POST, history and report GETs, alone and mixed, vs /healthz"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="directory for the JSON and PNG (default: bench/results)",
     )
-    http.add_argument("--seconds", type=float, default=8.0, help="per phase (max 120)")
-    http.add_argument("--connections", type=int, default=16, help="per generator process (max 500)")
-    http.add_argument("--generators", type=int, default=1, help="load-generator processes (max 8)")
-    http.add_argument("--chats", type=int, default=50, help="chats to spread the load over")
+    scenarios = parser.add_subparsers(dest="scenario", required=True)
+    parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def scenario(name: str, text: str) -> argparse.ArgumentParser:
+        parsers[name] = scenarios.add_parser(name, help=text, parents=[common])
+        return parsers[name]
+
+    http = scenario("http", "message POST, history and report GETs, alone and mixed, vs /healthz")
+    http.add_argument(
+        "--seconds", type=_bounded(float, 0.5, 120), default=8.0, help="per phase (0.5-120)"
+    )
+    http.add_argument(
+        "--connections",
+        type=_bounded(int, 1, 500),
+        default=16,
+        help="per generator process (1-500)",
+    )
+    http.add_argument(
+        "--generators", type=GENERATORS, default=1, help="load-generator processes (1-8)"
+    )
+    http.add_argument(
+        "--chats",
+        type=_bounded(int, 1, 10_000),
+        default=50,
+        help="chats to spread the load over (1-10,000)",
+    )
     http.add_argument(
         "--modes",
-        type=lambda text: text.split(","),
+        type=_modes,
         default=["always", "off"],
         help="storage modes, comma-separated: memory, always, interval, off",
     )
-    fanout = scenarios.add_parser(
-        "fanout", help="S sessions on one messages channel, rising message rates"
-    )
+    fanout = scenario("fanout", "S sessions on one messages channel, rising message rates")
+    compare = scenario("compare", "fanout against python-socketio and a bare websockets server")
     fanout.add_argument(
-        "--sessions", type=int, default=1000, help="subscriber sessions (max 10,000)"
-    )
-    fanout.add_argument("--generators", type=int, default=1, help="subscriber processes (max 8)")
-    fanout.add_argument("--seconds", type=float, default=5.0, help="per ladder step (max 60)")
-    fanout.add_argument(
-        "--ladder",
-        type=lambda text: [float(x) for x in text.split(",")],
-        default=list(fanout_scenario.DEFAULT_LADDER),
-        help="comma-separated msg/s",
-    )
-    fanout.add_argument("--max-rate", type=float, default=1000.0)
-    fanout.add_argument("--session-queue", type=int, default=5000)
-    compare = scenarios.add_parser(
-        "compare", help="fanout against python-socketio and a bare websockets server"
+        "--sessions",
+        type=_bounded(int, 1, 10_000),
+        default=1000,
+        help="subscriber sessions (1-10,000)",
     )
     compare.add_argument(
         "--sessions",
-        type=lambda text: [int(x) for x in text.split(",")],
+        type=_list_of(_bounded(int, 1, 10_000), 4),
         default=[500, 1000],
-        help="comma-separated subscriber counts (each max 10,000)",
+        help="comma-separated subscriber counts (up to 4, each 1-10,000)",
     )
-    compare.add_argument("--generators", type=int, default=1, help="subscriber processes (max 8)")
-    compare.add_argument("--seconds", type=float, default=4.0, help="per ladder step (max 60)")
-    compare.add_argument(
-        "--ladder",
-        type=lambda text: [float(x) for x in text.split(",")],
-        default=list(compare_scenario.DEFAULT_LADDER),
-        help="comma-separated msg/s",
+    for ladder, module, seconds, max_rate in (
+        (fanout, fanout_scenario, 5.0, 1000.0),
+        (compare, compare_scenario, 4.0, 2000.0),
+    ):
+        ladder.add_argument(
+            "--generators", type=GENERATORS, default=1, help="subscriber processes (1-8)"
+        )
+        ladder.add_argument(
+            "--seconds",
+            type=_bounded(float, 0.5, 60),
+            default=seconds,
+            help="per ladder step (0.5-60)",
+        )
+        ladder.add_argument(
+            "--ladder",
+            type=_list_of(RATE, 20),
+            default=list(module.DEFAULT_LADDER),
+            help="comma-separated msg/s (up to 20 rates)",
+        )
+        ladder.add_argument(
+            "--max-rate", type=RATE, default=max_rate, help="skip ladder rates above it"
+        )
+        ladder.add_argument(
+            "--session-queue",
+            type=_bounded(int, 1, 1_000_000),
+            default=5000,
+            help="the server's --session-queue",
+        )
+    storm = scenario("storm", "bursts of exclusive joins and auto_resume calls, checked exactly")
+    storm.add_argument(
+        "--joins", type=_bounded(int, 1, 5000), default=1000, help="exclusive joins (1-5,000)"
     )
-    compare.add_argument("--max-rate", type=float, default=2000.0)
-    compare.add_argument("--session-queue", type=int, default=5000)
-    storm = scenarios.add_parser(
-        "storm", help="bursts of exclusive joins and auto_resume calls, checked exactly"
+    storm.add_argument(
+        "--chats",
+        type=_bounded(int, 1, 5000),
+        default=100,
+        help="chats they contend for (at most --joins)",
     )
-    storm.add_argument("--joins", type=int, default=1000, help="exclusive joins (max 5,000)")
-    storm.add_argument("--chats", type=int, default=100, help="chats they contend for")
-    storm.add_argument("--resumes", type=int, default=1000, help="auto_resume calls (max 5,000)")
-    storm.add_argument("--visitors", type=int, default=100, help="visitors they contend for")
-    storm.add_argument("--generators", type=int, default=2, help="load-generator processes (max 8)")
+    storm.add_argument(
+        "--resumes", type=_bounded(int, 1, 5000), default=1000, help="auto_resume calls (1-5,000)"
+    )
+    storm.add_argument(
+        "--visitors",
+        type=_bounded(int, 1, 5000),
+        default=100,
+        help="visitors they contend for (at most --resumes)",
+    )
+    storm.add_argument(
+        "--generators", type=GENERATORS, default=2, help="load-generator processes (1-8)"
+    )
     storm.add_argument(
         "--in-memory", action="store_true", help="no storage (default: fsync always)"
     )
-    conns = scenarios.add_parser("conns", help="N idle sessions, 2 subscriptions each")
-    conns.add_argument("--sessions", type=int, default=10_000, help="sessions (max 10,000)")
-    conns.add_argument("--steps", type=int, default=4, help="batches to open them in (max 20)")
-    recovery = scenarios.add_parser(
-        "recovery", help="restart time, RSS and snapshot pause with a large store"
+    conns = scenario("conns", "N idle sessions, 2 subscriptions each")
+    conns.add_argument(
+        "--sessions", type=_bounded(int, 1, 10_000), default=10_000, help="sessions (1-10,000)"
     )
-    recovery.add_argument("--chats", type=int, default=100_000)
-    recovery.add_argument("--messages", type=int, default=1_000_000)
+    conns.add_argument(
+        "--steps",
+        type=_bounded(int, 1, 20),
+        default=4,
+        help="batches to open them in (1-20, at most --sessions)",
+    )
+    recovery = scenario("recovery", "restart time, RSS and snapshot pause with a large store")
+    recovery.add_argument(
+        "--chats",
+        type=_bounded(int, 1, 1_000_000),
+        default=100_000,
+        help="chats the messages are spread over (1-1,000,000)",
+    )
+    recovery.add_argument(
+        "--messages",
+        type=_bounded(int, 1, 5_000_000),
+        default=1_000_000,
+        help="messages stored (1-5,000,000)",
+    )
     recovery.add_argument(
         "--log-records",
-        type=int,
+        type=_bounded(int, 0, 5_000_000),
         default=DEFAULT_SNAPSHOT_RECORDS,
         help="mutations in the log after the snapshot (default: the server's "
         "--snapshot-records, the longest tail it leaves)",
     )
     options = parser.parse_args(argv)
+    error = parsers[options.scenario].error
     if options.scenario == "storm":
-        options.joins = min(options.joins, 5000)
-        options.resumes = min(options.resumes, 5000)
-        options.chats = max(1, min(options.chats, options.joins))
-        options.visitors = max(1, min(options.visitors, options.resumes))
-        options.generators = min(max(1, options.generators), 8)
-        return options
-    if options.scenario == "conns":
-        options.sessions = max(1, min(options.sessions, 10_000))
-        options.steps = max(1, min(options.steps, 20, options.sessions))
-        return options
-    if options.scenario == "recovery":
-        options.messages = min(options.messages, 5_000_000)
-        options.log_records = max(0, options.log_records)
-        return options
-    options.seconds = min(options.seconds, 120.0)
-    options.generators = min(max(1, options.generators), 8)
-    if options.scenario == "http":
-        options.connections = min(options.connections, 500)
-    elif options.scenario == "compare":
-        options.sessions = [min(count, 10_000) for count in options.sessions][:4]
-        options.ladder = options.ladder[:20]
-    else:
-        options.sessions = min(options.sessions, 10_000)
-        options.ladder = options.ladder[:20]
+        if options.chats > options.joins:
+            error("--chats must be at most --joins")
+        if options.visitors > options.resumes:
+            error("--visitors must be at most --resumes")
+    elif options.scenario == "conns" and options.steps > options.sessions:
+        error("--steps must be at most --sessions")
+    elif options.scenario in ("fanout", "compare"):
+        if not any(rate <= options.max_rate for rate in options.ladder):
+            error("every --ladder rate is above --max-rate")
     return options
 
 
@@ -446,8 +540,8 @@ def main(argv: list[str] | None = None) -> None:
         "code": code_revision(),
         "result": result,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{options.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    options.out.mkdir(parents=True, exist_ok=True)
+    stem = options.out / f"{options.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     module.plot(report, str(stem.with_suffix(".png")))
     console.print(table(result, command))

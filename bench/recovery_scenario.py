@@ -53,6 +53,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         phases = _recovery_phases(log_path)
         try:
             rss = rss_bytes(server.process.pid)
+            problems = _restored_problems(server, log_path, built, options)
             pause = _snapshot_pause(
                 server, log_path, built["chat_id"], built["user_id"], built["org_id"]
             )
@@ -76,6 +77,9 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             "disk_bytes_per_message": disk / options.messages,
             "snapshot_fork_pause_ms": pause,
             "report_first_page_ms": report,
+            # the restart brought back every record and message, or what it missed
+            "restored": not problems,
+            "restore_problems": problems,
         }
 
 
@@ -168,6 +172,10 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
         "records": records,
         "snapshot_lsn": snapshot_records,
         "chat_id": chat_ids[1],  # an open chat (every third one is ended)
+        "last_chat_id": chat_ids[(options.messages - 1) % options.chats],
+        "last_chat_messages": len(
+            range((options.messages - 1) % options.chats, options.messages, options.chats)
+        ),
         "user_id": users[1],
         "org_id": org_id,
         "room_id": room.room_id,
@@ -196,18 +204,55 @@ def _snapshot_pause(
     return None
 
 
-def _recovery_phases(log_path: Path) -> dict[str, float]:
-    """The server's "recovered" log line: its whole recovery, the snapshot load and the
-    log replay, in seconds (the rest of a restart is process start and imports)."""
+def _recovered_line(log_path: Path) -> dict[str, Any]:
+    """The fields of the server's "recovered" log line ({} if it has none)."""
     for line in log_path.read_text().splitlines():
         if '"recovered"' in line:
-            fields = json.loads(line)
-            return {
-                name: float(fields[name])
-                for name in ("seconds", "snapshot_seconds", "replay_seconds")
-                if name in fields
-            }
+            fields: dict[str, Any] = json.loads(line)
+            return fields
     return {}
+
+
+def _recovery_phases(log_path: Path) -> dict[str, float]:
+    """The server's whole recovery, the snapshot load and the log replay, in seconds
+    (the rest of a restart is process start and imports)."""
+    fields = _recovered_line(log_path)
+    return {
+        name: float(fields[name])
+        for name in ("seconds", "snapshot_seconds", "replay_seconds")
+        if name in fields
+    }
+
+
+def _restored_problems(
+    server: Any, log_path: Path, built: dict[str, Any], options: Any
+) -> list[str]:
+    """What the restarted server lacks of the store it was given: the records of the
+    snapshot and of the log tail, every chat, and the messages of the chat that got the
+    last one (its ``message_count`` over HTTP). A fast restart that lost data is no
+    result, so the scenario says so."""
+    fields = _recovered_line(log_path)
+    expected = {
+        "snapshot_lsn": built["snapshot_lsn"],
+        "records_replayed": built["records"] - built["snapshot_lsn"],
+        "chats": options.chats,
+    }
+    problems = [
+        f"{name}: {fields.get(name)} after the restart, {value} before"
+        for name, value in expected.items()
+        if fields.get(name) != value
+    ]
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Token {ADMIN_TOKEN}"}, timeout=30
+    ) as client:
+        response = client.get(f"/api/v5/orgs/{built['org_id']}/chats/{built['last_chat_id']}")
+    count = response.json().get("message_count") if response.status_code == 200 else None
+    if count != built["last_chat_messages"]:
+        problems.append(
+            f"chat {built['last_chat_id']}: message_count {count} after the restart "
+            f"(HTTP {response.status_code}), {built['last_chat_messages']} before"
+        )
+    return problems
 
 
 REPORT_REQUESTS = 50

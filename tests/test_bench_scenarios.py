@@ -1,0 +1,159 @@
+"""The bench suite is a product feature: every scenario must run end to end, from the
+command line, and report what it measured truthfully.
+
+Each test runs one ``python -m bench <scenario>`` at a small size as a real process (it
+starts its own server and load-generator processes on 127.0.0.1), writes into a
+temporary ``--out``, and then checks the JSON it wrote: the command, the code revision,
+the plot, and the scenario's own correctness figures. Sizes are tiny, so no figure here
+says anything about speed; that is the bench's job, not the tests'.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.__main__ import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 180  # seconds; each run below takes 4-20 s here
+
+
+def run_bench(out: Path, *args: str) -> dict[str, Any]:
+    """Run one scenario to completion and return the report it wrote."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+    reports = sorted(out.glob(f"{args[0]}-*.json"))
+    assert len(reports) == 1, reports
+    report: dict[str, Any] = orjson.loads(reports[0].read_bytes())
+    plot = reports[0].with_suffix(".png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["scenario"] == args[0]
+    assert report["command"] == "python -m bench " + " ".join([*args, "--out", str(out)])
+    assert set(report["code"]) == {"commit", "uncommitted_changes"}
+    assert report["machine"]["cpus"] >= 1
+    # the terminal gets the summary table and where the files are
+    assert b"written: " in completed.stdout
+    return report
+
+
+def test_storm_checks_every_winner_exactly(tmp_path: Path) -> None:
+    report = run_bench(
+        tmp_path,
+        *("storm", "--joins", "30", "--chats", "3", "--resumes", "30", "--visitors", "3"),
+    )
+    bursts = report["result"]["bursts"]
+    joins, resumes = bursts["exclusive_joins"], bursts["auto_resume"]
+    assert (joins["calls"], joins["winners"], joins["correct"]) == (30, 3, True)
+    assert (resumes["calls"], resumes["visitors_served"], resumes["correct"]) == (30, 3, True)
+    assert joins["problems"] == resumes["problems"] == []
+    for baseline in report["result"]["baselines"].values():
+        assert baseline["calls"] == 30
+        assert baseline["p99_ms"] > 0
+
+
+def test_fanout_delivers_every_event_at_each_rate(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "fanout", "--sessions", "20", "--ladder", "5,20", "--seconds", "1")
+    steps = report["result"]["steps"]
+    assert [step["offered_msgs_per_s"] for step in steps] == [5.0, 20.0]
+    for step in steps:
+        assert step["expected_events"] == step["posted"] * 20 > 0
+        assert step["received_events"] == step["expected_events"]
+        assert step["delivery_ratio"] == 1.0
+        assert step["session_closes"] == 0
+        assert step["server_cpu_s"] >= 0 and step["server_rss_bytes"] > 0
+
+
+def test_compare_runs_all_three_servers_and_gives_ratios(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "compare", "--sessions", "20", "--ladder", "5", "--seconds", "1")
+    by_sessions = report["result"]["by_sessions"]["20"]
+    assert set(by_sessions["runs"]) == {"engine", "socketio", "websockets"}
+    for run in by_sessions["runs"].values():
+        (step,) = run["steps"]
+        assert step["delivery_ratio"] == 1.0, run
+    # every server passed the only rate, so each ratio is exactly 1
+    assert by_sessions["ratio_vs_socketio"] == by_sessions["ratio_vs_websockets"] == 1.0
+
+
+def test_http_measures_each_storage_mode(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "http", "--seconds", "1", "--connections", "2", "--chats", "2")
+    modes = report["result"]["modes"]
+    assert set(modes) == {"always", "off"}
+    for mode in modes.values():
+        for name, phase in mode["phases"].items():
+            assert phase["throughput_rps"] > 0, name
+    assert report["result"]["comparisons"]["post_always_over_off"] > 0
+
+
+def test_conns_opens_and_reaches_every_session(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "conns", "--sessions", "40", "--steps", "2")
+    result = report["result"]
+    assert result["sessions"] == 40
+    assert [step["sessions"] for step in result["steps"]] == [20, 40]
+    assert result["broadcast"]["received"] == result["broadcast"]["expected"] == 40
+    assert result["session_closes"] == 0 and result["subscribe_errors"] == []
+    assert result["rss_bytes_per_session"] > 0
+
+
+def test_recovery_restarts_with_everything_it_stored(tmp_path: Path) -> None:
+    report = run_bench(
+        tmp_path, "recovery", "--chats", "10", "--messages", "500", "--log-records", "100"
+    )
+    result = report["result"]
+    assert result["restore_problems"] == [] and result["restored"] is True
+    assert (result["log_records"], result["messages"]) == (100, 500)
+    assert result["snapshot_fork_pause_ms"] is not None
+    assert result["report_first_page_ms"]["no filter"]["count"] == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["storm", "--joins", "0"], "argument --joins: must be between 1 and 5,000, not 0"),
+        (["storm", "--joins", "10", "--chats", "20"], "--chats must be at most --joins"),
+        (["storm", "--resumes", "5", "--visitors", "6"], "--visitors must be at most --resumes"),
+        (["fanout", "--seconds", "500"], "argument --seconds: must be between 0.5 and 60"),
+        (["fanout", "--seconds", "nan"], "argument --seconds: must be between 0.5 and 60"),
+        (["fanout", "--ladder", "5,x"], "argument --ladder: not a number: 'x'"),
+        (["fanout", "--ladder", "5000", "--max-rate", "10"], "every --ladder rate is above"),
+        (["compare", "--sessions", "1,2,3,4,5"], "argument --sessions: at most 4 values"),
+        (["http", "--modes", "always,bogus"], "argument --modes: distinct values among"),
+        (["http", "--modes", "off,off"], "argument --modes: distinct values among"),
+        (["conns", "--steps", "30"], "argument --steps: must be between 1 and 20"),
+        (["conns", "--sessions", "3", "--steps", "4"], "--steps must be at most --sessions"),
+        (["recovery", "--messages", "-1"], "argument --messages: must be between 1 and"),
+    ],
+)
+def test_bad_options_are_refused_with_the_rule(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Out-of-range sizes are refused before anything starts, naming the rule; none is
+    quietly clamped to something else than what the user asked for."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"python -m bench {args[0]}: error: " in error
+    assert message in error
+
+
+def test_defaults_are_the_documented_workloads() -> None:
+    """The defaults are the issue's workloads, which docs/benchmarks.md reports."""
+    storm = parse(["storm"])
+    assert (storm.joins, storm.chats, storm.resumes, storm.visitors) == (1000, 100, 1000, 100)
+    assert parse(["conns"]).sessions == 10_000
+    assert parse(["compare"]).sessions == [500, 1000]
+    recovery = parse(["recovery"])
+    assert recovery.messages == 1_000_000
+    assert parse(["http"]).modes == ["always", "off"]
+    assert parse(["fanout"]).out.name == "results"
