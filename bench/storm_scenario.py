@@ -246,7 +246,12 @@ def _check_joins(
         presences = client.get(f"{base}/chats/{chat}/presences").json()["results"]
         if len(presences) != 1:
             problems.append({"chat": chat, "presences": len(presences)})
-    return {"correct": not problems, "problems": problems[:10], "winners": len(outcomes)}
+    return {
+        "correct": not problems,
+        "problems": problems[:10],
+        "chats": len(outcomes),
+        "winners": sum(counter["201"] for counter in outcomes.values()),  # 201 answers
+    }
 
 
 def _check_resumes(
@@ -272,7 +277,12 @@ def _check_resumes(
             problems.append({"visitor": visitor, "statuses": dict(counter)})
         if stored[visitor] != 1:
             problems.append({"visitor": visitor, "chats": stored[visitor]})
-    return {"correct": not problems, "problems": problems[:10], "visitors_served": len(statuses)}
+    return {
+        "correct": not problems,
+        "problems": problems[:10],
+        "visitors_served": len(statuses),
+        "chats_created": sum(counter[201] for counter in statuses.values()),  # 201 answers
+    }
 
 
 def plot(report: dict[str, Any], path: str) -> None:

@@ -54,8 +54,9 @@ def test_storm_checks_every_winner_exactly(tmp_path: Path) -> None:
     )
     bursts = report["result"]["bursts"]
     joins, resumes = bursts["exclusive_joins"], bursts["auto_resume"]
-    assert (joins["calls"], joins["winners"], joins["correct"]) == (30, 3, True)
-    assert (resumes["calls"], resumes["visitors_served"], resumes["correct"]) == (30, 3, True)
+    assert (joins["calls"], joins["chats"], joins["winners"], joins["correct"]) == (30, 3, 3, True)
+    assert (resumes["calls"], resumes["visitors_served"], resumes["chats_created"]) == (30, 3, 3)
+    assert resumes["correct"] is True
     assert joins["problems"] == resumes["problems"] == []
     for baseline in report["result"]["baselines"].values():
         assert baseline["calls"] == 30
