@@ -71,6 +71,12 @@ def _best_rate(run: dict[str, Any]) -> float:
     return run["best"]["offered_msgs_per_s"] if run["best"] else 0.0
 
 
+def _met(ratio: float | None, above: float | None, target: float) -> bool:
+    if ratio is not None:
+        return ratio >= target
+    return above is not None and above >= target
+
+
 def run(options: Any, progress: Any) -> dict[str, Any]:
     ladder = [rate for rate in options.ladder if rate <= options.max_rate]
     by_sessions: dict[str, Any] = {}
@@ -111,12 +117,33 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         socketio = _best_rate(runs["socketio"])
         websockets = _best_rate(runs["websockets"])
         half = runs["engine"]["half_rate"]
+        # A peer that met no rate of the ladder has no ratio, only a bound: its best
+        # rate is below the lowest one, so the engine's ratio to it is above this.
+        floor = {
+            kind: engine / ladder[0] if engine and not rate else None
+            for kind, rate in (("socketio", socketio), ("websockets", websockets))
+        }
+        ratios = {
+            "socketio": engine / socketio if socketio else None,
+            "websockets": engine / websockets if websockets else None,
+        }
+        half_p99 = half["p99_ms"] if half else None
         by_sessions[str(sessions)] = {
             "runs": runs,
             "best_msgs_per_s": {kind: _best_rate(runs[kind]) for kind in KINDS},
-            "ratio_vs_socketio": engine / socketio if socketio else None,
-            "ratio_vs_websockets": engine / websockets if websockets else None,
-            "half_rate_p99_ms": half["p99_ms"] if half else None,
+            "ratio_vs_socketio": ratios["socketio"],
+            "ratio_vs_websockets": ratios["websockets"],
+            "ratio_above": floor,
+            "half_rate_p99_ms": half_p99,
+            "targets_met": {
+                "ratio_vs_socketio": _met(
+                    ratios["socketio"], floor["socketio"], TARGET_VS_SOCKETIO
+                ),
+                "ratio_vs_websockets": _met(
+                    ratios["websockets"], floor["websockets"], TARGET_VS_WEBSOCKETS
+                ),
+                "half_rate_p99_ms": half_p99 is not None and half_p99 <= HALF_RATE_P99_MS,
+            },
             "top_of_ladder": {kind: _best_rate(runs[kind]) >= ladder[-1] for kind in KINDS},
         }
     return {
