@@ -65,15 +65,23 @@ def test_storm_checks_every_winner_exactly(tmp_path: Path) -> None:
 
 
 def test_fanout_delivers_every_event_at_each_rate(tmp_path: Path) -> None:
-    report = run_bench(tmp_path, "fanout", "--sessions", "20", "--ladder", "5,20", "--seconds", "1")
-    steps = report["result"]["steps"]
-    assert [step["offered_msgs_per_s"] for step in steps] == [5.0, 20.0]
-    for step in steps:
-        assert step["expected_events"] == step["posted"] * 20 > 0
-        assert step["received_events"] == step["expected_events"]
-        assert step["delivery_ratio"] == 1.0
-        assert step["session_closes"] == 0
-        assert step["server_cpu_s"] >= 0 and step["server_rss_bytes"] > 0
+    report = run_bench(
+        tmp_path, "fanout", "--sessions", "10,20", "--ladder", "5,20", "--seconds", "1"
+    )
+    by_sessions = report["result"]["by_sessions"]
+    assert list(by_sessions) == ["10", "20"]
+    for sessions, run in by_sessions.items():
+        steps = run["steps"]
+        assert [step["offered_msgs_per_s"] for step in steps] == [5.0, 20.0]
+        for step in [*steps, run["half_rate"]]:
+            assert step["expected_events"] == step["posted"] * int(sessions) > 0
+            assert step["received_events"] == step["expected_events"]
+            assert step["delivery_ratio"] == 1.0
+            assert step["session_closes"] == 0
+            assert step["server_cpu_s"] >= 0 and step["server_rss_bytes"] > 0
+        # both rates passed, so the best is the ladder's top and half of it was run
+        assert run["best"]["offered_msgs_per_s"] == 20.0 and run["top_of_ladder"] is True
+        assert run["half_rate"]["offered_msgs_per_s"] == 10.0
 
 
 def test_compare_runs_all_three_servers_and_gives_ratios(tmp_path: Path) -> None:
@@ -179,6 +187,7 @@ def test_defaults_are_the_documented_workloads() -> None:
     assert (storm.joins, storm.chats, storm.resumes, storm.visitors) == (1000, 100, 1000, 100)
     assert parse(["conns"]).sessions == 10_000
     assert parse(["compare"]).sessions == [500, 1000]
+    assert parse(["fanout"]).sessions == [100, 500, 1000]
     recovery = parse(["recovery"])
     assert recovery.messages == 1_000_000
     assert parse(["http"]).modes == ["always", "off"]
