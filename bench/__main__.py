@@ -435,7 +435,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subscriber counts (up to 4, each 1-10,000)",
     )
     for ladder, module, seconds, max_rate in (
-        (fanout, fanout_scenario, 5.0, 1000.0),
+        (fanout, fanout_scenario, 5.0, 2000.0),
         (compare, compare_scenario, 4.0, 2000.0),
     ):
         ladder.add_argument(

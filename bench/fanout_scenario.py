@@ -50,8 +50,8 @@ from bench.subscriber import (
 from engine import channels
 
 # the ladder stops at a session count's first failing step, so its top serves the
-# smallest count (100 sessions pass ~640 msg/s here) and costs the others nothing
-DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960)
+# smallest count (100 sessions passed 960 msg/s here) and costs the others nothing
+DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920)
 DEFAULT_SESSIONS = (100, 500, 1000)
 DRAIN_SECONDS = 2.0
 PUBLISHER_CONNECTIONS = 8
@@ -399,8 +399,10 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
+    lowest = 99.0
     for sessions, run in report["result"]["by_sessions"].items():
         steps = run["steps"]
         rates = [s["offered_msgs_per_s"] for s in steps]
@@ -414,29 +416,52 @@ def plot(report: dict[str, Any], path: str) -> None:
             color=line.get_color(),
             alpha=0.4,
         )
-        middle.plot(rates, [s["p99_ms"] for s in steps], "o-", label=f"p99, {sessions}")
-        middle.plot(
-            rates,
-            [s["p50_ms"] for s in steps],
-            ":",
-            color=middle.lines[-1].get_color(),
-            label=f"p50, {sessions}",
-        )
+        color = line.get_color()
+        middle.plot(rates, [s["p99_ms"] for s in steps], "o-", color=color)
+        middle.plot(rates, [s["p50_ms"] for s in steps], ":", color=color)
+        half = run["half_rate"]
+        if half is not None:
+            middle.plot(
+                [half["offered_msgs_per_s"]],
+                [half["p99_ms"]],
+                "*",
+                markersize=13,
+                color=color,
+            )
         right.plot(rates, [100 * s["delivery_ratio"] for s in steps], "o-", label=str(sessions))
+        lowest = min([lowest, *(100 * s["delivery_ratio"] for s in steps)])
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("messages / s (log)")
     left.set_ylabel("events / s (log)")
     left.set_title("Delivered events / s (dashed: offered)")
     left.legend()
-    middle.axhline(250, color="red", linestyle=":", label="250 ms")
+    middle.axhline(250, color="red", linestyle="--", linewidth=0.8)
+    middle.axhline(50, color="#c60", linestyle="--", linewidth=0.8)
+    # colours are the session counts (left legend); this one explains the marks
+    marks = [
+        Line2D([], [], color="#555", marker="o", label="p99"),
+        Line2D([], [], color="#555", linestyle=":", label="p50"),
+        Line2D(
+            [],
+            [],
+            color="#555",
+            marker="*",
+            markersize=11,
+            linestyle="",
+            label="p99 at half the best rate",
+        ),
+        Line2D([], [], color="red", linestyle="--", label="250 ms (a step passes)"),
+        Line2D([], [], color="#c60", linestyle="--", label="50 ms (half-rate target)"),
+    ]
     middle.set_xscale("log")
     middle.set_yscale("log")
     middle.set_xlabel("messages / s (log)")
     middle.set_ylabel("ms (log)")
     middle.set_title("End-to-end latency")
-    middle.legend(fontsize=7)
+    middle.legend(handles=marks, fontsize=7, loc="upper left")
     right.axhline(99.9, color="red", linestyle=":", label="99.9 %")
+    right.set_ylim(lowest - 0.5, 100.3)
     right.set_xscale("log")
     right.set_xlabel("messages / s (log)")
     right.set_ylabel("%")
