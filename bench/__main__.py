@@ -32,6 +32,7 @@ from bench import (
     http_scenario,
     recovery_scenario,
     storm_scenario,
+    summary,
 )
 from persistence.store import DEFAULT_SNAPSHOT_RECORDS
 
@@ -517,7 +518,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="mutations in the log after the snapshot (default: the server's "
         "--snapshot-records, the longest tail it leaves)",
     )
+    summary_parser = scenarios.add_parser(
+        "summary",
+        help="every target, judged from the latest result of each scenario (runs nothing)",
+    )
+    summary_parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where the results are (default: bench/results)",
+    )
     options = parser.parse_args(argv)
+    if options.scenario == "summary":
+        if not options.results.is_dir():
+            summary_parser.error(f"--results: no directory {options.results}")
+        return options
     error = parsers[options.scenario].error
     if options.scenario == "storm":
         if options.chats > options.joins:
@@ -556,8 +571,27 @@ def code_revision() -> dict[str, object]:
     return {"commit": commit, "uncommitted_changes": bool(changes)}
 
 
+def summary_table(rows: list[dict[str, str]], title: str) -> Table:
+    table = _table(title, ("target", "figure", "verdict"), left=2)
+    scenario = None
+    for row in rows:
+        if row["scenario"] != scenario:
+            scenario = row["scenario"]
+            table.add_row(f"[bold]{scenario}[/bold]", f"[dim]{row['source']}[/dim]", "")
+        verdict = row["verdict"]
+        style = {"met": "green", "MISSED": "bold red"}.get(verdict, "dim")
+        table.add_row(f"  {row['target']}", row["figure"], f"[{style}]{verdict}[/{style}]")
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     options = parse(argv)
+    if options.scenario == "summary":
+        rows = summary.summarize(options.results)
+        Console().print(
+            summary_table(rows, f"targets, from the latest results in {options.results}")
+        )
+        return
     raise_open_file_limit()
     module, table = SCENARIOS[options.scenario]
     console = Console()

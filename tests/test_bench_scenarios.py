@@ -10,6 +10,7 @@ says anything about speed; that is the bench's job, not the tests'.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from bench.__main__ import parse
 from bench.compare_scenario import _met
+from bench.summary import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 180  # seconds; each run below takes 4-20 s here
@@ -192,3 +194,80 @@ def test_defaults_are_the_documented_workloads() -> None:
     assert recovery.messages == 1_000_000
     assert parse(["http"]).modes == ["always", "off"]
     assert parse(["fanout"]).out.name == "results"
+
+
+def write_report(results: Path, name: str, result: dict[str, Any]) -> None:
+    report = {"code": {"commit": "abcdef0123", "uncommitted_changes": False}, "result": result}
+    (results / f"{name}.json").write_bytes(orjson.dumps(report))
+
+
+def storm_result(calls: int, joins_p99: float, correct: bool = True) -> dict[str, Any]:
+    burst = {"calls": calls, "correct": correct, "problems": [], "p99_vs_healthz": 2.0}
+    return {
+        "bursts": {
+            "exclusive_joins": {**burst, "p99_ms": joins_p99},
+            "auto_resume": {**burst, "p99_ms": 250.0},
+        }
+    }
+
+
+def test_summary_judges_the_latest_full_size_run_of_each_scenario(tmp_path: Path) -> None:
+    write_report(tmp_path, "storm-20261127-100000", storm_result(1000, 95.0))
+    # the newest storm run is the one judged; a smaller run is never judged met
+    write_report(tmp_path, "storm-20261127-110000", storm_result(1000, 140.0))
+    write_report(
+        tmp_path,
+        "recovery-20261127-100000",
+        {"messages": 500, "ready_seconds": 0.5, "rss_bytes_per_message": 900.0, "restored": True},
+    )
+    write_report(
+        tmp_path,
+        "compare-20261127-100000",
+        {
+            "ladder": [1.0, 2.0],
+            "by_sessions": {
+                "1000": {
+                    "best_msgs_per_s": {"engine": 240, "socketio": 0.0, "websockets": 80},
+                    "ratio_vs_socketio": None,
+                    "ratio_vs_websockets": 3.0,
+                    "half_rate_p99_ms": 58.0,
+                }
+            },
+        },
+    )
+    rows = {
+        (row["scenario"], row["target"]): (row["figure"], row["verdict"], row["source"])
+        for row in summarize(tmp_path)
+    }
+    joins = rows[("storm", "joins: p99 ≤ 100 ms")]
+    assert joins[1] == "MISSED" and joins[2] == "storm-20261127-110000 (abcdef0)"
+    assert rows[("storm", "auto_resume: exact")][1] == "met"
+    assert rows[("recovery", "1M messages back in ≤ 15 s")][1] == "not judged"
+    assert rows[("recovery", "RSS ≤ 1,024 B a message")][1] == "not judged"
+    assert rows[("compare", "1000: ≥ 3× socketio")][:2] == ("> 240× (socketio met no rate)", "met")
+    assert rows[("compare", "1000: ≥ 0.5× websockets")][1] == "met"
+    assert rows[("compare", "1000: half-rate p99 ≤ 50 ms")][1] == "MISSED"
+    for scenario in ("conns", "http", "fanout"):
+        assert rows[(scenario, "-")][:2] == ("no result yet", "not judged")
+
+
+def test_summary_command_prints_the_verdicts(tmp_path: Path) -> None:
+    write_report(tmp_path, "storm-20261127-100000", storm_result(1000, 95.0, correct=False))
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "summary", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    out = completed.stdout.decode()
+    assert "storm-20261127-100000 (abcdef0)" in out
+    assert "joins: exact" in out and "MISSED" in out and "no result yet" in out
+    missing = subprocess.run(
+        [sys.executable, "-m", "bench", "summary", "--results", str(tmp_path / "nowhere")],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and b"--results: no directory" in missing.stderr

@@ -1,0 +1,170 @@
+"""`python -m bench summary`: the issue's targets, judged from the latest result of each
+scenario in a results directory, in one table. It runs nothing: it reads the JSON the
+scenarios wrote, so it shows what was measured, where, and on which commit.
+
+A target is judged only on a run of the size it names (10,000 sessions, 1,000,000
+messages, 1,000 calls, 500 and 1,000 subscribers); a smaller run is listed with its
+figure and "not judged", never as met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.compare_scenario import HALF_RATE_P99_MS, TARGET_VS_SOCKETIO, TARGET_VS_WEBSOCKETS
+from bench.conns_scenario import RSS_TARGET_BYTES
+from bench.storm_scenario import P99_TARGET_MS
+
+SCENARIO_NAMES = ("compare", "fanout", "conns", "storm", "recovery", "http")
+RESTART_TARGET_S = 15.0
+RSS_PER_MESSAGE_TARGET = 1024
+FSYNC_RATIO_TARGET = 0.5
+MET, MISSED, NOT_JUDGED = "met", "MISSED", "not judged"
+
+
+def latest(results: Path, scenario: str) -> Path | None:
+    """The newest ``<scenario>-<YYYYmmdd-HHMMSS>.json`` (names sort by time)."""
+    found = sorted(results.glob(f"{scenario}-[0-9]*-[0-9]*.json"))
+    return found[-1] if found else None
+
+
+def _verdict(ok: bool, judged: bool = True) -> str:
+    if not judged:
+        return NOT_JUDGED
+    return MET if ok else MISSED
+
+
+def _compare(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for sessions, group in result["by_sessions"].items():
+        judged = int(sessions) in (500, 1000)
+        best = group["best_msgs_per_s"]
+        for peer, target in (
+            ("socketio", TARGET_VS_SOCKETIO),
+            ("websockets", TARGET_VS_WEBSOCKETS),
+        ):
+            ratio = group[f"ratio_vs_{peer}"]
+            if ratio is not None:
+                figure, ok = (
+                    f"{ratio:.1f}× ({best['engine']:g} vs {best[peer]:g} msg/s)",
+                    ratio >= target,
+                )
+            elif best["engine"] and not best[peer]:
+                bound = best["engine"] / result["ladder"][0]
+                figure, ok = f"> {bound:.0f}× ({peer} met no rate)", bound >= target
+            else:
+                figure, ok = "no engine rate passed", False
+            yield f"{sessions}: ≥ {target:g}× {peer}", figure, _verdict(ok, judged)
+        half = group["half_rate_p99_ms"]
+        yield (
+            f"{sessions}: half-rate p99 ≤ {HALF_RATE_P99_MS:g} ms",
+            "-" if half is None else f"{half:.0f} ms",
+            _verdict(half is not None and half <= HALF_RATE_P99_MS, judged),
+        )
+
+
+def _fanout(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for sessions, run in result.get("by_sessions", {}).items():
+        best, half = run["best"], run["half_rate"]
+        figure = "no rate passed" if best is None else f"{best['offered_msgs_per_s']:g} msg/s"
+        if half is not None:
+            figure += f"; half-rate p99 {half['p99_ms']:.0f} ms"
+        yield f"{sessions} sessions: best rate", figure, "(none)"
+
+
+def _conns(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    per_session = result["rss_bytes_per_session"]
+    reached = result["broadcast"]["received"] == result["broadcast"]["expected"]
+    yield (
+        f"10,000 sessions, ≤ {RSS_TARGET_BYTES // 1024} KiB each",
+        f"{per_session / 1024:.1f} KiB ({result['sessions']:,} sessions)"
+        + ("" if reached else "; the message did not reach every session"),
+        _verdict(per_session <= RSS_TARGET_BYTES and reached, result["sessions"] >= 10_000),
+    )
+
+
+def _storm(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for name, burst in result["bursts"].items():
+        judged = burst["calls"] >= 1000
+        label = name.replace("exclusive_", "")
+        yield (
+            f"{label}: exact",
+            "exact" if burst["correct"] else f"{len(burst['problems'])}+ problems",
+            _verdict(burst["correct"], judged),
+        )
+        yield (
+            f"{label}: p99 ≤ {P99_TARGET_MS:g} ms",
+            f"{burst['p99_ms']:.0f} ms ({burst['p99_vs_healthz']:.1f}× healthz)",
+            _verdict(burst["p99_ms"] <= P99_TARGET_MS, judged),
+        )
+
+
+def _recovery(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    judged = result["messages"] >= 1_000_000
+    restored = result.get("restored", True)
+    yield (
+        f"1M messages back in ≤ {RESTART_TARGET_S:g} s",
+        f"{result['ready_seconds']:.1f} s ({result['messages']:,})"
+        + ("" if restored else "; NOT everything restored"),
+        _verdict(result["ready_seconds"] <= RESTART_TARGET_S and restored, judged),
+    )
+    yield (
+        f"RSS ≤ {RSS_PER_MESSAGE_TARGET:,} B a message",
+        f"{result['rss_bytes_per_message']:.0f} B",
+        _verdict(result["rss_bytes_per_message"] <= RSS_PER_MESSAGE_TARGET, judged),
+    )
+
+
+def _http(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    ratio = result.get("comparisons", {}).get("post_always_over_off")
+    yield (
+        f"POST fsync always/off ≥ {FSYNC_RATIO_TARGET:g}",
+        "-" if ratio is None else f"{ratio:.2f}",
+        _verdict(ratio is not None and ratio >= FSYNC_RATIO_TARGET, ratio is not None),
+    )
+
+
+JUDGES = {
+    "compare": _compare,
+    "fanout": _fanout,
+    "conns": _conns,
+    "storm": _storm,
+    "recovery": _recovery,
+    "http": _http,
+}
+
+
+def summarize(results: Path) -> list[dict[str, str]]:
+    """One row per target: scenario, target, figure, verdict, and the file it came from
+    with its commit (``+`` when the code had uncommitted changes)."""
+    rows = []
+    for scenario in SCENARIO_NAMES:
+        path = latest(results, scenario)
+        if path is None:
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "target": "-",
+                    "figure": "no result yet",
+                    "verdict": NOT_JUDGED,
+                    "source": f"python -m bench {scenario}",
+                }
+            )
+            continue
+        report = orjson.loads(path.read_bytes())
+        code = report.get("code") or {}
+        commit = str(code.get("commit", "?"))[:7] + ("+" if code.get("uncommitted_changes") else "")
+        for target, figure, verdict in JUDGES[scenario](report["result"]):
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "target": target,
+                    "figure": figure,
+                    "verdict": verdict,
+                    "source": f"{path.stem} ({commit})",
+                }
+            )
+    return rows
