@@ -228,16 +228,16 @@ def compare_table(result: dict[str, Any], command: str) -> Table:
     targets = result["targets"]
     captions = []
     for sessions, group in result["by_sessions"].items():
-        half = group["half_rate_p99_ms"]
-        met = group.get("targets_met", {})
-        above = group.get("ratio_above", {})
-        verdict = {name: "met" if met.get(name) else "MISSED" for name in targets}
-
+        judged = compare_scenario.judge(
+            group["best_msgs_per_s"], group["half_rate_p99_ms"], result["ladder"]
+        )
+        half, above = judged["half_rate_p99_ms"], judged["ratio_above"]
+        verdict = {name: "met" if met else "MISSED" for name, met in judged["targets_met"].items()}
         captions.append(
             f"{sessions}: engine ÷ socketio "
-            f"{_ratio(group['ratio_vs_socketio'], above.get('socketio'))} "
+            f"{_ratio(judged['ratio_vs_socketio'], above['socketio'])} "
             f"(≥ {targets['ratio_vs_socketio']:g}: {verdict['ratio_vs_socketio']}), "
-            f"÷ websockets {_ratio(group['ratio_vs_websockets'], above.get('websockets'))} "
+            f"÷ websockets {_ratio(judged['ratio_vs_websockets'], above['websockets'])} "
             f"(≥ {targets['ratio_vs_websockets']:g}: {verdict['ratio_vs_websockets']}), "
             f"p99 at half rate {'-' if half is None else f'{half:.0f} ms'} "
             f"(≤ {targets['half_rate_p99_ms']:g}: {verdict['half_rate_p99_ms']})"

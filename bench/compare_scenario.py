@@ -71,10 +71,37 @@ def _best_rate(run: dict[str, Any]) -> float:
     return run["best"]["offered_msgs_per_s"] if run["best"] else 0.0
 
 
+PEER_TARGETS = {"socketio": TARGET_VS_SOCKETIO, "websockets": TARGET_VS_WEBSOCKETS}
+
+
 def _met(ratio: float | None, above: float | None, target: float) -> bool:
     if ratio is not None:
         return ratio >= target
     return above is not None and above >= target
+
+
+def judge(best: dict[str, float], half_p99: float | None, ladder: list[float]) -> dict[str, Any]:
+    """The ratios and the verdict on each target for one subscriber count, from the
+    best rates (0 when a server met no rate) and the engine's p99 at half its best rate.
+    A peer that met no rate of the ladder has no ratio, only a bound: its best rate is
+    below the lowest one, so the engine's ratio to it is above ``ratio_above``."""
+    engine = best["engine"]
+    ratios = {peer: engine / best[peer] if best[peer] else None for peer in PEER_TARGETS}
+    above = {
+        peer: engine / ladder[0] if engine and not best[peer] else None for peer in PEER_TARGETS
+    }
+    met = {
+        f"ratio_vs_{peer}": _met(ratios[peer], above[peer], target)
+        for peer, target in PEER_TARGETS.items()
+    }
+    met["half_rate_p99_ms"] = half_p99 is not None and half_p99 <= HALF_RATE_P99_MS
+    return {
+        "ratio_vs_socketio": ratios["socketio"],
+        "ratio_vs_websockets": ratios["websockets"],
+        "ratio_above": above,
+        "half_rate_p99_ms": half_p99,
+        "targets_met": met,
+    }
 
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
@@ -113,37 +140,12 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                     )
                 finally:
                     stop_peer(process)
-        engine = _best_rate(runs["engine"])
-        socketio = _best_rate(runs["socketio"])
-        websockets = _best_rate(runs["websockets"])
+        best = {kind: _best_rate(runs[kind]) for kind in KINDS}
         half = runs["engine"]["half_rate"]
-        # A peer that met no rate of the ladder has no ratio, only a bound: its best
-        # rate is below the lowest one, so the engine's ratio to it is above this.
-        floor = {
-            kind: engine / ladder[0] if engine and not rate else None
-            for kind, rate in (("socketio", socketio), ("websockets", websockets))
-        }
-        ratios = {
-            "socketio": engine / socketio if socketio else None,
-            "websockets": engine / websockets if websockets else None,
-        }
-        half_p99 = half["p99_ms"] if half else None
         by_sessions[str(sessions)] = {
             "runs": runs,
-            "best_msgs_per_s": {kind: _best_rate(runs[kind]) for kind in KINDS},
-            "ratio_vs_socketio": ratios["socketio"],
-            "ratio_vs_websockets": ratios["websockets"],
-            "ratio_above": floor,
-            "half_rate_p99_ms": half_p99,
-            "targets_met": {
-                "ratio_vs_socketio": _met(
-                    ratios["socketio"], floor["socketio"], TARGET_VS_SOCKETIO
-                ),
-                "ratio_vs_websockets": _met(
-                    ratios["websockets"], floor["websockets"], TARGET_VS_WEBSOCKETS
-                ),
-                "half_rate_p99_ms": half_p99 is not None and half_p99 <= HALF_RATE_P99_MS,
-            },
+            "best_msgs_per_s": best,
+            **judge(best, half["p99_ms"] if half else None, ladder),
             "top_of_ladder": {kind: _best_rate(runs[kind]) >= ladder[-1] for kind in KINDS},
         }
     return {

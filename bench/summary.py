@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bench.compare_scenario import HALF_RATE_P99_MS, TARGET_VS_SOCKETIO, TARGET_VS_WEBSOCKETS
+from bench.compare_scenario import HALF_RATE_P99_MS, PEER_TARGETS, judge
 from bench.conns_scenario import RSS_TARGET_BYTES
 from bench.storm_scenario import P99_TARGET_MS
 
@@ -42,27 +42,22 @@ def _compare(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     for sessions, group in result["by_sessions"].items():
         judged = int(sessions) in (500, 1000)
         best = group["best_msgs_per_s"]
-        for peer, target in (
-            ("socketio", TARGET_VS_SOCKETIO),
-            ("websockets", TARGET_VS_WEBSOCKETS),
-        ):
-            ratio = group[f"ratio_vs_{peer}"]
+        verdicts = judge(best, group["half_rate_p99_ms"], result["ladder"])
+        for peer, target in PEER_TARGETS.items():
+            ratio, above = verdicts[f"ratio_vs_{peer}"], verdicts["ratio_above"][peer]
             if ratio is not None:
-                figure, ok = (
-                    f"{ratio:.1f}× ({best['engine']:g} vs {best[peer]:g} msg/s)",
-                    ratio >= target,
-                )
-            elif best["engine"] and not best[peer]:
-                bound = best["engine"] / result["ladder"][0]
-                figure, ok = f"> {bound:.0f}× ({peer} met no rate)", bound >= target
+                figure = f"{ratio:.1f}× ({best['engine']:g} vs {best[peer]:g} msg/s)"
+            elif above is not None:
+                figure = f"> {above:.0f}× ({peer} met no rate)"
             else:
-                figure, ok = "no engine rate passed", False
-            yield f"{sessions}: ≥ {target:g}× {peer}", figure, _verdict(ok, judged)
-        half = group["half_rate_p99_ms"]
+                figure = "no engine rate passed"
+            met = verdicts["targets_met"][f"ratio_vs_{peer}"]
+            yield f"{sessions}: ≥ {target:g}× {peer}", figure, _verdict(met, judged)
+        half = verdicts["half_rate_p99_ms"]
         yield (
             f"{sessions}: half-rate p99 ≤ {HALF_RATE_P99_MS:g} ms",
             "-" if half is None else f"{half:.0f} ms",
-            _verdict(half is not None and half <= HALF_RATE_P99_MS, judged),
+            _verdict(verdicts["targets_met"]["half_rate_p99_ms"], judged),
         )
 
 
