@@ -62,7 +62,9 @@ def _compare(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
 
 
 def _fanout(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-    for sessions, run in result.get("by_sessions", {}).items():
+    # results from before 2026-11-27 hold one session count, not by_sessions
+    runs = result.get("by_sessions") or {str(result.get("sessions", "?")): result}
+    for sessions, run in runs.items():
         best, half = run["best"], run["half_rate"]
         figure = "no rate passed" if best is None else f"{best['offered_msgs_per_s']:g} msg/s"
         if half is not None:
