@@ -17,11 +17,10 @@ import orjson
 
 from bench.compare_scenario import HALF_RATE_P99_MS, PEER_TARGETS, judge
 from bench.conns_scenario import RSS_TARGET_BYTES
+from bench.recovery_scenario import RESTART_TARGET_S, RSS_PER_MESSAGE_TARGET
 from bench.storm_scenario import P99_TARGET_MS
 
 SCENARIO_NAMES = ("compare", "fanout", "conns", "storm", "recovery", "http")
-RESTART_TARGET_S = 15.0
-RSS_PER_MESSAGE_TARGET = 1024
 FSYNC_RATIO_TARGET = 0.5
 MET, MISSED, NOT_JUDGED = "met", "MISSED", "not judged"
 
