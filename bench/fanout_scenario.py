@@ -6,7 +6,9 @@ received / messages posted × sessions), end-to-end latency p50/p95/p99 (the mes
 text carries its send time; every process on this machine shares the clock), the
 server's CPU per 1,000 delivered events and its RSS. The ladder stops after the first
 step that misses ≥ 99.9 % delivery, p99 ≤ 250 ms, or posting at ≥ 95 % of the offered
-rate; the highest passing step is the scenario's figure.
+rate; the highest passing step is the scenario's figure. Each subscriber count of
+``--sessions`` (default 100, 500 and 1,000) climbs the ladder on a fresh server, then
+runs one more step at half its best rate.
 
 Subscribers live in separate processes (``--generators``), each holding its share of
 the sessions on one epoll loop (``bench/subscriber.py``); the publisher posts from this
