@@ -254,7 +254,7 @@ def compare_table(result: dict[str, Any], command: str) -> Table:
     return table
 
 
-def _ratio(value: float | None, above: float | None = None) -> str:
+def _ratio(value: float | None, above: float | None) -> str:
     if value is not None:
         return f"{value:.2f}"
     # the peer met no rate of the ladder: only a lower bound is known

@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from bench import subscriber
-from bench.fanout_scenario import _percentile
+from bench.fanout_scenario import _percentile, collect_reports
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
 from engine import channels
 
@@ -110,18 +110,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             )
             assert response.status_code == 201, response.text
         time.sleep(3.0)
-        received = 0
-        histogram: dict[int, int] = {}
-        closes: list[int] = []
-        errors: list[str] = []
-        for pipe in pipes:
-            pipe.send("1")
-            report = pipe.recv()
-            received += report["received"]
-            closes += report["closes"]
-            errors += report["errors"]
-            for bucket, count in report["histogram"].items():
-                histogram[bucket] = histogram.get(bucket, 0) + count
+        received, histogram, closes, errors = collect_reports(pipes, 1)
         last = steps[-1]
         return {
             "sessions": options.sessions,

@@ -57,6 +57,7 @@ DEFAULT_LADDER = (5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280
 DEFAULT_SESSIONS = (100, 500, 1000)
 DRAIN_SECONDS = 2.0
 PUBLISHER_CONNECTIONS = 8
+PUBLISH_GRACE_SECONDS = 30.0
 
 
 def _percentile(histogram: dict[int, int], fraction: float) -> float:
@@ -92,9 +93,12 @@ async def _publish(
             if status == 201:
                 posted += 1
 
-    async with trio.open_nursery() as nursery:
-        for index in range(PUBLISHER_CONNECTIONS):
-            nursery.start_soon(lane, index)
+    # bounded: a server that stops answering leaves posts uncounted, and the step fails
+    # on its posted rate instead of hanging the run
+    with trio.move_on_after(seconds + PUBLISH_GRACE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            for index in range(PUBLISHER_CONNECTIONS):
+                nursery.start_soon(lane, index)
     for connection in connections:
         await connection.aclose()
     return posted
@@ -203,6 +207,32 @@ def engine_target(server: ServerProcess) -> Target:
     )
 
 
+REPORT_TIMEOUT = 60.0
+
+
+def collect_reports(
+    pipes: list[Connection], step: int
+) -> tuple[int, dict[int, int], list[int], list[str]]:
+    """Ask every subscriber process for ``step``'s counts and merge them: received,
+    the latency histogram, close codes, error codes. A process that does not answer
+    within ``REPORT_TIMEOUT`` fails the run instead of hanging it."""
+    received = 0
+    histogram: dict[int, int] = {}
+    closes: list[int] = []
+    errors: list[str] = []
+    for pipe in pipes:
+        pipe.send(str(step))
+        if not pipe.poll(REPORT_TIMEOUT):
+            raise RuntimeError(f"a subscriber process did not report in {REPORT_TIMEOUT:g} s")
+        report = pipe.recv()
+        received += report["received"]
+        closes += report["closes"]
+        errors += report["errors"]
+        for bucket, count in report["histogram"].items():
+            histogram[bucket] = histogram.get(bucket, 0) + count
+    return received, histogram, closes, errors
+
+
 class Generators:
     """Subscriber processes holding ``sessions`` sessions between them."""
 
@@ -234,16 +264,7 @@ class Generators:
         return sum(_process_cpu(p.pid) for p in self.processes)
 
     def report(self, step: int) -> tuple[int, dict[int, int], list[int]]:
-        received = 0
-        histogram: dict[int, int] = {}
-        closes: list[int] = []
-        for pipe in self.pipes:
-            pipe.send(str(step))
-            report = pipe.recv()
-            received += report["received"]
-            closes += report["closes"]
-            for bucket, count in report["histogram"].items():
-                histogram[bucket] = histogram.get(bucket, 0) + count
+        received, histogram, closes, _ = collect_reports(self.pipes, step)
         return received, histogram, closes
 
     def stop(self) -> None:

@@ -49,6 +49,7 @@ REPORT_QUERIES = (
 REPORT_CHATS = 50
 REPORT_MESSAGES = 20
 MAX_REQUESTS_PER_GENERATOR = 10_000_000  # a hard bound besides the time limit
+GENERATOR_GRACE_SECONDS = 90.0  # beyond --seconds: start-up, and closed_loop's own 30 s
 
 GeneratorArgs = tuple[int, str, int, float, str, list[list[str]], int, str]
 
@@ -176,7 +177,11 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                         for seed in range(options.generators)
                     ],
                 )
+                # the generators stop themselves within --seconds + 30 s (closed_loop)
+                give_up = time.perf_counter() + options.seconds + GENERATOR_GRACE_SECONDS
                 while not pending.ready():
+                    if time.perf_counter() > give_up:
+                        raise RuntimeError(f"{phase}: the load generators did not finish")
                     pending.wait(0.25)
                     progress.update(
                         task, completed=min(options.seconds, time.perf_counter() - wall_before)

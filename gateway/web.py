@@ -35,6 +35,7 @@ JSON = "application/json"
 # The methods a route may take, and HEAD and OPTIONS, which the pipeline answers for
 # any route; the ASGI layer forwards these, and the latency metric names no other.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ROUTE_METHODS = tuple(method for method in METHODS if method not in ("HEAD", "OPTIONS"))
 
 
 class Request:
@@ -166,8 +167,8 @@ class Router:
         self._root = _Node()
 
     def add(self, method: str, template: str, handler: Handler) -> None:
-        if method not in METHODS or method in ("HEAD", "OPTIONS"):
-            raise ValueError(f"{method} {template}: routes take {', '.join(METHODS[2:])} or GET")
+        if method not in ROUTE_METHODS:
+            raise ValueError(f"{method} {template}: a route takes {', '.join(ROUTE_METHODS)}")
         node = self._root
         for segment in template.strip("/").split("/") if template != "/" else []:
             if segment.startswith("{") and segment.endswith("}"):

@@ -10,6 +10,7 @@ says anything about speed; that is the bench's job, not the tests'.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,9 +19,12 @@ from typing import Any
 
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from bench.__main__ import parse
 from bench.compare_scenario import _met
+from bench.fanout_scenario import PUBLISH_GRACE_SECONDS, _publish
 from bench.summary import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,3 +275,25 @@ def test_summary_command_prints_the_verdicts(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 2 and b"--results: no directory" in missing.stderr
+
+
+async def test_the_publisher_gives_up_on_a_server_that_never_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every bench loop is bounded in time: posts that get no answer are not counted,
+    and publishing ends ``PUBLISH_GRACE_SECONDS`` after the step, not never."""
+
+    async def mute(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()  # reads nothing, answers nothing
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, mute, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        started = trio.current_time()
+        with trio.fail_after(2.0 + PUBLISH_GRACE_SECONDS + 60):  # fails rather than hangs
+            posted = await _publish(port, "/api/v5/orgs/o/chats/c/messages", "u", 1, 10.0, 2.0)
+        assert posted == 0
+        assert trio.current_time() - started == pytest.approx(2.0 + PUBLISH_GRACE_SECONDS)
+        nursery.cancel_scope.cancel()
