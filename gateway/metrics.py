@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.actors.supervisor import Engine
+from gateway import failures
 from gateway.web import METHODS
 from gateway.ws import WsGateway
 
@@ -70,6 +71,14 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "chat_engine_ws_frames", "WebSocket frames written by passes.", value=writes.frames
         )
+        errors = CounterMetricFamily(
+            "chat_engine_connection_errors",
+            "Unexpected errors that closed one connection (and only it), by kind.",
+            labels=["kind"],
+        )
+        for kind in ("http", "ws"):
+            errors.add_metric([kind], failures.connection_errors[kind])
+        yield errors
         depths = [session.depth for session in sessions]
         yield GaugeMetricFamily(
             "chat_engine_session_queue_depth_max",
