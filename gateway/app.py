@@ -9,9 +9,8 @@ ASGI face of the same pipeline, for connections hypercorn serves.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -27,6 +26,7 @@ from engine.actors.supervisor import Engine
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.report import ORDERINGS, ReportQuery, run_report
+from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR
 from gateway import validation as v
 from gateway.auth import (
     Principal,
@@ -41,14 +41,18 @@ from gateway.auth import (
     visible_chat,
     visible_room,
 )
+from gateway.cors import Cors
+from gateway.forwarded import Forwarded
 from gateway.http1 import WS_LATE
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, Throttled, address_key
+from gateway.settings import Network, RateLimit
 from gateway.web import (
     METHODS,
     Handler,
+    Hook,
     Request,
     Response,
     Router,
@@ -60,6 +64,9 @@ from gateway.ws import WsGateway, WsSettings
 
 M = TypeVar("M", bound=BaseModel)
 STARTING = "The engine is starting."
+WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+LIMITED = frozenset((PRINCIPAL_USER, PRINCIPAL_VISITOR))  # org and admin tokens are not
+MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
 
 HTTP_ERRORS = {
     404: errors.NotFound,
@@ -74,8 +81,12 @@ class GatewaySettings:
     admin_token_hash: str
     public_url: str | None = None
     open_registration: bool = True
+    # writes per user or visitor (None: not limited); open registration per address
+    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
     registration_rate: float = 5.0  # per second and client address
     registration_burst: int = 20
+    cors_origins: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[Network, ...] = ()
     ws: WsSettings | None = None
 
 
@@ -90,8 +101,14 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     api = OpenApi()
     router = Router()
     state = engine.state
-    limiter = RateLimiter(
+    limits = settings.rate_limit
+    registrations = RateLimiter(
         settings.registration_rate, settings.registration_burst, trio.current_time
+    )
+    writes = (
+        None
+        if limits is None
+        else RateLimiter(limits.rate, limits.burst, trio.current_time, MAX_WRITERS)
     )
     ws = WsGateway(engine, settings.admin_token_hash, settings.ws or WsSettings())
     metrics = Metrics(engine, ws)
@@ -124,6 +141,20 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         # (bodies over v.MAX_BODY_BYTES never get here: both transports refuse them)
         if req.path.startswith("/api/") and not engine.started.is_set():
             raise errors.Unavailable(STARTING)
+        if writes is not None and req.method in WRITES:
+            charge_write(req, writes)
+
+    def charge_write(req: Request, writes: RateLimiter) -> None:
+        """Before any handler runs, so a refused write changes nothing. Only a user's or
+        a visitor's token is limited; without a valid token the handler answers 401."""
+        try:
+            caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
+        except errors.NotAuthenticated:
+            return
+        if caller.kind in LIMITED:
+            wait = writes.acquire(caller.id)
+            if wait > 0:
+                raise Throttled("Too many writes; slow down.", wait)
 
     def principal(req: Request) -> Principal:
         caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
@@ -261,11 +292,10 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def open_registration(req: Request) -> Response:
         if not settings.open_registration:
             raise errors.Forbidden("Open visitor registration is turned off.")
-        wait = limiter.acquire(req.remote_addr or "unknown")
-        if wait > 0:
-            response = error_response(errors.RateLimited("Too many registrations; slow down."))
-            response.headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
-            return response
+        if limits is not None:
+            wait = registrations.acquire(address_key(req.remote_addr))
+            if wait > 0:
+                raise Throttled("Too many registrations; slow down.", wait)
         _, visitor, token = await engine.directory.register_visitor(None, None)
         return json_response({"id": visitor.id, "token": token}, 201)
 
@@ -683,7 +713,12 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         )
         return json_response(render_message(message), 201)
 
-    web = WebApp(router, check, metrics.observe_request)
+    hooks: list[Hook] = []
+    if settings.forwarded_allow_ips:  # first: CORS and the handlers see the rewrite
+        hooks.append(Forwarded(settings.forwarded_allow_ips))
+    if settings.cors_origins:
+        hooks.append(Cors(settings.cors_origins))
+    web = WebApp(router, check, metrics.observe_request, hooks)
     return Gateway(web=web, asgi=asgi_app(web), ws=ws)
 
 

@@ -1,8 +1,10 @@
-"""``chat-engine serve``: flags, their ``CHAT_ENGINE_*`` env twins, and the server's life.
+"""``chat-engine serve``: the command line and the server's life.
 
 Every flag can also be given as an environment variable named after it
 (``--presence-timeout`` -> ``CHAT_ENGINE_PRESENCE_TIMEOUT``); a flag on the command line
-wins over its variable.
+wins over its variable. The flags are the rows of ``gateway.settings.SERVE_OPTIONS``.
+A bad value, a port in use or an unusable data dir is one line on stderr and exit status
+2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import orjson
 import trio
@@ -26,125 +30,74 @@ from engine.ids import hash_token, new_secret
 from gateway import frontdoor, logs
 from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
+from gateway.settings import (
+    ENV_PREFIX,
+    SERVE_OPTIONS,
+    SettingsError,
+    add_options,
+    resolve,
+    unknown_variables,
+)
 from gateway.ws import WsSettings
 from gateway.wsconn import WsLimits
-from persistence.store import DEFAULT_SNAPSHOT_RECORDS, Store
-from persistence.wal import FSYNC_MODES
+from persistence.store import Store
 
 log = logging.getLogger("chat_engine")
-ENV_PREFIX = "CHAT_ENGINE_"
-GC_THRESHOLDS = tuple(
-    int(x) for x in os.environ.get("CHAT_ENGINE_GC_THRESHOLDS", "100000,50,100").split(",")
-)
+# Variables read directly rather than through the option table: a secret is not a flag
+# (a command line is visible to every user of the machine in ps).
+ENV_ONLY = (ENV_PREFIX + "ADMIN_TOKEN",)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+class StartupError(Exception):
+    """The server cannot start (a port in use, an unusable data dir): one line, exit 2."""
 
 
-def _env_flag(name: str) -> bool:
-    return (_env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+# What main() reports as one line and exit status 2 instead of a traceback.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (SettingsError, StartupError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose usage errors are a ``SettingsError`` (one line, exit 2) rather
+    than a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(f"{message} (see {self.prog} --help)")
+
+
+class CommandLine(OneLineParser):
+    """The top-level parser: after parsing, each option of the chosen command is
+    resolved against the environment (``gateway.settings.resolve``)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        options, extra = super().parse_known_args(args, namespace)
+        resolve(options, os.environ)
+        return options, extra
+
+
+def version() -> str:
+    try:
+        return metadata.version("chat-engine")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chat-engine", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP + WebSocket server")
-    serve.add_argument("--host", default=_env("host", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("port", "8080") or 8080))
-    serve.add_argument("--data-dir", default=_env("data-dir", "./data"))
-    serve.add_argument(
-        "--in-memory",
-        action="store_true",
-        default=_env_flag("in-memory"),
-        help="keep nothing on disk (the admin token is printed at every start)",
+    parser = CommandLine(
+        prog="chat-engine",
+        description="A real-time chat engine: rooms, chats, messages and live channels.",
     )
-    serve.add_argument(
-        "--presence-timeout",
-        type=float,
-        default=float(_env("presence-timeout", "120") or 120),
-        help="seconds an unreachable user's presences survive",
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP + WebSocket server",
+        description="Run the HTTP + WebSocket server. Every flag can also be set by the "
+        "environment variable named in its help; a flag wins over its variable.",
     )
-    serve.add_argument(
-        "--resume-window",
-        type=float,
-        default=float(_env("resume-window", "1800") or 1800),
-        help="seconds since a chat's last update during which auto_resume may pick it",
-    )
-    serve.add_argument(
-        "--public-url",
-        default=_env("public-url"),
-        help="base URL for pagination links (default: from the request's Host)",
-    )
-    serve.add_argument(
-        "--demo",
-        action="store_true",
-        default=_env_flag("demo"),
-        help="on an empty store, create a demo org and print its tokens",
-    )
-    serve.add_argument(
-        "--no-open-registration",
-        action="store_true",
-        default=_env_flag("no-open-registration"),
-        help="turn off POST /api/v5/client/visitors",
-    )
-    serve.add_argument(
-        "--fsync",
-        choices=FSYNC_MODES,
-        default=_env("fsync", "always"),
-        help="always: acknowledge after fsync (group commit); interval: fsync every 50 ms; "
-        "off: never (interval and off may lose the last moments in a machine crash)",
-    )
-    serve.add_argument(
-        "--snapshot-interval",
-        type=float,
-        default=float(_env("snapshot-interval", "60") or 60),
-        help="seconds between snapshots",
-    )
-    serve.add_argument(
-        "--snapshot-records",
-        type=_positive_int,
-        default=int(_env("snapshot-records", "") or DEFAULT_SNAPSHOT_RECORDS),
-        help="take a snapshot sooner once this many records were logged since the last "
-        "one (bounds the log a restart replays)",
-    )
-    serve.add_argument(
-        "--history-limit",
-        type=int,
-        default=int(_env("history-limit", "1000") or 1000),
-        help="events kept per channel for resuming with 'since'",
-    )
-    serve.add_argument(
-        "--session-queue",
-        type=int,
-        default=int(_env("session-queue", "2000") or 2000),
-        help="items a WebSocket session may have waiting before it is closed with 4008",
-    )
-    serve.add_argument(
-        "--flush-interval",
-        type=float,
-        default=float(_env("flush-interval", "0.025") or 0.025),
-        help="most seconds a WebSocket write pass waits after the previous one (it waits "
-        "half as long as that one's writing took, up to this; 0: back to back)",
-    )
-    serve.add_argument("--log-level", default=_env("log-level", "info"))
-    serve.add_argument("--access-log", action="store_true", default=_env_flag("access-log"))
-    serve.add_argument(
-        "--http1-server",
-        choices=("builtin", "hypercorn"),
-        default=_env("http1-server", "builtin"),
-        help="what serves HTTP/1.x requests: the built-in server (gateway/http1.py, which "
-        "calls the routes directly) or hypercorn (through quart-trio, ~4x the CPU per "
-        "request; HTTP/2 is always hypercorn's)",
-    )
+    add_options(serve, SERVE_OPTIONS)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 @dataclass(slots=True)
@@ -198,6 +151,25 @@ async def create_demo(engine: Engine) -> dict[str, object]:
     }
 
 
+def create_engine(options: argparse.Namespace) -> Engine:
+    store = None
+    if not options.in_memory:
+        store = Store(
+            Path(options.data_dir),
+            fsync=options.fsync,
+            snapshot_interval=options.snapshot_interval,
+            snapshot_records=options.snapshot_records,
+        )
+    return Engine(
+        EngineConfig(
+            resume_window=options.resume_window,
+            presence_timeout=options.presence_timeout,
+            history_limit=options.history_limit,
+        ),
+        store=store,
+    )
+
+
 async def serve(
     options: argparse.Namespace,
     *,
@@ -207,31 +179,29 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock,
     ``ws_limits`` shorter WebSocket timeouts."""
-    token = admin_token(options)
+    for name in unknown_variables(
+        os.environ, [option.env for option in options.option_table] + list(ENV_ONLY)
+    ):
+        log.warning("ignored: %s names no option", name, extra={"fields": {"variable": name}})
+    try:
+        token = admin_token(options)
+    except OSError as error:
+        raise StartupError(data_dir_unusable(options.data_dir, error)) from None
     if engine is None:
-        store = None
-        if not options.in_memory:
-            store = Store(
-                Path(options.data_dir),
-                fsync=options.fsync,
-                snapshot_interval=options.snapshot_interval,
-                snapshot_records=options.snapshot_records,
-            )
-        engine = Engine(
-            EngineConfig(
-                resume_window=options.resume_window,
-                presence_timeout=options.presence_timeout,
-                history_limit=options.history_limit,
-            ),
-            store=store,
-        )
+        try:
+            engine = create_engine(options)
+        except OSError as error:
+            raise StartupError(data_dir_unusable(options.data_dir, error)) from None
     settings = GatewaySettings(
         admin_token_hash=token.hash,
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
+        rate_limit=options.rate_limit,
+        cors_origins=options.cors_origins,
+        forwarded_allow_ips=options.forwarded_allow_ips,
         ws=WsSettings(
             queue_limit=options.session_queue,
-            flush_interval=max(0.0, options.flush_interval),
+            flush_interval=options.flush_interval,
             limits=ws_limits or WsLimits(),
         ),
     )
@@ -285,9 +255,23 @@ async def serve(
 
         await nursery.start(ws_gateway.run_flusher)
         # Listen first: /healthz answers and /readyz says 503 while recovery runs.
-        binds = await nursery.start(serve_http)
+        try:
+            binds = await nursery.start(serve_http)
+        except (OSError, BaseExceptionGroup) as error:
+            failure = only(error, OSError)
+            if not isinstance(failure, OSError):
+                raise
+            raise StartupError(
+                f"cannot listen on {options.host}:{options.port}: {reason(failure)}"
+            ) from None
         log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})
-        await nursery.start(engine.run)
+        try:
+            await nursery.start(engine.run)
+        except (OSError, BaseExceptionGroup) as error:
+            failure = only(error, OSError)
+            if not isinstance(failure, OSError):
+                raise
+            raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
         if token.printed:
             print(f"admin token: {token.printed}", flush=True)
         if options.demo:
@@ -296,7 +280,7 @@ async def serve(
             else:
                 demo = await create_demo(engine)
                 print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
-        tune_gc()
+        tune_gc(options.gc_thresholds)
         task_status.started(binds)
         # hypercorn returns once its shutdown trigger fired (sessions closed with 1001)
         # and in-flight requests finished; then the log is flushed, a final snapshot is
@@ -307,7 +291,36 @@ async def serve(
         nursery.cancel_scope.cancel()
 
 
-def tune_gc() -> None:
+def reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
+def data_dir_unusable(data_dir: str, error: OSError) -> str:
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        return f"cannot use the data dir {data_dir}: it is not a directory"
+    where = f" ({error.filename})" if error.filename and error.filename != data_dir else ""
+    return f"cannot use the data dir {data_dir}: {reason(error)}{where}"
+
+
+def only(
+    error: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """``error`` if it is one of ``kinds``, or the first exception of an exception group
+    (trio nests one per nursery) made of nothing else; None otherwise."""
+    if isinstance(error, kinds):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        matched, rest = error.split(kinds)
+        if matched is not None and rest is None:
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf
+    return None
+
+
+def tune_gc(thresholds: tuple[int, int, int]) -> None:
     """Keep the cyclic GC off the hot path.
 
     Every frame a session sends allocates a few objects; with the default thresholds
@@ -317,17 +330,23 @@ def tune_gc() -> None:
     defaults, 332-526 ms with these thresholds. ``gc.freeze()`` showed no measurable
     effect on top, so it is not used.
     """
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = build_parser().parse_args(argv)
-    logs.setup(options.log_level)
-    if options.command == "serve":
-        try:
+    try:
+        options = build_parser().parse_args(argv)
+        logs.setup(options.log_level)
+        if options.command == "serve":
             trio.run(serve, options)
-        except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
-            sys.exit(130)
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
+        sys.exit(130)
+    except BaseException as error:
+        failure = only(error, STARTUP_ERRORS)
+        if failure is None:
+            raise
+        print(f"chat-engine: {failure}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

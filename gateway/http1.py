@@ -420,7 +420,7 @@ class Http1Server:
     ) -> None:
         if self.access_log is None:
             return
-        client = connection.client
+        client = request.client  # a trusted proxy's X-Forwarded-For may have set it
         self.access_log.info(
             "request",
             extra={

@@ -2,7 +2,9 @@
 
 Counters that the engine already keeps (router statistics, session closes) are read at
 scrape time by a collector rather than mirrored on every event, so the hot path pays
-nothing for them. Only the HTTP latency histogram is observed per request.
+nothing for them. Only the HTTP latency histogram is observed per request. The process
+itself (memory, CPU, file descriptors) is prometheus-client's process collector, also
+read at scrape time.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -143,6 +151,10 @@ class Metrics:
     def __init__(self, engine: Engine, ws: WsGateway) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(EngineCollector(engine, ws))
+        # process_* (resident memory, CPU seconds, open and maximum fds, start time), read
+        # from /proc at scrape time; python_info (the interpreter's version)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.http_latency = Histogram(
             "chat_engine_http_request_seconds",
             "HTTP request latency by route and status.",

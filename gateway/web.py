@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -50,6 +50,7 @@ class Request:
         "scheme",
         "server",
         "client",
+        "forwarded_host",
         "_args",
         "_pairs",
     )
@@ -74,6 +75,7 @@ class Request:
         self.scheme = scheme
         self.server = server
         self.client = client
+        self.forwarded_host: str | None = None  # from a trusted proxy (gateway/forwarded.py)
         self._args: dict[str, str] | None = None
         self._pairs: list[tuple[str, str]] | None = None
 
@@ -108,6 +110,8 @@ class Request:
 
     @property
     def host(self) -> str:
+        if self.forwarded_host is not None:
+            return self.forwarded_host
         host = self.header(b"host")
         if host:
             return host
@@ -141,11 +145,24 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def error_response(error: errors.EngineError) -> Response:
-    return Response(orjson.dumps(error.body()), error.status)
+    response = Response(orjson.dumps(error.body()), error.status)
+    retry_after = getattr(error, "retry_after", None)  # a 429 says when to come back
+    if retry_after is not None:
+        response.headers.append(("Retry-After", str(retry_after)))
+    return response
 
 
 Handler = Callable[..., Awaitable[Response]]
 Check = Callable[[Request], None]
+
+
+class Hook(Protocol):
+    """Policy around every request (CORS, forwarded headers): ``enter`` may rewrite the
+    request or answer it at once; ``leave`` may add headers to any answer."""
+
+    def enter(self, request: Request) -> Response | None: ...
+
+    def leave(self, request: Request, response: Response) -> None: ...
 
 
 class _Node:
@@ -245,15 +262,25 @@ class WebApp:
         router: Router,
         check: Check,
         observe: Callable[[str, str, int, float], None],
+        hooks: Sequence[Hook] = (),
     ) -> None:
         self.router = router
         self.check = check
         self.observe = observe
+        self.hooks = tuple(hooks)
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         rule = "unmatched"
         try:
+            for hook in self.hooks:
+                early = hook.enter(request)
+                if early is not None:
+                    for each in self.hooks:
+                        each.leave(request, early)
+                    seconds = time.perf_counter() - started
+                    self.observe(request.method, rule, early.status, seconds)
+                    return early
             self.check(request)
             found = self.router.match(request.path)
             if found is None:
@@ -276,5 +303,7 @@ class WebApp:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(errors.EngineError(INTERNAL))
+        for hook in self.hooks:
+            hook.leave(request, response)
         self.observe(request.method, rule, response.status, time.perf_counter() - started)
         return response

@@ -1,0 +1,227 @@
+"""`chat-engine serve` options: one table, one validation for flags and their
+`CHAT_ENGINE_*` twins, and start-up failures as one line with exit status 2."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import build_parser
+from gateway.settings import SERVE_OPTIONS, Option, RateLimit, SettingsError, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT_ENGINE = str(Path(sys.executable).parent / "chat-engine")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_ENGINE_")}
+    return {**env, **extra}
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHAT_ENGINE, *args], capture_output=True, text=True, timeout=60, env=clean_env(**env)
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_engine_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CHAT_ENGINE_"):
+            monkeypatch.delenv(name)
+
+
+def parse(*args: str) -> Any:
+    return build_parser().parse_args(["serve", *args])
+
+
+# A value of each option other than its default (switches are given as true).
+SAMPLES = {
+    "host": "0.0.0.0",
+    "port": "9999",
+    "data_dir": "/srv/chat",
+    "fsync": "interval",
+    "snapshot_interval": "5",
+    "snapshot_records": "10",
+    "presence_timeout": "30",
+    "resume_window": "60",
+    "public_url": "https://chat.example",
+    "rate_limit": "2.5/10",
+    "cors_origins": "https://shop.example",
+    "forwarded_allow_ips": "10.0.0.0/8",
+    "history_limit": "10",
+    "session_queue": "20",
+    "flush_interval": "0.01",
+    "log_level": "debug",
+    "http1_server": "hypercorn",
+    "gc_thresholds": "700,10,10",
+}
+
+
+@pytest.mark.parametrize("option", SERVE_OPTIONS, ids=lambda option: option.flag)
+def test_each_variable_gives_what_its_flag_gives(
+    option: Option, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = getattr(parse(), option.dest)
+    if option.switch:
+        assert default is False and getattr(parse(option.flag), option.dest) is True
+        monkeypatch.setenv(option.env, "TRUE")
+        assert getattr(parse(), option.dest) is True
+        monkeypatch.setenv(option.env, "off")
+        assert getattr(parse(), option.dest) is False
+        return
+    sample = SAMPLES[option.dest]  # a new option needs a sample here
+    from_flag = getattr(parse(option.flag, sample), option.dest)
+    assert from_flag != default
+    monkeypatch.setenv(option.env, sample)
+    assert getattr(parse(), option.dest) == from_flag
+
+
+def test_a_flag_wins_over_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_PORT", "9999")
+    assert parse("--port", "1234").port == 1234
+    monkeypatch.setenv("CHAT_ENGINE_PORT", "")  # empty counts as unset
+    assert parse().port == 8080
+
+
+def test_parsed_values() -> None:
+    options = parse(
+        "--rate-limit",
+        "20/100",
+        "--cors-origins",
+        "https://Shop.example/, http://localhost:3000",
+        "--forwarded-allow-ips",
+        "127.0.0.1, 10.0.0.0/8",
+    )
+    assert options.rate_limit == RateLimit(20.0, 100)
+    assert options.cors_origins == ("https://shop.example", "http://localhost:3000")
+    assert options.forwarded_allow_ips == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+    assert parse("--rate-limit", "OFF").rate_limit is None
+    defaults = parse()
+    assert defaults.cors_origins == () and defaults.in_memory is False
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "abc"], {}, "--port (or CHAT_ENGINE_PORT) must be an integer from 0 to 65535"),
+        ([], {"CHAT_ENGINE_PORT": "70000"}, "--port (or CHAT_ENGINE_PORT) must be an integer"),
+        ([], {"CHAT_ENGINE_IN_MEMORY": "tru"}, "--in-memory (or CHAT_ENGINE_IN_MEMORY) must be"),
+        (
+            ["--in-memory"],
+            {"CHAT_ENGINE_FSYNC": "bogus"},
+            "--fsync (or CHAT_ENGINE_FSYNC) must be one of always, interval, off",
+        ),
+        (["--rate-limit", "20"], {}, "--rate-limit (or CHAT_ENGINE_RATE_LIMIT) must be RATE/BURST"),
+        (["--rate-limit", "0/5"], {}, "must be RATE/BURST"),
+        (["--cors-origins", "shop.example"], {}, "must be a comma-separated list of origins"),
+        (["--cors-origins", "https://shop.example/path"], {}, "list of origins"),
+        (["--forwarded-allow-ips", "10.0.0.0/99"], {}, "list of IP addresses or CIDRs"),
+        (["--public-url", "chat.example"], {}, "must be an http:// or https:// URL"),
+        (["--presence-timeout", "0"], {}, "a number of seconds above 0"),
+        (["--flush-interval", "nan"], {}, "a number of seconds at least 0"),
+        (["--gc-thresholds", "1,2"], {}, "three integers"),
+        (["--log-level", "loud"], {}, "one of debug, info, warning, error"),
+    ],
+)
+def test_a_bad_value_is_refused_with_its_rule(
+    args: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        parse(*args)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["true", "1", "YES", "On", " false ", "0", "no", "OFF"])
+def test_booleans_take_six_words_in_any_case(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_DEMO", text)
+    assert parse().demo is (text.strip().lower() in ("true", "1", "yes", "on"))
+
+
+@pytest.mark.parametrize("text", ["tru", "t", "y", "2", "enabled"])
+def test_any_other_boolean_is_refused(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_DEMO", text)
+    with pytest.raises(SettingsError):
+        parse()
+
+
+def test_the_readme_flag_table_is_the_option_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, (
+        "README.md's flag table differs from gateway.settings.SERVE_OPTIONS; "
+        "regenerate it with: .venv/bin/python -m gateway.settings"
+    )
+
+
+# -- real processes ---------------------------------------------------------------------
+
+
+def test_a_bad_port_is_the_same_line_from_the_flag_and_the_variable() -> None:
+    from_flag = run("serve", "--in-memory", "--port", "abc")
+    from_env = run("serve", "--in-memory", CHAT_ENGINE_PORT="abc")
+    for result in (from_flag, from_env):
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert from_flag.stderr == from_env.stderr
+    assert from_flag.stderr == (
+        "chat-engine: --port (or CHAT_ENGINE_PORT) must be an integer from 0 to 65535; got 'abc'\n"
+    )
+
+
+def test_a_misspelt_boolean_and_a_bad_choice_do_not_start() -> None:
+    result = run("serve", CHAT_ENGINE_IN_MEMORY="tru")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "CHAT_ENGINE_IN_MEMORY" in result.stderr and "'tru'" in result.stderr
+    result = run("serve", "--in-memory", CHAT_ENGINE_FSYNC="bogus")
+    assert result.returncode == 2 and "--fsync" in result.stderr and "'bogus'" in result.stderr
+
+
+def test_a_busy_port_is_one_line_and_status_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("serve", "--in-memory", "--port", str(port))
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"chat-engine: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_an_unusable_data_dir_is_one_line_and_status_2(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    for env in ({}, {"CHAT_ENGINE_ADMIN_TOKEN": "given"}):  # fails at different steps
+        result = run("serve", "--port", "0", "--data-dir", str(not_a_dir), **env)
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"chat-engine: cannot use the data dir {not_a_dir}: it is not a directory\n"
+        )
+    result = run("serve", "--port", "0", "--data-dir", str(not_a_dir / "below"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_version_and_usage_errors() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"chat-engine \d+\.\d+\.\d+\S*\n", result.stdout)
+    result = run("serve", "--no-such-flag")
+    assert result.returncode == 2 and result.stderr == (
+        "chat-engine: unrecognized arguments: --no-such-flag (see chat-engine --help)\n"
+    )
+    help_text = run("serve", "--help").stdout
+    assert "CHAT_ENGINE_RATE_LIMIT" in help_text and "default: 20/100" in help_text
