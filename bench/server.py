@@ -74,8 +74,9 @@ def start_server(
     startup_timeout: float = 60.0,
     log_path: Path | None = None,
 ) -> ServerProcess:
-    """A server process on a free port. Without ``data_dir`` a temporary one is used
-    and removed at ``stop``; a given one is kept (restart tests reuse it)."""
+    """A server process on a free port, with write rate limits off. Without
+    ``data_dir`` a temporary one is used and removed at ``stop``; a given one is kept
+    (restart tests reuse it)."""
     port = free_port()
     temporary = None
     if data_dir is None:
@@ -99,6 +100,10 @@ def start_server(
         str(data_dir),
         "--log-level",
         "info" if log_path else "warning",
+        # the scenarios measure the engine, and fire far more writes per user than a
+        # person would: the per-token write limit (docs/edge.md) would refuse them
+        "--rate-limit",
+        "off",
         *extra,
     ]
     env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from engine import errors
 
+EPSILON = 1e-9
+
 
 class Throttled(errors.RateLimited):  # type: ignore[valid-type,misc]
     """429 ``rate_limited``; ``gateway.web.error_response`` adds ``Retry-After``."""
@@ -55,8 +57,8 @@ class RateLimiter:
         tokens, stamp = self._buckets.pop(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - stamp) * self._rate)
         wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= 1.0 - EPSILON:  # a retry exactly on time is not refused by rounding
+            tokens = max(0.0, tokens - 1.0)
         else:
             wait = (1.0 - tokens) / self._rate
         self._forget_full(now)
