@@ -331,7 +331,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--log-level",
-        choice("debug", "info", "warning", "error"),
+        choice("debug", "info", "warning", "error", "critical"),
         "info",
         "logs are JSON lines on stderr",
     ),

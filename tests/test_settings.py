@@ -132,7 +132,7 @@ def test_parsed_values() -> None:
         (["--presence-timeout", "0"], {}, "a number of seconds above 0"),
         (["--flush-interval", "nan"], {}, "a number of seconds at least 0"),
         (["--gc-thresholds", "1,2"], {}, "three integers"),
-        (["--log-level", "loud"], {}, "one of debug, info, warning, error"),
+        (["--log-level", "loud"], {}, "one of debug, info, warning, error, critical"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_rule(
