@@ -17,11 +17,19 @@ from tests.conftest import ADMIN_TOKEN, Server, build_world, start_server
 SHOP = "https://shop.example"
 
 
-@pytest.fixture
-async def cors_server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> Server:
+@pytest.fixture(params=["builtin", "hypercorn"])
+async def cors_server(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> Server:
     monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
     return await start_server(
-        nursery, "--cors-origins", f"{SHOP},http://localhost:3000", "--rate-limit", "1/1"
+        nursery,
+        "--cors-origins",
+        f"{SHOP},http://localhost:3000",
+        "--rate-limit",
+        "1/1",
+        "--http1-server",
+        request.param,
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from gateway.cli import build_parser
 from gateway.settings import SERVE_OPTIONS, Option, RateLimit, SettingsError, markdown_table
+from tests.conftest import ADMIN_TOKEN, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT_ENGINE = str(Path(sys.executable).parent / "chat-engine")
@@ -225,3 +228,14 @@ def test_version_and_usage_errors() -> None:
     )
     help_text = run("serve", "--help").stdout
     assert "CHAT_ENGINE_RATE_LIMIT" in help_text and "default: 20/100" in help_text
+
+
+async def test_a_variable_that_names_no_option_is_logged(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)  # a variable-only setting
+    monkeypatch.setenv("CHAT_ENGINE_PROT", "9000")  # a typo of CHAT_ENGINE_PORT
+    with caplog.at_level(logging.WARNING, logger="chat_engine"):
+        await start_server(nursery)
+    ignored = [record.getMessage() for record in caplog.records if "names no option" in record.msg]
+    assert ignored == ["ignored: CHAT_ENGINE_PROT names no option"]
