@@ -180,7 +180,7 @@ async def serve(
     """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock,
     ``ws_limits`` shorter WebSocket timeouts."""
     for name in unknown_variables(
-        os.environ, [option.env for option in options.option_table] + list(ENV_ONLY)
+        os.environ, [option.env for option in SERVE_OPTIONS] + list(ENV_ONLY)
     ):
         log.warning("ignored: %s names no option", name, extra={"fields": {"variable": name}})
     try:

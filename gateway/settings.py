@@ -360,6 +360,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+def pick(*flags: str) -> tuple[Option, ...]:
+    """Rows of ``SERVE_OPTIONS`` for another command that takes the same options
+    (``add_options(check, pick("--data-dir"))``)."""
+    rows = {option.flag: option for option in SERVE_OPTIONS}
+    return tuple(rows[flag] for flag in flags)
+
+
 # -- argparse and the environment ---------------------------------------------------------
 
 

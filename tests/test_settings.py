@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import logging
 import os
@@ -17,7 +18,16 @@ import pytest
 import trio
 
 from gateway.cli import build_parser
-from gateway.settings import SERVE_OPTIONS, Option, RateLimit, SettingsError, markdown_table
+from gateway.settings import (
+    SERVE_OPTIONS,
+    Option,
+    RateLimit,
+    SettingsError,
+    add_options,
+    markdown_table,
+    pick,
+    resolve,
+)
 from tests.conftest import ADMIN_TOKEN, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +249,12 @@ async def test_a_variable_that_names_no_option_is_logged(
         await start_server(nursery)
     ignored = [record.getMessage() for record in caplog.records if "names no option" in record.msg]
     assert ignored == ["ignored: CHAT_ENGINE_PROT names no option"]
+
+
+def test_another_command_can_take_rows_of_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_options(parser, pick("--data-dir", "--log-level"))
+    monkeypatch.setenv("CHAT_ENGINE_DATA_DIR", "/srv/chat")
+    options = parser.parse_args(["--log-level", "WARNING"])
+    resolve(options, os.environ)
+    assert (options.data_dir, options.log_level) == ("/srv/chat", "warning")
