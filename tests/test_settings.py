@@ -258,3 +258,11 @@ def test_another_command_can_take_rows_of_the_table(monkeypatch: pytest.MonkeyPa
     options = parser.parse_args(["--log-level", "WARNING"])
     resolve(options, os.environ)
     assert (options.data_dir, options.log_level) == ("/srv/chat", "warning")
+
+
+def test_an_address_that_cannot_be_bound_is_one_line_and_status_2() -> None:
+    result = run("serve", "--in-memory", "--host", "203.0.113.7", "--port", "8080")  # TEST-NET-3
+    assert result.returncode == 2
+    assert result.stderr == (
+        "chat-engine: cannot listen on 203.0.113.7:8080: Cannot assign requested address\n"
+    )
