@@ -121,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="items a WebSocket session may have waiting before it is closed with 4008",
     )
     serve.add_argument(
+        "--session-queue-bytes",
+        type=_positive_int,
+        default=int(_env("session-queue-bytes", "") or 4 * 1024 * 1024),
+        help="encoded bytes a WebSocket session may have waiting before it is closed with 4008",
+    )
+    serve.add_argument(
+        "--session-queue-budget",
+        type=_positive_int,
+        default=int(_env("session-queue-budget", "") or 256 * 1024 * 1024),
+        help="encoded bytes waiting in all WebSocket sessions together; past it, a "
+        "session holding more than an equal share is closed with 4008",
+    )
+    serve.add_argument(
         "--flush-interval",
         type=float,
         default=float(_env("flush-interval", "0.025") or 0.025),
@@ -231,6 +244,8 @@ async def serve(
         open_registration=not options.no_open_registration,
         ws=WsSettings(
             queue_limit=options.session_queue,
+            queue_bytes=options.session_queue_bytes,
+            queue_budget=options.session_queue_budget,
             flush_interval=max(0.0, options.flush_interval),
             limits=ws_limits or WsLimits(),
         ),
