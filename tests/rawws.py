@@ -107,6 +107,53 @@ class BlockingPeer:
             received += len(chunk)
         return received
 
+    def read_until(self, marker: bytes, seconds: float) -> None:
+        """Read (and drop) what the server sends until ``marker`` was in it."""
+        tail = b""
+        deadline = time.monotonic() + seconds
+        self.sock.settimeout(0.5)
+        while marker not in tail:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {marker!r} within {seconds} s")
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise ConnectionError(f"closed before {marker!r}")
+            tail = tail[-len(marker) :] + chunk
+
+    def close_code(self, seconds: float) -> int | None:
+        """Read (and drop) the server's frames up to its close frame: its code, None
+        for an end of stream or ``seconds`` passing first."""
+        buffer = bytearray()
+        deadline = time.monotonic() + seconds
+        self.sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            while len(buffer) >= 2:
+                length = buffer[1] & 0x7F
+                start = 2
+                if length == 126:
+                    length, start = struct.unpack_from("!H", buffer, 2)[0], 4
+                elif length == 127:
+                    length, start = struct.unpack_from("!Q", buffer, 2)[0], 10
+                if len(buffer) < start + length:
+                    break
+                if buffer[0] & 0x0F == OP_CLOSE:
+                    code: int = struct.unpack_from("!H", buffer, start)[0]
+                    return code
+                del buffer[: start + length]
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buffer += chunk
+        return None
+
     def close(self) -> None:
         self.sock.close()
 
