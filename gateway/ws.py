@@ -144,17 +144,19 @@ class Session:
         if self.overflowed:
             return
         size = len(item)
+        queued = self._bytes + size
         budget = self.budget
+        total = budget.total + size
         if (
             len(self._queue) >= self.queue_limit
-            or self._bytes + size > self.queue_bytes
-            or (budget.total + size > budget.limit and self._bytes + size > budget.share())
+            or queued > self.queue_bytes
+            or (total > budget.limit and queued > budget.share())
         ):
             self._overflow()
             return
         self._queue.append(item)
-        self._bytes += size
-        budget.total += size
+        self._bytes = queued
+        budget.total = total
         if not self.ready:
             self.ready = True
             self.on_ready(self)
@@ -222,6 +224,13 @@ class Session:
         """The next frame's items: up to MAX_ITEMS_PER_FRAME and MAX_FRAME_BYTES (at
         least one item)."""
         queue = self._queue
+        if self._bytes <= MAX_FRAME_BYTES and len(queue) <= MAX_ITEMS_PER_FRAME:
+            # the usual case: everything queued fits in one frame
+            taken = list(queue)
+            queue.clear()
+            self.budget.total -= self._bytes
+            self._bytes = 0
+            return taken
         first = queue.popleft()
         size = len(first)
         taken = [first]

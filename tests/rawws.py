@@ -211,8 +211,12 @@ class RawPeer:
         await self.stream.aclose()
 
 
-async def open_raw(port: int, token: str) -> RawPeer:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def open_raw(port: int, token: str, *, receive_buffer: int | None = None) -> RawPeer:
+    sock = trio.socket.socket()
+    if receive_buffer is not None:  # a client that reads slowly fills it at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
     peer = RawPeer(stream)
     await stream.send_all(
         peer.ws.send(

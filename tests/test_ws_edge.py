@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
 from gateway import failures
-from tests.conftest import World
+from gateway.auth import Principal
+from gateway.ws import QueueBudget, Session
+from gateway.wsconn import WsLimits
+from tests.conftest import ADMIN_TOKEN, World, build_world, start_server
 from tests.rawws import (
     OP_BINARY,
     OP_CLOSE,
@@ -335,3 +338,92 @@ async def test_a_message_over_64_kib_in_fragments_closes_with_1009(world: World)
     await peer.aclose()
     async with httpx.AsyncClient(base_url=world.server.base_url) as client:
         assert (await client.get("/healthz")).status_code == 200
+
+
+# -- bounds ----------------------------------------------------------------------------
+
+
+def queue_of(budget: QueueBudget, queue_bytes: int = 10_000) -> Session:
+    """A session as the router sees it: its queue only (nothing is written here)."""
+    principal = Principal("user", "u", "o")
+    return Session("json", 100, queue_bytes, budget, principal, lambda _: None, None)  # type: ignore[arg-type]
+
+
+def test_a_session_queue_is_bounded_in_bytes_and_frames_in_size() -> None:
+    budget = QueueBudget(limit=10**9, sessions=1)
+    session = queue_of(budget, queue_bytes=5_000)
+    for _ in range(4):
+        session.push(b"x" * 1_000)
+    assert (session.queued_bytes, budget.total, session.overflowed) == (4_000, 4_000, False)
+    session.push(b"x" * 1_001)  # would hold 5,001 bytes
+    assert session.overflowed and session.depth == 0 and budget.total == 0
+    roomy = queue_of(budget, queue_bytes=10**9)
+    for _ in range(100):
+        roomy.push(b"y" * 1_500)
+    frames = []
+    while roomy.depth:
+        frames.append(roomy.take())
+    assert [len(items) for items in frames] == [43, 43, 14]  # 64 KiB a frame at most
+    assert budget.total == 0 == roomy.queued_bytes
+
+
+def test_past_the_budget_only_sessions_holding_more_than_their_share_overflow() -> None:
+    budget = QueueBudget(limit=1_000, sessions=4)  # a share: 250 bytes
+    big, small = queue_of(budget), queue_of(budget)
+    for _ in range(9):
+        big.push(b"b" * 100)
+    small.push(b"s" * 100)
+    assert budget.total == 1_000
+    small.push(b"s" * 100)  # over the budget, but small holds less than its share
+    assert not small.overflowed and budget.total == 1_100
+    big.push(b"b" * 100)  # over the budget, and big holds more than its share: it goes
+    assert big.overflowed and budget.total == 200
+    big_again = queue_of(budget)
+    for _ in range(8):
+        big_again.push(b"b" * 100)
+    assert not big_again.overflowed  # back under the budget, everyone may grow again
+
+
+async def test_a_reader_that_never_catches_up_is_dropped_after_the_write_timeout_in_total(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write timeout counts from when the session fell behind: a client reading
+    slower than its events arrive is dropped once it has been behind for that long,
+    even though each single write makes progress (here a frame of at most 4 KiB takes
+    ~0.2 s to go out, well within the timeout of 1.5 s)."""
+    import gateway.ws as ws_module
+
+    monkeypatch.setattr(ws_module, "MAX_FRAME_BYTES", 4096)
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, ws_limits=WsLimits(write_timeout=1.5))
+    world = await build_world(server)
+    async with world.org_client as org:
+        room = world.room["id"]
+        chat = await org.post(world.path(f"/rooms/{room}/visitors/{world.visitor['id']}/chats"))
+        chat_id = chat.json()["id"]
+        channel = world.path(f"/rooms/{room}/chats/{chat_id}/messages")
+        peer = await open_raw(port_of(world), ADMIN_TOKEN, receive_buffer=4096)
+        await peer.send(text({"type": "subscribe", "id": 1, "channel": channel}))
+        dropped = trio.Event()
+
+        async def read_slowly() -> None:  # 20 KB/s, while ~40 KB/s of events arrive
+            while True:
+                await trio.sleep(0.1)
+                if not await peer.stream.receive_some(2048):
+                    dropped.set()
+                    return
+
+        started = trio.current_time()
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_slowly)
+            with trio.move_on_after(10):
+                while not dropped.is_set():
+                    response = await org.post(
+                        world.path(f"/chats/{chat_id}/messages"),
+                        json={"sender_id": world.users[0]["id"], "message": "x" * 1500},
+                    )
+                    assert response.status_code == 201
+                    await trio.sleep(0.04)
+            readers.cancel_scope.cancel()
+    assert dropped.is_set(), "a client that never caught up was kept for 10 s"
+    assert trio.current_time() - started < 8
