@@ -3,9 +3,9 @@
 A session's reader task parses client frames (subscribe, unsubscribe, ping) and
 answers through the session's own queue, as the router does with events. The gateway's
 one flusher task writes every session with something queued: all ready items as one
-frame (a JSON array, or a msgpack array; at most 512 items a frame), so a busy session
-pays the per-frame cost once per batch, not once per event. A session's own task only
-does what needs waiting (a full kernel buffer, a close).
+frame (a JSON array, or a msgpack array; at most 512 items and 64 KiB a frame), so a
+busy session pays the per-frame cost once per batch, not once per event. A session's
+own task only does what needs waiting (a full kernel buffer, a close).
 
 The queue is bounded in items (``queue_limit``) and in bytes (``queue_bytes``, the
 encoded size of what waits), and all sessions together share a byte budget

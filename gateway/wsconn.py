@@ -170,8 +170,10 @@ class RawWebSocket:
             return
         if deadline is None:
             deadline = trio.current_time() + self.limits.write_timeout
-        async with self._flush_lock:
-            with trio.move_on_at(deadline) as scope:
+        # the deadline covers the wait for the lock too: the other writer (the reader
+        # answering a ping) may be the one stuck on a peer that does not read
+        with trio.move_on_at(deadline) as scope:
+            async with self._flush_lock:
                 while self._out:
                     await trio.lowlevel.wait_writable(self.sock)
                     try:
@@ -181,8 +183,8 @@ class RawWebSocket:
                     except OSError as error:
                         raise Disconnected(str(error)) from None
                     del self._out[:sent]
-            if scope.cancelled_caught:
-                raise Disconnected("the peer took no bytes for the write timeout")
+        if scope.cancelled_caught:
+            raise Disconnected("the peer took too long to take what was written")
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (no-op once a close frame went out)."""
