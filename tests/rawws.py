@@ -211,7 +211,13 @@ class RawPeer:
         await self.stream.aclose()
 
 
-async def open_raw(port: int, token: str, *, receive_buffer: int | None = None) -> RawPeer:
+async def open_raw(
+    port: int,
+    token: str,
+    *,
+    receive_buffer: int | None = None,
+    protocol: str = "chatengine.v1.json",
+) -> RawPeer:
     sock = trio.socket.socket()
     if receive_buffer is not None:  # a client that reads slowly fills it at once
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -223,7 +229,7 @@ async def open_raw(port: int, token: str, *, receive_buffer: int | None = None) 
             Request(
                 host="127.0.0.1",
                 target="/ws",
-                subprotocols=["chatengine.v1.json"],
+                subprotocols=[protocol],
                 extra_headers=[(b"authorization", f"Token {token}".encode())],
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import msgpack
 import orjson
 import pytest
 import trio
@@ -177,7 +178,7 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
 # -- random and hostile frames --------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=8,
 )
@@ -193,14 +194,22 @@ client_objects = st.fixed_dictionaries(
 )
 
 
+msgpack_objects = client_objects | st.dictionaries(
+    st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=4), json_values, max_size=3
+)
+
+
 @st.composite
-def hostile_frames(draw: st.DrawFn) -> bytes:
+def hostile_frames(draw: st.DrawFn, encoding: str) -> bytes:
     """One piece of hostile input: a frame, a fragmented message, a flood, or junk."""
     kind = draw(
         st.sampled_from(["object", "payload", "control", "fragments", "oversized", "flood", "junk"])
     )
-    if kind == "object":
+    if kind == "object" and encoding == "json":
         return text(draw(client_objects))
+    if kind == "object":
+        value = draw(msgpack_objects | json_values | st.binary(max_size=20) | st.floats())
+        return frame(OP_BINARY, msgpack.packb(value))
     if kind == "payload":
         opcode = draw(st.sampled_from([OP_TEXT, OP_BINARY, 3, 7, 11, 15]))
         return frame(
@@ -273,7 +282,10 @@ class Observer:
             assert (await org.get("/healthz")).status_code == 200
 
 
-async def test_random_and_hostile_frames_never_touch_another_session(world: World) -> None:
+@pytest.mark.parametrize(("encoding", "examples"), [("json", 60), ("msgpack", 30)])
+async def test_random_and_hostile_frames_never_touch_another_session(
+    world: World, encoding: str, examples: int
+) -> None:
     async with world.org_client as org:
         room = world.room["id"]
         chat = await org.post(world.path(f"/rooms/{room}/visitors/{world.visitor['id']}/chats"))
@@ -287,7 +299,7 @@ async def test_random_and_hostile_frames_never_touch_another_session(world: Worl
         token = world.users[0]["token"]
 
         async def case(pieces: list[bytes], chunk: int) -> None:
-            peer = await open_raw(port, token)
+            peer = await open_raw(port, token, protocol=f"chatengine.v1.{encoding}")
             data = b"".join(pieces)
             if len(data) > 5000:
                 chunk = max(chunk, 4096)  # byte by byte only for short input
@@ -295,7 +307,7 @@ async def test_random_and_hostile_frames_never_touch_another_session(world: Worl
                 if not await peer.send(data[start : start + chunk]):
                     break
             code = await peer.read_until_closed(0.3)
-            answers_of(peer.messages)
+            answers_of(peer.messages, encoding)
             await peer.aclose()
             assert code != 1011, "an unexpected error in the session"
             await observer.still_served()
@@ -303,12 +315,12 @@ async def test_random_and_hostile_frames_never_touch_another_session(world: Worl
         # Hypothesis drives the cases from a worker thread, each one run in this trio
         # loop (where the server is), so that it can still shrink a failing input.
         @settings(
-            max_examples=60,
+            max_examples=examples,
             deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         )
         @given(
-            st.lists(hostile_frames(), min_size=1, max_size=6),
+            st.lists(hostile_frames(encoding), min_size=1, max_size=6),
             st.sampled_from([1, 7, 100, 4096, 1 << 20]),
         )
         def cases(pieces: list[bytes], chunk: int) -> None:
@@ -318,10 +330,16 @@ async def test_random_and_hostile_frames_never_touch_another_session(world: Worl
     assert failures.connection_errors["ws"] == before
 
 
-def answers_of(messages: list[str | bytes]) -> None:
-    """Every frame the server sent is valid JSON: an object or an array of objects."""
+def answers_of(messages: list[str | bytes], encoding: str) -> None:
+    """Every frame the server sent decodes in the session's encoding (text frames of
+    JSON, or binary frames of msgpack) as an object or an array of objects."""
     for message in messages:
-        decoded = orjson.loads(message)
+        if encoding == "json":
+            assert isinstance(message, str)
+            decoded = orjson.loads(message)
+        else:
+            assert isinstance(message, bytes)
+            decoded = msgpack.unpackb(message)
         items = decoded if isinstance(decoded, list) else [decoded]
         assert all(isinstance(item, dict) for item in items)
 
