@@ -132,14 +132,15 @@ async def closed_with(session: WsClient) -> int:
 async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug hit by one session (injected here, once in its reader and once while the
-    flusher writes it) is logged, counted, and closes that session only: the flusher,
-    the other sessions and the server carry on."""
+    """A bug hit by one session (injected here: in its handshake, in its reader, and
+    while the flusher writes it) is logged, counted, and closes that session only (with
+    1011 once upgraded): the flusher, the other sessions and the server carry on."""
     import gateway.ws as ws_module
 
     trap = world.path("/users/trap/chats")
     real_refusal = ws_module.channels.subscribe_refusal
     real_pack = ws_module.pack_frame
+    real_principal = ws_module.principal_for_token
 
     def refusal(state: Any, kind: str, ident: str, channel: str, *rest: Any) -> Any:
         if channel == trap:
@@ -151,7 +152,13 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
             raise RuntimeError("injected: a bug in the flusher's path")
         return real_pack(items, encoding)
 
+    def principal(state: Any, token: str, admin_hash: str) -> Any:
+        if token == "handshake-trap":
+            raise RuntimeError("injected: a bug in the handshake's path")
+        return real_principal(state, token, admin_hash)
+
     monkeypatch.setattr(ws_module.channels, "subscribe_refusal", refusal)
+    monkeypatch.setattr(ws_module, "principal_for_token", principal)
     monkeypatch.setattr(ws_module, "pack_frame", pack)
     before = failures.connection_errors["ws"]
     base = world.server.base_url
@@ -165,14 +172,16 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
         assert await closed_with(reader_victim) == 1011
         await flusher_victim.send({"type": "ping", "id": "flusher-trap"})
         assert await closed_with(flusher_victim) == 1011
+        with pytest.raises(ConnectionError):
+            await open_raw(port_of(world), "handshake-trap")  # closed with no answer
         for number in range(3):
             await bystander.send({"type": "ping", "id": number})
             assert (await bystander.until(lambda f: f.get("type") == "pong"))["id"] == number
-    assert failures.connection_errors["ws"] == before + 2
+    assert failures.connection_errors["ws"] == before + 3
     async with world.server.client() as anonymous:
         assert (await anonymous.get("/healthz")).status_code == 200
         metrics = (await anonymous.get("/metrics")).text
-    assert f'chat_engine_connection_errors_total{{kind="ws"}} {before + 2}.0' in metrics
+    assert f'chat_engine_connection_errors_total{{kind="ws"}} {before + 3}.0' in metrics
 
 
 # -- random and hostile frames --------------------------------------------------------
