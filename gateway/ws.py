@@ -47,7 +47,7 @@ from engine import channels, errors
 from engine.actors.router import JSON, MSGPACK, Subscribed
 from engine.actors.supervisor import Engine
 from engine.ids import hash_token
-from gateway.auth import Principal, principal_for_token
+from gateway.auth import ADMIN, Principal, principal_for_token
 from gateway.failures import connection_failed
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
 
@@ -452,6 +452,8 @@ class WsGateway:
         self.sessions.add(session)
         self.budget.sessions += 1
         self._by_token.setdefault(token_hash, set()).add(session)
+        if principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
+            session.revoke()  # it stopped working while the upgrade was answered
         reachability = self.engine.reachability
         if principal.kind == "user":
             reachability.session_opened(principal.id)
