@@ -62,6 +62,9 @@ class State:
         self.chats: dict[str, ChatState] = {}
         # token hash -> (principal kind, id)
         self.tokens: dict[str, tuple[str, str]] = {}
+        # called with each token hash that stops working (a visitor re-keyed), as the
+        # fact is applied: the gateway closes the sessions opened with it
+        self.token_revoked: list[Callable[[str], None]] = []
         # indexes
         self.org_rooms: dict[str, SortedDict] = {}  # own and shared rooms by room seq
         self.room_open_chats: dict[str, SortedDict] = {}  # chat seq -> chat
@@ -153,11 +156,16 @@ class State:
             visitor = Visitor(shared(fact.visitor_id), org_id, fact.at, fact.token_hash)
             self.visitors[visitor.id] = visitor
         else:
-            self.tokens.pop(visitor.token_hash, None)
+            self._revoke(visitor.token_hash)
             visitor.token_hash = fact.token_hash
             if visitor.organization_id is None:
                 visitor.organization_id = org_id
         self.tokens[fact.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
+
+    def _revoke(self, token_hash: str) -> None:
+        if self.tokens.pop(token_hash, None) is not None:
+            for listener in self.token_revoked:
+                listener(token_hash)
 
     def _chat_created(self, fact: ChatCreated) -> ChangeSet:
         chat = ChatState.create(fact, seq=self._next_seq())
@@ -270,7 +278,7 @@ class State:
         """Become ``other`` (a state restored aside), keeping this object's identity:
         everything that holds a reference to this state sees the restored one."""
         for name, value in vars(other).items():
-            if name != "_appliers":
+            if name not in ("_appliers", "token_revoked"):
                 setattr(self, name, value)
 
     def restore_org(self, org: Org) -> None:

@@ -201,6 +201,8 @@ async def serve(
         forwarded_allow_ips=options.forwarded_allow_ips,
         ws=WsSettings(
             queue_limit=options.session_queue,
+            queue_bytes=options.session_queue_bytes,
+            queue_budget=options.session_queue_budget,
             flush_interval=options.flush_interval,
             limits=ws_limits or WsLimits(),
         ),

@@ -65,6 +65,11 @@ class EngineCollector(Collector):
             "Sessions closed with 1008.",
             value=self._ws.bad_frame_closes,
         )
+        yield CounterMetricFamily(
+            "chat_engine_revoked_token_closes",
+            "Sessions closed with 4001 because their token stopped working.",
+            value=self._ws.revoked_closes,
+        )
         writes = self._ws.write_stats
         yield CounterMetricFamily(
             "chat_engine_ws_write_passes",
@@ -97,6 +102,11 @@ class EngineCollector(Collector):
             "chat_engine_session_queue_depth_total",
             "Items waiting in all session queues.",
             value=sum(depths),
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_session_queue_bytes_total",
+            "Encoded bytes waiting in all session queues.",
+            value=self._ws.budget.total,
         )
         yield GaugeMetricFamily(
             "chat_engine_live_actors",

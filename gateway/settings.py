@@ -323,6 +323,19 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "items a WebSocket session may have waiting before it is closed with 4008",
     ),
     Option(
+        "--session-queue-bytes",
+        integer(1),
+        str(4 * 1024 * 1024),
+        "encoded bytes a WebSocket session may have waiting before it is closed with 4008",
+    ),
+    Option(
+        "--session-queue-budget",
+        integer(1),
+        str(256 * 1024 * 1024),
+        "encoded bytes waiting in all WebSocket sessions together; past it, a session "
+        "holding more than an equal share is closed with 4008",
+    ),
+    Option(
         "--flush-interval",
         seconds(0),
         "0.025",

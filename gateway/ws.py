@@ -3,16 +3,23 @@
 A session's reader task parses client frames (subscribe, unsubscribe, ping) and
 answers through the session's own queue, as the router does with events. The gateway's
 one flusher task writes every session with something queued: all ready items as one
-frame (a JSON array, or a msgpack array; at most 512 items a frame), so a busy session
-pays the per-frame cost once per batch, not once per event. A session's own task only
-does what needs waiting (a full kernel buffer, a close).
+frame (a JSON array, or a msgpack array; at most 512 items and 64 KiB a frame), so a
+busy session pays the per-frame cost once per batch, not once per event. A session's
+own task only does what needs waiting (a full kernel buffer, a close).
 
-The queue is bounded (``queue_limit`` items). The router pushes without waiting; a
-session whose queue is full drops it at once (memory stays bounded) and is closed with
-4008 as soon as the kernel has taken the frame being written (it resumes with
-``since``), so a slow client never slows the router, the chat actors or other
-sessions. A client that never reads again cannot even take the close frame; the 60 s
-write timeout ends its connection.
+The queue is bounded in items (``queue_limit``) and in bytes (``queue_bytes``, the
+encoded size of what waits), and all sessions together share a byte budget
+(``queue_budget``). The router pushes without waiting; a session whose queue is full
+drops it at once (memory stays bounded) and is closed with 4008 as soon as the kernel
+has taken the frame being written (it resumes with ``since``), so a slow client never
+slows the router, the chat actors or other sessions. A client that stays behind for
+the write timeout (60 s) in total — it never catches up, however slowly it reads — is
+dropped without a close frame.
+
+Every session is its own failure domain: an unexpected error in its handshake, its
+reader, its own task or the flusher's writing of it is logged and counted
+(``gateway.failures``) and closes that session only, with 1011. A session whose token
+stops working (a visitor re-keyed by its org) is closed with 4001.
 
 The front door (``gateway/frontdoor.py``) hands each ``GET /ws`` connection here as a
 plain socket; ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
@@ -39,7 +46,9 @@ from wsproto.events import Request
 from engine import channels, errors
 from engine.actors.router import JSON, MSGPACK, Subscribed
 from engine.actors.supervisor import Engine
-from gateway.auth import Principal, principal_for_token
+from engine.ids import hash_token
+from gateway.auth import ADMIN, Principal, principal_for_token
+from gateway.failures import connection_failed
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
 
 log = logging.getLogger("chat_engine.ws")
@@ -47,10 +56,15 @@ log = logging.getLogger("chat_engine.ws")
 SUBPROTOCOLS = {"chatengine.v1.json": JSON, "chatengine.v1.msgpack": MSGPACK}
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_NOT_AUTHENTICATED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 BAD_FRAME_LIMIT = 20  # per BAD_FRAME_WINDOW seconds; one more closes with 1008
 BAD_FRAME_WINDOW = 60.0
 MAX_ITEMS_PER_FRAME = 512
+# A frame grows past this only by its first item: what a stuck session holds outside
+# its counted queue (its unsent frame) stays small.
+MAX_FRAME_BYTES = 64 * 1024
 FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flusher
 # After a write pass, the next waits this fraction of the time the pass spent writing
 # (at most flush_interval): writing then takes at most 2/3 of the time. At 1,000
@@ -62,6 +76,8 @@ WRITE_GAP_RATIO = 0.5
 @dataclass(slots=True)
 class WsSettings:
     queue_limit: int = 2000  # items (events and answers) waiting for one session
+    queue_bytes: int = 4 * 1024 * 1024  # their encoded bytes, for one session
+    queue_budget: int = 256 * 1024 * 1024  # encoded bytes waiting, all sessions together
     max_subscriptions: int = channels.MAX_SUBSCRIPTIONS
     # A busy session sends at most one frame per interval, carrying everything that
     # arrived meanwhile; an idle one sends at once. Each frame costs a task wake-up and
@@ -69,6 +85,23 @@ class WsSettings:
     # cheap. 0 turns coalescing off.
     flush_interval: float = 0.025
     limits: WsLimits = field(default_factory=WsLimits)  # pings, timeouts, frame size
+
+
+@dataclass(slots=True)
+class QueueBudget:
+    """The bytes waiting in every session's queue, against one budget.
+
+    Past the budget, a push overflows (4008) the session it goes to only if that
+    session holds more than an equal share of the budget: the sessions that hold the
+    most go first, and the total stays below twice the budget, since every session
+    that may still grow holds less than its share."""
+
+    limit: int
+    total: int = 0
+    sessions: int = 0
+
+    def share(self) -> int:
+        return self.limit // max(1, self.sessions)
 
 
 @dataclass(eq=False)
@@ -84,42 +117,103 @@ class Session:
 
     encoding: str
     queue_limit: int
+    queue_bytes: int
+    budget: QueueBudget
     principal: Principal
     on_ready: Callable[[Session], None]
     transport: RawWebSocket
+    token_hash: str = ""
     subscriptions: set[str] = field(default_factory=set)
     overflowed: bool = False
-    closing: bool = False
+    closing: bool = False  # close_code once the queue is flushed
+    close_code: int = CLOSE_GOING_AWAY
+    close_reason: str = "server shutting down"
+    revoked: bool = False  # its token stopped working: 4001 at once
     ready: bool = False  # on the flusher's list
     blocked: bool = False  # the kernel's buffer is full: the session's task is flushing
     broken: bool = False
+    failure: Exception | None = None  # an unexpected error while the flusher wrote it
+    # since when the session has had bytes it could not write (None: caught up); the
+    # write timeout counts from here, however slowly the peer keeps reading
+    behind_since: float | None = None
     _queue: deque[bytes] = field(default_factory=deque)
+    _bytes: int = 0  # encoded size of the items in the queue
     _trouble: trio.Event = field(default_factory=trio.Event)
 
     def push(self, item: bytes) -> None:
         if self.overflowed:
             return
-        if len(self._queue) >= self.queue_limit:
-            self.overflowed = True
-            self._queue.clear()
-            self._trouble.set()
+        size = len(item)
+        queued = self._bytes + size
+        budget = self.budget
+        total = budget.total + size
+        if (
+            len(self._queue) >= self.queue_limit
+            or queued > self.queue_bytes
+            or (total > budget.limit and queued > budget.share())
+        ):
+            self._overflow()
             return
         self._queue.append(item)
+        self._bytes = queued
+        budget.total = total
         if not self.ready:
             self.ready = True
             self.on_ready(self)
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._discard()
+        self._trouble.set()
+
+    def _discard(self) -> None:
+        self._queue.clear()
+        self.budget.total -= self._bytes
+        self._bytes = 0
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
-    def close_soon(self) -> None:
-        self.closing = True
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def close_soon(
+        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Close with ``code`` once everything queued so far is written."""
+        if not self.closing:
+            self.closing = True
+            self.close_code, self.close_reason = code, reason
         self._trouble.set()
+
+    def revoke(self) -> None:
+        """Its token stopped working: nothing more is written, it closes with 4001."""
+        self.revoked = True
+        self.overflowed = True  # so nothing more is queued (4001 goes first)
+        self._discard()
+        self._trouble.set()
+
+    def fail(self, error: Exception) -> None:
+        self.failure = error
+        self._trouble.set()
+
+    def end(self) -> None:
+        """The session is over: give its queued bytes back to the budget."""
+        self.overflowed = True  # nothing more is queued
+        self._discard()
 
     @property
     def troubled(self) -> bool:
-        return self.overflowed or self.closing or self.blocked or self.broken
+        return (
+            self.overflowed
+            or self.closing
+            or self.blocked
+            or self.broken
+            or self.revoked
+            or self.failure is not None
+        )
 
     async def wait_for_trouble(self) -> None:
         while not self.troubled:
@@ -127,12 +221,28 @@ class Session:
             await self._trouble.wait()
 
     def take(self) -> list[bytes]:
-        """Up to MAX_ITEMS_PER_FRAME ready items."""
+        """The next frame's items: up to MAX_ITEMS_PER_FRAME and MAX_FRAME_BYTES (at
+        least one item)."""
         queue = self._queue
-        if len(queue) == 1:
-            return [queue.popleft()]
-        count = min(len(queue), MAX_ITEMS_PER_FRAME)
-        return [queue.popleft() for _ in range(count)]
+        if self._bytes <= MAX_FRAME_BYTES and len(queue) <= MAX_ITEMS_PER_FRAME:
+            # the usual case: everything queued fits in one frame
+            taken = list(queue)
+            queue.clear()
+            self.budget.total -= self._bytes
+            self._bytes = 0
+            return taken
+        first = queue.popleft()
+        size = len(first)
+        taken = [first]
+        while queue and len(taken) < MAX_ITEMS_PER_FRAME:
+            following = len(queue[0])
+            if size + following > MAX_FRAME_BYTES:
+                break
+            taken.append(queue.popleft())
+            size += following
+        self._bytes -= size
+        self.budget.total -= size
+        return taken
 
     def encode(self, obj: dict[str, Any]) -> bytes:
         return orjson.dumps(obj) if self.encoding == JSON else msgpack.packb(obj)
@@ -143,7 +253,7 @@ class Session:
         opcode = OP_TEXT if self.encoding == JSON else OP_BINARY
         transport = self.transport
         if transport.close_code is not None:
-            self._queue.clear()  # a close frame went out: nothing may follow it
+            self._discard()  # a close frame went out: nothing may follow it
             return 0
         frames = 0
         try:
@@ -152,11 +262,15 @@ class Session:
                 frames += 1
                 if transport.backlog:
                     self.blocked = True
+                    if self.behind_since is None:
+                        self.behind_since = trio.current_time()
                     self._trouble.set()
-                    break
+                    return frames
         except Disconnected:
             self.broken = True
             self._trouble.set()
+            return frames
+        self.behind_since = None  # everything went to the kernel
         return frames
 
 
@@ -206,6 +320,16 @@ class WsGateway:
         self.slow_consumer_closes = 0
         self.write_stats = WriteStats()
         self.bad_frame_closes = 0
+        self.revoked_closes = 0
+        self.budget = QueueBudget(settings.queue_budget)
+        # the open sessions of each token (by its hash), to close them when it stops
+        # working; the directory tells (State.token_revoked)
+        self._by_token: dict[str, set[Session]] = {}
+        engine.state.token_revoked.append(self._token_revoked)
+
+    def _token_revoked(self, token_hash: str) -> None:
+        for session in self._by_token.pop(token_hash, ()):
+            session.revoke()
 
     def _on_ready(self, session: Session) -> None:
         self._ready.append(session)
@@ -237,7 +361,10 @@ class WsGateway:
             for index, session in enumerate(ready, start=1):
                 session.ready = False
                 if not session.troubled:
-                    frames += session.write_ready()
+                    try:
+                        frames += session.write_ready()
+                    except Exception as error:  # noqa: BLE001 - that session only
+                        session.fail(error)  # its own task reports it and closes it
                 if index % FLUSH_YIELD_EVERY == 0:
                     now = trio.current_time()
                     writing += now - started
@@ -257,27 +384,41 @@ class WsGateway:
             session.close_soon()
 
     async def handle_connection(self, conn: socket.socket) -> None:
-        """One connection the front door classified as ``GET /ws``: upgrade, then serve."""
+        """One connection the front door classified as ``GET /ws``: upgrade, then serve.
+
+        The session's failure boundary: whatever goes wrong in it ends it alone."""
+        try:
+            peer: object = conn.getpeername()
+        except OSError:
+            peer = None
         transport = RawWebSocket(conn, self.limits)
+        described = "GET /ws"  # what the error log names; never the token
         try:
             request = await transport.handshake()
             if request is None:
                 return
+            described = f"GET {_without_token(request.target)}"
             try:
-                principal = self._admit(request)
+                principal, token_hash = self._admit(request)
             except errors.EngineError as error:
                 phrase = HTTPStatus(error.status).phrase
                 await transport.reject(error.status, phrase, orjson.dumps(error.body()))
                 return
+            described += f" ({principal.kind} {principal.id})"
             chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)
             await transport.accept(chosen)
-            await self._serve(principal, SUBPROTOCOLS.get(chosen or "", JSON), transport)
+            encoding = SUBPROTOCOLS.get(chosen or "", JSON)
+            await self._serve(principal, token_hash, encoding, transport)
         except Disconnected:
             pass
+        except Exception as error:  # noqa: BLE001 - the boundary: this session only
+            connection_failed("ws", peer, described, _single(error))
+            if transport.handshake_done:
+                transport.close_at_once(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             transport.abort()
 
-    def _admit(self, request: Request) -> Principal:
+    def _admit(self, request: Request) -> tuple[Principal, str]:
         if not self.engine.started.is_set():
             raise errors.Unavailable("The engine is starting.")
         header = ""
@@ -291,11 +432,28 @@ class WsGateway:
             token = query.get("token", [""])[0]
         if not token:
             raise errors.NotAuthenticated("Authentication credentials were not provided.")
-        return principal_for_token(self.engine.state, token, self.admin_token_hash)
+        principal = principal_for_token(self.engine.state, token, self.admin_token_hash)
+        return principal, hash_token(token)
 
-    async def _serve(self, principal: Principal, encoding: str, transport: RawWebSocket) -> None:
-        session = Session(encoding, self.settings.queue_limit, principal, self._on_ready, transport)
+    async def _serve(
+        self, principal: Principal, token_hash: str, encoding: str, transport: RawWebSocket
+    ) -> None:
+        settings = self.settings
+        session = Session(
+            encoding,
+            settings.queue_limit,
+            settings.queue_bytes,
+            self.budget,
+            principal,
+            self._on_ready,
+            transport,
+            token_hash,
+        )
         self.sessions.add(session)
+        self.budget.sessions += 1
+        self._by_token.setdefault(token_hash, set()).add(session)
+        if principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
+            session.revoke()  # it stopped working while the upgrade was answered
         reachability = self.engine.reachability
         if principal.kind == "user":
             reachability.session_opened(principal.id)
@@ -309,6 +467,13 @@ class WsGateway:
                     nursery.cancel_scope.cancel()
         finally:
             self.sessions.discard(session)
+            self.budget.sessions -= 1
+            session.end()
+            holders = self._by_token.get(token_hash)
+            if holders is not None:
+                holders.discard(session)
+                if not holders:
+                    del self._by_token[token_hash]
             self.engine.router.drop(session, session.subscriptions)
             if principal.kind == "user":
                 reachability.session_closed(principal.id)
@@ -316,32 +481,47 @@ class WsGateway:
     async def _tend(self, session: Session, transport: RawWebSocket) -> bool:
         """What the flusher leaves to the session's own task; True when the session
         ends with a close frame of ours."""
+        write_timeout = self.limits.write_timeout
+
+        def deadline() -> float:
+            # the write timeout is a total: it counts from when the session fell behind
+            behind = session.behind_since
+            return (trio.current_time() if behind is None else behind) + write_timeout
+
         try:
             while True:
                 await session.wait_for_trouble()
+                if session.failure is not None:
+                    raise session.failure
                 if session.broken:
                     return False
+                if session.revoked:
+                    self.revoked_closes += 1
+                    await transport.close(CLOSE_NOT_AUTHENTICATED, "the token is no longer valid")
+                    return True
                 if session.overflowed:
                     self.slow_consumer_closes += 1
                     await transport.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
                     return True
                 if session.blocked:
-                    await transport.flush()
+                    await transport.flush(deadline())
                     session.blocked = False
                     if session.closing:
                         continue
                     if session.depth and not session.ready:
                         session.ready = True
                         self._on_ready(session)
+                    else:
+                        session.behind_since = None
                     continue
-                # closing: the final flush, then 1001
+                # closing: the final flush, then the close frame
                 while session.depth:
                     session.write_ready()
                     session.blocked = False
                     if session.broken:
                         return False
-                    await transport.flush()
-                await transport.close(CLOSE_GOING_AWAY, "server shutting down")
+                    await transport.flush(deadline())
+                await transport.close(session.close_code, session.close_reason)
                 return True
         except Disconnected:
             return False
@@ -353,8 +533,8 @@ class WsGateway:
         try:
             while True:
                 data = await transport.receive()
-                if transport.close_code is not None:
-                    continue  # closing: wait for the peer's close frame
+                if transport.close_code is not None or session.closing or session.revoked:
+                    continue  # closing: frames change nothing now; wait for the peer's close
                 try:
                     await self._handle_frame(session, self._decode(session, data))
                 except BadFrame as bad:
@@ -371,9 +551,10 @@ class WsGateway:
                     while bad_frames and now - bad_frames[0] > BAD_FRAME_WINDOW:
                         bad_frames.popleft()
                     if len(bad_frames) > BAD_FRAME_LIMIT:
+                        # after the answers queued so far, this one included
                         self.bad_frame_closes += 1
-                        await transport.close(CLOSE_POLICY, "too many invalid frames")
-                        scope.deadline = min(scope.deadline, now + self.limits.close_timeout)
+                        session.close_soon(CLOSE_POLICY, "too many invalid frames")
+                await trio.lowlevel.checkpoint()  # one turn per frame, however many wait
         except Disconnected:
             pass
         scope.cancel()
@@ -459,6 +640,19 @@ class WsGateway:
         )
         session.subscriptions.add(channel)
         self.engine.router.subscribe(session, channel, since=since, epoch=epoch, answer=answer)
+
+
+def _without_token(target: str) -> str:
+    """The request target as logs may show it."""
+    path, _, query = target.partition("?")
+    return f"{path}?…" if query else path
+
+
+def _single(error: Exception) -> Exception:
+    """The error itself rather than a group of one (what a nursery wraps it in)."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _with_id(frame: dict[str, Any], frame_id: Any) -> dict[str, Any]:

@@ -9,8 +9,12 @@ own bounded queue and is closed with 4008 there. Reading goes through wsproto, w
 checks framing, masking, UTF-8 and the close handshake.
 
 The server pings every ``ping_interval`` seconds; a peer from which nothing at all
-arrived for ``read_timeout`` seconds is dropped, and so is one that takes no bytes for
-``write_timeout`` seconds.
+arrived for ``read_timeout`` seconds is dropped, and so is one that stays behind for
+``write_timeout`` seconds (a total deadline kept by the session, not one per write).
+
+Reading yields to trio once per received chunk and once per protocol event, however
+fast the peer sends: a peer flooding pings or empty continuation frames gets its turn
+like every other task, and cannot hold the event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import orjson
 import trio
 import wsproto
 from wsproto.events import (
@@ -32,6 +37,8 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import RemoteProtocolError
+
+from engine import errors
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -89,6 +96,7 @@ class RawWebSocket:
         self._size = 0
         self._last_read = trio.current_time()
         self.close_code: int | None = None  # set once a close frame went out
+        self.handshake_done = False  # the upgrade was accepted: frames may follow
 
     # -- the handshake -----------------------------------------------------------
     async def handshake(self) -> Request | None:
@@ -107,11 +115,8 @@ class RawWebSocket:
                         if isinstance(event, Request):
                             return event
                 except RemoteProtocolError as error:
-                    body = (
-                        b'{"code":"invalid","detail":"GET /ws takes a WebSocket upgrade: '
-                        + str(error).replace('"', "'").encode()
-                        + b'"}'
-                    )
+                    refusal = errors.Invalid(f"GET /ws takes a WebSocket upgrade: {error}")
+                    body = orjson.dumps(refusal.body())
                     self.write(http_response(400, "Bad Request", body, "application/json"))
                     await self.flush()
                     return None
@@ -129,6 +134,7 @@ class RawWebSocket:
 
     async def accept(self, subprotocol: str | None) -> None:
         self.write(self.protocol.send(AcceptConnection(subprotocol=subprotocol)))
+        self.handshake_done = True
         await self.flush()
 
     # -- writing -----------------------------------------------------------------
@@ -157,12 +163,17 @@ class RawWebSocket:
     def send_frame(self, opcode: int, payload: bytes) -> None:
         self.write(data_frame(opcode, payload))
 
-    async def flush(self) -> None:
-        """Wait until the kernel took every byte written so far."""
+    async def flush(self, deadline: float | None = None) -> None:
+        """Wait until the kernel took every byte written so far, at the latest by
+        ``deadline`` (default: ``write_timeout`` from now)."""
         if not self._out:
             return
-        async with self._flush_lock:
-            with trio.move_on_after(self.limits.write_timeout) as scope:
+        if deadline is None:
+            deadline = trio.current_time() + self.limits.write_timeout
+        # the deadline covers the wait for the lock too: the other writer (the reader
+        # answering a ping) may be the one stuck on a peer that does not read
+        with trio.move_on_at(deadline) as scope:
+            async with self._flush_lock:
                 while self._out:
                     await trio.lowlevel.wait_writable(self.sock)
                     try:
@@ -172,8 +183,8 @@ class RawWebSocket:
                     except OSError as error:
                         raise Disconnected(str(error)) from None
                     del self._out[:sent]
-            if scope.cancelled_caught:
-                raise Disconnected("the peer took no bytes for the write timeout")
+        if scope.cancelled_caught:
+            raise Disconnected("the peer took too long to take what was written")
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (no-op once a close frame went out)."""
@@ -182,6 +193,17 @@ class RawWebSocket:
         self.close_code = code
         self.write(self.protocol.send(CloseConnection(code=code, reason=reason)))
         await self.flush()
+
+    def close_at_once(self, code: int, reason: str) -> None:
+        """Send a close frame if the kernel takes it now, without waiting; for a
+        session that is ending anyway (an unexpected error)."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        # the error may have come from the protocol state itself: the connection is
+        # dropped either way
+        with contextlib.suppress(Exception):
+            self.write(self.protocol.send(CloseConnection(code=code, reason=reason)))
 
     # -- reading -----------------------------------------------------------------
     async def _recv(self) -> bytes:
@@ -194,6 +216,7 @@ class RawWebSocket:
             except OSError:
                 return b""
             self._last_read = trio.current_time()
+            await trio.lowlevel.checkpoint()  # a peer that always has data waits its turn
             return data
 
     async def receive(self) -> str | bytes:
@@ -203,6 +226,8 @@ class RawWebSocket:
         """
         while True:
             for event in self.protocol.events():
+                # one turn per event: a single chunk can hold ten thousand pings
+                await trio.lowlevel.checkpoint()
                 message = await self._on_event(event)
                 if message is not None:
                     return message
@@ -228,14 +253,17 @@ class RawWebSocket:
             if self._size > self.limits.max_message:
                 await self.close(CLOSE_TOO_BIG, "message too big")
                 raise Disconnected("message too big")
-            self._parts.append(
-                bytes(event.data) if isinstance(event.data, bytearray) else event.data
-            )
+            if event.data:  # an empty continuation frame adds nothing to keep
+                self._parts.append(
+                    bytes(event.data) if isinstance(event.data, bytearray) else event.data
+                )
             if not event.message_finished:
                 return None
             parts, self._parts, self._size = self._parts, [], 0
             if len(parts) == 1:
                 return parts[0]
+            if not parts:
+                return "" if isinstance(event, TextMessage) else b""
             return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
         if isinstance(event, Ping):
             self.write(self.protocol.send(event.response()))

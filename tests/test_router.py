@@ -225,3 +225,30 @@ def test_a_restore_keeps_only_the_contiguous_run_that_ends_at_the_channel_seq() 
     assert resumes(router, CHANNEL, since=1) is None
     assert resumes(router, OTHER, since=9) == []  # up to date: nothing to replay
     assert resumes(router, OTHER, since=8) is None  # event 9 is not held
+
+
+def test_subscription_churn_on_channels_without_events_leaves_nothing_behind() -> None:
+    """Subscribing to random chats' channels and leaving (by unsubscribe, or by the
+    session ending while subscribed) forgets every channel that never had an event;
+    channels that did keep their seq and history, and keep numbering on."""
+    router = ChannelRouter(epoch="e1")
+    publish_three(router)
+    before = set(router._channels)
+    rng = random.Random(16)
+    session, ending = Collector(JSON), Collector(JSON)
+    churned = [
+        f"/api/v5/orgs/o1/users/u1/chats/{rng.getrandbits(128):032x}/messages" for _ in range(2000)
+    ]
+    for channel in churned[:1000]:
+        router.subscribe(session, channel, since=None, epoch=None, answer=answer)
+        assert router.unsubscribe(session, channel)
+    for channel in churned[1000:]:
+        router.subscribe(ending, channel, since=None, epoch=None, answer=answer)
+    router.subscribe(ending, CHANNEL, since=None, epoch=None, answer=answer)
+    router.drop(ending, [*churned[1000:], CHANNEL])
+    assert set(router._channels) == before
+    assert router.stats.subscriptions == 0
+    # a channel with events outlives its subscribers: a later subscribe resumes it
+    late = Collector(JSON)
+    assert router.subscribe(late, CHANNEL, since=1, epoch="e1", answer=answer).head == 3
+    assert [decode(JSON, item).get("seq") for item in late.items] == [3, 2, 3]

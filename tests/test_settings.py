@@ -72,6 +72,8 @@ SAMPLES = {
     "forwarded_allow_ips": "10.0.0.0/8",
     "history_limit": "10",
     "session_queue": "20",
+    "session_queue_bytes": "65536",
+    "session_queue_budget": "1048576",
     "flush_interval": "0.01",
     "log_level": "debug",
     "http1_server": "hypercorn",

@@ -173,11 +173,21 @@ class ChannelRouter:
         return self._subscribe(session, key_of(channel), since, epoch, answer)
 
     def unsubscribe(self, session: Subscriber, channel: str) -> bool:
-        found = self._channels.get(key_of(channel))
+        key = key_of(channel)
+        found = self._channels.get(key)
         if found is None or session not in found.subscribers:
             return False
         found.subscribers.discard(session)  # type: ignore[union-attr]  # it is in: a set
         self.stats.subscriptions -= 1
+        if not found.subscribers:
+            found.subscribers = _NO_SUBSCRIBERS
+            if not found.seq:
+                # Nothing was ever published on it: a subscribe made it, and nothing
+                # would be lost by making it again. Without this, subscribing to random
+                # chat ids and leaving would grow the router without bound. A channel
+                # that has a seq stays (even with its history evicted), so its numbering
+                # never starts over.
+                del self._channels[key]
         return True
 
     def drop(self, session: Subscriber, channels: Iterable[str]) -> None:
