@@ -140,8 +140,15 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status)
 
 
+def error_body(error: errors.EngineError) -> bytes:
+    """The JSON body of every error answer, on every transport: ``{"code", "detail",
+    "errors"?}``. The one place it is built, so that no path can write it differently
+    (or write invalid JSON by pasting a detail into a template)."""
+    return orjson.dumps(error.body())
+
+
 def error_response(error: errors.EngineError) -> Response:
-    return Response(orjson.dumps(error.body()), error.status)
+    return Response(error_body(error), error.status)
 
 
 Handler = Callable[..., Awaitable[Response]]

@@ -132,7 +132,9 @@ async def test_http_1_0_and_connection_close_end_the_connection(server: Server) 
 
 async def test_head_has_the_length_but_no_body(server: Server) -> None:
     conn = await Conn.open(server)
-    await conn.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+    await conn.send(
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     status, headers, _ = await conn.response(head=True)
     assert status == 200 and headers["content-length"] == "15"
     status, _, body = await conn.response()  # the next response follows at once
@@ -144,15 +146,15 @@ async def test_head_has_the_length_but_no_body(server: Server) -> None:
     [
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n", 400),
-        (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
-        (b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: x1\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nContent-Length: x1\r\n\r\n", 400),
         (
-            b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: 3\r\n"
+            b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n",
             400,
         ),
-        (b"POST /api/v5/orgs HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
     ],
 )
@@ -267,7 +269,7 @@ async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
 ) -> None:
     server = Http1Server(echo_app, keep_alive_timeout=5.0)
     ours, theirs = socket_pair()
-    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+    theirs.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
     with trio.fail_after(60):
         await serve(server, ours)  # answers, then waits for the next request
     assert 5.0 <= trio.current_time() < 6.0
@@ -299,7 +301,9 @@ async def test_stopping_closes_idle_connections_at_once_and_answers_with_close(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve, server, idle, busy)
         await trio.sleep(1.0)  # virtual: both connections are waiting for a request
-        busy_peer.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\n")  # half a request
+        busy_peer.send(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
+        )  # half a request
         await trio.sleep(1.0)
         server.stop()
         busy_peer.send(b"ok")
@@ -337,7 +341,7 @@ async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.M
 
     server = Http1Server(handler, head_timeout=30.0)
     ours, theirs = socket_pair()
-    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    theirs.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     with trio.fail_after(120):
         await serve(server, ours)
     assert seen == [] and 30 <= trio.current_time() < 31
