@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         "calls the routes directly) or hypercorn (through quart-trio, ~4x the CPU per "
         "request; HTTP/2 is always hypercorn's)",
     )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=int(_env("max-connections", "") or 0) or None,
+        help="connections served at once; one past it is answered 503 and closed "
+        "(default: the soft limit on open files, less 64)",
+    )
     return parser
 
 
@@ -278,6 +285,7 @@ async def serve(
                     ws_gateway.handle_connection,
                     shutdown_trigger=shutdown_trigger,
                     http1=http1,
+                    max_connections=options.max_connections,
                     task_status=task_status,
                 )
             finally:
