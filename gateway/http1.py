@@ -154,6 +154,7 @@ class Connection:
         self.local = local
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.request_line: str | None = None  # for the log of an unexpected error
+        self.yielded = False  # since the current request began
 
     # -- the socket ----------------------------------------------------------------
     async def _receive(self) -> None:
@@ -175,6 +176,7 @@ class Connection:
                 data = b""
             await trio.lowlevel.checkpoint()
             break
+        self.yielded = True
         if not data:
             # A request cut short by the end of the stream gets no answer: its peer is
             # gone or has said it sends nothing more, and an answer tells it nothing.
@@ -285,6 +287,7 @@ class Connection:
 
     async def _serve_one(self) -> bool:
         """Read, answer and log one request; False when the connection should end."""
+        self.yielded = False
         try:
             event = await self._next_request()
             if event is None:
@@ -326,6 +329,8 @@ class Connection:
             return False  # connection: close, HTTP/1.0, or a refusal
         self.h11.start_next_cycle()
         self.request_line = None
+        if not self.yielded:  # pipelined: its bytes were already here
+            await trio.lowlevel.checkpoint()
         return True
 
     def _frame(self, request: Request, response: Response, keep_alive: bool) -> bytes:
