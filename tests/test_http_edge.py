@@ -191,7 +191,7 @@ def test_a_connection_pipelining_as_fast_as_it_can_does_not_hold_the_server(
     grown = meter.report(f"pipelining flood ({answered:,} answered)", latencies)
     assert answered > 1000  # the flood was real, and served
     assert max(latencies) < NORMAL_BOUND
-    assert grown < 50 * MIB
+    assert grown < 8 * MIB
 
 
 def test_a_flood_of_garbage_heads_is_refused_and_others_are_answered(
@@ -227,7 +227,7 @@ def test_a_flood_of_garbage_heads_is_refused_and_others_are_answered(
     assert refused > 100
     assert edge_server.process.poll() is None
     assert max(latencies) < NORMAL_BOUND
-    assert grown < 50 * MIB
+    assert grown < 8 * MIB
 
 
 def test_connections_past_the_cap_get_503_and_idle_ones_cost_no_cpu() -> None:
