@@ -284,3 +284,47 @@ def test_connections_past_the_cap_get_503_and_idle_ones_cost_no_cpu() -> None:
         for sock in held:
             sock.close()
         server.stop()
+
+
+def test_bodies_in_one_byte_chunks_are_refused_and_do_not_hold_others(
+    edge_server: ServerProcess,
+) -> None:
+    """64 KiB in one-byte chunks would cost the server ~0.5 s of CPU each (an h11 event
+    a byte), and one recv holds ten thousand of them: refused past 4,096 pieces."""
+    port = edge_server.port
+    until = time.monotonic() + ABUSE_SECONDS
+    request = (
+        b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1\r\nx\r\n" * 65_000
+        + b"0\r\n\r\n"
+    )
+    refused = 0
+
+    def tiny_chunks() -> None:
+        nonlocal refused
+        for _ in range(1000):
+            if time.monotonic() > until:
+                return
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                try:
+                    sock.sendall(request)
+                except OSError:  # refused and closed before it was all sent
+                    pass
+                try:
+                    status, _, body = read_answer(sock, b"POST")
+                except OSError:
+                    continue
+                assert status == 400 and "pieces" in orjson.loads(body)["detail"]
+                refused += 1
+
+    threads = [threading.Thread(target=tiny_chunks) for _ in range(2)]
+    meter = Meter(edge_server)
+    for thread in threads:
+        thread.start()
+    latencies = normal_client_while(port, until)
+    for thread in threads:
+        thread.join(30)
+    grown = meter.report(f"one-byte chunks ({refused:,} refused)", latencies)
+    assert refused > 2
+    assert max(latencies) < NORMAL_BOUND
+    assert grown < 8 * MIB
