@@ -10,17 +10,21 @@ measures are printed (``pytest -s``) and summarised in docs/edge.md.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import h11
 import orjson
 import pytest
 
-from bench.server import ServerProcess, cpu_seconds, rss_bytes, start_server
+from bench.server import ServerProcess, cpu_seconds, free_port, rss_bytes, start_server
 
 NORMAL_BOUND = 1.0  # seconds: a normal client's worst /healthz while an abuse runs
 ABUSE_SECONDS = 3.0
@@ -328,3 +332,54 @@ def test_bodies_in_one_byte_chunks_are_refused_and_do_not_hold_others(
     assert refused > 2
     assert max(latencies) < NORMAL_BOUND
     assert grown < 8 * MIB
+
+
+def test_the_default_cap_stays_below_the_open_file_limit(tmp_path: Path) -> None:
+    """A process allowed 160 open files caps itself at 96 connections: the ones past it
+    get a 503 instead of waiting in the backlog while accept fails with EMFILE, and
+    once the held connections go, new clients are served again."""
+    port = free_port()
+    code = (
+        "import resource, runpy, sys; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160)); "
+        f"sys.argv = ['chat-engine', 'serve', '--in-memory', '--port', '{port}', "
+        "'--log-level', 'warning']; "
+        "runpy.run_module('gateway.cli', run_name='__main__')"
+    )
+    env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN="edge")
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                healthz_seconds(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        statuses = []
+        for _ in range(120):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"G")
+            held.append(sock)
+        time.sleep(0.5)
+        for sock in held[96:]:
+            statuses.append(read_answer(sock)[0])
+        assert statuses == [503] * 24
+        assert process.poll() is None
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert healthz_seconds(port) < NORMAL_BOUND
+                break
+            except (AssertionError, OSError):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+        process.terminate()
+        process.wait(20)
