@@ -13,19 +13,21 @@ smuggling lives on). What it adds is a loop on the socket with one ``recv`` and 
 What h11 refuses is answered with its status (400, 431 for a head still incomplete past
 ``MAX_HEAD`` bytes, 501 for a transfer coding other than ``chunked``) and a JSON error
 body, and the connection closes. So is what this server refuses on top: an HTTP version
-other than 1.0 and 1.1 (505); a body over ``max_body`` (413 ``body_too_large``, without
-reading it: its unread bytes cannot be told from the next request); ``GET /ws`` as a
-later request on a connection (400: the front door serves it only as a connection's
-first request).
+other than 1.0 and 1.1 (505); both ``Content-Length`` and ``Transfer-Encoding`` (400);
+a body over ``max_body`` (413 ``body_too_large``, without reading it: its unread bytes
+cannot be told from the next request) or in over ``MAX_BODY_PIECES`` pieces (400);
+``GET /ws`` as a later request on a connection (400: the front door serves it only as
+a connection's first request).
 
 Time limits, each a total for its phase and not reset by each read: ``keep_alive_timeout``
 for an idle connection to start its next request, ``head_timeout`` for the rest of a
 head once its first byte came, ``body_timeout`` for the whole body, ``write_timeout``
 for an answer to leave. A connection past one is closed without an answer.
 
-Fairness: the loop yields to trio after every ``recv`` that returned data at once and
-after every request it answered from bytes already read, so a peer that keeps its
-socket full (pipelining as fast as it can) cannot hold the event loop.
+Fairness: the loop yields to trio after every ``recv`` that returned data at once,
+after every request it answered from bytes already read and every
+``YIELD_EVERY_PIECES`` pieces of a body, so a peer that keeps its socket full
+(pipelining as fast as it can, or sending one-byte chunks) cannot hold the event loop.
 
 Every connection is its own failure domain: an unexpected error closes that connection
 only, logged and counted by ``gateway.failures``.
