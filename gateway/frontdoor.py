@@ -21,7 +21,8 @@ Bounds: at most ``max_connections`` connections at once (default: the soft limit
 files minus ``FD_RESERVE`` for the log, snapshots and the server's own files); one past
 it is answered ``503`` with a JSON body, if its socket takes the bytes at once, and
 closed, without a task or a read, so that a flood of connections costs the server
-little and the ones it already has keep being served. Every connection runs behind an
+little and the ones it already has keep being served; a warning says so, at most
+every ``CAP_WARNING_INTERVAL`` seconds, with the count refused since the last. Every connection runs behind an
 exception boundary: an unexpected error is logged and counted
 (``gateway.failures``) and ends that connection only.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import resource
 import socket
 from collections.abc import Awaitable, Callable
@@ -61,6 +63,7 @@ ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 BACKLOG = 4096
 ACCEPT_BATCH = 256  # accepts between two yields to the connections already in
 FD_RESERVE = 64  # files kept free for the log, snapshots, the listener, accepts
+CAP_WARNING_INTERVAL = 10.0  # seconds: at most one "connection cap reached" line per
 _OVERLOADED_BODY = error_body(errors.Unavailable("Too many connections; try again later."))
 OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
@@ -223,13 +226,25 @@ async def serve(
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(connection, conn, peer)
 
+    refused = 0  # since the last warning
+    warned_at = -math.inf
+
     def refuse(conn: socket.socket) -> None:
+        nonlocal refused, warned_at
         conn.setblocking(False)
         try:
             conn.send(OVERLOADED)
         except OSError:
             pass
         conn.close()
+        refused += 1
+        now = trio.current_time()
+        if now - warned_at >= CAP_WARNING_INTERVAL:  # a flood must not flood the log
+            log.warning(
+                "connection cap reached",
+                extra={"fields": {"max_connections": cap, "refused": refused}},
+            )
+            refused, warned_at = 0, now
 
     try:
         async with trio.open_nursery() as lifespan_nursery:

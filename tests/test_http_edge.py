@@ -234,13 +234,14 @@ def test_a_flood_of_garbage_heads_is_refused_and_others_are_answered(
     assert grown < 8 * MIB
 
 
-def test_connections_past_the_cap_get_503_and_idle_ones_cost_no_cpu() -> None:
+def test_connections_past_the_cap_get_503_and_idle_ones_cost_no_cpu(tmp_path: Path) -> None:
     """Up to the cap: connections that sent one byte (which could still become a
     WebSocket upgrade) and connections that sent half a head. They cost no CPU while
     they wait; one more connection is answered 503 and closed; a keep-alive client
     admitted before keeps its answers; once some leave, new clients get in."""
     cap = 300
-    server = start_server("--in-memory", "--max-connections", str(cap))
+    log = tmp_path / "server.log"
+    server = start_server("--in-memory", "--max-connections", str(cap), log_path=log)
     port = server.port
     held: list[socket.socket] = []
     try:
@@ -273,6 +274,12 @@ def test_connections_past_the_cap_get_503_and_idle_ones_cost_no_cpu() -> None:
         )
         assert idle_cpu < 0.5  # polling each every 5 ms took a core
         assert admitted < NORMAL_BOUND
+        warnings = [
+            orjson.loads(line)
+            for line in log.read_text().splitlines()
+            if "connection cap reached" in line
+        ]
+        assert [(w["max_connections"], w["refused"]) for w in warnings] == [(cap, 1)]
         for sock in held[:10]:
             sock.close()
         deadline = time.monotonic() + 10
