@@ -8,23 +8,24 @@ CPU each, which made one message to 1,000 sessions cost ~200 ms. Here a frame is
 synchronous ``send`` on the session's socket (see ``gateway/wsconn.py``).
 
 How a connection is told apart: its first bytes are peeked (``MSG_PEEK`` leaves them in
-the kernel), so a connection handed to hypercorn is untouched. A connection that sent
-only the start of ``GET /ws`` is not polled: its receive low-water mark is raised to the
-bytes the peek needs, so the kernel wakes it only once they are there (or at its end). ``GET /ws`` followed by a
-space or ``?`` is ours; anything else — other paths, HTTP/2, a ``/ws`` upgrade sent on a
-connection that already carried other requests — is hypercorn's (which answers that
-last one with 400). This replaces ``hypercorn.trio.serve`` with the same steps
-(lifespan, ``TCPServer`` per connection, graceful shutdown), using hypercorn's own
-classes; hypercorn is pinned, so these internals do not move under us.
+the kernel), so a connection handed to hypercorn is untouched. ``GET /ws`` followed by a
+space or ``?`` is the WebSocket code's; anything else — other paths, HTTP/2, a ``/ws``
+upgrade sent on a connection that already carried other requests — is the HTTP
+server's (the built-in one or hypercorn, each answering that last one with 400). A connection that sent only the start of ``GET /ws`` is not polled:
+its receive low-water mark is raised to the bytes the peek needs, so the kernel wakes
+the server once they are there (or at the stream's end). This replaces
+``hypercorn.trio.serve`` with the same steps (lifespan, ``TCPServer`` per connection,
+graceful shutdown), using hypercorn's own classes; hypercorn is pinned, so these
+internals do not move under us.
 
 Bounds: at most ``max_connections`` connections at once (default: the soft limit on open
-files minus ``FD_RESERVE`` for the log, snapshots and the server's own files); one past
+files minus ``FD_RESERVE`` for the log, snapshots and the server's own files). One past
 it is answered ``503`` with a JSON body, if its socket takes the bytes at once, and
 closed, without a task or a read, so that a flood of connections costs the server
-little and the ones it already has keep being served; a warning says so, at most
-every ``CAP_WARNING_INTERVAL`` seconds, with the count refused since the last. Every connection runs behind an
-exception boundary: an unexpected error is logged and counted
-(``gateway.failures``) and ends that connection only.
+little and the ones it already has keep being served; a warning says so, at most every
+``CAP_WARNING_INTERVAL`` seconds, with the count refused since the previous one. Every
+connection runs behind an exception boundary: an unexpected error is logged and
+counted (``gateway.failures``) and ends that connection only.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 BACKLOG = 4096
 ACCEPT_BATCH = 256  # accepts between two yields to the connections already in
 FD_RESERVE = 64  # files kept free for the log, snapshots, the listener, accepts
-CAP_WARNING_INTERVAL = 10.0  # seconds: at most one "connection cap reached" line per
+CAP_WARNING_INTERVAL = 10.0  # seconds, at the least, between two cap warnings
 _OVERLOADED_BODY = error_body(errors.Unavailable("Too many connections; try again later."))
 OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
