@@ -287,7 +287,7 @@ def byte_stream(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=300,
+    max_examples=1000,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
