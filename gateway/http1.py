@@ -57,10 +57,11 @@ log = logging.getLogger("chat_engine.http")
 # h11's own default (16 KiB): a head still incomplete past it is refused with 431.
 MAX_HEAD = 16 * 1024
 RECV_SIZE = 65536
-# A body in one-byte chunks costs ~10 µs of h11 per byte: ~0.5 s of CPU for 64 KiB.
-# Real clients send chunks of hundreds of bytes or more, so a body may come in at most
-# this many pieces (a 64 KiB body: 16 bytes a piece on average), and the loop yields
-# every YIELD_EVERY_PIECES of them, as one recv can hold thousands.
+# Each piece of a body (a chunk, or one read of a body with a length) is an h11 event,
+# so a body in one-byte chunks costs far more CPU than its size (docs/edge.md). Real
+# clients send chunks of hundreds of bytes or more: a body may come in at most this
+# many pieces (16 bytes a piece on average for 64 KiB), and the loop yields every
+# YIELD_EVERY_PIECES of them, as one recv can hold thousands.
 MAX_BODY_PIECES = 4096
 YIELD_EVERY_PIECES = 32
 # After a refusal: how long, and how much, the peer may still send before the close.
