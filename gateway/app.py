@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import quart
 import trio
 from pydantic import BaseModel
@@ -57,6 +56,7 @@ from gateway.web import (
     Response,
     Router,
     WebApp,
+    error_body,
     error_response,
     json_response,
 )
@@ -766,7 +766,7 @@ def asgi_app(web: WebApp) -> QuartTrio:
         # The front door takes every connection that opens with GET /ws; one that
         # reaches here sent the upgrade after other requests on the same connection.
         return quart.Response(
-            orjson.dumps(errors.Invalid(WS_LATE).body()), 400, content_type="application/json"
+            error_body(errors.Invalid(WS_LATE)), 400, content_type="application/json"
         )
 
     @app.errorhandler(HTTPException)
@@ -777,8 +777,6 @@ def asgi_app(web: WebApp) -> QuartTrio:
             if kind is None
             else kind(error.description or kind.code)
         )
-        return quart.Response(
-            orjson.dumps(failure.body()), failure.status, content_type="application/json"
-        )
+        return quart.Response(error_body(failure), failure.status, content_type="application/json")
 
     return app

@@ -250,6 +250,7 @@ async def serve(
                     ws_gateway.handle_connection,
                     shutdown_trigger=shutdown_trigger,
                     http1=http1,
+                    max_connections=options.max_connections,
                     task_status=task_status,
                 )
             finally:

@@ -9,17 +9,31 @@ synchronous ``send`` on the session's socket (see ``gateway/wsconn.py``).
 
 How a connection is told apart: its first bytes are peeked (``MSG_PEEK`` leaves them in
 the kernel), so a connection handed to hypercorn is untouched. ``GET /ws`` followed by a
-space or ``?`` is ours; anything else — other paths, HTTP/2, a ``/ws`` upgrade sent on a
-connection that already carried other requests — is hypercorn's (which answers that
-last one with 400). This replaces ``hypercorn.trio.serve`` with the same steps
-(lifespan, ``TCPServer`` per connection, graceful shutdown), using hypercorn's own
-classes; hypercorn is pinned, so these internals do not move under us.
+space or ``?`` is the WebSocket code's; anything else — other paths, HTTP/2, a ``/ws``
+upgrade sent on a connection that already carried other requests — is the HTTP
+server's (the built-in one or hypercorn, each answering that last one with 400). A connection that sent only the start of ``GET /ws`` is not polled:
+its receive low-water mark is raised to the bytes the peek needs, so the kernel wakes
+the server once they are there (or at the stream's end). This replaces
+``hypercorn.trio.serve`` with the same steps (lifespan, ``TCPServer`` per connection,
+graceful shutdown), using hypercorn's own classes; hypercorn is pinned, so these
+internals do not move under us.
+
+Bounds: at most ``max_connections`` connections at once (default: the soft limit on open
+files minus ``FD_RESERVE`` for the log, snapshots and the server's own files). One past
+it is answered ``503`` with a JSON body, if its socket takes the bytes at once, and
+closed, without a task or a read, so that a flood of connections costs the server
+little and the ones it already has keep being served; a warning says so, at most every
+``CAP_WARNING_INTERVAL`` seconds, with the count refused since the previous one. Every
+connection runs behind an exception boundary: an unexpected error is logged and
+counted (``gateway.failures``) and ends that connection only.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
+import resource
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -32,17 +46,32 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from engine import errors
 from gateway.deadlines import Deadlines
+from gateway.failures import connection_failed
 from gateway.http1 import Http1Server
+from gateway.web import error_body
 
 log = logging.getLogger("chat_engine.frontdoor")
 
 WS_PREFIX = b"GET /ws"
 H2_PREFACE = b"PRI * HT"  # HTTP/2's connection preface, as far as the peek reads
+PEEK_SIZE = len(WS_PREFIX) + 1
 PEEK_TIMEOUT = 10.0  # a connection that sent too little to classify is closed
-PEEK_RETRY = 0.005
 ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# A connection that broke between the kernel's accept and ours: skip it, go on.
+ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 BACKLOG = 4096
+ACCEPT_BATCH = 256  # accepts between two yields to the connections already in
+FD_RESERVE = 64  # files kept free for the log, snapshots, the listener, accepts
+CAP_WARNING_INTERVAL = 10.0  # seconds, at the least, between two cap warnings
+_OVERLOADED_BODY = error_body(errors.Unavailable("Too many connections; try again later."))
+OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    % len(_OVERLOADED_BODY)
+    + _OVERLOADED_BODY
+)
 
 WsHandler = Callable[[socket.socket], Awaitable[None]]
 
@@ -59,26 +88,49 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_max_connections() -> int:
+    """The soft limit on open files, less ``FD_RESERVE``: past it an accept would fail
+    with EMFILE, and so would opening a log segment or a snapshot."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - FD_RESERVE)
+
+
 async def _peek_kind(conn: socket.socket) -> str:
     """'ws' for a WebSocket upgrade to /ws, 'h2' for HTTP/2 with prior knowledge, else
     'http'. No timeout of its own: the caller's deadline cancels it."""
-    while True:
-        try:
-            head = conn.recv(len(WS_PREFIX) + 1, socket.MSG_PEEK)
-        except BlockingIOError:  # nothing yet: the usual case for a fresh connection
+    low_water_raised = False
+    seen = -1
+    try:
+        while True:
+            try:
+                head = conn.recv(PEEK_SIZE, socket.MSG_PEEK)
+            except BlockingIOError:  # nothing yet: the usual case for a fresh connection
+                await trio.lowlevel.wait_readable(conn)
+                continue
+            except OSError:
+                return "http"
+            if len(head) >= PEEK_SIZE:
+                if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
+                    return "ws"
+                if head.startswith(H2_PREFACE):
+                    return "h2"
+                return "http"
+            if not head or not WS_PREFIX.startswith(head) or len(head) == seen:
+                return "http"  # not an upgrade, or the stream ended: HTTP says the rest
+            # A prefix of "GET /ws": sleep until the kernel holds enough to tell.
+            seen = len(head)
+            if not low_water_raised:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, PEEK_SIZE)
+                low_water_raised = True
             await trio.lowlevel.wait_readable(conn)
-            continue
-        except OSError:
-            return "http"
-        if len(head) > len(WS_PREFIX):
-            if head.startswith(WS_PREFIX) and head[-1:] in (b" ", b"?"):
-                return "ws"
-            if head.startswith(H2_PREFACE):
-                return "h2"
-            return "http"
-        if not head or not WS_PREFIX.startswith(head):
-            return "http"
-        await trio.sleep(PEEK_RETRY)  # a prefix of "GET /ws": wait for more
+    finally:
+        if low_water_raised:
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass
 
 
 async def serve(
@@ -90,10 +142,13 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     http1: Http1Server | None = None,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns. HTTP/1.x connections go to ``http1``
-    when given (``gateway/http1.py``), else, like HTTP/2, to hypercorn."""
+    when given (``gateway/http1.py``), else, like HTTP/2, to hypercorn. At most
+    ``max_connections`` at once (default: ``default_max_connections()``)."""
+    cap = max_connections if max_connections is not None else default_max_connections()
     listener = bind(host, port)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     config.set_statsd_logger_class(StatsdLogger)
@@ -105,7 +160,22 @@ async def serve(
     local = listener.getsockname()[:2]
     wildcard = local[0] in ("0.0.0.0", "::")  # then each connection's own local address
 
+    open_connections = 0
+
     async def connection(conn: socket.socket, peer: tuple[str, int]) -> None:
+        nonlocal open_connections
+        kind = "http"
+        try:
+            kind = await classified(conn, peer)
+        except Exception as error:  # not the peer's to end the server: this one only
+            connection_failed(kind, f"{peer[0]}:{peer[1]}", None, error)
+            conn.close()
+        finally:
+            open_connections -= 1
+
+    async def classified(conn: socket.socket, peer: tuple[str, int]) -> str:
+        """Serve one connection; returns its kind ('http' until it is known) unless
+        it raised."""
         # An HTTP/1.x connection lives in one cancel scope: its timeouts are deadlines
         # on it (gateway/deadlines.py). A WebSocket session leaves it once classified:
         # it has timeouts of its own, and does not keep the scope for its whole life.
@@ -121,33 +191,61 @@ async def serve(
             if kind == "http" and http1 is not None:
                 addresses = None if wildcard else (peer[:2], local)
                 await http1.serve_connection(conn, scope, addresses)
-                return
+                return kind
         if scope.cancelled_caught:  # too little sent to tell what it is
-            return
+            return "http"
         if kind == "ws":
             await ws_handler(conn)
-            return
+            return kind
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         state = ConnectionState(lifespan_state.copy())
         await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
+        return kind
 
     async def accept_loop(nursery: trio.Nursery) -> None:
+        nonlocal open_connections
         while True:
             await trio.lowlevel.wait_readable(listener)
-            while True:
+            for _ in range(ACCEPT_BATCH):  # then let the connections run
                 try:
                     conn, peer = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as error:
+                    if error.errno in ACCEPT_SKIP:
+                        continue
                     if error.errno not in ACCEPT_ERRORS:
                         raise
                     log.error("accept failed: %s; retrying in 100 ms", error)
                     await trio.sleep(0.1)
                     break
+                if open_connections >= cap:
+                    refuse(conn)
+                    continue
+                open_connections += 1
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(connection, conn, peer)
+
+    refused = 0  # since the last warning
+    warned_at = -math.inf
+
+    def refuse(conn: socket.socket) -> None:
+        nonlocal refused, warned_at
+        conn.setblocking(False)
+        try:
+            conn.send(OVERLOADED)
+        except OSError:
+            pass
+        conn.close()
+        refused += 1
+        now = trio.current_time()
+        if now - warned_at >= CAP_WARNING_INTERVAL:  # a flood must not flood the log
+            log.warning(
+                "connection cap reached",
+                extra={"fields": {"max_connections": cap, "refused": refused}},
+            )
+            refused, warned_at = 0, now
 
     try:
         async with trio.open_nursery() as lifespan_nursery:

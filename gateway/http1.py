@@ -1,24 +1,36 @@
-"""HTTP/1.1 on a plain socket, handed to the request pipeline (``gateway/web.py``)
-without hypercorn or ASGI.
+"""HTTP/1.1 on a plain socket: h11 parses each request and frames each answer, and the
+request goes straight to the request pipeline (``gateway/web.py``), without hypercorn or
+ASGI.
 
-Why: hypercorn's HTTP/1.1 path (h11, a task group and several events per request,
-its timers) cost ~600 µs of CPU per request here, three times quart's own ~180 µs: a
-burst of 1,000 contended calls took 1.6-2.1 s of CPU. This does the same job as the
-front door does for WebSocket frames: read a request head with one ``recv``, read the
-whole body (at most ``max_body`` bytes), call the handler, write the answer with one
-``send``.
+Why not hypercorn: its HTTP/1.1 path (h11 too, plus a task group and several events per
+request, its timers) cost ~600 µs of CPU per request here, three times the rest of a
+request. What this keeps of it is the part that must be right: h11, the sans-IO parser
+hypercorn itself uses, so that both transports in one process read the same bytes the
+same way (two parsers that disagree on where a request ends are what request
+smuggling lives on). What it adds is a loop on the socket with one ``recv`` and one
+``send`` per request in the common case, and the deadlines of ``gateway/deadlines.py``.
 
-What it does, and what it leaves to hypercorn: HTTP/1.0 and 1.1 requests, keep-alive,
-pipelined requests (answered in order), ``Content-Length`` and ``chunked`` bodies,
-``Expect: 100-continue``, ``HEAD``. Anything else (HTTP/2 with prior knowledge) is
-still hypercorn's: the front door peeks at the first bytes. A malformed head is
-answered 400 and the connection closed; one longer than ``MAX_HEAD`` bytes is 431. A
-body over ``max_body`` is 413 ``body_too_large`` without being read, and ends its
-connection, as its unread bytes cannot be told from the next request. A body that
-stalls for ``head_timeout`` ends the connection without an answer. ``Upgrade`` headers
-are ignored (a server may); ``/ws`` gets here only as a later request on a connection,
-which is refused with 400 (the front door serves it only as a connection's first
-request).
+What h11 refuses is answered with its status (400, 431 for a head still incomplete past
+``MAX_HEAD`` bytes, 501 for a transfer coding other than ``chunked``) and a JSON error
+body, and the connection closes. So is what this server refuses on top: an HTTP version
+other than 1.0 and 1.1 (505); both ``Content-Length`` and ``Transfer-Encoding`` (400);
+a body over ``max_body`` (413 ``body_too_large``, without reading it: its unread bytes
+cannot be told from the next request) or in over ``MAX_BODY_PIECES`` pieces (400);
+``GET /ws`` as a later request on a connection (400: the front door serves it only as
+a connection's first request).
+
+Time limits, each a total for its phase and not reset by each read: ``keep_alive_timeout``
+for an idle connection to start its next request, ``head_timeout`` for the rest of a
+head once its first byte came, ``body_timeout`` for the whole body, ``write_timeout``
+for an answer to leave. A connection past one is closed without an answer.
+
+Fairness: the loop yields to trio after every ``recv`` that returned data at once,
+after every request it answered from bytes already read and every
+``YIELD_EVERY_PIECES`` pieces of a body, so a peer that keeps its socket full
+(pipelining as fast as it can, or sending one-byte chunks) cannot hold the event loop.
+
+Every connection is its own failure domain: an unexpected error closes that connection
+only, logged and counted by ``gateway.failures``.
 """
 
 from __future__ import annotations
@@ -31,19 +43,31 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
-import orjson
+import h11
 import trio
 
 from engine import errors
 from gateway.deadlines import Deadlines
+from gateway.failures import connection_failed
 from gateway.validation import MAX_BODY_BYTES
-from gateway.web import INTERNAL, Request, Response, error_response
+from gateway.web import INTERNAL, Request, Response, error_body, error_response
 
 log = logging.getLogger("chat_engine.http")
 
-MAX_HEAD = 64 * 1024  # request line and headers
+# h11's own default (16 KiB): a head still incomplete past it is refused with 431.
+MAX_HEAD = 16 * 1024
 RECV_SIZE = 65536
-MAX_CHUNK_LINE = 1024
+# Each piece of a body (a chunk, or one read of a body with a length) is an h11 event,
+# so a body in one-byte chunks costs far more CPU than its size (docs/edge.md). Real
+# clients send chunks of hundreds of bytes or more: a body may come in at most this
+# many pieces (16 bytes a piece on average for 64 KiB), and the loop yields every
+# YIELD_EVERY_PIECES of them, as one recv can hold thousands.
+MAX_BODY_PIECES = 4096
+YIELD_EVERY_PIECES = 32
+# After a refusal: how long, and how much, the peer may still send before the close.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
+VERSIONS = (b"1.0", b"1.1")
 
 WS_LATE = "Open a new connection for GET /ws: it must be its first request."
 
@@ -67,6 +91,16 @@ def _too_large(limit: int) -> BadRequest:
     return BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
 
 
+def _refused_by_h11(error: h11.RemoteProtocolError) -> BadRequest:
+    status = error.error_status_hint
+    detail = f"Malformed request: {error}"[:300]
+    if status == 431:
+        detail = f"The request head is over {MAX_HEAD} bytes."
+    elif status == 501:
+        detail = "Only the chunked transfer coding is accepted."
+    return BadRequest(detail, status)
+
+
 class PeerGone(Exception):
     """The peer closed the connection, or it broke (a stall cancels the connection's
     scope instead)."""
@@ -84,28 +118,6 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
-def parse_head(head: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
-    """Request line and headers (names lower-cased, values stripped)."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise BadRequest("Malformed request line.")
-    method, target, version = parts
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        if version.startswith(b"HTTP/"):
-            raise BadRequest("Only HTTP/1.0 and HTTP/1.1 are served here.", 505)
-        raise BadRequest("Malformed request line.")
-    if not method.isalpha() or not method.isupper():
-        raise BadRequest("Malformed request method.")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
-            raise BadRequest("Malformed header line.")  # also obsolete line folding
-        headers.append((name.lower(), value.strip(b" \t")))
-    return method, target, version, headers
-
-
 def split_target(target: bytes) -> tuple[str, bytes]:
     """The decoded path and the raw query string of a request target."""
     path, _, query = target.partition(b"?")
@@ -117,37 +129,20 @@ def split_target(target: bytes) -> tuple[str, bytes]:
     return unquote_to_bytes(path).decode("utf-8", "surrogateescape"), query
 
 
-class Framing:
-    """How the request's body is delimited, and whether the connection goes on after."""
+def _frames_twice(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Both a length and a transfer coding: h11 reads the body as chunked, as the RFC
+    says, but a proxy in front might have used the length; such a request is how
+    smuggling is tried, so it is refused (the RFC allows it)."""
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
-    __slots__ = ("length", "chunked", "close_after", "expect_continue")
 
-    def __init__(self, version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self.close_after = version == b"HTTP/1.0"
-        self.expect_continue = False
-        length: int | None = None
-        chunked = False
-        for name, value in headers:
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise BadRequest("Bad Content-Length.")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(b",")]
-                if codings[-1] != b"chunked" or version == b"HTTP/1.0":
-                    raise BadRequest("Only the chunked transfer coding is accepted.", 501)
-                chunked = True
-            elif name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    self.close_after = True
-            elif name == b"expect":
-                if value.lower() == b"100-continue":
-                    self.expect_continue = version == b"HTTP/1.1"
-        if chunked and length is not None:
-            raise BadRequest("Both Content-Length and Transfer-Encoding.")
-        self.chunked = chunked
-        self.length = length or 0
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The declared body length (h11 has checked it is one decimal number)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return 0
 
 
 class Connection:
@@ -166,37 +161,36 @@ class Connection:
         self.server = server
         self.client = client
         self.local = local
-        self.buffer = bytearray()
-        self.eof = False
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.request_line: str | None = None  # for the log of an unexpected error
+        self.yielded = False  # since the current request began
 
     # -- the socket ----------------------------------------------------------------
-    async def _fill(self) -> None:
-        """Read more bytes into the buffer (raises PeerGone at end of stream)."""
-        if self.eof:
-            raise PeerGone
+    async def _receive(self) -> None:
+        """Feed the next bytes to h11; PeerGone at the end of the stream. Always yields
+        to trio once, so that a peer whose bytes are always there cannot hold the loop."""
         while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
-                continue
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except BlockingIOError:  # woken for nothing (it happens): wait again
+                    continue
+                except OSError:
+                    data = b""
+                break
             except OSError:
                 data = b""
-            if not data:
-                self.eof = True
-                raise PeerGone
-            self.buffer += data
-            return
-
-    async def _fill_body(self) -> None:
-        """``_fill`` for a body: a piece that takes over ``head_timeout`` ends the
-        connection (its scope is cancelled)."""
-        deadlines = self.server.deadlines
-        deadlines.set(self.scope, self.server.head_timeout)
-        try:
-            await self._fill()
-        finally:
-            deadlines.clear(self.scope)
+            await trio.lowlevel.checkpoint()
+            break
+        self.yielded = True
+        if not data:
+            # A request cut short by the end of the stream gets no answer: its peer is
+            # gone or has said it sends nothing more, and an answer tells it nothing.
+            raise PeerGone
+        self.h11.receive_data(data)
 
     async def _write(self, data: bytes | memoryview) -> None:
         try:
@@ -222,21 +216,17 @@ class Connection:
             raise PeerGone
 
     # -- requests --------------------------------------------------------------------
-    async def _read_head(self) -> bytes | None:
-        """The next request's head, without its blank line; None when the connection
-        should end quietly (the peer closed, or the server is stopping). Waiting longer
-        than the keep-alive timeout (idle) or the head timeout (once the head started)
-        cancels the connection's scope."""
-        buffer = self.buffer
-        while buffer[:2] == b"\r\n":  # tolerated before a request line
-            del buffer[:2]
-        end = buffer.find(b"\r\n\r\n")
-        if 0 <= end <= MAX_HEAD:  # pipelined: already here
-            head = bytes(buffer[:end])
-            del buffer[: end + 4]
-            return head
+    async def _next_request(self) -> h11.Request | None:
+        """The next request's head; None when the connection should end quietly (the
+        peer closed, or the server is stopping). Waiting longer than the keep-alive
+        timeout (idle) or the head timeout (once the head started) cancels the
+        connection's scope."""
+        parser = self.h11
+        event = parser.next_event()
+        if event is not h11.NEED_DATA:  # pipelined: already here
+            return event if isinstance(event, h11.Request) else None
         server = self.server
-        idle = not buffer
+        idle = not parser.trailing_data[0]
         if idle:
             if server.stopping:
                 return None
@@ -245,150 +235,200 @@ class Connection:
         else:
             server.deadlines.set(self.scope, server.head_timeout)
         try:
-            while True:
-                while buffer[:2] == b"\r\n":
-                    del buffer[:2]
-                end = buffer.find(b"\r\n\r\n")
-                if end >= 0:
-                    if end > MAX_HEAD:
-                        raise BadRequest("The request head is too large.", 431)
-                    head = bytes(buffer[:end])
-                    del buffer[: end + 4]
-                    return head
-                if len(buffer) > MAX_HEAD:
-                    raise BadRequest("The request head is too large.", 431)
+            while event is h11.NEED_DATA:
                 try:
-                    await self._fill()
+                    await self._receive()
                 except PeerGone:
                     return None
-                if idle:  # the request started: no longer idle
+                if idle:  # the request started: the head's deadline runs from here
                     server.idle.discard(self)
                     server.deadlines.set(self.scope, server.head_timeout)
                     idle = False
+                event = parser.next_event()
         finally:
             server.idle.discard(self)
             server.deadlines.clear(self.scope)
+        return event if isinstance(event, h11.Request) else None
 
-    async def _read_body(self, framing: Framing) -> bytes:
+    async def _read_body(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The whole body, within ``body_timeout`` in all (not per read)."""
+        parser = self.h11
         limit = self.server.max_body
-        if framing.length > limit:
+        if _content_length(headers) > limit:
             raise _too_large(limit)
-        if framing.expect_continue and (framing.chunked or framing.length):
-            await self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if framing.chunked:
-            return await self._read_chunked(limit)
-        length = framing.length
-        while len(self.buffer) < length:
-            await self._fill_body()
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return body
-
-    async def _line(self) -> bytes:
-        buffer = self.buffer
-        while True:
-            end = buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 2]
-                return line
-            if len(buffer) > MAX_CHUNK_LINE:
-                raise BadRequest("Malformed chunked body.")
-            await self._fill_body()
-
-    async def _read_chunked(self, limit: int) -> bytes:
+        if parser.they_are_waiting_for_100_continue:
+            await self._write(parser.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
-        while True:
-            size_text = (await self._line()).partition(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest("Malformed chunked body.") from None
-            if size == 0:
-                while await self._line():  # trailer fields, ignored
-                    pass
-                return bytes(body)
-            if len(body) + size > limit:
-                raise _too_large(limit)
-            while len(self.buffer) < size:
-                await self._fill_body()
-            body += self.buffer[:size]
-            del self.buffer[:size]
-            if await self._line() != b"":
-                raise BadRequest("Malformed chunked body.")
+        pieces = 0  # chunks, or reads of a body with a length: each costs h11 an event
+        deadline_set = False
+        try:
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    if not deadline_set:
+                        self.server.deadlines.set(self.scope, self.server.body_timeout)
+                        deadline_set = True
+                    await self._receive()
+                elif isinstance(event, h11.Data):
+                    if len(body) + len(event.data) > limit:
+                        raise _too_large(limit)
+                    body += event.data
+                    pieces += 1
+                    if pieces % YIELD_EVERY_PIECES == 0:
+                        await trio.lowlevel.checkpoint()
+                    if pieces > MAX_BODY_PIECES:
+                        raise BadRequest(f"The body came in over {MAX_BODY_PIECES} pieces.")
+                elif isinstance(event, h11.EndOfMessage):
+                    return bytes(body)
+                else:  # pragma: no cover - h11 sends nothing else inside a request
+                    raise BadRequest("Malformed request body.")
+        finally:
+            if deadline_set:
+                self.server.deadlines.clear(self.scope)
 
     async def run(self) -> None:
         try:
-            while True:
-                try:
-                    head = await self._read_head()
-                    if head is None:
-                        return
-                    started = time.perf_counter()
-                    method, target, version, headers = parse_head(head)
-                    path, query = split_target(target)
-                    if path == "/ws":  # the front door takes first ones
-                        raise BadRequest(WS_LATE)
-                    framing = Framing(version, headers)
-                    body = await self._read_body(framing)
-                except BadRequest as error:
-                    await self._refuse(error)
-                    return
-                request = Request(
-                    method.decode("ascii"),
-                    path,
-                    query,
-                    headers,
-                    body,
-                    server=self.local,
-                    client=self.client,
-                )
-                try:
-                    response = await self.server.handler(request)
-                except Exception:  # the handler answers its own errors; this is a bug
-                    log.exception("the handler failed on %s %s", request.method, path)
-                    response = error_response(errors.EngineError(INTERNAL))
-                    framing.close_after = True
-                keep_alive = not framing.close_after and not self.server.stopping
-                await self._respond(request, response, keep_alive)
-                self.server.log_access(self, request, response, started)
-                if not keep_alive:
-                    return
+            while await self._serve_one():
+                pass
         except PeerGone:
-            return
+            pass
+        except Exception as error:  # a bug, not the peer's doing: this connection only
+            connection_failed("http", self._peer(), self.request_line, error)
         finally:
             self.sock.close()
 
-    async def _respond(self, request: Request, response: Response, keep_alive: bool) -> None:
+    def _peer(self) -> str | None:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else None
+
+    async def _serve_one(self) -> bool:
+        """Read, answer and log one request; False when the connection should end."""
+        self.yielded = False
+        try:
+            event = await self._next_request()
+            if event is None:
+                return False
+            started = time.perf_counter()
+            method = event.method.decode("ascii")
+            self.request_line = f"{method} {event.target.decode('latin-1')}"[:300]
+            if event.http_version not in VERSIONS:
+                raise BadRequest("Only HTTP/1.0 and HTTP/1.1 are served here.", 505)
+            path, query = split_target(event.target)
+            if path == "/ws":  # the front door takes first ones
+                raise BadRequest(WS_LATE)
+            headers = list(event.headers)
+            if _frames_twice(headers):
+                raise BadRequest("Both Content-Length and Transfer-Encoding.")
+            body = await self._read_body(headers)
+        except h11.RemoteProtocolError as error:
+            # h11 raises from inside its own except block, so the error's traceback
+            # holds a frame that holds the error: a cycle (with the connection's
+            # buffer in it) that only the cyclic GC would free, and cli.tune_gc makes
+            # that rare. Dropping the traceback frees it now.
+            error.__traceback__ = None
+            await self._refuse(_refused_by_h11(error))
+            return False
+        except BadRequest as error:
+            await self._refuse(error)
+            return False
+        request = Request(method, path, query, headers, body, server=self.local, client=self.client)
+        try:
+            response = await self.server.handler(request)
+        except Exception:  # the handler answers its own errors; this is a bug
+            log.exception("the handler failed on %s %s", request.method, path)
+            response = error_response(errors.EngineError(INTERNAL))
+        keep_alive = not self.server.stopping
+        try:
+            answer = self._frame(request, response, keep_alive)
+        except (h11.LocalProtocolError, UnicodeError):  # a header no client could read
+            log.exception("unsendable answer to %s %s", request.method, path)
+            response = error_response(errors.EngineError(INTERNAL))
+            answer = self._frame(request, response, keep_alive=False)
+        await self._write(answer)
+        self.server.log_access(self, request, response, started)
+        if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+            return False  # connection: close, HTTP/1.0, or a refusal
+        self.h11.start_next_cycle()
+        self.request_line = None
+        if not self.yielded:  # pipelined: its bytes were already here
+            await trio.lowlevel.checkpoint()
+        return True
+
+    def _frame(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         status = response.status
-        body = response.body
-        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        headers: list[tuple[bytes, bytes]] = []
         if response.content_type is not None:
-            head += b"content-type: %s\r\n" % response.content_type.encode("latin-1")
+            headers.append((b"content-type", response.content_type.encode("latin-1")))
         for name, value in response.headers:
-            head += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
         if status >= 200 and status not in (204, 304):
-            head += b"content-length: %d\r\n" % len(body)
-        head += b"date: %s\r\n" % http_date()
+            headers.append((b"content-length", b"%d" % len(response.body)))
+        headers.append((b"date", http_date()))
         if not keep_alive:
-            head += b"connection: close\r\n"
-        head += b"\r\n"
-        if request.method != "HEAD" and status not in (204, 304):
-            head += body
-        await self._write(head)
+            headers.append((b"connection", b"close"))
+        parser = self.h11
+        data = parser.send(
+            h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+        )
+        assert data is not None
+        if request.method != "HEAD" and status not in (204, 304) and response.body:
+            data += parser.send(h11.Data(data=response.body)) or b""
+        return data + (parser.send(h11.EndOfMessage()) or b"")
 
     async def _refuse(self, error: BadRequest) -> None:
-        body = orjson.dumps(error.kind(error.detail).body())
-        head = (
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"date: %s\r\nconnection: close\r\n\r\n"
-            % (error.status, _REASONS.get(error.status, b""), len(body), http_date())
-        )
+        body = error_body(error.kind(error.detail))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"date", http_date()),
+            (b"connection", b"close"),
+        ]
+        parser = self.h11
         try:
-            await self._write(head + body)
+            answer = parser.send(
+                h11.Response(
+                    status_code=error.status,
+                    headers=headers,
+                    reason=_REASONS.get(error.status, b""),
+                )
+            )
+        except h11.LocalProtocolError:  # mid-answer already: nothing valid left to say
+            return
+        answer = answer or b""
+        if parser.our_state is h11.SEND_BODY:
+            try:
+                answer += parser.send(h11.Data(data=body)) or b""
+            except h11.LocalProtocolError:  # a HEAD request: the length, but no body
+                pass
+        try:
+            await self._write(answer)
         except PeerGone:
-            pass
+            return
         self.server.log_refusal(self, error, len(body))
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Close the way that lets the refusal arrive: closing a socket with unread
+        bytes sends a reset, and a reset can make the peer's kernel drop the answer
+        before its application read it. So: end our side, then read and drop what the
+        peer still sends, up to ``LINGER_BYTES`` or ``LINGER_SECONDS`` in all."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        dropped = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while dropped < LINGER_BYTES:
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self.sock)
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                dropped += len(data)
+                await trio.lowlevel.checkpoint()
 
 
 class Http1Server:
@@ -399,7 +439,8 @@ class Http1Server:
         handler: Handler,
         *,
         keep_alive_timeout: float = 5.0,
-        head_timeout: float = 30.0,  # for the rest of a head, and each piece of a body
+        head_timeout: float = 30.0,  # for the rest of a head, from its first byte
+        body_timeout: float = 30.0,  # for a whole body, from the end of its head
         write_timeout: float = 60.0,
         max_body: int = MAX_BODY_BYTES,
         access_log: logging.Logger | None = None,
@@ -409,6 +450,7 @@ class Http1Server:
         self.max_body = max_body
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
         self.write_timeout = write_timeout
         self.idle: set[Connection] = set()  # waiting for a request, none begun
         self.deadlines = deadlines or Deadlines()

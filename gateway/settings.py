@@ -311,6 +311,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         metavar="ADDRESSES",
     ),
     Option(
+        "--max-connections",
+        integer(1),
+        None,
+        "connections (HTTP and WebSocket) served at once; one past it is answered 503 "
+        "and closed (none: the soft limit on open files, less 64)",
+    ),
+    Option(
         "--history-limit",
         integer(1),
         "1000",

@@ -144,8 +144,15 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status)
 
 
+def error_body(error: errors.EngineError) -> bytes:
+    """The JSON body of every error answer, on every transport: ``{"code", "detail",
+    "errors"?}``. The one place it is built, so that no path can write it differently
+    (or write invalid JSON by pasting a detail into a template)."""
+    return orjson.dumps(error.body())
+
+
 def error_response(error: errors.EngineError) -> Response:
-    response = Response(orjson.dumps(error.body()), error.status)
+    response = Response(error_body(error), error.status)
     retry_after = getattr(error, "retry_after", None)  # a 429 says when to come back
     if retry_after is not None:
         response.headers.append(("Retry-After", str(retry_after)))

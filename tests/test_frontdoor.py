@@ -22,7 +22,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from gateway import frontdoor
+from gateway import failures, frontdoor
 from gateway.deadlines import Deadlines
 from gateway.wsconn import WsLimits
 from tests.conftest import ADMIN_TOKEN, Server, World, build_world, start_server
@@ -262,3 +262,34 @@ async def test_deadlines_cancel_late_scopes_only(autojump_clock: trio.testing.Mo
     assert 5.0 <= ended["five"] <= 5.25 and 1.0 <= ended["one"] <= 1.25
     assert ended["cleared"] == 11.0  # never cancelled: 1 s, then its full 10 s
     assert len(deadlines) == 0
+
+
+async def test_a_bug_while_classifying_a_connection_closes_only_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The front door's exception boundary: a failure in one connection (here an
+    injected bug in the peek) is logged and counted, and ends that connection only."""
+    real_peek = frontdoor._peek_kind
+
+    async def buggy_peek(conn: socket.socket) -> str:
+        kind = await real_peek(conn)
+        if conn.recv(4, socket.MSG_PEEK) == b"BOOM":
+            raise RuntimeError("a bug in the peek")
+        return kind
+
+    monkeypatch.setattr(frontdoor, "_peek_kind", buggy_peek)
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery)
+    before = failures.connection_errors["http"]
+    doomed = await trio.open_tcp_stream("127.0.0.1", port_of(server))
+    await doomed.send_all(b"BOOM /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(10):
+        try:  # closed, no answer: an end of stream, or a reset (its bytes unread)
+            assert await doomed.receive_some(100) == b""
+        except trio.BrokenResourceError:
+            pass
+    assert failures.connection_errors["http"] == before + 1
+    [line] = [r for r in caplog.records if r.name == "chat_engine.connection"]
+    assert "a bug in the peek" in line.fields["error"]  # type: ignore[attr-defined]
+    async with server.client() as client:
+        assert (await client.get("/healthz")).status_code == 200

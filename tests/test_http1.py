@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from gateway import failures
 from gateway.http1 import Http1Server
 from gateway.web import Request, Response
 from tests.conftest import ADMIN_TOKEN, Server, start_server
@@ -132,7 +133,9 @@ async def test_http_1_0_and_connection_close_end_the_connection(server: Server) 
 
 async def test_head_has_the_length_but_no_body(server: Server) -> None:
     conn = await Conn.open(server)
-    await conn.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+    await conn.send(
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     status, headers, _ = await conn.response(head=True)
     assert status == 200 and headers["content-length"] == "15"
     status, _, body = await conn.response()  # the next response follows at once
@@ -144,15 +147,15 @@ async def test_head_has_the_length_but_no_body(server: Server) -> None:
     [
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n", 400),
-        (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
-        (b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: x1\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nContent-Length: x1\r\n\r\n", 400),
         (
-            b"POST /api/v5/orgs HTTP/1.1\r\nContent-Length: 3\r\n"
+            b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n",
             400,
         ),
-        (b"POST /api/v5/orgs HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
     ],
 )
@@ -267,7 +270,7 @@ async def test_an_idle_connection_closes_after_the_keep_alive_timeout(
 ) -> None:
     server = Http1Server(echo_app, keep_alive_timeout=5.0)
     ours, theirs = socket_pair()
-    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+    theirs.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
     with trio.fail_after(60):
         await serve(server, ours)  # answers, then waits for the next request
     assert 5.0 <= trio.current_time() < 6.0
@@ -299,7 +302,9 @@ async def test_stopping_closes_idle_connections_at_once_and_answers_with_close(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve, server, idle, busy)
         await trio.sleep(1.0)  # virtual: both connections are waiting for a request
-        busy_peer.send(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\n")  # half a request
+        busy_peer.send(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
+        )  # half a request
         await trio.sleep(1.0)
         server.stop()
         busy_peer.send(b"ok")
@@ -337,9 +342,120 @@ async def test_a_stalled_body_ends_its_connection(autojump_clock: trio.testing.M
 
     server = Http1Server(handler, head_timeout=30.0)
     ours, theirs = socket_pair()
-    theirs.send(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    theirs.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     with trio.fail_after(120):
         await serve(server, ours)
     assert seen == [] and 30 <= trio.current_time() < 31
     assert theirs.recv(100) == b""  # closed, no answer
+    theirs.close()
+
+
+async def _trickle(sock: socket.socket, data: bytes, every: float) -> None:
+    """A slowloris peer: one byte of ``data`` every ``every`` seconds (virtual), until
+    the server closes the connection."""
+    for byte in data:
+        await trio.sleep(every)
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            return
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_cut_off_at_its_total_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each byte comes well within the deadline, but the head as a whole does not: the
+    deadline runs from its first byte and no read moves it."""
+    server = Http1Server(echo_app, keep_alive_timeout=5.0, head_timeout=30.0)
+    ours, theirs = socket_pair()
+    theirs.send(b"G")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_trickle, theirs, b"ET /x HTTP/1.1\r\nHost: x\r\n" * 10, 3.0)
+        with trio.fail_after(120):
+            await serve(server, ours)
+        nursery.cancel_scope.cancel()
+    assert 30.0 <= trio.current_time() < 31.0
+    assert _closed_without_answer(theirs)
+    theirs.close()
+
+
+def _closed_without_answer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:  # closed with the trickled bytes unread
+        return True
+
+
+async def test_a_body_sent_a_byte_at_a_time_is_cut_off_at_its_total_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request)
+        return Response(b"", 200, None)
+
+    server = Http1Server(handler, body_timeout=30.0)
+    ours, theirs = socket_pair()
+    theirs.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_trickle, theirs, b"x" * 100, 10.0)  # 1,000 s for the whole
+        with trio.fail_after(120):
+            await serve(server, ours)
+        nursery.cancel_scope.cancel()
+    assert seen == [] and 30.0 <= trio.current_time() < 31.0
+    assert _closed_without_answer(theirs)
+    theirs.close()
+
+
+async def test_a_bug_in_one_connection_closes_it_is_logged_and_counted_and_others_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A response the code cannot frame (a bug: its body is not bytes) reaches the
+    connection's boundary: that connection closes, one JSON-able log line names its
+    peer and request line, the counter moves, and the next connection is served."""
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/bug":
+            return Response(None, 200)  # type: ignore[arg-type]
+        return Response(b"fine", 200, None)
+
+    before = failures.connection_errors["http"]
+    server = Http1Server(handler)
+    broken, broken_peer = socket_pair()
+    healthy, healthy_peer = socket_pair()
+    broken_peer.send(b"GET /bug HTTP/1.1\r\nHost: x\r\n\r\n")
+    healthy_peer.send(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with trio.fail_after(10):
+        await serve(server, broken, healthy)
+    assert broken_peer.recv(100) == b""
+    assert healthy_peer.recv(1000).endswith(b"\r\n\r\nfine")
+    assert failures.connection_errors["http"] == before + 1
+    [record] = [r for r in caplog.records if r.name == "chat_engine.connection"]
+    assert record.fields["request"] == "GET /bug"  # type: ignore[attr-defined]
+    assert record.fields["kind"] == "http" and "TypeError" in record.fields["error"]  # type: ignore[attr-defined]
+    for peer in (broken_peer, healthy_peer):
+        peer.close()
+
+
+@pytest.mark.parametrize(("pieces", "status"), [(4096, 200), (4097, 400)])
+async def test_a_body_may_come_in_at_most_4096_chunks(pieces: int, status: int) -> None:
+    """Each chunk costs h11 an event: a body in one-byte chunks would cost ~10 µs of
+    CPU a byte, so the number of pieces is bounded (and 4,096 is plenty)."""
+    server = Http1Server(echo_app)
+    ours, theirs = socket_pair()
+    theirs.setblocking(True)
+    request = (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1\r\nx\r\n" * pieces
+        + b"0\r\n\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, server, ours)
+        await trio.to_thread.run_sync(theirs.sendall, request)
+        theirs.shutdown(socket.SHUT_WR)
+        answer = await trio.to_thread.run_sync(theirs.recv, 65536)
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    if status == 200:
+        assert answer.endswith(b"\r\n\r\n" + b"x" * pieces)
     theirs.close()

@@ -71,6 +71,7 @@ SAMPLES = {
     "cors_origins": "https://shop.example",
     "forwarded_allow_ips": "10.0.0.0/8",
     "history_limit": "10",
+    "max_connections": "500",
     "session_queue": "20",
     "session_queue_bytes": "65536",
     "session_queue_budget": "1048576",
