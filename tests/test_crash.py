@@ -36,6 +36,10 @@ class Ledger:
     # (chat, user) -> acknowledged presence, for pairs with no request left in flight
     presence: dict[tuple[str, str], bool] = field(default_factory=dict)
     in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # pairs whose acknowledged presence cannot be told from the answers' order: a resume
+    # that joined a chat this worker did not know of when it asked (created meanwhile),
+    # so joins and leaves of that pair may have been applied on either side of it
+    uncertain: set[tuple[str, str]] = field(default_factory=set)
     acknowledged: int = 0
 
 
@@ -85,7 +89,7 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
                 response = await client.delete(f"{base}/chats/{chat}/presences/{user}")
                 ok = response.status_code in (204, 404)
             ledger.in_flight[pair] -= 1
-            if ok and ledger.in_flight[pair] == 0:
+            if ok and ledger.in_flight[pair] == 0 and pair not in ledger.uncertain:
                 ledger.presence[pair] = joining
                 ledger.acknowledged += 1
         else:
@@ -108,11 +112,19 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
                 ledger.in_flight[pair] -= 1
             if response.status_code in (200, 201):
                 chat_id = response.json()["id"]
+                known = chat_id in ledger.chats  # others may have joined or left it already
                 ledger.chats.add(chat_id)
                 ledger.chat_visitor[chat_id] = visitor
                 ledger.acknowledged += 1
-                if resume and ledger.in_flight[(chat_id, user)] == 0:
-                    ledger.presence[(chat_id, user)] = True
+                pair = (chat_id, user)
+                if not resume:
+                    pass
+                elif (response.status_code == 201 and not known) or pair in touched:
+                    if ledger.in_flight[pair] == 0 and pair not in ledger.uncertain:
+                        ledger.presence[pair] = True
+                else:  # a chat others may have joined or left while this call was in flight
+                    ledger.uncertain.add(pair)
+                    ledger.presence.pop(pair, None)
 
 
 async def all_pages(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
