@@ -23,11 +23,13 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import frontdoor, logs
+from gateway import frontdoor, logs, maintenance
 from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.ws import WsSettings
 from gateway.wsconn import WsLimits
+from persistence import datadir
+from persistence.errors import refusal_in
 from persistence.store import DEFAULT_SNAPSHOT_RECORDS, Store
 from persistence.wal import FSYNC_MODES
 
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "calls the routes directly) or hypercorn (through quart-trio, ~4x the CPU per "
         "request; HTTP/2 is always hypercorn's)",
     )
+    maintenance.add_commands(commands)
     return parser
 
 
@@ -207,6 +210,9 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT. ``engine`` lets tests inject one with its own clock,
     ``ws_limits`` shorter WebSocket timeouts."""
+    # One process per data directory, claimed before anything in it is read; held until
+    # serve returns (the kernel drops it if the process dies).
+    data_dir_lock = None if options.in_memory else datadir.claim(Path(options.data_dir))
     token = admin_token(options)
     if engine is None:
         store = None
@@ -305,6 +311,8 @@ async def serve(
         await engine.drain()
         log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
         nursery.cancel_scope.cancel()
+    if data_dir_lock is not None:
+        data_dir_lock.release()
 
 
 def tune_gc() -> None:
@@ -323,11 +331,19 @@ def tune_gc() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     options = build_parser().parse_args(argv)
     logs.setup(options.log_level)
+    if options.command in maintenance.COMMANDS:
+        sys.exit(maintenance.run(options))
     if options.command == "serve":
         try:
             trio.run(serve, options)
         except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
             sys.exit(130)
+        except BaseException as error:  # a refusal: one line and status 2, no traceback
+            refusal = refusal_in(error)
+            if refusal is None:
+                raise
+            print(f"chat-engine: {refusal}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

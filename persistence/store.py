@@ -5,9 +5,13 @@ newest two snapshots), ``epoch`` (names the life of the channel histories: it ch
 only when the directory is wiped) and ``admin.token``.
 
 Recovery: the newest readable snapshot (or an empty state), then every log record
-after its position, applied exactly as when they were first committed; a torn or
-corrupt tail is cut. Log segments are kept back to the *older* of the two snapshots, so
-falling back to it still finds every record since.
+after its position, applied exactly as when they were first committed; an incomplete
+last write is cut, and damage that hides a needed record refuses the start
+(``persistence.scan``). Log segments are kept back to the *older* of the two snapshots,
+so falling back to it still finds every record since.
+
+The directory's lock and permissions are ``persistence.datadir``'s: whoever opens a
+``Store`` on a real data directory claims it first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from engine.actors.router import ChannelRouter
 from engine.facts import Fact
 from engine.state import State
 from persistence import snapshot
-from persistence.wal import FileOps, WriteAheadLog, read_log
+from persistence.datadir import create_private, make_private_dir
+from persistence.scan import read_log
+from persistence.wal import FileOps, WriteAheadLog
 
 log = logging.getLogger("chat_engine.store")
 
@@ -71,12 +77,13 @@ class Store:
         self.snapshots_taken = 0
 
     def epoch(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
         path = self.data_dir / "epoch"
         if path.exists():
             return path.read_text().strip()
         value = secrets.token_hex(8)
-        path.write_text(value + "\n")
+        with open(create_private(path), "w") as handle:
+            handle.write(value + "\n")
         return value
 
     def recover(
@@ -91,12 +98,17 @@ class Store:
         ``router``, tell ``loaded`` its log position, then hand every log record after
         it to ``apply``, in order, as it is read."""
         started = time.perf_counter()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        found = snapshot.load_newest(self.data_dir, state, router)
+        make_private_dir(self.data_dir)
+        removed = snapshot.remove_temporary(self.data_dir)  # a writer killed mid-way
+        if removed:
+            log.warning("half-written snapshots removed", extra={"fields": {"files": removed}})
+        unreadable: list[tuple[Path, str]] = []
+        found = snapshot.load_newest(self.data_dir, state, router, unreadable)
         base = found.lsn if found is not None else 0
         snapshot_seconds = time.perf_counter() - started
         loaded(base)
-        tail = read_log(self.data_dir, after_lsn=base, apply=apply)
+        context = "".join(f"; {path.name} is unreadable ({error})" for path, error in unreadable)
+        tail = read_log(self.data_dir, after_lsn=base, apply=apply, context=context)
         recovered = Recovered(
             state=state,
             snapshot_lsn=base,
