@@ -337,3 +337,18 @@ async def test_metrics_show_the_log(tmp_path: Path) -> None:
     )
     assert float(records.split()[-1]) >= 8  # org, room, user, visitor, chat, 3 messages
     assert "chat_engine_wal_fsync_seconds_max" in text and "chat_engine_applied_lsn" in text
+    # fsync latency is a histogram: one fsync per group commit, each in some bucket
+    count = float(next_value(text, "chat_engine_wal_fsync_duration_seconds_count"))
+    assert count >= 1
+    assert (
+        float(next_value(text, 'chat_engine_wal_fsync_duration_seconds_bucket{le="+Inf"}')) == count
+    )
+    assert (
+        float(next_value(text, 'chat_engine_wal_fsync_duration_seconds_bucket{le="0.0001"}'))
+        <= count
+    )
+    assert float(next_value(text, "chat_engine_wal_fsync_duration_seconds_sum")) > 0
+
+
+def next_value(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1]
