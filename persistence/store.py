@@ -17,6 +17,7 @@ The directory's lock and permissions are ``persistence.datadir``'s: whoever open
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ log = logging.getLogger("chat_engine.store")
 # loaded from a snapshot), and costs a fork plus the child's encoding (~7 s of CPU at that
 # size, on another core).
 DEFAULT_SNAPSHOT_RECORDS = 25_000
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# Tests only: a smaller log segment, so that a test server writes several of them.
+TEST_SEGMENT_BYTES_ENV = "TEST_CHAT_ENGINE_SEGMENT_BYTES"
 
 
 @dataclass(slots=True)
@@ -60,7 +64,7 @@ class Store:
         fsync: str = "always",
         snapshot_interval: float = 60.0,
         snapshot_records: int = DEFAULT_SNAPSHOT_RECORDS,
-        segment_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int | None = None,
         file_ops: FileOps | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -68,6 +72,8 @@ class Store:
         # a snapshot is also due once this many records were logged since the last one,
         # which bounds the log tail a restart replays (docs/durability.md)
         self.snapshot_records = snapshot_records
+        if segment_bytes is None:
+            segment_bytes = int(os.environ.get(TEST_SEGMENT_BYTES_ENV) or DEFAULT_SEGMENT_BYTES)
         self.wal = WriteAheadLog(
             data_dir, fsync=fsync, segment_bytes=segment_bytes, file_ops=file_ops
         )
