@@ -52,12 +52,14 @@ def add_commands(commands: Any) -> None:
         "check", help="read a data directory's snapshots and log and report any damage"
     )
     check.add_argument("--data-dir", default="./data")
+    check.add_argument("--log-level", default="warning")
     repair = commands.add_parser(
         "repair",
         help="drop a data directory's damaged log records and keep everything after them "
         "(copies changed segments to <data-dir>/damaged/ first)",
     )
     repair.add_argument("--data-dir", default="./data")
+    repair.add_argument("--log-level", default="warning")
 
 
 def run(options: argparse.Namespace) -> int:

@@ -38,10 +38,13 @@ def create_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUN
 
 
 def make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` 0700 whatever the umask, or tighten an existing one (loudly)."""
+    existed = path.is_dir()
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode != DIR_MODE:
         path.chmod(DIR_MODE)
+    if existed and mode != DIR_MODE:
         log.warning(
             "data directory permissions tightened",
             extra={"fields": {"path": str(path), "was": oct(mode), "now": oct(DIR_MODE)}},
