@@ -3,6 +3,7 @@ and a snapshot writer that neither outlives the server nor keeps its sockets."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -10,7 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from persistence import snapshot
 from persistence.snapshot import TEST_DELAY_ENV
 from tests.serverproc import HEADERS, launch
 
@@ -133,3 +136,26 @@ def test_kill_9_during_a_snapshot_then_an_immediate_restart_on_the_same_port(
             assert restarted.stop() == 0
         if writer is not None and not gone(writer):  # a failed test leaves no writer
             os.kill(writer, signal.SIGKILL)
+
+
+def test_an_unusable_data_dir_is_a_one_line_refusal(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("a file where the data directory should be\n")
+    outcome = launch(not_a_dir)
+    assert outcome.returncode == 2
+    (line,) = outcome.stderr.strip().splitlines()
+    assert line.startswith("chat-engine: data directory") and "not a directory" in line
+
+
+def test_a_snapshot_write_that_fails_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at shutdown used to leave a 0-byte temporary snapshot behind."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapshot.os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        snapshot.write_file(tmp_path, 7, b"state" * 100)
+    assert list(tmp_path.iterdir()) == []
