@@ -151,6 +151,9 @@ def repair(path: Path) -> int:
             lost = range(problem.after_lsn + 1, problem.next_lsn)
             filler = b"".join(frame(lsn, []) for lsn in lost)
             what = f"lsn {lost.start}..{lost.stop - 1} ({len(lost)} record(s))" if lost else ""
+        elif problem.kind == "out of place":
+            filler = b""
+            what = f"the record out of place in {first.segment.name} at byte {first.offset}"
         else:
             filler = b""
             what = f"every record after lsn {problem.after_lsn} in {first.segment.name}"

@@ -56,7 +56,9 @@ class Region:
 
 @dataclass(slots=True)
 class Problem:
-    kind: str  # "damaged": unreadable bytes; "missing": lsns no segment holds
+    # "damaged": unreadable bytes; "missing": lsns no segment holds; "out of place": a
+    # readable record whose lsn is not above the one before it
+    kind: str
     after_lsn: int  # the last readable record before it
     next_lsn: int | None  # the first readable record after it; None: none follows
     regions: list[Region] = field(default_factory=list)
@@ -78,6 +80,8 @@ class Problem:
         first = self.regions[0]
         size = sum(region.end - region.offset for region in self.regions)
         where = f"{first.segment.name} at byte {first.offset} ({size} bytes)"
+        if self.kind == "out of place":
+            return f"a record out of place in {where}, after lsn {self.after_lsn}"
         if self.torn:
             return (
                 f"an incomplete last write in {where}, after lsn {self.after_lsn} "
@@ -187,7 +191,9 @@ def scan(
             if lsn <= last:  # a record out of place (a segment copied in twice?)
                 if lsn > after_lsn:
                     result.problems.append(
-                        Problem("damaged", last, None, [Region(path, offset, end, True, False)])
+                        Problem(
+                            "out of place", last, None, [Region(path, offset, end, True, False)]
+                        )
                     )
                     applying = False
                 offset = end
