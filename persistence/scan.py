@@ -50,7 +50,7 @@ class Region:
     segment: Path
     offset: int
     end: int
-    whole_record: bool  # its own header's length spans it exactly: one record, damaged
+    whole_record: bool  # one record, its header or content damaged
     incomplete: bool  # a header cut short, a length past the end of the file, or zeros
 
 
@@ -327,10 +327,13 @@ def _region(segment: Path, data: bytes, offset: int, end: int) -> Region:
         and zlib.crc32(data[start:]) != crc
     )
     never_written = end == len(data) and not data[offset:].strip(b"\0")
+    # One record whose header or content is damaged, if its own length spans the region,
+    # or if the region's bytes are the payload its CRC names (only the length damaged).
+    whole_record = start + length == end or zlib.crc32(data[start:end]) == crc
     return Region(
         segment,
         offset,
         end,
-        whole_record=start + length == end,
+        whole_record=whole_record,
         incomplete=end == len(data) and (cut_short or never_written),
     )

@@ -106,8 +106,11 @@ class Store:
         started = time.perf_counter()
         make_private_dir(self.data_dir)
         removed = snapshot.remove_temporary(self.data_dir)  # a writer killed mid-way
+        for stray in self.data_dir.glob(".wal-*.log.repair"):  # a repair killed mid-way
+            stray.unlink()
+            removed += 1
         if removed:
-            log.warning("half-written snapshots removed", extra={"fields": {"files": removed}})
+            log.warning("half-written files removed", extra={"fields": {"files": removed}})
         unreadable: list[tuple[Path, str]] = []
         found = snapshot.load_newest(self.data_dir, state, router, unreadable)
         base = found.lsn if found is not None else 0

@@ -146,6 +146,28 @@ async def test_a_flipped_byte_in_the_last_record_refuses_and_changes_nothing(
     assert segment.read_bytes() == bytes(data)
 
 
+async def test_damage_the_snapshot_covers_never_stops_a_start(tmp_path: Path) -> None:
+    """After a clean stop the snapshot covers every record: a byte flipped in the last
+    record's length (or anywhere in the log) costs nothing, and changes nothing."""
+    server = await boot(tmp_path)
+    world = await populate(server, 4)
+    assert server.stop() == 0
+    ((_, segment),) = segments(tmp_path)
+    last_offset = 0
+    data = bytearray(segment.read_bytes())
+    offset = 0
+    while offset < len(data):  # find the last record's header
+        last_offset = offset
+        offset += 8 + int.from_bytes(data[offset : offset + 4], "big")
+    data[last_offset + 3] ^= 0x04  # its length
+    segment.write_bytes(bytes(data))
+    server = await boot(tmp_path)
+    try:
+        assert await texts(server, world) == world["texts"]
+    finally:
+        server.stop()
+
+
 async def test_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -> None:
     server = await boot(tmp_path)
     world = await populate(server, 3)
