@@ -154,6 +154,9 @@ def repair(path: Path) -> int:
         elif problem.kind == "out of place":
             filler = b""
             what = f"the record out of place in {first.segment.name} at byte {first.offset}"
+        elif not rest and first.whole_record:
+            filler = b""
+            what = f"lsn {problem.after_lsn + 1} (1 record, the last)"
         else:
             filler = b""
             what = f"every record after lsn {problem.after_lsn} in {first.segment.name}"

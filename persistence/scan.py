@@ -87,6 +87,11 @@ class Problem:
                 f"an incomplete last write in {where}, after lsn {self.after_lsn} "
                 "(never acknowledged)"
             )
+        if self.next_lsn is None and len(self.regions) == 1 and first.whole_record:
+            return (
+                f"the last record, lsn {self.after_lsn + 1}, is whole but fails its check, "
+                f"in {where}"
+            )
         if self.next_lsn is None:
             return (
                 f"unreadable bytes in {where} after lsn {self.after_lsn}, to the end of "
