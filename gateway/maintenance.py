@@ -71,6 +71,9 @@ def run(options: argparse.Namespace) -> int:
         return 2
     try:
         return check(path) if options.command == "check" else repair(path)
+    except StartupRefused as found:  # a record that reads back whole but does not decode
+        print(f"chat-engine: {found}", file=sys.stderr, flush=True)
+        return 1
     finally:
         lock.release()
 
