@@ -109,11 +109,14 @@ def test_kill_9_during_a_snapshot_then_an_immediate_restart_on_the_same_port(
         (temporary,) = data_dir.glob(".snapshot-*.tmp")
         assert stat.S_IMODE(temporary.stat().st_mode) == 0o600
         (writer,) = child_pids(server.process.pid)
-        # the writer holds no socket of the server's: none of its descriptors is a socket
-        assert not any(
-            os.readlink(f"/proc/{writer}/fd/{fd}").startswith("socket:")
+        # the writer kept nothing of the server's (listening socket, connections, log,
+        # lock): beside stdio, its only descriptor is the file it writes
+        held = {
+            int(fd): os.readlink(f"/proc/{writer}/fd/{fd}")
             for fd in os.listdir(f"/proc/{writer}/fd")
-        )
+        }
+        assert [target for fd, target in held.items() if fd > 2] == [str(temporary)]
+        assert not any(target.startswith("socket:") for target in held.values())
     except BaseException:
         if writer is not None:  # a failed test leaves no writer behind
             os.kill(writer, signal.SIGKILL)
