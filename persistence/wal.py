@@ -21,6 +21,7 @@ before anything else is written, so a later success never follows garbage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -217,6 +218,10 @@ class WriteAheadLog:
         except OSError as error:
             self.next_lsn = first_lsn
             self._needs_cut = True
+            # Cut the half-written batch off now, not only before the next write: a crash
+            # in between would otherwise replay its whole records, answered 503, as writes.
+            with contextlib.suppress(OSError):  # else the next write cuts first
+                await trio.to_thread.run_sync(self._cut)
             self.stats["write_failures"] += 1
             log.error(
                 "log write failed", extra={"fields": {"error": str(error), "records": len(batch)}}
@@ -240,12 +245,15 @@ class WriteAheadLog:
         if self._size >= self.segment_bytes:
             await trio.to_thread.run_sync(self._rotate)
 
+    def _cut(self) -> None:
+        self.file_ops.truncate(self._fd, self._size)
+        self.file_ops.fsync(self._fd)
+        self._needs_cut = False
+
     def _write(self, data: bytes) -> None:
         ops = self.file_ops
         if self._needs_cut:
-            ops.truncate(self._fd, self._size)
-            ops.fsync(self._fd)
-            self._needs_cut = False
+            self._cut()
         ops.write(self._fd, data)
         if self.fsync_mode == "always":
             self._timed_fsync()

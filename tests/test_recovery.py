@@ -374,3 +374,44 @@ async def test_metrics_show_the_log(tmp_path: Path) -> None:
 
 def next_value(text: str, name: str) -> str:
     return next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1]
+
+
+class HalfWrites(FileOps):
+    """Writes half of each batch, then fails (fsync and truncate still work)."""
+
+    failing = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        if self.failing:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().write(fd, data)
+
+
+async def test_a_failed_batch_is_cut_off_at_once(tmp_path: Path) -> None:
+    """A batch answered 503 must not come back as writes if the process dies before
+    its next write: its half-written (some of them whole) records are cut at once."""
+    disk = HalfWrites()
+    engine = Engine(store=Store(tmp_path, file_ops=disk))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.directory.create_org("kept")
+        disk.failing = True
+        failures = []
+
+        async def lose(index: int) -> None:
+            try:
+                await engine.directory.create_org(f"lost {index}")
+            except Exception as error:
+                failures.append(error)
+
+        async with trio.open_nursery() as burst:  # one batch of four records
+            for index in range(4):
+                burst.start_soon(lose, index)
+        assert len(failures) == 4
+        # the process "dies" here: nothing else is written
+        log = read_log(tmp_path, 0)
+        assert [type(facts[0]).__name__ for _, facts in log.records] == ["OrgCreated"]
+        assert log.problems == [] and log.truncated_bytes == 0
+        nursery.cancel_scope.cancel()
+    engine.store.wal.close()  # type: ignore[union-attr]
