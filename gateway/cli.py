@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import frontdoor, logs
+from gateway import frontdoor, logs, maintenance
 from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.settings import (
@@ -40,6 +40,8 @@ from gateway.settings import (
 )
 from gateway.ws import WsSettings
 from gateway.wsconn import WsLimits
+from persistence import datadir
+from persistence.errors import StartupRefused
 from persistence.store import Store
 
 log = logging.getLogger("chat_engine")
@@ -53,7 +55,7 @@ class StartupError(Exception):
 
 
 # What main() reports as one line and exit status 2 instead of a traceback.
-STARTUP_ERRORS: tuple[type[Exception], ...] = (SettingsError, StartupError)
+STARTUP_ERRORS: tuple[type[Exception], ...] = (SettingsError, StartupError, StartupRefused)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable named in its help; a flag wins over its variable.",
     )
     add_options(serve, SERVE_OPTIONS)
+    maintenance.add_commands(commands)
     return parser
 
 
@@ -183,6 +186,24 @@ async def serve(
         os.environ, [option.env for option in SERVE_OPTIONS] + list(ENV_ONLY)
     ):
         log.warning("ignored: %s names no option", name, extra={"fields": {"variable": name}})
+    # One process per data directory, claimed before anything in it is read; held until
+    # serve returns, however it returns (the kernel drops it if the process dies).
+    if options.in_memory:
+        await _serve(options, engine, ws_limits, task_status)
+        return
+    data_dir_lock = datadir.claim(Path(options.data_dir))
+    try:
+        await _serve(options, engine, ws_limits, task_status)
+    finally:
+        data_dir_lock.release()
+
+
+async def _serve(
+    options: argparse.Namespace,
+    engine: Engine | None,
+    ws_limits: WsLimits | None,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     try:
         token = admin_token(options)
     except OSError as error:
@@ -340,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         options = build_parser().parse_args(argv)
         logs.setup(options.log_level)
+        if options.command in maintenance.COMMANDS:
+            sys.exit(maintenance.run(options))
         if options.command == "serve":
             trio.run(serve, options)
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C

@@ -8,14 +8,18 @@ Taking one must not stall the event loop, so it is written by a forked child pro
 records, which is exactly the state at the log position ``lsn``; the child encodes and
 writes it while the server goes on. The server only pauses for the ``fork`` call itself
 (its page-table copy), which is measured and logged. The child touches no trio object,
-no lock and no log handler, and leaves with ``os._exit``.
+no lock and no log handler, closes every descriptor it inherited, dies with the server
+(``PR_SET_PDEATHSIG``), and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import io
 import logging
 import os
+import signal
 import struct
 import time
 import zlib
@@ -30,6 +34,7 @@ import trio
 from engine.actors.router import ChannelRouter
 from engine.state import State
 from persistence.codec import decode_state_items, encode_state, pack
+from persistence.datadir import create_private
 
 log = logging.getLogger("chat_engine.snapshot")
 
@@ -57,14 +62,23 @@ def encode(lsn: int, state: State, router: ChannelRouter) -> bytes:
     return MAGIC + HEADER.pack(zlib.crc32(payload), len(payload)) + payload
 
 
-def write_file(directory: Path, lsn: int, data: bytes) -> Path:
+def write_file(directory: Path, lsn: int, data: bytes, *, delay: float = 0.0) -> Path:
+    """Write through a temporary file (0600), removed again if anything fails (a full
+    disk leaves nothing behind). ``delay``: seconds to wait with the temporary file open
+    (tests only: it makes a snapshot slow enough to crash the server during one)."""
     path = directory / snapshot_name(lsn)
     temporary = directory / f".{path.name}.tmp"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(create_private(temporary), "wb") as handle:
+            if delay:
+                time.sleep(delay)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,31 +93,44 @@ class Loaded:
     path: Path
 
 
-def load_newest(directory: Path, into: State, router: ChannelRouter) -> Loaded | None:
+def load_newest(
+    directory: Path,
+    into: State,
+    router: ChannelRouter,
+    unreadable: list[tuple[Path, str]] | None = None,
+) -> Loaded | None:
     """Load the newest snapshot that reads back whole into ``into`` and ``router``; a
-    corrupt one is skipped (loudly) in favour of the one before, whose longer log tail
-    then gets replayed."""
+    corrupt one is skipped (loudly, and added to ``unreadable`` with its error) in
+    favour of the one before, whose longer log tail then gets replayed."""
     for _, path in reversed(snapshots(directory)):
         try:
-            data = path.read_bytes()
-            if not data.startswith(MAGIC):
-                raise ValueError("bad magic")
-            crc, length = HEADER.unpack_from(data, len(MAGIC))
-            payload = data[len(MAGIC) + HEADER.size :]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                raise ValueError("checksum mismatch")
-            # a corrupt snapshot must not half-fill ``into`` or ``router``
-            fresh, fresh_router = State(), router.empty_copy()
-            lsn = _read(payload, fresh, fresh_router)
-            into.take_over(fresh)
-            router.take_over(fresh_router)
-            return Loaded(lsn, path)
+            return Loaded(load_file(path, into, router), path)
         except Exception as error:
+            if unreadable is not None:
+                unreadable.append((path, str(error) or type(error).__name__))
             log.error(
                 "snapshot unreadable, falling back",
                 extra={"fields": {"snapshot": path.name, "error": str(error)}},
             )
     return None
+
+
+def load_file(path: Path, into: State, router: ChannelRouter) -> int:
+    """Load one snapshot into ``into`` and ``router`` and return its log position; any
+    damage raises, and leaves both untouched."""
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise ValueError("bad magic")
+    crc, length = HEADER.unpack_from(data, len(MAGIC))
+    payload = data[len(MAGIC) + HEADER.size :]
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        raise ValueError("checksum mismatch")
+    # a corrupt snapshot must not half-fill ``into`` or ``router``
+    fresh, fresh_router = State(), router.empty_copy()
+    lsn = _read(payload, fresh, fresh_router)
+    into.take_over(fresh)
+    router.take_over(fresh_router)
+    return lsn
 
 
 def _read(payload: bytes, state: State, router: ChannelRouter) -> int:
@@ -162,25 +189,61 @@ def remove_old(directory: Path) -> list[int]:
     found = snapshots(directory)
     for _, path in found[:-KEEP]:
         path.unlink(missing_ok=True)
+    remove_temporary(directory)
+    return [lsn for lsn, _ in found[-KEEP:]]
+
+
+def remove_temporary(directory: Path) -> int:
+    """Remove half-written snapshots (a writer killed, or a full disk). Only while no
+    writer runs: at start-up, under the data directory's lock, or after a writer ended."""
+    removed = 0
     for stray in directory.glob(".snapshot-*.tmp"):
         stray.unlink(missing_ok=True)
-    return [lsn for lsn, _ in found[-KEEP:]]
+        removed += 1
+    return removed
+
+
+# Tests only: seconds a snapshot writer waits with its temporary file open, so a test can
+# kill the server while a snapshot is being written.
+TEST_DELAY_ENV = "TEST_CHAT_ENGINE_SNAPSHOT_DELAY"
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _child_setup(parent: int) -> None:
+    """In the forked writer, before anything else: die with the server (a ``kill -9``
+    of the server must not leave a writer behind, holding memory and half a file), and
+    close every descriptor it inherited but stdio: the listening socket, client
+    connections, the log and the data directory's lock. A writer that kept the
+    listening socket would take connections it never answers, and block a restart on
+    the same port; one that kept the lock would block any restart."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the server died before prctl took effect
+        os._exit(1)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 
 async def take_forked(directory: Path, lsn: int, state: State, router: ChannelRouter) -> float:
     """Write a snapshot of the current state from a forked child; returns the pause the
     fork caused in this process, in seconds. Raises ``OSError`` if the child failed."""
+    delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+    parent = os.getpid()
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: a frozen image of the state at ``lsn``
         code = 1
         try:
-            write_file(directory, lsn, encode(lsn, state, router))
+            # Objects with finalizers (sockets) must not close descriptors that
+            # closerange freed and the writer reuses; and a collection would copy pages.
+            gc.disable()
+            _child_setup(parent)
+            write_file(directory, lsn, encode(lsn, state, router), delay=delay)
             code = 0
         finally:
             os._exit(code)
     pause = time.perf_counter() - started
     _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
+        remove_temporary(directory)  # what the failed writer left
         raise OSError(f"snapshot child failed with status {status}")
     return pause

@@ -5,14 +5,19 @@ newest two snapshots), ``epoch`` (names the life of the channel histories: it ch
 only when the directory is wiped) and ``admin.token``.
 
 Recovery: the newest readable snapshot (or an empty state), then every log record
-after its position, applied exactly as when they were first committed; a torn or
-corrupt tail is cut. Log segments are kept back to the *older* of the two snapshots, so
-falling back to it still finds every record since.
+after its position, applied exactly as when they were first committed; an incomplete
+last write is cut, and damage that hides a needed record refuses the start
+(``persistence.scan``). Log segments are kept back to the *older* of the two snapshots,
+so falling back to it still finds every record since.
+
+The directory's lock and permissions are ``persistence.datadir``'s: whoever opens a
+``Store`` on a real data directory claims it first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -23,7 +28,9 @@ from engine.actors.router import ChannelRouter
 from engine.facts import Fact
 from engine.state import State
 from persistence import snapshot
-from persistence.wal import FileOps, WriteAheadLog, read_log
+from persistence.datadir import create_private, make_private_dir
+from persistence.scan import read_log
+from persistence.wal import FileOps, WriteAheadLog
 
 log = logging.getLogger("chat_engine.store")
 
@@ -33,6 +40,9 @@ log = logging.getLogger("chat_engine.store")
 # loaded from a snapshot), and costs a fork plus the child's encoding (~7 s of CPU at that
 # size, on another core).
 DEFAULT_SNAPSHOT_RECORDS = 25_000
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# Tests only: a smaller log segment, so that a test server writes several of them.
+TEST_SEGMENT_BYTES_ENV = "TEST_CHAT_ENGINE_SEGMENT_BYTES"
 
 
 @dataclass(slots=True)
@@ -54,7 +64,7 @@ class Store:
         fsync: str = "always",
         snapshot_interval: float = 60.0,
         snapshot_records: int = DEFAULT_SNAPSHOT_RECORDS,
-        segment_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int | None = None,
         file_ops: FileOps | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -62,6 +72,8 @@ class Store:
         # a snapshot is also due once this many records were logged since the last one,
         # which bounds the log tail a restart replays (docs/durability.md)
         self.snapshot_records = snapshot_records
+        if segment_bytes is None:
+            segment_bytes = int(os.environ.get(TEST_SEGMENT_BYTES_ENV) or DEFAULT_SEGMENT_BYTES)
         self.wal = WriteAheadLog(
             data_dir, fsync=fsync, segment_bytes=segment_bytes, file_ops=file_ops
         )
@@ -71,12 +83,13 @@ class Store:
         self.snapshots_taken = 0
 
     def epoch(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
         path = self.data_dir / "epoch"
         if path.exists():
             return path.read_text().strip()
         value = secrets.token_hex(8)
-        path.write_text(value + "\n")
+        with open(create_private(path), "w") as handle:
+            handle.write(value + "\n")
         return value
 
     def recover(
@@ -91,12 +104,20 @@ class Store:
         ``router``, tell ``loaded`` its log position, then hand every log record after
         it to ``apply``, in order, as it is read."""
         started = time.perf_counter()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        found = snapshot.load_newest(self.data_dir, state, router)
+        make_private_dir(self.data_dir)
+        removed = snapshot.remove_temporary(self.data_dir)  # a writer killed mid-way
+        for stray in self.data_dir.glob(".wal-*.log.repair"):  # a repair killed mid-way
+            stray.unlink()
+            removed += 1
+        if removed:
+            log.warning("half-written files removed", extra={"fields": {"files": removed}})
+        unreadable: list[tuple[Path, str]] = []
+        found = snapshot.load_newest(self.data_dir, state, router, unreadable)
         base = found.lsn if found is not None else 0
         snapshot_seconds = time.perf_counter() - started
         loaded(base)
-        tail = read_log(self.data_dir, after_lsn=base, apply=apply)
+        context = "".join(f"; {path.name} is unreadable ({error})" for path, error in unreadable)
+        tail = read_log(self.data_dir, after_lsn=base, apply=apply, context=context)
         recovered = Recovered(
             state=state,
             snapshot_lsn=base,

@@ -1,4 +1,5 @@
-"""The write-ahead log: framing, segments, group commit, and reading it back.
+"""The write-ahead log: framing, segments and group commit (reading it back and telling
+a torn tail from damage: ``persistence.scan``).
 
 A record is one committed mutation: ``[length u32][crc32 u32][msgpack [lsn, [facts]]]``.
 Records go to segment files ``wal-<first lsn>.log``; a segment is closed and a new one
@@ -20,13 +21,14 @@ before anything else is written, so a later success never follows garbage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ import trio
 
 from engine import errors
 from engine.facts import Fact
-from persistence.codec import decode_fact, encode_fact, pack, unpack
+from persistence.codec import encode_fact, pack
+from persistence.datadir import create_private
 
 log = logging.getLogger("chat_engine.wal")
 
@@ -42,6 +45,23 @@ HEADER = struct.Struct(">II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 FSYNC_MODES = ("always", "interval", "off")
 INTERVAL_SECONDS = 0.05
+# Upper bounds of the fsync latency histogram (seconds): a fast SSD fsyncs in ~0.1 ms,
+# a loaded disk or a network volume takes tens of ms, and past 1 s something is wrong.
+FSYNC_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 
 
 def segment_name(first_lsn: int) -> str:
@@ -63,84 +83,6 @@ def frame(lsn: int, facts: Sequence[Fact]) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-@dataclass(slots=True)
-class ReadResult:
-    records: list[tuple[int, list[Fact]]] = field(default_factory=list)
-    last_lsn: int = 0
-    truncated_bytes: int = 0
-    count: int = 0  # records after ``after_lsn``
-
-
-def read_log(
-    directory: Path,
-    after_lsn: int,
-    apply: Callable[[int, list[Fact]], object] | None = None,
-) -> ReadResult:
-    """Every record with ``lsn > after_lsn``, in order: handed to ``apply`` as soon as it
-    is read (recovery: the decoded records then never pile up, ~1.6 KB each, to leave
-    their freed blocks among the objects they built), else collected in ``records``.
-    A torn or corrupt record ends the log: its segment is cut there (and any later
-    segment removed), loudly."""
-    result = ReadResult(last_lsn=after_lsn)
-    keep = result.records.append if apply is None else None
-    found = segments(directory)
-    for index, (_, path) in enumerate(found):
-        data = path.read_bytes()
-        offset, good = 0, True
-        while offset < len(data):
-            parsed = _parse(data, offset)
-            if parsed is None:
-                good = False
-                break
-            lsn, facts, offset = parsed
-            result.last_lsn = max(result.last_lsn, lsn)
-            if lsn > after_lsn:
-                result.count += 1
-                if keep is not None:
-                    keep((lsn, facts))
-                else:
-                    assert apply is not None
-                    apply(lsn, facts)
-        if not good:
-            result.truncated_bytes = len(data) - offset
-            for _, later in found[index + 1 :]:
-                result.truncated_bytes += later.stat().st_size
-                later.unlink()
-            with open(path, "r+b") as handle:
-                handle.truncate(offset)
-                os.fsync(handle.fileno())
-            log.warning(
-                "log tail truncated",
-                extra={
-                    "fields": {
-                        "segment": path.name,
-                        "offset": offset,
-                        "bytes_dropped": result.truncated_bytes,
-                    }
-                },
-            )
-            break
-    return result
-
-
-def _parse(data: bytes, offset: int) -> tuple[int, list[Fact], int] | None:
-    if offset + HEADER.size > len(data):
-        return None
-    length, crc = HEADER.unpack_from(data, offset)
-    start = offset + HEADER.size
-    if length > MAX_RECORD_BYTES or start + length > len(data):
-        return None
-    payload = data[start : start + length]
-    if zlib.crc32(payload) != crc:
-        return None
-    try:
-        lsn, raw_facts = unpack(payload)
-        facts = [decode_fact(raw) for raw in raw_facts]
-    except Exception:  # a CRC collision on garbage: treat as corrupt
-        return None
-    return lsn, facts, start + length
-
-
 class FileOps:
     """The disk calls the log makes; tests replace them to inject failures."""
 
@@ -160,10 +102,10 @@ class FileOps:
 class _Pending:
     __slots__ = ("lsn", "facts", "data", "done", "result", "error")
 
-    def __init__(self, lsn: int, facts: Sequence[Fact], data: bytes) -> None:
-        self.lsn = lsn
+    def __init__(self, facts: Sequence[Fact]) -> None:
+        self.lsn = 0  # given when its batch is written
         self.facts = facts
-        self.data = data
+        self.data = b""
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -203,6 +145,9 @@ class WriteAheadLog:
             "fsync_seconds_max": 0.0,
             "write_failures": 0,
         }
+        # fsync latency as histogram counts, one per FSYNC_BUCKETS bound and one past
+        # the last (not cumulative); read at scrape time by gateway.metrics
+        self.fsync_counts = [0] * (len(FSYNC_BUCKETS) + 1)
 
     # -- opening --------------------------------------------------------------------------
     def open(self, last_lsn: int) -> None:
@@ -214,7 +159,7 @@ class WriteAheadLog:
             self._segment_first, path = found[-1]
         else:
             self._segment_first, path = self.next_lsn, self.directory / segment_name(self.next_lsn)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
         _fsync_dir(self.directory)
 
@@ -227,8 +172,7 @@ class WriteAheadLog:
     async def commit(self, facts: Sequence[Fact]) -> Any:
         """Queue a record; return what the apply callback returned for it once it is
         durable and applied. Raises ``Unavailable`` if it could not be written."""
-        pending = _Pending(self.next_lsn, facts, frame(self.next_lsn, facts))
-        self.next_lsn += 1
+        pending = _Pending(facts)
         self._pending.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -261,11 +205,23 @@ class WriteAheadLog:
 
     async def _commit_batch(self) -> None:
         batch, self._pending = self._pending, []
+        # Positions are given here, not when a record is queued, and given back if the
+        # write fails: the log's positions stay continuous, so a gap always means damage.
+        first_lsn = self.next_lsn
+        for item in batch:
+            item.lsn = self.next_lsn
+            item.data = frame(item.lsn, item.facts)
+            self.next_lsn += 1
         data = b"".join(item.data for item in batch)
         try:
             await trio.to_thread.run_sync(self._write, data)
         except OSError as error:
+            self.next_lsn = first_lsn
             self._needs_cut = True
+            # Cut the half-written batch off now, not only before the next write: a crash
+            # in between would otherwise replay its whole records, answered 503, as writes.
+            with contextlib.suppress(OSError):  # else the next write cuts first
+                await trio.to_thread.run_sync(self._cut)
             self.stats["write_failures"] += 1
             log.error(
                 "log write failed", extra={"fields": {"error": str(error), "records": len(batch)}}
@@ -289,26 +245,33 @@ class WriteAheadLog:
         if self._size >= self.segment_bytes:
             await trio.to_thread.run_sync(self._rotate)
 
+    def _cut(self) -> None:
+        self.file_ops.truncate(self._fd, self._size)
+        self.file_ops.fsync(self._fd)
+        self._needs_cut = False
+
     def _write(self, data: bytes) -> None:
         ops = self.file_ops
         if self._needs_cut:
-            ops.truncate(self._fd, self._size)
-            ops.fsync(self._fd)
-            self._needs_cut = False
+            self._cut()
         ops.write(self._fd, data)
         if self.fsync_mode == "always":
-            started = time.perf_counter()
-            ops.fsync(self._fd)
-            spent = time.perf_counter() - started
-            self.stats["fsync_seconds_total"] += spent
-            self.stats["fsync_seconds_max"] = max(self.stats["fsync_seconds_max"], spent)
+            self._timed_fsync()
+
+    def _timed_fsync(self) -> None:
+        started = time.perf_counter()
+        self.file_ops.fsync(self._fd)
+        spent = time.perf_counter() - started
+        self.stats["fsync_seconds_total"] += spent
+        self.stats["fsync_seconds_max"] = max(self.stats["fsync_seconds_max"], spent)
+        self.fsync_counts[bisect_left(FSYNC_BUCKETS, spent)] += 1
 
     def _rotate(self) -> None:
         os.fsync(self._fd)
         os.close(self._fd)
         self._segment_first = self.next_lsn
         path = self.directory / segment_name(self.next_lsn)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._size = 0
         _fsync_dir(self.directory)
 
@@ -316,7 +279,7 @@ class WriteAheadLog:
         while True:
             await trio.sleep(INTERVAL_SECONDS)
             try:
-                await trio.to_thread.run_sync(self.file_ops.fsync, self._fd)
+                await trio.to_thread.run_sync(self._timed_fsync)
             except OSError as error:
                 log.error("periodic fsync failed", extra={"fields": {"error": str(error)}})
 

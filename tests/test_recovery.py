@@ -17,8 +17,9 @@ from bench.server import ADMIN_TOKEN, ServerProcess, start_server
 from engine.actors.supervisor import Engine, EngineConfig
 from gateway.cli import build_parser, serve
 from persistence import snapshot
+from persistence.scan import read_log
 from persistence.store import Store
-from persistence.wal import FileOps, read_log, segments
+from persistence.wal import FileOps, segments
 from tests.wsclient import ws_connect
 
 HEADERS = {"Authorization": f"Token {ADMIN_TOKEN}"}
@@ -128,17 +129,41 @@ async def test_torn_tail_is_truncated_and_logged(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_flipped_bytes_in_the_tail_are_truncated(tmp_path: Path) -> None:
+async def test_a_flipped_byte_in_the_last_record_refuses_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The last record is whole (an acknowledged write), so it is damage, not a torn
+    tail: cutting it would silently lose that write."""
     server = await boot(tmp_path)
-    world = await populate(server, 6)
+    await populate(server, 6)
     server.kill()
     ((_, segment),) = segments(tmp_path)
     data = bytearray(segment.read_bytes())
     data[-3] ^= 0xFF
     segment.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        await boot(tmp_path)
+    assert segment.read_bytes() == bytes(data)
+
+
+async def test_damage_the_snapshot_covers_never_stops_a_start(tmp_path: Path) -> None:
+    """After a clean stop the snapshot covers every record: a byte flipped in the last
+    record's length (or anywhere in the log) costs nothing, and changes nothing."""
+    server = await boot(tmp_path)
+    world = await populate(server, 4)
+    assert server.stop() == 0
+    ((_, segment),) = segments(tmp_path)
+    last_offset = 0
+    data = bytearray(segment.read_bytes())
+    offset = 0
+    while offset < len(data):  # find the last record's header
+        last_offset = offset
+        offset += 8 + int.from_bytes(data[offset : offset + 4], "big")
+    data[last_offset + 3] ^= 0x04  # its length
+    segment.write_bytes(bytes(data))
     server = await boot(tmp_path)
     try:
-        assert await texts(server, world) == world["texts"][:-1]
+        assert await texts(server, world) == world["texts"]
     finally:
         server.stop()
 
@@ -334,3 +359,59 @@ async def test_metrics_show_the_log(tmp_path: Path) -> None:
     )
     assert float(records.split()[-1]) >= 8  # org, room, user, visitor, chat, 3 messages
     assert "chat_engine_wal_fsync_seconds_max" in text and "chat_engine_applied_lsn" in text
+    # fsync latency is a histogram: one fsync per group commit, each in some bucket
+    count = float(next_value(text, "chat_engine_wal_fsync_duration_seconds_count"))
+    assert count >= 1
+    assert (
+        float(next_value(text, 'chat_engine_wal_fsync_duration_seconds_bucket{le="+Inf"}')) == count
+    )
+    assert (
+        float(next_value(text, 'chat_engine_wal_fsync_duration_seconds_bucket{le="0.0001"}'))
+        <= count
+    )
+    assert float(next_value(text, "chat_engine_wal_fsync_duration_seconds_sum")) > 0
+
+
+def next_value(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1]
+
+
+class HalfWrites(FileOps):
+    """Writes half of each batch, then fails (fsync and truncate still work)."""
+
+    failing = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        if self.failing:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().write(fd, data)
+
+
+async def test_a_failed_batch_is_cut_off_at_once(tmp_path: Path) -> None:
+    """A batch answered 503 must not come back as writes if the process dies before
+    its next write: its half-written (some of them whole) records are cut at once."""
+    disk = HalfWrites()
+    engine = Engine(store=Store(tmp_path, file_ops=disk))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.directory.create_org("kept")
+        disk.failing = True
+        failures = []
+
+        async def lose(index: int) -> None:
+            try:
+                await engine.directory.create_org(f"lost {index}")
+            except Exception as error:
+                failures.append(error)
+
+        async with trio.open_nursery() as burst:  # one batch of four records
+            for index in range(4):
+                burst.start_soon(lose, index)
+        assert len(failures) == 4
+        # the process "dies" here: nothing else is written
+        log = read_log(tmp_path, 0)
+        assert [type(facts[0]).__name__ for _, facts in log.records] == ["OrgCreated"]
+        assert log.problems == [] and log.truncated_bytes == 0
+        nursery.cancel_scope.cancel()
+    engine.store.wal.close()  # type: ignore[union-attr]

@@ -220,11 +220,11 @@ def test_a_busy_port_is_one_line_and_status_2() -> None:
 def test_an_unusable_data_dir_is_one_line_and_status_2(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    for env in ({}, {"CHAT_ENGINE_ADMIN_TOKEN": "given"}):  # fails at different steps
+    for env in ({}, {"CHAT_ENGINE_ADMIN_TOKEN": "given"}):  # the data-dir lock refuses first
         result = run("serve", "--port", "0", "--data-dir", str(not_a_dir), **env)
         assert result.returncode == 2
         assert result.stderr == (
-            f"chat-engine: cannot use the data dir {not_a_dir}: it is not a directory\n"
+            f"chat-engine: data directory {not_a_dir} does not exist or is not a directory\n"
         )
     result = run("serve", "--port", "0", "--data-dir", str(not_a_dir / "below"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1

@@ -1,0 +1,337 @@
+"""Damage in the log, on real server processes: a flipped byte never costs an
+acknowledged write silently. Either the server starts with every acknowledged write, or
+it refuses (exit 2, one line) with every file byte for byte as it was; a torn tail is
+cut; `chat-engine check` sees the damage, and `chat-engine repair` drops exactly the
+damaged records (and what depended on them) after copying the segment aside.
+
+One data directory is built once through a real server (three runs: two clean stops,
+each writing a snapshot, then a kill -9), and each case damages a copy of it."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from engine.facts import ChatCreated, MessagePosted
+from persistence import scan, snapshot
+from persistence.codec import decode_fact
+from persistence.store import TEST_SEGMENT_BYTES_ENV
+from persistence.wal import frame, segments
+from tests.serverproc import HEADERS, files, launch
+
+SEGMENT_BYTES = "4096"
+CASES_PER_KIND = 6  # 3 places x 3 fields x 6 = 54 seeded flips
+
+
+@dataclass
+class World:
+    directory: Path
+    base: str
+    chats: dict[str, list[str]]  # chat id -> acknowledged message texts, in order
+    snapshot_lsn: int
+
+
+@dataclass
+class Record:
+    segment: Path
+    offset: int
+    end: int
+    lsn: int
+    facts: list[Any]
+
+
+def post(client: httpx.Client, world: World, chat: str, text: str, user: str) -> None:
+    response = client.post(
+        f"{world.base}/chats/{chat}/messages", json={"sender_id": user, "message": text}
+    )
+    assert response.status_code == 201
+    world.chats[chat].append(text)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    directory = tmp_path_factory.mktemp("damage") / "pristine"
+    env = {TEST_SEGMENT_BYTES_ENV: SEGMENT_BYTES}
+    quiet = ("--snapshot-interval", "3600", "--snapshot-records", "1000000")
+    server = launch(directory, *quiet, env=env)
+    with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
+        org = client.post("/api/v5/orgs", json={"name": "Damage"}).json()
+        base = f"/api/v5/orgs/{org['id']}"
+        room = client.post(f"{base}/rooms", json={"name": "R"}).json()
+        user = client.post(
+            f"{base}/users", json={"first_name": "A", "last_name": "B", "alias": "a"}
+        ).json()["id"]
+        visitor = client.post(f"{base}/visitors", json={}).json()
+        first = client.post(
+            f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+            params={"auto_resume": user},
+        ).json()["id"]
+        world = World(directory, base, {first: []}, 0)
+        for index in range(25):
+            post(client, world, first, f"run 1 message {index}", user)
+    assert server.stop() == 0  # snapshot 1
+    server = launch(directory, *quiet, env=env)
+    with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
+        for index in range(25):
+            post(client, world, first, f"run 2 message {index}", user)
+    assert server.stop() == 0  # snapshot 2: the one recovery loads
+    server = launch(directory, *quiet, env=env)
+    with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
+        other = client.post(f"{base}/visitors", json={}).json()
+        second = client.post(
+            f"{base}/rooms/{room['id']}/visitors/{other['id']}/chats",
+            params={"auto_resume": user},
+        ).json()["id"]
+        world.chats[second] = []
+        for index in range(25):
+            post(client, world, first, f"run 3 message {index}", user)
+            if index % 5 == 0:
+                post(client, world, second, f"second chat message {index}", user)
+    server.kill()  # the last records are only in the log
+    world.snapshot_lsn = snapshot.snapshots(directory)[-1][0]
+    return world
+
+
+def records(directory: Path) -> list[Record]:
+    found = []
+    for _, segment in segments(directory):
+        data = segment.read_bytes()
+        offset = 0
+        while offset < len(data):
+            parsed = scan.parse(data, offset)
+            assert parsed is not None, "the pristine log reads back whole"
+            lsn, raw, end = parsed
+            found.append(Record(segment, offset, end, lsn, [decode_fact(f) for f in raw]))
+            offset = end
+    return found
+
+
+def texts(outcome_url: str, world: World) -> dict[str, list[str]]:
+    found = {}
+    with httpx.Client(base_url=outcome_url, headers=HEADERS) as client:
+        for chat in world.chats:
+            page = client.get(
+                f"{world.base}/chats/{chat}/messages", params={"page_size": 100}
+            ).json()
+            assert page["next"] is None
+            found[chat] = [m["message"] for m in page["results"] if m["type"] == "msg"]
+    return found
+
+
+@dataclass
+class Case:
+    name: str
+    segment: str
+    position: int
+    xor: int
+    must_start: bool  # damage under the snapshot must not stop it; needed damage must
+    real_server: bool = False  # else the recovery probe: the same start, without HTTP
+
+
+def flip_cases(world: World) -> Iterator[Case]:
+    rng = random.Random(17)
+    all_records = records(world.directory)
+    newest = all_records[-1].segment
+    needed_old = [r for r in all_records if r.lsn > world.snapshot_lsn and r.segment != newest]
+    needed_new = [r for r in all_records if r.lsn > world.snapshot_lsn and r.segment == newest]
+    covered = [r for r in all_records if r.lsn <= world.snapshot_lsn]
+    assert needed_old and needed_new and covered, "the log spans old, newest and covered"
+    assert len({r.segment for r in covered}) >= 2
+    places = {"old segment": needed_old, "newest segment": needed_new, "under snapshot": covered}
+    fields = {"length": (0, 4), "crc": (4, 8), "payload": (8, None)}
+    for place, candidates in places.items():
+        for field, (start, stop) in fields.items():
+            for _ in range(CASES_PER_KIND):
+                record = rng.choice(candidates)
+                last = record.end - record.offset if stop is None else stop
+                yield Case(
+                    f"{place}/{field}/lsn {record.lsn}",
+                    record.segment.name,
+                    record.offset + rng.randrange(start, last),
+                    rng.randrange(1, 256),
+                    place == "under snapshot",
+                )
+    last = all_records[-1]  # the last acknowledged write is whole: never a torn tail
+    for field, (start, stop) in fields.items():
+        end = last.end - last.offset if stop is None else stop
+        yield Case(
+            f"last record/{field}",
+            last.segment.name,
+            last.offset + end - 1 - (end - 1 - start) // 2,
+            0xFF,
+            False,
+        )
+
+
+def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
+    number, case = numbered
+    directory = root / f"case-{number}"
+    shutil.copytree(world.directory, directory)
+    segment = directory / case.segment
+    data = bytearray(segment.read_bytes())
+    data[case.position] ^= case.xor
+    segment.write_bytes(bytes(data))
+    before = files(directory)
+    if case.real_server:
+        outcome = launch(directory)
+        started, code, stderr = outcome.ready, outcome.returncode, ""
+        if started:
+            try:
+                found = texts(outcome.base_url, world)
+            finally:
+                outcome.kill()
+        stderr = outcome.stderr
+    else:
+        probe = subprocess.run(
+            [sys.executable, "-m", "tests.recovery_probe", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        started, code, stderr = probe.returncode == 0, probe.returncode, probe.stderr
+        if started:
+            found = orjson.loads(probe.stdout)
+    if started:
+        assert found == world.chats, f"{case.name}: started without every acknowledged write"
+        assert case.must_start is not False, f"{case.name}: started on needed damage"
+        return "started"
+    assert code == 2, f"{case.name}: exit {code}: {stderr}"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert case.segment in lines[0] and "at byte" in lines[0], lines[0]
+    assert files(directory) == before, f"{case.name}: a refusal changed files"
+    assert case.must_start is not True, f"{case.name}: refused damage the snapshot covers"
+    return "refused"
+
+
+def test_a_flipped_byte_anywhere_never_loses_an_acknowledged_write_silently(
+    world: World, tmp_path: Path
+) -> None:
+    cases = list(flip_cases(world))
+    assert len(cases) >= 50
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(
+            pool.map(lambda numbered: run_case(world, numbered, tmp_path), enumerate(cases))
+        )
+    assert outcomes.count("refused") >= 30 and outcomes.count("started") >= 18
+
+
+def test_a_torn_tail_is_cut_and_logged_and_everything_acknowledged_stays(
+    world: World, tmp_path: Path
+) -> None:
+    directory = tmp_path / "torn"
+    shutil.copytree(world.directory, directory)
+    last = records(directory)[-1]
+    size = last.segment.stat().st_size
+    # an incomplete write of the next record, as a kill -9 mid-write leaves it
+    unfinished = frame(last.lsn + 1, last.facts)
+    with open(last.segment, "ab") as handle:
+        handle.write(unfinished[: len(unfinished) // 2])
+    outcome = launch(directory, "--log-level", "info")
+    assert outcome.ready
+    try:
+        assert texts(outcome.base_url, world) == world.chats
+    finally:
+        outcome.kill()
+    assert last.segment.stat().st_size == size
+    assert '"log tail truncated"' in outcome.stderr
+    assert f'"dropped_lsn":{last.lsn + 1}' in outcome.stderr
+
+
+def test_only_snapshots_corrupt_and_their_log_pruned_is_a_one_line_refusal(
+    world: World, tmp_path: Path
+) -> None:
+    directory = tmp_path / "no-fallback"
+    shutil.copytree(world.directory, directory)
+    assert segments(directory)[0][0] > 1, "the first segments were pruned"
+    for _, path in snapshot.snapshots(directory):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x55
+        path.write_bytes(bytes(data))
+    before = files(directory)
+    outcome = launch(directory)
+    assert outcome.returncode == 2
+    # the snapshots' errors are logged (JSON lines) before the refusal's own line
+    (line,) = [x for x in outcome.stderr.strip().splitlines() if not x.startswith("{")]
+    assert "Traceback" not in outcome.stderr
+    assert "missing" in line and "unreadable (checksum mismatch)" in line, line
+    assert files(directory) == before
+
+
+def maintenance(command: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", command, "--data-dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_reports_and_repair_drops_exactly_the_damaged_records(
+    world: World, tmp_path: Path
+) -> None:
+    pristine = maintenance("check", world.directory)
+    assert pristine.returncode == 0, pristine.stdout + pristine.stderr
+    assert pristine.stdout.strip().endswith("sound")
+    directory = tmp_path / "repair"
+    shutil.copytree(world.directory, directory)
+    needed = [r for r in records(directory) if r.lsn > world.snapshot_lsn]
+    # damage the creation of the second chat: its messages can no longer apply either
+    created = next(r for r in needed if isinstance(r.facts[0], ChatCreated))
+    second = created.facts[0].chat_id
+    hit = next(r for r in needed if r.lsn > created.lsn + 3 and r.segment != created.segment)
+    for record in (created, hit):
+        data = bytearray(record.segment.read_bytes())
+        data[record.offset + 12] ^= 0x40  # in the payload
+        record.segment.write_bytes(bytes(data))
+    damaged = {r.segment.name: r.segment.read_bytes() for r in (created, hit)}
+    report = maintenance("check", directory)
+    assert report.returncode == 1
+    assert report.stdout.count("DAMAGE:") == 2 and "start-up would refuse" in report.stdout
+    assert launch(directory).returncode == 2
+    repaired = maintenance("repair", directory)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"lsn {created.lsn}..{created.lsn} (1 record(s))" in repaired.stdout
+    assert f"lsn {hit.lsn}..{hit.lsn} (1 record(s))" in repaired.stdout
+    # the damaged segments were copied aside, byte for byte, before any change
+    aside = {
+        path.name.split(".log")[0] + ".log": path.read_bytes()
+        for path in (directory / "damaged").iterdir()
+    }
+    assert aside == damaged
+    dependents = [
+        r.lsn
+        for r in needed
+        if isinstance(r.facts[0], MessagePosted) and r.facts[0].chat_id == second
+    ]
+    assert dependents and all(str(lsn) in repaired.stdout for lsn in dependents)
+    assert maintenance("check", directory).returncode == 0
+    outcome = launch(directory)
+    assert outcome.ready, outcome.stderr
+    try:
+        found = texts_without(outcome.base_url, world, second)
+    finally:
+        outcome.kill()
+    lost = hit.facts[0].message if isinstance(hit.facts[0], MessagePosted) else None
+    expected = [text for text in world.chats[next(iter(world.chats))] if text != lost]
+    assert found == expected
+
+
+def texts_without(url: str, world: World, missing_chat: str) -> list[str]:
+    """The first chat's messages; the second chat's creation was dropped, so it is 404."""
+    first = next(iter(world.chats))
+    with httpx.Client(base_url=url, headers=HEADERS) as client:
+        assert client.get(f"{world.base}/chats/{missing_chat}").status_code == 404
+        page = client.get(f"{world.base}/chats/{first}/messages", params={"page_size": 100})
+    return [m["message"] for m in page.json()["results"] if m["type"] == "msg"]
