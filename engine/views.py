@@ -6,13 +6,26 @@ only by the operator-only fields, which the visitor view leaves out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.chat import ChatState
-from engine.model import SENDER_USER, Cart, Message, Org, Presence, Product, Room, User
+from engine.model import (
+    SENDER_USER,
+    Cart,
+    Message,
+    Org,
+    Presence,
+    Product,
+    Room,
+    User,
+    Visitor,
+)
 from engine.timefmt import format_ms, format_opt
+
+if TYPE_CHECKING:  # engine.report imports engine.state, which imports this module
+    from engine.report import ReportPage
 
 
 def org_view(org: Org, token: str | None = None) -> dict[str, Any]:
@@ -120,6 +133,17 @@ def presence_view(
     }
 
 
+def presence_renderer(
+    chat_id: str, users: Mapping[str, User], *, visitor_view: bool = False
+) -> Callable[[Presence], dict[str, Any]]:
+    """``presence_view`` for each presence of one chat, as a page renders them."""
+
+    def render(presence: Presence) -> dict[str, Any]:
+        return presence_view(presence, chat_id, users[presence.user_id], visitor_view=visitor_view)
+
+    return render
+
+
 def participation_view(participation: tuple[str, str]) -> dict[str, Any]:
     return {"id": participation[0], "type": participation[1]}
 
@@ -179,6 +203,34 @@ def chat_rich_view(
         "logs": logs,
         "tags": [{"name": name} for name in chat.tags],
         "shopping_carts": [cart_view(cart) for cart in chat.carts],
+    }
+
+
+def chat_rich_view_of(
+    chat: ChatState, users: Mapping[str, User], visitors: Mapping[str, Visitor]
+) -> dict[str, Any]:
+    """The rich form with the api_data the chat's org set on its visitor."""
+    api_data = visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
+    return chat_rich_view(chat, users, api_data)
+
+
+def report_page_view(
+    result: ReportPage,
+    per_page: int,
+    url_for: Callable[[int], str],
+    render: Callable[[ChatState], dict[str, Any]],
+) -> dict[str, Any]:
+    """A page of the org's chat report: numbered pages, with links to the neighbours."""
+    return {
+        "count": result.count,
+        "num_pages": result.num_pages,
+        "per_page": per_page,
+        "current_page": result.page,
+        "next_page": result.page + 1 if result.page < result.num_pages else None,
+        "previous_page": result.page - 1 if result.page > 1 else None,
+        "next_page_url": url_for(result.page + 1) if result.page < result.num_pages else None,
+        "previous_page_url": url_for(result.page - 1) if result.page > 1 else None,
+        "results": [render(chat) for chat in result.chats],
     }
 
 

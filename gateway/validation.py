@@ -1,4 +1,5 @@
-"""Request input: JSON bodies through strict pydantic models, query parameters by hand.
+"""Request input: JSON bodies through strict pydantic models, query parameters by hand
+(the report's filters among them).
 
 Every failure becomes an ``EngineError`` in the contract's shape (CONTRACT §1): 400
 ``invalid`` with ``errors`` naming each bad field, ``invalid_json`` / ``invalid_body`` for
@@ -9,15 +10,18 @@ fields are ignored; an empty body reads as ``{}``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine import errors
+from engine.chat import ChatState
 from engine.directory import message_text_problem
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import POSTABLE_TYPES
+from engine.report import ORDERINGS, ReportQuery
 from engine.timefmt import parse_ms
 
 MAX_BODY_BYTES = 64 * 1024
@@ -284,3 +288,37 @@ def parse_time(args: Any, name: str) -> int | None:
         return parse_ms(value)
     except ValueError as error:
         raise errors.invalid_field(name, str(error)) from None
+
+
+def parse_report_query(args: Any, chats: Mapping[str, ChatState], org_id: str) -> ReportQuery:
+    """The org report's filters, ordering and page from its query parameters."""
+    ordering = args.get("ordering", "start_time")
+    if ordering not in ORDERINGS:
+        raise errors.invalid_field("ordering", f"Must be one of {', '.join(ORDERINGS)}.")
+    since_seq = None
+    since_id = args.get("since_id")
+    if since_id is not None:
+        since = chats.get(since_id) if is_uuid(since_id) else None
+        if since is None or since.organization_id != org_id:
+            raise errors.invalid_field("since_id", "Unknown chat.")
+        since_seq = since.seq
+    room_id = args.get("room_id")
+    if room_id is not None and not is_uuid(room_id):
+        raise errors.invalid_field("room_id", "Must be a room id.")
+    tag = args.get("tag")
+    if tag is not None and not tag.strip():
+        raise errors.invalid_field("tag", "Must not be blank.")
+    return ReportQuery(
+        ordering=ordering,
+        page=parse_int(args, "page", minimum=1) or 1,
+        page_size=parse_page_size(args),
+        since_seq=since_seq,
+        start_time=parse_time(args, "start_time"),
+        end_time=parse_time(args, "end_time"),
+        has_sales=optional_bool(args, "has_sales"),
+        is_real_conversation=optional_bool(args, "is_real_conversation"),
+        room_id=room_id,
+        tag=tag,
+        min_message_count=parse_int(args, "min_message_count", minimum=0),
+        only_ended=optional_bool(args, "only_ended") or False,
+    )

@@ -1,0 +1,83 @@
+"""The ASGI face of the request pipeline: quart-trio, for the connections hypercorn
+serves (HTTP/2, or HTTP/1.1 with ``--http1-server hypercorn``). It routes nothing itself:
+one catch-all route hands every request to the same ``WebApp`` the built-in server
+calls, so both answer alike.
+"""
+
+from __future__ import annotations
+
+import quart
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine import errors
+from gateway import validation as v
+from gateway.http1 import WS_LATE
+from gateway.web import METHODS, Request, WebApp, error_body
+
+HTTP_ERRORS = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.BodyTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+def asgi_app(web: WebApp) -> QuartTrio:
+    """quart-trio as the ASGI layer of ``web``: one catch-all route hands every request
+    to the same pipeline the built-in server calls (quart reads the body and enforces
+    its size; its own routing and errors see only that route)."""
+    app = QuartTrio("chat_engine")
+    app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
+    methods = list(METHODS)
+
+    async def forward(path: str = "") -> quart.Response:
+        incoming = quart.request
+        body = await incoming.get_data(cache=False)
+        assert isinstance(body, bytes)
+        scope = incoming.scope
+        answer = await web.handle(
+            Request(
+                incoming.method,
+                scope["path"],
+                scope["query_string"],
+                [(name.lower(), value) for name, value in scope["headers"]],
+                body,
+                scheme=scope.get("scheme", "http"),
+                server=scope.get("server"),  # type: ignore[arg-type]
+                client=scope.get("client"),
+            )
+        )
+        response = quart.Response(answer.body, status=answer.status)
+        if answer.content_type is not None:
+            response.headers["Content-Type"] = answer.content_type
+        else:
+            response.headers.pop("Content-Type", None)
+        for name, value in answer.headers:
+            response.headers[name] = value
+        return response
+
+    app.add_url_rule("/", "forward-root", forward, methods=methods, provide_automatic_options=False)
+    app.add_url_rule(
+        "/<path:path>", "forward", forward, methods=methods, provide_automatic_options=False
+    )
+
+    @app.websocket("/ws")
+    async def websocket_endpoint() -> quart.Response:
+        # The front door takes every connection that opens with GET /ws; one that
+        # reaches here sent the upgrade after other requests on the same connection.
+        return quart.Response(
+            error_body(errors.Invalid(WS_LATE)), 400, content_type="application/json"
+        )
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> quart.Response:
+        kind = HTTP_ERRORS.get(error.code or 500)
+        failure = (
+            errors.Invalid(error.description or "Bad request.")
+            if kind is None
+            else kind(error.description or kind.code)
+        )
+        return quart.Response(error_body(failure), failure.status, content_type="application/json")
+
+    return app

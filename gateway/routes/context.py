@@ -1,0 +1,120 @@
+"""What every route reads: the ``Context`` (engine, settings, limiters, metrics, the
+OpenAPI document), the ``Route`` row, and the request steps most handlers share."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from engine import errors
+from engine.actors.supervisor import Engine
+from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR, State
+from gateway import validation as v
+from gateway.auth import Principal, authenticate
+from gateway.metrics import Metrics
+from gateway.openapi import OpenApi
+from gateway.pagination import link_builder, paginate
+from gateway.ratelimit import RateLimiter, Throttled
+from gateway.settings import Network, RateLimit
+from gateway.web import Request, Response, json_response
+from gateway.ws import WsSettings
+
+M = TypeVar("M", bound=BaseModel)
+STARTING = "The engine is starting."
+WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+LIMITED = frozenset((PRINCIPAL_USER, PRINCIPAL_VISITOR))  # org and admin tokens are not
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    admin_token_hash: str
+    public_url: str | None = None
+    open_registration: bool = True
+    # writes per user or visitor (None: not limited); open registration per address
+    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
+    registration_rate: float = 5.0  # per second and client address
+    registration_burst: int = 20
+    cors_origins: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[Network, ...] = ()
+    ws: WsSettings | None = None
+
+
+@dataclass(slots=True)
+class Context:
+    engine: Engine
+    state: State
+    settings: GatewaySettings
+    registrations: RateLimiter  # open registration, per client address
+    writes: RateLimiter | None  # per user or visitor; None: writes are not limited
+    metrics: Metrics
+    api: OpenApi
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[Response]]  # (Context, Request, **path parameters)
+    summary: str | None = None  # None: an operations route, left out of /openapi.json
+    body: type[BaseModel] | None = None
+    status: int = 200
+
+
+def admit(ctx: Context, req: Request) -> None:
+    """The check before routing: readiness, then the write budget. It runs before any
+    handler, so a refused write changes nothing."""
+    # (bodies over v.MAX_BODY_BYTES never get here: both transports refuse them)
+    if req.path.startswith("/api/") and not ctx.engine.started.is_set():
+        raise errors.Unavailable(STARTING)
+    if ctx.writes is not None and req.method in WRITES:
+        charge_write(ctx, req, ctx.writes)
+
+
+def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
+    """Only a user's or a visitor's token is limited; without a valid token the handler
+    answers 401."""
+    try:
+        caller = authenticate(
+            ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash
+        )
+    except errors.NotAuthenticated:
+        return
+    if caller.kind in LIMITED:
+        wait = writes.acquire(caller.id)
+        if wait > 0:
+            raise Throttled("Too many writes; slow down.", wait)
+
+
+def principal(ctx: Context, req: Request) -> Principal:
+    caller = authenticate(ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash)
+    if caller.kind == "user":
+        ctx.engine.reachability.touch(caller.id)  # a request keeps its presences alive
+    return caller
+
+
+def read_body(req: Request, model: type[M]) -> M:
+    return v.validate(model, v.parse_json_object(req.body, req.header(b"content-type")))
+
+
+def base_url(ctx: Context, req: Request) -> str:
+    if ctx.settings.public_url:
+        return ctx.settings.public_url.rstrip("/")
+    return f"{req.scheme}://{req.host}"
+
+
+def page(ctx: Context, req: Request, view: Any, render: Callable[[Any], Any]) -> Response:
+    """One page of a keyset-paginated collection, with its ``next`` / ``previous`` links."""
+    args = req.args
+    return json_response(
+        paginate(
+            view,
+            path=req.path,
+            cursor=args.get("cursor"),
+            page_size=v.parse_page_size(args),
+            url_for=link_builder(base_url(ctx, req), req.path, req.arg_pairs),
+            render=render,
+        )
+    )
