@@ -6,7 +6,7 @@ werkzeug routing and headers, a task group per request, its response object). A 
 here is a dict lookup per path segment, one handler call and one ``bytes`` answer. The
 built-in HTTP/1.1 server (``gateway/http1.py``) calls ``WebApp.handle`` directly;
 connections that hypercorn serves (HTTP/2, ``--http1-server hypercorn``) reach it
-through quart-trio, which stays the ASGI layer (``gateway/app.py``: one catch-all
+through quart-trio, which stays the ASGI layer (``gateway/asgi.py``: one catch-all
 route). Both paths run the same code below, so they answer alike.
 
 What it keeps from quart's behaviour: ``HEAD`` on every ``GET`` route (no body),
