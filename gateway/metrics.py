@@ -32,7 +32,7 @@ from prometheus_client.utils import floatToGoString
 from engine.actors.supervisor import Engine
 from gateway import failures
 from gateway.web import METHODS
-from gateway.ws import WsGateway
+from gateway.ws import Session, WsGateway
 from persistence.wal import FSYNC_BUCKETS, WriteAheadLog
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -45,8 +45,14 @@ class EngineCollector(Collector):
         self._ws = ws
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._engine.router.stats
         sessions = list(self._ws.sessions)
+        yield from self._channels(sessions)
+        yield from self._queues(sessions)
+        yield from self._engine_state()
+        yield from self._log()
+
+    def _channels(self, sessions: list[Session]) -> Iterator[Metric]:
+        stats = self._engine.router.stats
         yield GaugeMetricFamily(
             "chat_engine_ws_sessions", "Open WebSocket sessions.", value=len(sessions)
         )
@@ -78,6 +84,8 @@ class EngineCollector(Collector):
             "Sessions closed with 4001 because their token stopped working.",
             value=self._ws.revoked_closes,
         )
+
+    def _queues(self, sessions: list[Session]) -> Iterator[Metric]:
         writes = self._ws.write_stats
         yield CounterMetricFamily(
             "chat_engine_ws_write_passes",
@@ -116,6 +124,8 @@ class EngineCollector(Collector):
             "Encoded bytes waiting in all session queues.",
             value=self._ws.budget.total,
         )
+
+    def _engine_state(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "chat_engine_live_actors",
             "Chat and directory actors running.",
@@ -124,41 +134,42 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily(
             "chat_engine_chats", "Chats in memory.", value=len(self._engine.state.chats)
         )
+
+    def _log(self) -> Iterator[Metric]:
         store = self._engine.store
-        if store is not None:
-            wal = store.wal.stats
-            yield CounterMetricFamily(
-                "chat_engine_wal_records", "Log records written.", value=wal["records"]
-            )
-            yield CounterMetricFamily(
-                "chat_engine_wal_batches",
-                "Group commits (one write, one fsync).",
-                value=wal["batches"],
-            )
-            yield CounterMetricFamily(
-                "chat_engine_wal_bytes", "Log bytes written.", value=wal["bytes"]
-            )
-            yield fsync_histogram(store.wal)
-            yield GaugeMetricFamily(
-                "chat_engine_wal_fsync_seconds_max",
-                "Longest fsync so far.",
-                value=wal["fsync_seconds_max"],
-            )
-            yield CounterMetricFamily(
-                "chat_engine_wal_write_failures",
-                "Failed group commits (answered 503).",
-                value=wal["write_failures"],
-            )
-            yield GaugeMetricFamily(
-                "chat_engine_snapshot_pause_seconds_max",
-                "Longest event-loop pause a snapshot caused (its fork).",
-                value=store.max_snapshot_pause,
-            )
-            yield GaugeMetricFamily(
-                "chat_engine_applied_lsn",
-                "Last applied log position.",
-                value=self._engine.applied_lsn,
-            )
+        if store is None:
+            return
+        wal = store.wal.stats
+        yield CounterMetricFamily(
+            "chat_engine_wal_records", "Log records written.", value=wal["records"]
+        )
+        yield CounterMetricFamily(
+            "chat_engine_wal_batches",
+            "Group commits (one write, one fsync).",
+            value=wal["batches"],
+        )
+        yield CounterMetricFamily("chat_engine_wal_bytes", "Log bytes written.", value=wal["bytes"])
+        yield fsync_histogram(store.wal)
+        yield GaugeMetricFamily(
+            "chat_engine_wal_fsync_seconds_max",
+            "Longest fsync so far.",
+            value=wal["fsync_seconds_max"],
+        )
+        yield CounterMetricFamily(
+            "chat_engine_wal_write_failures",
+            "Failed group commits (answered 503).",
+            value=wal["write_failures"],
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_snapshot_pause_seconds_max",
+            "Longest event-loop pause a snapshot caused (its fork).",
+            value=store.max_snapshot_pause,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_applied_lsn",
+            "Last applied log position.",
+            value=self._engine.applied_lsn,
+        )
 
 
 def fsync_histogram(wal: WriteAheadLog) -> HistogramMetricFamily:
