@@ -7,7 +7,7 @@ The routes themselves are in ``gateway.routes``, one module a resource.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
@@ -21,11 +21,10 @@ from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
 from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
-from gateway.routes.context import Context, GatewaySettings, Route, admit
+from gateway.routes.context import Context, Route, admit
+from gateway.settings import Network, RateLimit
 from gateway.web import Hook, Router, WebApp
 from gateway.ws import WsGateway, WsSettings
-
-__all__ = ["ROUTES", "Gateway", "GatewaySettings", "create_app"]
 
 MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
 
@@ -39,6 +38,20 @@ ROUTES: tuple[Route, ...] = (
     *messages.ROUTES,
     *client.ROUTES,
 )
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    admin_token_hash: str
+    public_url: str | None = None
+    open_registration: bool = True
+    # writes per user or visitor (None: not limited); open registration per address
+    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
+    registration_rate: float = 5.0  # per second and client address
+    registration_burst: int = 20
+    cors_origins: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[Network, ...] = ()
+    ws: WsSettings | None = None
 
 
 @dataclass(slots=True)

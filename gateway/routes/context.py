@@ -4,8 +4,8 @@ OpenAPI document), the ``Route`` row, and the request steps most handlers share.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -18,28 +18,15 @@ from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
 from gateway.ratelimit import RateLimiter, Throttled
-from gateway.settings import Network, RateLimit
 from gateway.web import Request, Response, json_response
-from gateway.ws import WsSettings
+
+if TYPE_CHECKING:  # gateway.app builds the context from them and imports the routes
+    from gateway.app import GatewaySettings
 
 M = TypeVar("M", bound=BaseModel)
 STARTING = "The engine is starting."
 WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 LIMITED = frozenset((PRINCIPAL_USER, PRINCIPAL_VISITOR))  # org and admin tokens are not
-
-
-@dataclass(slots=True)
-class GatewaySettings:
-    admin_token_hash: str
-    public_url: str | None = None
-    open_registration: bool = True
-    # writes per user or visitor (None: not limited); open registration per address
-    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
-    registration_rate: float = 5.0  # per second and client address
-    registration_burst: int = 20
-    cors_origins: tuple[str, ...] = ()
-    forwarded_allow_ips: tuple[Network, ...] = ()
-    ws: WsSettings | None = None
 
 
 @dataclass(slots=True)
