@@ -28,7 +28,7 @@ from hypercorn.config import Config as HypercornConfig
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
 from gateway import frontdoor, logs, maintenance
-from gateway.app import GatewaySettings, create_app
+from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.settings import (
     ENV_PREFIX,
@@ -213,36 +213,9 @@ async def _serve(
             engine = create_engine(options)
         except OSError as error:
             raise StartupError(data_dir_unusable(options.data_dir, error)) from None
-    settings = GatewaySettings(
-        admin_token_hash=token.hash,
-        public_url=options.public_url,
-        open_registration=not options.no_open_registration,
-        rate_limit=options.rate_limit,
-        cors_origins=options.cors_origins,
-        forwarded_allow_ips=options.forwarded_allow_ips,
-        ws=WsSettings(
-            queue_limit=options.session_queue,
-            queue_bytes=options.session_queue_bytes,
-            queue_budget=options.session_queue_budget,
-            flush_interval=options.flush_interval,
-            limits=ws_limits or WsLimits(),
-        ),
-    )
-    gateway = create_app(engine, settings)
-    config = HypercornConfig()
-    config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 5.0
-    # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
-    # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
+    gateway = create_app(engine, gateway_settings(options, token.hash, ws_limits))
+    config, http1 = http_servers(options, gateway)
     ws_gateway = gateway.ws
-    http1 = None
-    if options.http1_server == "builtin":
-        http1 = Http1Server(
-            gateway.web.handle,
-            keep_alive_timeout=config.keep_alive_timeout,
-            access_log=logging.getLogger("chat_engine.access") if options.access_log else None,
-        )
 
     async def shutdown_trigger() -> None:
         await stopping.wait()
@@ -296,14 +269,7 @@ async def _serve(
             if not isinstance(failure, OSError):
                 raise
             raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
-        if token.printed:
-            print(f"admin token: {token.printed}", flush=True)
-        if options.demo:
-            if engine.state.orgs:
-                log.info("demo skipped: the store is not empty")
-            else:
-                demo = await create_demo(engine)
-                print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        await announce(options, engine, token.printed)
         tune_gc(options.gc_thresholds)
         task_status.started(binds)
         # hypercorn returns once its shutdown trigger fired (sessions closed with 1001)
@@ -313,6 +279,59 @@ async def _serve(
         await engine.drain()
         log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
         nursery.cancel_scope.cancel()
+
+
+async def announce(options: argparse.Namespace, engine: Engine, printed: str | None) -> None:
+    """Once recovered: a generated admin token, and with ``--demo`` the demo data."""
+    if printed:
+        print(f"admin token: {printed}", flush=True)
+    if options.demo:
+        if engine.state.orgs:
+            log.info("demo skipped: the store is not empty")
+        else:
+            demo = await create_demo(engine)
+            print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
+
+
+def gateway_settings(
+    options: argparse.Namespace, admin_token_hash: str, ws_limits: WsLimits | None
+) -> GatewaySettings:
+    return GatewaySettings(
+        admin_token_hash=admin_token_hash,
+        public_url=options.public_url,
+        open_registration=not options.no_open_registration,
+        rate_limit=options.rate_limit,
+        cors_origins=options.cors_origins,
+        forwarded_allow_ips=options.forwarded_allow_ips,
+        ws=WsSettings(
+            queue_limit=options.session_queue,
+            queue_bytes=options.session_queue_bytes,
+            queue_budget=options.session_queue_budget,
+            flush_interval=options.flush_interval,
+            limits=ws_limits or WsLimits(),
+        ),
+    )
+
+
+def http_servers(
+    options: argparse.Namespace, gateway: Gateway
+) -> tuple[HypercornConfig, Http1Server | None]:
+    """hypercorn's settings, and the built-in HTTP/1.1 server unless hypercorn serves
+    HTTP/1.1 too (``--http1-server``)."""
+    config = HypercornConfig()
+    config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5.0
+    # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
+    # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
+    if options.http1_server != "builtin":
+        return config, None
+    http1 = Http1Server(
+        gateway.web.handle,
+        keep_alive_timeout=config.keep_alive_timeout,
+        access_log=logging.getLogger("chat_engine.access") if options.access_log else None,
+    )
+    return config, http1
 
 
 def reason(error: OSError) -> str:
