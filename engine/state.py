@@ -337,7 +337,8 @@ class State:
         return ListView(self.visitor_chats.get(visitor_id, []))
 
     def resume_candidates(self, room_id: str, visitor_id: str) -> list[ChatState]:
-        """The visitor's chats in the room, newest first (auto_resume tries them in turn)."""
+        """The visitor's chats in the room, newest first: what ``engine.resume`` chooses
+        from."""
         # a visitor has a handful of chats: filtering them costs less than an index
         # (~200 B a chat)
         chats = self.visitor_chats.get(visitor_id, [])
