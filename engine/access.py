@@ -28,3 +28,21 @@ def visitor_may_use_room(visitor: Visitor, room: Room) -> bool:
     while it belongs to none yet), including rooms shared with its org."""
     org_id = visitor.organization_id
     return org_id is None or org_can_access_room(org_id, room)
+
+
+def may_share_room(org_id: str, room: Room) -> bool:
+    """Only the org that owns a room may share it; an org it is shared with may not pass
+    it on."""
+    return room.organization_id == org_id
+
+
+def may_set_api_data(org_id: str, visitor: Visitor) -> bool:
+    """An org keeps api_data for its own visitors and for those of nobody yet; any other
+    visitor is, to it, unknown."""
+    return visitor.organization_id in (None, org_id)
+
+
+def api_data_shown(visitor: Visitor, chat_org_id: str) -> list[dict[str, object]]:
+    """api_data is per org: a chat shows only what the org that owns the chat (its
+    room's owner) set for the visitor, never another org's, even in a shared room."""
+    return visitor.api_data.get(chat_org_id, [])

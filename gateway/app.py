@@ -20,7 +20,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import errors, views
-from engine.access import visitor_may_use_room, visitor_usable_in_room
+from engine.access import (
+    api_data_shown,
+    may_set_api_data,
+    may_share_room,
+    visitor_may_use_room,
+    visitor_usable_in_room,
+)
 from engine.actors.supervisor import Engine
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import SENDER_USER, SENDER_VISITOR
@@ -243,7 +249,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def share_room(req: Request, org_id: str, room_id: str) -> Response:
         require_org(state, principal(req), org_id, users_too=False)
         room = visible_room(state, org_id, room_id)
-        if room.organization_id != org_id:
+        if not may_share_room(org_id, room):
             raise errors.Forbidden("Only the room's owner may share it.")
         data = read_body(req, v.ShareCreate)
         await engine.directory.share_room(room, data.organization_id)
@@ -418,7 +424,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         )
 
     def rich(chat: Any) -> dict[str, Any]:
-        api_data = state.visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
+        api_data = api_data_shown(state.visitors[chat.visitor_id], chat.organization_id)
         return views.chat_rich_view(chat, state.users, api_data)
 
     @route(
@@ -571,7 +577,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def put_api_data(req: Request, org_id: str, visitor_id: str) -> Response:
         require_org(state, principal(req), org_id)
         visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
-        if visitor is None or visitor.organization_id not in (None, org_id):
+        if visitor is None or not may_set_api_data(org_id, visitor):
             raise errors.NotFound("Visitor not found.")
         items = v.parse_api_data(req.body, req.header(b"content-type"))
         await engine.directory.set_api_data(org_id, visitor, items)
