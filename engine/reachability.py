@@ -3,8 +3,9 @@
 A user is reachable while it has an open WebSocket session authenticated with its own
 token, and for ``timeout`` seconds after the latest of: its last request with its own
 token, the close of its last such session, the creation of one of its presences, the
-server's start. Org and admin tokens never reach this ledger, so they never make a user
-reachable. A presence of an unreachable user is removed as a DELETE would remove it.
+server's start. Org and admin tokens (and their sessions) never make a user reachable:
+``counts_for_reachability`` says which callers the ledger hears of. A presence of an
+unreachable user is removed as a DELETE would remove it.
 
 Every time is passed in (the runtime uses trio's clock), so the rule is tested without
 a clock at all; ``engine.actors.presence`` only sweeps.
@@ -13,6 +14,14 @@ a clock at all; ``engine.actors.presence`` only sweeps.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from engine.state import PRINCIPAL_USER
+
+
+def counts_for_reachability(principal_kind: str) -> bool:
+    """Only a user's own token shows that the user is there: an org or the admin acting
+    on a user's behalf, or holding a session, says nothing about it."""
+    return principal_kind == PRINCIPAL_USER
 
 
 class ReachabilityLedger:

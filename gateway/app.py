@@ -30,6 +30,7 @@ from engine.access import (
 from engine.actors.supervisor import Engine
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import SENDER_USER, SENDER_VISITOR
+from engine.reachability import counts_for_reachability
 from engine.report import ORDERINGS, ReportQuery, run_report
 from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR
 from gateway import validation as v
@@ -164,7 +165,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
 
     def principal(req: Request) -> Principal:
         caller = authenticate(state, req.header(b"authorization"), settings.admin_token_hash)
-        if caller.kind == "user":
+        if counts_for_reachability(caller.kind):
             engine.reachability.touch(caller.id)  # a request keeps its presences alive
         return caller
 

@@ -3,7 +3,7 @@ expire."""
 
 from __future__ import annotations
 
-from engine.reachability import ReachabilityLedger
+from engine.reachability import ReachabilityLedger, counts_for_reachability
 
 TIMEOUT = 120.0
 START = 1000.0
@@ -70,8 +70,14 @@ def test_only_the_users_given_are_considered_and_each_on_its_own() -> None:
     assert rule.expired([], now) == []
 
 
-def test_org_and_admin_activity_never_reaches_the_ledger() -> None:
-    # The gateway touches the ledger only for a user's own token: a user the org or the
-    # admin acted for is unseen here, so it expires from the start like any other.
+def test_a_user_never_seen_expires_a_timeout_after_the_start() -> None:
+    # what happens to a user whom only its org or the admin acted for: the gateway never
+    # tells the ledger about them (``counts_for_reachability``)
     rule = ledger()
     assert rule.expired(["alan"], START + TIMEOUT) == ["alan"]
+
+
+def test_only_a_users_own_token_counts() -> None:
+    assert counts_for_reachability("user")
+    for kind in ("org", "admin", "visitor"):
+        assert not counts_for_reachability(kind)
