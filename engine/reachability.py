@@ -24,6 +24,13 @@ def counts_for_reachability(principal_kind: str) -> bool:
     return principal_kind == PRINCIPAL_USER
 
 
+def sweep_interval(timeout: float) -> float:
+    """How often expired presences are looked for: often enough that none outlives its
+    timeout by more than a quarter of it (and never by more than a second), seldom
+    enough that a tiny timeout does not keep the engine busy sweeping."""
+    return max(0.05, min(1.0, timeout / 4))
+
+
 class ReachabilityLedger:
     """What the rule needs to remember per user: open sessions and when it last
     showed a sign of life."""

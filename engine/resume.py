@@ -14,9 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from engine import errors
 from engine.access import may_serve
 from engine.chat import ChatState
 from engine.model import Room, User
+
+
+def require_resumer(user: User, room: Room) -> None:
+    """An operator's resume needs a user who may serve the room, whether or not there
+    is a chat to resume: otherwise nothing is resumed and nothing created."""
+    if not may_serve(user, room):
+        raise errors.PermissionDenied("The user may not serve this room.")
 
 
 def is_recent(chat: ChatState, *, now: int, window_ms: int) -> bool:

@@ -3,7 +3,7 @@ expire."""
 
 from __future__ import annotations
 
-from engine.reachability import ReachabilityLedger, counts_for_reachability
+from engine.reachability import ReachabilityLedger, counts_for_reachability, sweep_interval
 
 TIMEOUT = 120.0
 START = 1000.0
@@ -81,3 +81,9 @@ def test_only_a_users_own_token_counts() -> None:
     assert counts_for_reachability("user")
     for kind in ("org", "admin", "visitor"):
         assert not counts_for_reachability(kind)
+
+
+def test_the_sweep_runs_often_enough_and_not_too_often() -> None:
+    assert sweep_interval(120.0) == 1.0  # a long timeout: once a second
+    assert sweep_interval(2.0) == 0.5  # a quarter of a short one
+    assert sweep_interval(0.01) == 0.05  # never a busy loop

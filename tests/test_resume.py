@@ -7,10 +7,11 @@ import itertools
 
 import pytest
 
+from engine import errors
 from engine.chat import ChatState
 from engine.facts import ChatCreated
 from engine.model import Room, User
-from engine.resume import choose_chat, is_recent
+from engine.resume import choose_chat, is_recent, require_resumer
 
 VISITOR = "v" * 32
 ORG = "o1"
@@ -110,3 +111,10 @@ def test_a_user_already_present_is_chosen_again() -> None:
     present = chat()
     join(present, ALAN)
     assert choose([present], ALAN) is present
+
+
+def test_a_resumer_who_may_not_serve_the_room_is_refused_before_anything() -> None:
+    require_resumer(ALAN, ROOM)  # may serve: no error
+    limited = User("u5", ORG, "Di", "D", "di", ["elsewhere"], 0, 6, "h5")
+    with pytest.raises(errors.PermissionDenied):
+        require_resumer(limited, ROOM)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine import directory, errors
-from engine.access import may_serve
+from engine import directory
 from engine.chat import ChatState
 from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
 from engine.model import Org, Room, User, Visitor
-from engine.resume import choose_chat
+from engine.resume import choose_chat, require_resumer
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -112,8 +111,7 @@ class DirectoryActor:
 
         async def work() -> tuple[bool, ChatState]:
             if auto_resume is not None:
-                if not may_serve(auto_resume, room):
-                    raise errors.PermissionDenied("The user may not serve this room.")
+                require_resumer(auto_resume, room)
                 candidates = engine.state.resume_candidates(room.id, visitor.id)
                 while (chosen := self._choose(candidates, auto_resume, room)) is not None:
                     if await engine.chats.resume(chosen, auto_resume):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from engine import errors
-from engine.reachability import ReachabilityLedger
+from engine.reachability import ReachabilityLedger, sweep_interval
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -59,7 +59,7 @@ class Reachability:
         return removed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        interval = max(0.05, min(1.0, self.timeout / 4))
+        interval = sweep_interval(self.timeout)
         task_status.started()
         while True:
             await trio.sleep(interval)
