@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from engine.chat import ChatState
 from engine.model import Room, User, Visitor
 
 
 def org_can_access_room(org_id: str, room: Room) -> bool:
     """An org is a member of a room it owns or that is shared with it."""
     return room.organization_id == org_id or org_id in room.shared_with
+
+
+def user_of_org(user: User, org_id: str) -> bool:
+    """A user belongs to one org; to any other it is as unknown as a missing one."""
+    return user.organization_id == org_id
+
+
+def visitors_own_chat(visitor: Visitor, chat: ChatState) -> bool:
+    """Through the client API a visitor sees only its own chats; another visitor's is
+    as unknown as a missing one."""
+    return chat.visitor_id == visitor.id
 
 
 def may_serve(user: User, room: Room) -> bool:

@@ -8,7 +8,11 @@ from engine.access import (
     may_set_api_data,
     may_share_room,
     org_can_access_room,
+    user_of_org,
+    visitors_own_chat,
 )
+from engine.chat import ChatState
+from engine.facts import ChatCreated
 from engine.model import Room, User, Visitor
 
 OWNER, GUEST, STRANGER = "o1", "o2", "o3"
@@ -59,3 +63,17 @@ def test_a_chat_shows_only_its_own_orgs_api_data() -> None:
     ]
     assert api_data_shown(someone, STRANGER) == []
     assert api_data_shown(visitor(None), OWNER) == []
+
+
+def test_a_user_belongs_to_its_own_org_only() -> None:
+    alan = User("u1", OWNER, "A", "B", "ab", None, 0, 2, "h")
+    assert user_of_org(alan, OWNER)
+    assert not user_of_org(alan, GUEST)
+
+
+def test_a_visitor_sees_only_its_own_chats() -> None:
+    mine = ChatState.create(
+        ChatCreated("c1", "t" * 48, "r1", OWNER, "v" * 32, False, 0, None, None), seq=5
+    )
+    assert visitors_own_chat(visitor(OWNER), mine)
+    assert not visitors_own_chat(Visitor("w" * 32, OWNER, 0, "h2"), mine)
