@@ -54,7 +54,12 @@ def may_set_api_data(org_id: str, visitor: Visitor) -> bool:
     return visitor.organization_id in (None, org_id)
 
 
-def api_data_shown(visitor: Visitor, chat_org_id: str) -> list[dict[str, object]]:
-    """api_data is per org: a chat shows only what the org that owns the chat (its
-    room's owner) set for the visitor, never another org's, even in a shared room."""
-    return visitor.api_data.get(chat_org_id, [])
+def api_data_org(chat: ChatState) -> str:
+    """api_data is per org: a chat shows what the org that owns it (its room's owner)
+    set for the visitor, never another org's, even in a room shared with that one."""
+    return chat.organization_id
+
+
+def api_data_shown(visitor: Visitor, chat: ChatState) -> list[dict[str, object]]:
+    """The visitor's api_data as ``chat`` (one of the visitor's chats) shows it."""
+    return visitor.api_data.get(api_data_org(chat), [])

@@ -425,7 +425,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         )
 
     def rich(chat: Any) -> dict[str, Any]:
-        api_data = api_data_shown(state.visitors[chat.visitor_id], chat.organization_id)
+        api_data = api_data_shown(state.visitors[chat.visitor_id], chat)
         return views.chat_rich_view(chat, state.users, api_data)
 
     @route(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.access import (
+    api_data_org,
     api_data_shown,
     may_serve,
     may_set_api_data,
@@ -51,18 +52,26 @@ def test_an_org_sets_api_data_for_its_own_visitors_and_for_nobodys() -> None:
     assert not may_set_api_data(GUEST, visitor(OWNER))
 
 
+def chat_of(org_id: str) -> ChatState:
+    """A chat of the visitor in a room ``org_id`` owns."""
+    fact = ChatCreated("c1", "t" * 48, "r1", org_id, "v" * 32, False, 0, None, None)
+    return ChatState.create(fact, seq=5)
+
+
 def test_a_chat_shows_only_its_own_orgs_api_data() -> None:
     someone = visitor(OWNER)
     someone.api_data = {
         OWNER: [{"name": "name", "value": "Ada"}],
         GUEST: [{"name": "name", "value": "not for the owner's chats"}],
     }
-    assert api_data_shown(someone, OWNER) == [{"name": "name", "value": "Ada"}]
-    assert api_data_shown(someone, GUEST) == [
+    # a chat in the owner's room, even when the guest org serves it, shows the owner's
+    assert api_data_org(chat_of(OWNER)) == OWNER
+    assert api_data_shown(someone, chat_of(OWNER)) == [{"name": "name", "value": "Ada"}]
+    assert api_data_shown(someone, chat_of(GUEST)) == [
         {"name": "name", "value": "not for the owner's chats"}
     ]
-    assert api_data_shown(someone, STRANGER) == []
-    assert api_data_shown(visitor(None), OWNER) == []
+    assert api_data_shown(someone, chat_of(STRANGER)) == []
+    assert api_data_shown(visitor(None), chat_of(OWNER)) == []
 
 
 def test_a_user_belongs_to_its_own_org_only() -> None:
@@ -72,8 +81,6 @@ def test_a_user_belongs_to_its_own_org_only() -> None:
 
 
 def test_a_visitor_sees_only_its_own_chats() -> None:
-    mine = ChatState.create(
-        ChatCreated("c1", "t" * 48, "r1", OWNER, "v" * 32, False, 0, None, None), seq=5
-    )
+    mine = chat_of(OWNER)
     assert visitors_own_chat(visitor(OWNER), mine)
     assert not visitors_own_chat(Visitor("w" * 32, OWNER, 0, "h2"), mine)
