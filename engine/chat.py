@@ -185,9 +185,6 @@ class ChatState:
         # The presence's seq is known only once applied; the caller reads it back.
         return JoinOutcome(True, Presence(user_id, at, -1)), [fact]
 
-    def is_resumable(self, *, now: int, resume_window_ms: int) -> bool:
-        return self.end_time is None and now - self.updated_at <= resume_window_ms
-
     def decide_leave(self, user_id: str, *, at: int) -> list[UserLeft]:
         if user_id not in self.presences:
             raise errors.NotFound("The user is not present in the chat.")

@@ -12,6 +12,7 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
+from engine.access import api_data_org
 from engine.chat import ChangeSet, ChatState
 from engine.collections import KeyedListView, ListView, SortedView
 from engine.facts import (
@@ -257,7 +258,7 @@ class State:
         }
         changes = []
         for chat in self.visitor_chats.get(fact.visitor_id, []):
-            if chat.organization_id == fact.org_id:
+            if api_data_org(chat) == fact.org_id:
                 before_view = chat_collection_view(chat)
                 change = chat.touch(fact.at)
                 change.before_view = before_view
@@ -337,7 +338,8 @@ class State:
         return ListView(self.visitor_chats.get(visitor_id, []))
 
     def resume_candidates(self, room_id: str, visitor_id: str) -> list[ChatState]:
-        """The visitor's chats in the room, newest first (auto_resume tries them in turn)."""
+        """The visitor's chats in the room, newest first: what ``engine.resume`` chooses
+        from."""
         # a visitor has a handful of chats: filtering them costs less than an index
         # (~200 B a chat)
         chats = self.visitor_chats.get(visitor_id, [])

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from engine.access import api_data_shown
 from engine.chat import ChatState
 from engine.model import (
     SENDER_USER,
@@ -210,7 +211,7 @@ def chat_rich_view_of(
     chat: ChatState, users: Mapping[str, User], visitors: Mapping[str, Visitor]
 ) -> dict[str, Any]:
     """The rich form with the api_data the chat's org set on its visitor."""
-    api_data = visitors[chat.visitor_id].api_data.get(chat.organization_id, [])
+    api_data = api_data_shown(visitors[chat.visitor_id], chat)
     return chat_rich_view(chat, users, api_data)
 
 

@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass
 
 from engine import errors
-from engine.access import org_can_access_room
+from engine.access import org_can_access_room, user_of_org, visitors_own_chat
 from engine.chat import ChatState
 from engine.ids import hash_token, is_uuid
 from engine.model import Room, User, Visitor
@@ -96,14 +96,14 @@ def named_user(state: State, org_id: str, user_id: object, field: str) -> User:
     """A user named in a body or query field (``sender_id``, ``user_id``,
     ``auto_resume``): anything but a user of the org is 400 naming the field."""
     user = state.users.get(user_id) if isinstance(user_id, str) and is_uuid(user_id) else None
-    if user is None or user.organization_id != org_id:
+    if user is None or not user_of_org(user, org_id):
         raise errors.invalid_field(field, "Must be the id of a user of the organization.")
     return user
 
 
 def org_user(state: State, org_id: str, user_id: str) -> User:
     user = state.users.get(user_id)
-    if user is None or user.organization_id != org_id:
+    if user is None or not user_of_org(user, org_id):
         raise errors.NotFound("User not found.")
     return user
 
@@ -123,6 +123,6 @@ def require_visitor(state: State, principal: Principal, visitor_id: str) -> Visi
 def own_chat(state: State, visitor: Visitor, chat_id: str) -> ChatState:
     """Another visitor's chat is exactly as unknown as a missing one."""
     chat = state.chats.get(chat_id)
-    if chat is None or chat.visitor_id != visitor.id:
+    if chat is None or not visitors_own_chat(visitor, chat):
         raise errors.NotFound("Chat not found.")
     return chat

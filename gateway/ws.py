@@ -47,6 +47,7 @@ from engine import channels, errors
 from engine.actors.router import JSON, MSGPACK, Subscribed
 from engine.actors.supervisor import Engine
 from engine.ids import hash_token
+from engine.reachability import counts_for_reachability
 from gateway.auth import ADMIN, Principal, principal_for_token
 from gateway.failures import connection_failed
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
@@ -455,7 +456,7 @@ class WsGateway:
         if principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
             session.revoke()  # it stopped working while the upgrade was answered
         reachability = self.engine.reachability
-        if principal.kind == "user":
+        if counts_for_reachability(principal.kind):
             reachability.session_opened(principal.id)
         try:
             async with trio.open_nursery() as nursery:
@@ -475,7 +476,7 @@ class WsGateway:
                 if not holders:
                     del self._by_token[token_hash]
             self.engine.router.drop(session, session.subscriptions)
-            if principal.kind == "user":
+            if counts_for_reachability(principal.kind):
                 reachability.session_closed(principal.id)
 
     async def _tend(self, session: Session, transport: RawWebSocket) -> bool:

@@ -255,8 +255,8 @@ async def test_every_mutation_emits_exactly_its_events(
         )
 
         # 8. B's presence expires: the same events as a DELETE
-        engine.reachability._last_seen[scene.b] = float("-inf")
-        engine.reachability._started_at = float("-inf")
+        engine.reachability.ledger.touch(scene.b, float("-inf"))
+        engine.reachability.ledger.started_at = float("-inf")
         assert await engine.reachability.sweep_once() >= 1
         events = await collect(ws)
         users = [scene.b, scene.z]

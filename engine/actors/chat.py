@@ -16,6 +16,7 @@ from engine.access import may_serve
 from engine.chat import ChatState, JoinOutcome
 from engine.facts import Fact
 from engine.model import SENDER_USER, Cart, Message, Product, User
+from engine.resume import choose_chat
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -45,18 +46,18 @@ class ChatActors:
         return await self._engine.pool.run(chat.id, work)
 
     async def resume(self, chat: ChatState, user: User) -> bool:
-        """auto_resume's step inside one candidate chat: join ``user`` if the chat is
-        still recent and open to it. ``False`` means try the next candidate."""
+        """auto_resume's step inside the chosen chat: join ``user`` if the chat is still
+        the one ``engine.resume`` would choose. ``False`` means choose again without it."""
 
         async def work() -> bool:
             engine = self._engine
             now = engine.now()
-            if not chat.is_resumable(now=now, resume_window_ms=engine.config.resume_window_ms):
+            room = engine.state.rooms[chat.room_id]
+            window_ms = engine.config.resume_window_ms
+            if choose_chat([chat], user=user, room=room, now=now, window_ms=window_ms) is None:
                 return False
             if user.id in chat.presences:
                 return True
-            if not chat.may_join(user.id, self._may_serve(chat, user)):
-                return False
             _, facts = chat.decide_join(user.id, exclusive=False, may_serve=True, at=now)
             await engine.commit(facts)
             engine.reachability.touch(user.id)

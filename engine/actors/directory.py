@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine import directory, errors
-from engine.access import may_serve
+from engine import directory
 from engine.chat import ChatState
 from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
 from engine.model import Org, Room, User, Visitor
+from engine.resume import choose_chat, require_resumer
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -90,6 +90,18 @@ class DirectoryActor:
 
         return await self._engine.pool.run(DIRECTORY, work)
 
+    def _choose(
+        self, candidates: list[ChatState], user: User | None, room: Room
+    ) -> ChatState | None:
+        engine = self._engine
+        return choose_chat(
+            candidates,
+            user=user,
+            room=room,
+            now=engine.now(),
+            window_ms=engine.config.resume_window_ms,
+        )
+
     async def create_chat(
         self, room: Room, visitor: Visitor, *, auto_resume: User | None
     ) -> tuple[bool, ChatState]:
@@ -99,13 +111,13 @@ class DirectoryActor:
 
         async def work() -> tuple[bool, ChatState]:
             if auto_resume is not None:
-                if not may_serve(auto_resume, room):
-                    raise errors.PermissionDenied("The user may not serve this room.")
-                for candidate in engine.state.resume_candidates(room.id, visitor.id):
-                    if candidate.end_time is not None:
-                        continue
-                    if await engine.chats.resume(candidate, auto_resume):
-                        return False, candidate
+                require_resumer(auto_resume, room)
+                candidates = engine.state.resume_candidates(room.id, visitor.id)
+                while (chosen := self._choose(candidates, auto_resume, room)) is not None:
+                    if await engine.chats.resume(chosen, auto_resume):
+                        return False, chosen
+                    # it changed while the join waited for its chat's actor
+                    candidates.remove(chosen)
             fact = directory.create_chat(
                 engine.state,
                 room.id,
@@ -138,12 +150,10 @@ class DirectoryActor:
 
         async def work() -> tuple[bool, ChatState]:
             if resume:
-                now = engine.now()
-                for candidate in engine.state.resume_candidates(room.id, visitor.id):
-                    if candidate.is_resumable(
-                        now=now, resume_window_ms=engine.config.resume_window_ms
-                    ):
-                        return False, candidate
+                candidates = engine.state.resume_candidates(room.id, visitor.id)
+                chosen = self._choose(candidates, None, room)
+                if chosen is not None:
+                    return False, chosen
             fact = directory.create_chat(
                 engine.state, room.id, visitor.id, join_user_id=None, at=engine.now()
             )

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from engine import errors
 from engine.actors.supervisor import Engine
+from engine.reachability import counts_for_reachability
 from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR, State
 from gateway import validation as v
 from gateway.auth import Principal, authenticate
@@ -77,7 +78,7 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
 
 def principal(ctx: Context, req: Request) -> Principal:
     caller = authenticate(ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash)
-    if caller.kind == "user":
+    if counts_for_reachability(caller.kind):
         ctx.engine.reachability.touch(caller.id)  # a request keeps its presences alive
     return caller
 

@@ -4,6 +4,7 @@ and api_data)."""
 from __future__ import annotations
 
 from engine import errors, views
+from engine.access import may_set_api_data, may_share_room
 from engine.ids import is_visitor_id
 from gateway import validation as v
 from gateway.auth import org_user, require_admin, require_org, visible_room
@@ -39,7 +40,7 @@ async def share_room(ctx: Context, req: Request, org_id: str, room_id: str) -> R
     state = ctx.state
     require_org(state, principal(ctx, req), org_id, users_too=False)
     room = visible_room(state, org_id, room_id)
-    if room.organization_id != org_id:
+    if not may_share_room(org_id, room):
         raise errors.Forbidden("Only the room's owner may share it.")
     data = read_body(req, v.ShareCreate)
     await ctx.engine.directory.share_room(room, data.organization_id)
@@ -75,7 +76,7 @@ async def put_api_data(ctx: Context, req: Request, org_id: str, visitor_id: str)
     state = ctx.state
     require_org(state, principal(ctx, req), org_id)
     visitor = state.visitors.get(visitor_id) if is_visitor_id(visitor_id) else None
-    if visitor is None or visitor.organization_id not in (None, org_id):
+    if visitor is None or not may_set_api_data(org_id, visitor):
         raise errors.NotFound("Visitor not found.")
     items = v.parse_api_data(req.body, req.header(b"content-type"))
     await ctx.engine.directory.set_api_data(org_id, visitor, items)

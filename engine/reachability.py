@@ -1,0 +1,70 @@
+"""Presence expiry: which users are reachable, and whose presences expire.
+
+A user is reachable while it has an open WebSocket session authenticated with its own
+token, and for ``timeout`` seconds after the latest of: its last request with its own
+token, the close of its last such session, the creation of one of its presences, the
+server's start. Org and admin tokens (and their sessions) never make a user reachable:
+``counts_for_reachability`` says which callers the ledger hears of. A presence of an
+unreachable user is removed as a DELETE would remove it.
+
+Every time is passed in (the runtime uses trio's clock), so the rule is tested without
+a clock at all; ``engine.actors.presence`` only sweeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.state import PRINCIPAL_USER
+
+
+def counts_for_reachability(principal_kind: str) -> bool:
+    """Only a user's own token shows that the user is there: an org or the admin acting
+    on a user's behalf, or holding a session, says nothing about it."""
+    return principal_kind == PRINCIPAL_USER
+
+
+def sweep_interval(timeout: float) -> float:
+    """How often expired presences are looked for: often enough that none outlives its
+    timeout by more than a quarter of it (and never by more than a second), seldom
+    enough that a tiny timeout does not keep the engine busy sweeping."""
+    return max(0.05, min(1.0, timeout / 4))
+
+
+class ReachabilityLedger:
+    """What the rule needs to remember per user: open sessions and when it last
+    showed a sign of life."""
+
+    def __init__(self, *, timeout: float, started_at: float) -> None:
+        self.timeout = timeout
+        # a user never seen since the start is as fresh as the start: a restart gives
+        # every restored presence a whole timeout to come back
+        self.started_at = started_at
+        self._last_seen: dict[str, float] = {}
+        self._sessions: dict[str, int] = {}
+
+    def touch(self, user_id: str, at: float) -> None:
+        """A request with the user's own token, or one of its presences was created."""
+        self._last_seen[user_id] = at
+
+    def session_opened(self, user_id: str) -> None:
+        self._sessions[user_id] = self._sessions.get(user_id, 0) + 1
+
+    def session_closed(self, user_id: str, at: float) -> None:
+        left = self._sessions.get(user_id, 0) - 1
+        if left > 0:
+            self._sessions[user_id] = left
+        else:
+            self._sessions.pop(user_id, None)
+        self.touch(user_id, at)
+
+    def is_reachable(self, user_id: str, now: float) -> bool:
+        if self._sessions.get(user_id):
+            return True
+        last = self._last_seen.get(user_id, self.started_at)
+        return now - last < self.timeout
+
+    def expired(self, present_users: Iterable[str], now: float) -> list[str]:
+        """Those of ``present_users`` (users with at least one presence) whose
+        presences expire at ``now``."""
+        return [user_id for user_id in present_users if not self.is_reachable(user_id, now)]
