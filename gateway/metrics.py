@@ -45,7 +45,7 @@ class EngineCollector(Collector):
         self._ws = ws
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._engine.router.stats
+        stats = self._engine.realtime.stats
         sessions = list(self._ws.sessions)
         yield GaugeMetricFamily(
             "chat_engine_ws_sessions", "Open WebSocket sessions.", value=len(sessions)

@@ -21,11 +21,11 @@ from engine.actors.chat import ChatActors
 from engine.actors.directory import DirectoryActor
 from engine.actors.mailbox import ActorPool
 from engine.actors.presence import Reachability
-from engine.actors.router import ChannelRouter
 from engine.chat import ChangeSet
 from engine.facts import Fact
 from engine.fanout import fan_out
 from engine.ids import new_secret
+from engine.realtime.core import Realtime
 from engine.state import State
 from persistence.store import Recovered, Store
 
@@ -72,7 +72,7 @@ class Engine:
         self.directory = DirectoryActor(self)
         # The epoch names the life of the channel histories: in memory, this process;
         # with a data directory, the directory.
-        self.router = ChannelRouter(
+        self.realtime = Realtime(
             epoch=store.epoch() if store is not None else new_secret()[:16],
             history_limit=self.config.history_limit,
             total_history_limit=self.config.total_history_limit,
@@ -99,7 +99,7 @@ class Engine:
 
     async def commit(self, facts: Sequence[Fact]) -> list[ChangeSet]:
         """Make one mutation's facts durable, then apply them and hand their events to
-        the router as one batch. With a log, the log's committer does the applying, in
+        the realtime core as one batch. With a log, the log's committer does the applying, in
         log order, once the record is durable (``persistence.wal``); a write failure
         raises ``Unavailable`` and nothing is applied."""
         if self.store is None:
@@ -114,7 +114,7 @@ class Engine:
             for change in self.state.apply(fact):
                 changes.append(change)
                 publications += fan_out(self.state, change)
-        self.router.publish(publications)
+        self.realtime.publish(publications)
         self.applied_lsn = lsn
         if self.started.is_set():  # not while recovering, in a worker thread
             self._check_snapshot_due()
@@ -149,7 +149,9 @@ class Engine:
         def loaded(lsn: int) -> None:
             self.applied_lsn = lsn
 
-        recovered = self.store.recover(self.state, self.router, self._apply_record, loaded=loaded)
+        recovered = self.store.recover(
+            self.state, self.realtime.histories, self._apply_record, loaded=loaded
+        )
         self.applied_lsn = recovered.last_lsn
         self.recovery = recovered
 
@@ -167,7 +169,9 @@ class Engine:
         """Take a snapshot now (forked: the event loop only pauses for the fork)."""
         if self.store is not None:
             try:
-                await self.store.take_snapshot(self.applied_lsn, self.state, self.router)
+                await self.store.take_snapshot(
+                    self.applied_lsn, self.state, self.realtime.histories.export
+                )
             except OSError:
                 log.exception("snapshot failed; the log still has everything")
 
