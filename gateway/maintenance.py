@@ -244,7 +244,7 @@ def _replay(directory: Path) -> set[int]:
 
     def apply(lsn: int, facts: list[Fact]) -> None:
         try:
-            engine._apply_record(lsn, facts)  # the server's own apply path
+            engine.apply_record(lsn, facts)  # the server's own apply path
         except Exception:
             failed.add(lsn)
 

@@ -103,7 +103,8 @@ class Store:
     ) -> Recovered:
         """Blocking (run it in a worker thread): load the snapshot into ``state`` and
         ``histories``, tell ``loaded`` its log position, then hand every log record after
-        it to ``apply``, in order, as it is read."""
+        it back to the engine's ``apply``, in order, as it is read. The store never
+        applies a record itself."""
         started = time.perf_counter()
         make_private_dir(self.data_dir)
         removed = snapshot.remove_temporary(self.data_dir)  # a writer killed mid-way

@@ -18,6 +18,7 @@ import trio
 
 from engine import errors
 from engine.actors.chat import ChatActors
+from engine.actors.commit import CommitLoop
 from engine.actors.directory import DirectoryActor
 from engine.actors.mailbox import ActorPool
 from engine.actors.presence import Reachability
@@ -79,6 +80,7 @@ class Engine:
         )
         self._reachability: Reachability | None = None
         self._snapshot_due = trio.Event()
+        self._commits = CommitLoop(store.wal, self.apply_record) if store is not None else None
 
     @property
     def pool(self) -> ActorPool:
@@ -99,15 +101,16 @@ class Engine:
 
     async def commit(self, facts: Sequence[Fact]) -> list[ChangeSet]:
         """Make one mutation's facts durable, then apply them and hand their events to
-        the realtime core as one batch. With a log, the log's committer does the applying, in
-        log order, once the record is durable (``persistence.wal``); a write failure
+        the realtime core as one batch (``engine.actors.commit``); a write failure
         raises ``Unavailable`` and nothing is applied."""
-        if self.store is None:
-            return self._apply_record(self.applied_lsn + 1, facts)
-        changes: list[ChangeSet] = await self.store.wal.commit(facts)
+        if self._commits is None:
+            return self.apply_record(self.applied_lsn + 1, facts)
+        changes: list[ChangeSet] = await self._commits.commit(facts)
         return changes
 
-    def _apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
+    def apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
+        """Apply one durable log record and fan its events out: the one apply path, for
+        records just committed, records replayed at start-up and ``chat-engine check``."""
         changes = []
         publications = []
         for fact in facts:
@@ -150,7 +153,7 @@ class Engine:
             self.applied_lsn = lsn
 
         recovered = self.store.recover(
-            self.state, self.realtime.histories, self._apply_record, loaded=loaded
+            self.state, self.realtime.histories, self.apply_record, loaded=loaded
         )
         self.applied_lsn = recovered.last_lsn
         self.recovery = recovered
@@ -178,7 +181,8 @@ class Engine:
     async def drain(self) -> None:
         """Clean shutdown: let queued records commit, then write a final snapshot."""
         if self.store is not None:
-            await self.store.wal.flush()
+            assert self._commits is not None
+            await self._commits.flush()
             await self.snapshot()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -194,7 +198,9 @@ class Engine:
                 await trio.to_thread.run_sync(self._recover)
                 assert self.recovery is not None
                 self.store.wal.open(self.applied_lsn)
-                await nursery.start(self.store.wal.run, self._apply_record)
+                assert self._commits is not None
+                await nursery.start(self.store.wal.run)
+                await nursery.start(self._commits.run)
                 nursery.start_soon(self._snapshot_periodically)
                 log.info(
                     "recovered",
