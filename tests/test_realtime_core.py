@@ -273,3 +273,31 @@ def test_subscription_churn_on_channels_without_events_leaves_nothing_behind() -
     late = Collector(JSON)
     assert subscribe(realtime, late, CHANNEL, since=1, epoch="e1").head == 3
     assert [decode(JSON, item).get("seq") for item in late.items] == [3, 2, 3]
+
+
+def test_event_frames_equal_encoding_the_whole_map_in_both_encodings() -> None:
+    """The pre-serialised resource is spliced in, yet each frame is byte for byte what
+    encoding the whole frame with the library gives; with no resource, no key."""
+    resource = {"id": "m1", "message": "héllo", "n": [1, 2.5, None, True]}
+    for payload, expected in (
+        (Payload(resource), {"resource": resource}),
+        (None, {}),
+    ):
+        item = ("added", "m1", payload)
+        frame = {"channel": CHANNEL, "action": "added", "resource_id": "m1", "seq": 7}
+        frame.update(expected)
+        assert protocol.event(CHANNEL, 7, item, JSON) == orjson.dumps(frame)
+        assert protocol.event(CHANNEL, 7, item, MSGPACK) == msgpack.packb(frame)
+
+
+def test_several_ready_frames_go_out_as_one_array() -> None:
+    for encoding in (JSON, MSGPACK):
+        frames = [protocol.pong(number, encoding) for number in range(20)]
+        assert decode(encoding, protocol.batch(frames, encoding)) == [
+            {"type": "pong", "id": number} for number in range(20)
+        ]
+        assert protocol.batch(frames[:1], encoding) == frames[0]
+    assert orjson.loads(protocol.unsubscribed(CHANNEL, None, JSON)) == {
+        "type": "unsubscribed",
+        "channel": CHANNEL,
+    }
