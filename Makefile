@@ -21,6 +21,7 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check engine gateway persistence bench tests
 	$(VENV)/bin/ruff format --check engine gateway persistence bench tests
 	$(VENV)/bin/mypy engine persistence gateway
+	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
 	$(PY) -m pytest

@@ -7,8 +7,8 @@ over them. The last ``--log-records`` mutations go into the write-ahead log, the
 into a snapshot, so a restart both loads a snapshot and replays a log tail. The default
 is the server's own ``--snapshot-records``: the longest tail it leaves when it crashes
 just before its next snapshot is due. The snapshot carries the channel histories a live
-server would have (the last ``FANOUT_WINDOW`` records before it are fanned out through a
-router, enough to fill its 500,000-event cap), so a restart restores them too.
+server would have (the last ``FANOUT_WINDOW`` records before it are fanned out into the
+channel histories, enough to fill their 500,000-event cap), so a restart restores them too.
 Then a real server process starts on that directory; we time it from spawn to
 ``/readyz`` 200, read its RSS, post one message, and read from its log the pause its next
 (forked) snapshot caused.
@@ -28,10 +28,10 @@ import httpx
 
 from bench.server import ADMIN_TOKEN, rss_bytes, start_server
 from engine import directory
-from engine.actors.router import ChannelRouter
 from engine.facts import Fact, TagAdded
 from engine.fanout import fan_out
 from engine.model import SENDER_USER, SENDER_VISITOR
+from engine.realtime.history import Histories
 from engine.state import State
 from persistence import snapshot
 from persistence.wal import frame, segment_name
@@ -91,7 +91,7 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
     total = 5 + options.chats + options.messages + (options.chats + 2) // 3
     snapshot_records = max(1, total - options.log_records)
     state = State()
-    router = ChannelRouter(epoch="bench")
+    histories = Histories(epoch="bench")
     clock = itertools.count(1_700_000_000_000)
     numbers = itertools.count(1)
     log_handle = None
@@ -104,9 +104,11 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
         for fact in facts:
             for change in state.apply(fact):
                 if fanned:
-                    router.publish(fan_out(state, change))
+                    histories.append(fan_out(state, change))
         if number == snapshot_records:
-            snapshot.write_file(data_dir, number, snapshot.encode(number, state, router))
+            snapshot.write_file(
+                data_dir, number, snapshot.encode(number, state, histories.export())
+            )
         elif number > snapshot_records:
             if log_handle is None:
                 log_handle = open(data_dir / segment_name(number), "wb")  # noqa: SIM115

@@ -33,9 +33,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.actors.router import ChannelRouter
 from engine.actors.supervisor import Engine
 from engine.facts import Fact
+from engine.realtime.history import Histories
 from engine.state import State
 from gateway.settings import add_options, pick
 from persistence import datadir, scan, snapshot
@@ -81,8 +81,8 @@ def run(options: argparse.Namespace) -> int:
         lock.release()
 
 
-def _router() -> ChannelRouter:
-    return ChannelRouter(epoch="check")
+def _histories() -> Histories:
+    return Histories(epoch="check")
 
 
 def check(path: Path, out: Any = None) -> int:
@@ -95,7 +95,7 @@ def check(path: Path, out: Any = None) -> int:
         print("no snapshot: start-up replays the log from its start", file=out)
     for _, snapshot_path in reversed(found):
         try:
-            loaded = snapshot.load_file(snapshot_path, State(), _router())
+            loaded = snapshot.load_file(snapshot_path, State(), _histories())
         except Exception as error:
             sound = False
             print(f"{snapshot_path.name}: UNREADABLE ({error})", file=out)
@@ -131,7 +131,7 @@ def check(path: Path, out: Any = None) -> int:
 def repair(path: Path) -> int:
     base = 0
     try:
-        loaded = snapshot.load_newest(path, State(), _router())
+        loaded = snapshot.load_newest(path, State(), _histories())
         base = loaded.lsn if loaded is not None else 0
     except Exception:  # load_newest logs and skips what it cannot read
         base = 0
@@ -244,11 +244,11 @@ def _replay(directory: Path) -> set[int]:
 
     def apply(lsn: int, facts: list[Fact]) -> None:
         try:
-            engine._apply_record(lsn, facts)  # the server's own apply path
+            engine.apply_record(lsn, facts)  # the server's own apply path
         except Exception:
             failed.add(lsn)
 
-    store.recover(engine.state, engine.router, apply)
+    store.recover(engine.state, engine.realtime.histories, apply)
     return failed
 
 

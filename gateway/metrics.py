@@ -52,7 +52,7 @@ class EngineCollector(Collector):
         yield from self._log()
 
     def _channels(self, sessions: list[Session]) -> Iterator[Metric]:
-        stats = self._engine.router.stats
+        stats = self._engine.realtime.stats
         yield GaugeMetricFamily(
             "chat_engine_ws_sessions", "Open WebSocket sessions.", value=len(sessions)
         )

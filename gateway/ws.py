@@ -1,7 +1,8 @@
-"""WebSocket sessions (CONTRACT §8): frames <-> the channel router.
+"""WebSocket sessions (CONTRACT §8): frames <-> the realtime core (``engine.realtime``).
 
 A session's reader task parses client frames (subscribe, unsubscribe, ping) and
-answers through the session's own queue, as the router does with events. The gateway's
+answers through the session's own queue, as the hub does with events; every frame is
+built by ``engine.realtime.protocol``. The gateway's
 one flusher task writes every session with something queued: all ready items as one
 frame (a JSON array, or a msgpack array; at most 512 items and 64 KiB a frame), so a
 busy session pays the per-frame cost once per batch, not once per event. A session's
@@ -9,10 +10,10 @@ own task only does what needs waiting (a full kernel buffer, a close).
 
 The queue is bounded in items (``queue_limit``) and in bytes (``queue_bytes``, the
 encoded size of what waits), and all sessions together share a byte budget
-(``queue_budget``). The router pushes without waiting; a session whose queue is full
+(``queue_budget``). The hub pushes without waiting; a session whose queue is full
 drops it at once (memory stays bounded) and is closed with 4008 as soon as the kernel
 has taken the frame being written (it resumes with ``since``), so a slow client never
-slows the router, the chat actors or other sessions. A client that stays behind for
+slows the commit path, the chat actors or other sessions. A client that stays behind for
 the write timeout (60 s) in total — it never catches up, however slowly it reads — is
 dropped without a close frame.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,10 +44,11 @@ import trio
 from wsproto.events import Request
 
 from engine import channels, errors
-from engine.actors.router import JSON, MSGPACK, Subscribed
 from engine.actors.supervisor import Engine
 from engine.ids import hash_token
 from engine.reachability import counts_for_reachability
+from engine.realtime import protocol
+from engine.realtime.protocol import JSON, MSGPACK
 from gateway.auth import ADMIN, Principal, principal_for_token
 from gateway.failures import connection_failed
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
@@ -107,7 +108,7 @@ class QueueBudget:
 
 @dataclass(eq=False)
 class Session:
-    """The router's view of a session: an encoding and a bounded, non-blocking queue.
+    """The hub's view of a session: an encoding and a bounded, non-blocking queue.
 
     ``push`` never waits. The first item after a flush puts the session on the
     gateway's ready list (``on_ready``); the gateway's one flusher task writes every
@@ -245,9 +246,6 @@ class Session:
         self.budget.total -= size
         return taken
 
-    def encode(self, obj: dict[str, Any]) -> bytes:
-        return orjson.dumps(obj) if self.encoding == JSON else msgpack.packb(obj)
-
     def write_ready(self) -> int:
         """Write queued items as frames, without waiting; stop if the kernel is full.
         Returns the number of frames written."""
@@ -259,7 +257,7 @@ class Session:
         frames = 0
         try:
             while self._queue:
-                transport.send_frame(opcode, pack_frame(self.take(), self.encoding))
+                transport.send_frame(opcode, protocol.batch(self.take(), self.encoding))
                 frames += 1
                 if transport.backlog:
                     self.blocked = True
@@ -273,22 +271,6 @@ class Session:
             return frames
         self.behind_since = None  # everything went to the kernel
         return frames
-
-
-def pack_frame(items: list[bytes], encoding: str) -> bytes:
-    """Several ready items become one frame: a JSON array or a msgpack array."""
-    if len(items) == 1:
-        return items[0]
-    if encoding == JSON:
-        return b"[" + b",".join(items) + b"]"
-    count = len(items)
-    if count < 16:
-        header = bytes([0x90 | count])
-    elif count < 65536:
-        header = b"\xdc" + struct.pack(">H", count)
-    else:
-        header = b"\xdd" + struct.pack(">I", count)
-    return header + b"".join(items)
 
 
 @dataclass
@@ -475,7 +457,7 @@ class WsGateway:
                 holders.discard(session)
                 if not holders:
                     del self._by_token[token_hash]
-            self.engine.router.drop(session, session.subscriptions)
+            self.engine.realtime.drop(session, session.subscriptions)
             if counts_for_reachability(principal.kind):
                 reachability.session_closed(principal.id)
 
@@ -539,14 +521,9 @@ class WsGateway:
                 try:
                     await self._handle_frame(session, self._decode(session, data))
                 except BadFrame as bad:
-                    reply: dict[str, Any] = {
-                        "type": "error",
-                        "code": "bad_frame",
-                        "detail": bad.detail,
-                    }
-                    if bad.frame_id is not None:
-                        reply["id"] = bad.frame_id
-                    session.push(session.encode(reply))
+                    session.push(
+                        protocol.error("bad_frame", bad.detail, bad.frame_id, session.encoding)
+                    )
                     now = trio.current_time()
                     bad_frames.append(now)
                     while bad_frames and now - bad_frames[0] > BAD_FRAME_WINDOW:
@@ -588,7 +565,7 @@ class WsGateway:
         frame_id = frame.get("id")
         kind = frame.get("type")
         if kind == "ping":
-            session.push(session.encode(_with_id({"type": "pong"}, frame_id)))
+            session.push(protocol.pong(frame_id, session.encoding))
             return
         if kind not in ("subscribe", "unsubscribe"):
             raise BadFrame("Unknown frame type.", frame_id)
@@ -596,11 +573,9 @@ class WsGateway:
         if not isinstance(channel, str):
             raise BadFrame("'channel' must be a string.", frame_id)
         if kind == "unsubscribe":
-            self.engine.router.unsubscribe(session, channel)
+            self.engine.realtime.unsubscribe(session, channel)
             session.subscriptions.discard(channel)
-            session.push(
-                session.encode(_with_id({"type": "unsubscribed", "channel": channel}, frame_id))
-            )
+            session.push(protocol.unsubscribed(channel, frame_id, session.encoding))
             return
         since = frame.get("since")
         epoch = frame.get("epoch")
@@ -621,26 +596,21 @@ class WsGateway:
         )
         if refusal is not None:
             code, detail = refusal
-            session.push(
-                session.encode(
-                    _with_id({"type": "error", "code": code, "detail": detail}, frame_id)
-                )
-            )
+            session.push(protocol.error(code, detail, frame_id, session.encoding))
             return
-        answer: Callable[[Subscribed], bytes] = lambda subscribed: session.encode(  # noqa: E731
-            _with_id(
-                {
-                    "type": "subscribed",
-                    "channel": channel,
-                    "seq": subscribed.head,
-                    "resumed": subscribed.resumed,
-                    "epoch": subscribed.epoch,
-                },
-                frame_id,
+        session.subscriptions.add(channel)
+        # no checkpoint until the answer and the replay are queued: no event published
+        # meanwhile can fall between them or come twice
+        replay = self.engine.realtime.subscribe(session, channel, since=since, epoch=epoch)
+        encoding = session.encoding
+        session.push(
+            protocol.subscribed(
+                channel, replay.head, replay.resumed, replay.epoch, frame_id, encoding
             )
         )
-        session.subscriptions.add(channel)
-        self.engine.router.subscribe(session, channel, since=since, epoch=epoch, answer=answer)
+        name = channels.name_of(channels.key_of(channel))
+        for seq, item in replay.numbered():
+            session.push(protocol.event(name, seq, item, encoding))
 
 
 def _without_token(target: str) -> str:
@@ -654,9 +624,3 @@ def _single(error: Exception) -> Exception:
     while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error
-
-
-def _with_id(frame: dict[str, Any], frame_id: Any) -> dict[str, Any]:
-    if frame_id is not None:
-        frame["id"] = frame_id
-    return frame

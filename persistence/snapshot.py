@@ -2,6 +2,8 @@
 
 A snapshot file is ``MAGIC, crc32 u32, length u64, msgpack {lsn, state, router}``,
 written to a temporary file, fsynced, renamed into place, and the directory fsynced.
+``router`` holds the channel histories (``Histories.export``), under the key they were
+first written with, so older data directories still load.
 
 Taking one must not stall the event loop, so it is written by a forked child process:
 ``fork`` gives the child a copy-on-write image of memory at a point between two applied
@@ -23,7 +25,7 @@ import signal
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import msgpack
 import trio
 
-from engine.actors.router import ChannelRouter
+from engine.realtime.history import Histories
 from engine.state import State
 from persistence.codec import decode_state_items, encode_state, pack
 from persistence.datadir import create_private
@@ -57,8 +59,10 @@ def snapshots(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def encode(lsn: int, state: State, router: ChannelRouter) -> bytes:
-    payload = pack({"lsn": lsn, "state": encode_state(state), "router": router.export()})
+def encode(lsn: int, state: State, histories: dict[str, Any]) -> bytes:
+    """``histories``: the channel histories' plain export (``Histories.export``); the
+    file keeps its historical key for them, ``router``."""
+    payload = pack({"lsn": lsn, "state": encode_state(state), "router": histories})
     return MAGIC + HEADER.pack(zlib.crc32(payload), len(payload)) + payload
 
 
@@ -96,15 +100,15 @@ class Loaded:
 def load_newest(
     directory: Path,
     into: State,
-    router: ChannelRouter,
+    histories: Histories,
     unreadable: list[tuple[Path, str]] | None = None,
 ) -> Loaded | None:
-    """Load the newest snapshot that reads back whole into ``into`` and ``router``; a
+    """Load the newest snapshot that reads back whole into ``into`` and ``histories``; a
     corrupt one is skipped (loudly, and added to ``unreadable`` with its error) in
     favour of the one before, whose longer log tail then gets replayed."""
     for _, path in reversed(snapshots(directory)):
         try:
-            return Loaded(load_file(path, into, router), path)
+            return Loaded(load_file(path, into, histories), path)
         except Exception as error:
             if unreadable is not None:
                 unreadable.append((path, str(error) or type(error).__name__))
@@ -115,8 +119,8 @@ def load_newest(
     return None
 
 
-def load_file(path: Path, into: State, router: ChannelRouter) -> int:
-    """Load one snapshot into ``into`` and ``router`` and return its log position; any
+def load_file(path: Path, into: State, histories: Histories) -> int:
+    """Load one snapshot into ``into`` and ``histories`` and return its log position; any
     damage raises, and leaves both untouched."""
     data = path.read_bytes()
     if not data.startswith(MAGIC):
@@ -125,17 +129,17 @@ def load_file(path: Path, into: State, router: ChannelRouter) -> int:
     payload = data[len(MAGIC) + HEADER.size :]
     if len(payload) != length or zlib.crc32(payload) != crc:
         raise ValueError("checksum mismatch")
-    # a corrupt snapshot must not half-fill ``into`` or ``router``
-    fresh, fresh_router = State(), router.empty_copy()
-    lsn = _read(payload, fresh, fresh_router)
+    # a corrupt snapshot must not half-fill ``into`` or ``histories``
+    fresh, fresh_histories = State(), histories.empty_copy()
+    lsn = _read(payload, fresh, fresh_histories)
     into.take_over(fresh)
-    router.take_over(fresh_router)
+    histories.take_over(fresh_histories)
     return lsn
 
 
-def _read(payload: bytes, state: State, router: ChannelRouter) -> int:
-    """Decode a snapshot's payload into ``state`` and ``router``, streaming its chats
-    and its channels one by one (``codec.decode_state_items``, ``router.restoring``);
+def _read(payload: bytes, state: State, histories: Histories) -> int:
+    """Decode a snapshot's payload into ``state`` and ``histories``, streaming its chats
+    and its channels one by one (``codec.decode_state_items``, ``histories.restoring``);
     returns its log position. What one chat or channel decodes to is freed before the
     next is read: decoded whole, a 1,000,000-message snapshot left hundreds of MB of
     freed blocks scattered among the objects that live on."""
@@ -155,8 +159,8 @@ def _read(payload: bytes, state: State, router: ChannelRouter) -> int:
             else:
                 yield key, unpacker.unpack()
 
-    def restore_router() -> None:
-        restoring = router.restoring()
+    def restore_histories() -> None:
+        restoring = histories.restoring()
         for _ in range(unpacker.read_map_header()):
             key = unpacker.unpack()
             if key == "channels":
@@ -174,7 +178,7 @@ def _read(payload: bytes, state: State, router: ChannelRouter) -> int:
         if key == "state":
             decode_state_items(state_items(), state)
         elif key == "router":
-            restore_router()
+            restore_histories()
         elif key == "lsn":
             lsn = unpacker.unpack()
         else:
@@ -223,7 +227,9 @@ def _child_setup(parent: int) -> None:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 
-async def take_forked(directory: Path, lsn: int, state: State, router: ChannelRouter) -> float:
+async def take_forked(
+    directory: Path, lsn: int, state: State, histories: Callable[[], dict[str, Any]]
+) -> float:
     """Write a snapshot of the current state from a forked child; returns the pause the
     fork caused in this process, in seconds. Raises ``OSError`` if the child failed."""
     delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
@@ -237,7 +243,7 @@ async def take_forked(directory: Path, lsn: int, state: State, router: ChannelRo
             # closerange freed and the writer reuses; and a collection would copy pages.
             gc.disable()
             _child_setup(parent)
-            write_file(directory, lsn, encode(lsn, state, router), delay=delay)
+            write_file(directory, lsn, encode(lsn, state, histories()), delay=delay)
             code = 0
         finally:
             os._exit(code)

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from engine.actors.router import ChannelRouter
 from engine.facts import Fact
+from engine.realtime.history import Histories
 from engine.state import State
 from persistence import snapshot
 from persistence.datadir import create_private, make_private_dir
@@ -95,14 +96,15 @@ class Store:
     def recover(
         self,
         state: State,
-        router: ChannelRouter,
+        histories: Histories,
         apply: Callable[[int, list[Fact]], object],
         *,
         loaded: Callable[[int], object] = lambda lsn: None,
     ) -> Recovered:
         """Blocking (run it in a worker thread): load the snapshot into ``state`` and
-        ``router``, tell ``loaded`` its log position, then hand every log record after
-        it to ``apply``, in order, as it is read."""
+        ``histories``, tell ``loaded`` its log position, then hand every log record after
+        it back to the engine's ``apply``, in order, as it is read. The store never
+        applies a record itself."""
         started = time.perf_counter()
         make_private_dir(self.data_dir)
         removed = snapshot.remove_temporary(self.data_dir)  # a writer killed mid-way
@@ -112,7 +114,7 @@ class Store:
         if removed:
             log.warning("half-written files removed", extra={"fields": {"files": removed}})
         unreadable: list[tuple[Path, str]] = []
-        found = snapshot.load_newest(self.data_dir, state, router, unreadable)
+        found = snapshot.load_newest(self.data_dir, state, histories, unreadable)
         base = found.lsn if found is not None else 0
         snapshot_seconds = time.perf_counter() - started
         loaded(base)
@@ -130,10 +132,14 @@ class Store:
         recovered.snapshot_seconds = snapshot_seconds
         return recovered
 
-    async def take_snapshot(self, lsn: int, state: State, router: ChannelRouter) -> None:
+    async def take_snapshot(
+        self, lsn: int, state: State, histories: Callable[[], dict[str, Any]]
+    ) -> None:
+        """``histories`` exports the channel histories as plain data; it is called in
+        the forked writer, so the server does not pause for it."""
         if lsn <= self.last_snapshot_lsn:
             return
-        pause = await snapshot.take_forked(self.data_dir, lsn, state, router)
+        pause = await snapshot.take_forked(self.data_dir, lsn, state, histories)
         self.last_snapshot_lsn = lsn
         self.last_snapshot_pause = pause
         self.max_snapshot_pause = max(self.max_snapshot_pause, pause)

@@ -5,18 +5,18 @@ A record is one committed mutation: ``[length u32][crc32 u32][msgpack [lsn, [fac
 Records go to segment files ``wal-<first lsn>.log``; a segment is closed and a new one
 started once it passes ``segment_bytes``.
 
-Group commit: ``commit`` queues a record and waits. One committer task takes everything
-queued, writes it with one ``write`` and (``fsync="always"``) one ``fsync`` in a worker
-thread, so the event loop never blocks on the disk and concurrent mutations share the
-cost. Only then does it *apply* the batch's records, in log order, through the callback
-it was given: the state in memory never runs ahead of the log, and replaying the log
-applies the same records in the same order. ``"interval"`` fsyncs every 50 ms in the
-background and ``"off"`` never does: both answer once the bytes are written, and may lose
-the last moments in a machine crash (not in a process crash).
+Group commit: ``append`` takes a batch of records (the engine's commit loop gathers
+every mutation queued meanwhile), gives them their positions, writes them with one
+``write`` and (``fsync="always"``) one ``fsync`` in a worker thread, so the event loop
+never blocks on the disk and concurrent mutations share the cost, and returns once they
+are durable. The log never applies a record: the engine does, once told it is durable
+(``engine.actors.commit``). ``"interval"`` fsyncs every 50 ms in the background (``run``)
+and ``"off"`` never does: both report a batch durable once its bytes are written, and may
+lose the last moments in a machine crash (not in a process crash).
 
-A failed write or fsync fails every record of its batch with ``Unavailable`` (nothing is
-applied, nothing is acknowledged), and the segment is cut back to its last good length
-before anything else is written, so a later success never follows garbage.
+A failed write or fsync raises ``OSError`` for the whole batch (none of its records
+counts; their positions are given again), and the segment is cut back to its last good
+length before anything else is written, so a later success never follows garbage.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import struct
 import time
 import zlib
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from engine import errors
 from engine.facts import Fact
 from persistence.codec import encode_fact, pack
 from persistence.datadir import create_private
@@ -99,18 +97,6 @@ class FileOps:
         os.ftruncate(fd, length)
 
 
-class _Pending:
-    __slots__ = ("lsn", "facts", "data", "done", "result", "error")
-
-    def __init__(self, facts: Sequence[Fact]) -> None:
-        self.lsn = 0  # given when its batch is written
-        self.facts = facts
-        self.data = b""
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
 class WriteAheadLog:
     def __init__(
         self,
@@ -131,12 +117,6 @@ class WriteAheadLog:
         self._segment_first = 0
         self._size = 0  # bytes of the current segment known to be good
         self._needs_cut = False
-        # Bounded without a cap of its own: only actors commit, and an actor has at most
-        # one record in flight, so this holds at most one record per busy actor (itself
-        # bounded by the requests in flight; each actor's mailbox is bounded).
-        self._pending: list[_Pending] = []
-        self._wakeup = trio.Event()
-        self._apply: Callable[[int, Sequence[Fact]], Any] | None = None
         self.stats = {
             "batches": 0,
             "records": 0,
@@ -169,54 +149,17 @@ class WriteAheadLog:
             self._fd = -1
 
     # -- committing -------------------------------------------------------------------------
-    async def commit(self, facts: Sequence[Fact]) -> Any:
-        """Queue a record; return what the apply callback returned for it once it is
-        durable and applied. Raises ``Unavailable`` if it could not be written."""
-        pending = _Pending(facts)
-        self._pending.append(pending)
-        self._wakeup.set()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    async def run(
-        self,
-        apply: Callable[[int, Sequence[Fact]], Any],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """The committer. ``apply(lsn, facts)`` runs for each durable record, in order."""
-        self._apply = apply
-        async with trio.open_nursery() as nursery:
-            if self.fsync_mode == "interval":
-                nursery.start_soon(self._sync_periodically)
-            task_status.started()
-            while True:
-                while not self._pending:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                await self._commit_batch()
-
-    async def flush(self) -> None:
-        """Wait until everything queued so far is durable and applied."""
-        while self._pending:
-            await self._pending[-1].done.wait()
-
-    async def _commit_batch(self) -> None:
-        batch, self._pending = self._pending, []
-        # Positions are given here, not when a record is queued, and given back if the
-        # write fails: the log's positions stay continuous, so a gap always means damage.
+    async def append(self, records: Sequence[Sequence[Fact]]) -> int:
+        """Write ``records`` (each one mutation's facts) as one batch and return the
+        position of the first once all are durable. Raises ``OSError`` if they could
+        not be written: then none of them counts."""
+        # Positions are given here, and given back if the write fails: the log's
+        # positions stay continuous, so a gap always means damage.
         first_lsn = self.next_lsn
-        for item in batch:
-            item.lsn = self.next_lsn
-            item.data = frame(item.lsn, item.facts)
-            self.next_lsn += 1
-        data = b"".join(item.data for item in batch)
+        data = b"".join(frame(lsn, facts) for lsn, facts in enumerate(records, first_lsn))
         try:
             await trio.to_thread.run_sync(self._write, data)
         except OSError as error:
-            self.next_lsn = first_lsn
             self._needs_cut = True
             # Cut the half-written batch off now, not only before the next write: a crash
             # in between would otherwise replay its whole records, answered 503, as writes.
@@ -224,26 +167,24 @@ class WriteAheadLog:
                 await trio.to_thread.run_sync(self._cut)
             self.stats["write_failures"] += 1
             log.error(
-                "log write failed", extra={"fields": {"error": str(error), "records": len(batch)}}
+                "log write failed",
+                extra={"fields": {"error": str(error), "records": len(records)}},
             )
-            for item in batch:
-                item.error = errors.Unavailable("The change could not be stored; try again.")
-                item.done.set()
-            return
+            raise
+        self.next_lsn = first_lsn + len(records)
         self._size += len(data)
         self.stats["batches"] += 1
-        self.stats["records"] += len(batch)
+        self.stats["records"] += len(records)
         self.stats["bytes"] += len(data)
-        assert self._apply is not None
-        for item in batch:  # in log order: apply order is replay order
-            try:
-                item.result = self._apply(item.lsn, item.facts)
-            except Exception as error:  # a bug; keep the others going
-                log.exception("applying record %s failed", item.lsn)
-                item.error = error
-            item.done.set()
         if self._size >= self.segment_bytes:
             await trio.to_thread.run_sync(self._rotate)
+        return first_lsn
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background fsync of ``fsync="interval"`` (nothing to do otherwise)."""
+        task_status.started()
+        if self.fsync_mode == "interval":
+            await self._sync_periodically()
 
     def _cut(self) -> None:
         self.file_ops.truncate(self._fd, self._size)

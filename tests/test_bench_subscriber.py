@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 
 from bench.subscriber import Adapter, Tally
-from engine.actors.router import JSON, ChannelRouter
 from engine.channels import key_of
 from engine.fanout import Payload, Publication
-from gateway.ws import pack_frame
+from engine.realtime.core import Realtime
+from engine.realtime.protocol import JSON
+from engine.realtime.protocol import batch as pack_frame
 
 CHANNEL = "/api/v5/orgs/o1/rooms/r1/chats/c1/messages"
 
@@ -54,16 +55,10 @@ def decoded_texts(frames: list[bytes]) -> list[str]:
 
 
 def test_the_generator_records_what_decoding_would() -> None:
-    router = ChannelRouter(epoch="e1")
+    realtime = Realtime(epoch="e1")
     collector = Collector()
-    router.subscribe(
-        collector,
-        CHANNEL,
-        since=None,
-        epoch=None,
-        answer=lambda subscribed: orjson.dumps({"type": "subscribed", "seq": subscribed.head}),
-    )
-    answer_frame = collector.items.pop()
+    subscribed = realtime.subscribe(collector, CHANNEL, since=None, epoch=None)
+    answer_frame = orjson.dumps({"type": "subscribed", "seq": subscribed.head})
     publications = [
         Publication([key_of(CHANNEL)], "added", "m1", message(1, "3:1700000000.25")),
         Publication([key_of(CHANNEL)], "added", "m2", message(2, None)),  # no text
@@ -72,7 +67,7 @@ def test_the_generator_records_what_decoding_would() -> None:
         Publication([key_of(CHANNEL)], "added", "m4", message(4, "not the bench's")),
         Publication([key_of(CHANNEL)], "added", "m5", message(5, "4:1700000001.0", "Bo")),
     ]
-    router.publish(publications)
+    realtime.publish(publications)
     events = collector.items
     frames = [pack_frame(events[:2], JSON), events[2], pack_frame(events[3:], JSON)]
     # the answer's frame goes the decoding way, mixed with an event

@@ -139,7 +139,7 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
 
     trap = world.path("/users/trap/chats")
     real_refusal = ws_module.channels.subscribe_refusal
-    real_pack = ws_module.pack_frame
+    real_pack = ws_module.protocol.batch
     real_principal = ws_module.principal_for_token
 
     def refusal(state: Any, kind: str, ident: str, channel: str, *rest: Any) -> Any:
@@ -159,7 +159,7 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
 
     monkeypatch.setattr(ws_module.channels, "subscribe_refusal", refusal)
     monkeypatch.setattr(ws_module, "principal_for_token", principal)
-    monkeypatch.setattr(ws_module, "pack_frame", pack)
+    monkeypatch.setattr(ws_module.protocol, "batch", pack)
     before = failures.connection_errors["ws"]
     base = world.server.base_url
     token = world.users[0]["token"]

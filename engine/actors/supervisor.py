@@ -18,14 +18,15 @@ import trio
 
 from engine import errors
 from engine.actors.chat import ChatActors
+from engine.actors.commit import CommitLoop
 from engine.actors.directory import DirectoryActor
 from engine.actors.mailbox import ActorPool
 from engine.actors.presence import Reachability
-from engine.actors.router import ChannelRouter
 from engine.chat import ChangeSet
 from engine.facts import Fact
 from engine.fanout import fan_out
 from engine.ids import new_secret
+from engine.realtime.core import Realtime
 from engine.state import State
 from persistence.store import Recovered, Store
 
@@ -72,13 +73,14 @@ class Engine:
         self.directory = DirectoryActor(self)
         # The epoch names the life of the channel histories: in memory, this process;
         # with a data directory, the directory.
-        self.router = ChannelRouter(
+        self.realtime = Realtime(
             epoch=store.epoch() if store is not None else new_secret()[:16],
             history_limit=self.config.history_limit,
             total_history_limit=self.config.total_history_limit,
         )
         self._reachability: Reachability | None = None
         self._snapshot_due = trio.Event()
+        self._commits = CommitLoop(store.wal, self.apply_record) if store is not None else None
 
     @property
     def pool(self) -> ActorPool:
@@ -99,22 +101,23 @@ class Engine:
 
     async def commit(self, facts: Sequence[Fact]) -> list[ChangeSet]:
         """Make one mutation's facts durable, then apply them and hand their events to
-        the router as one batch. With a log, the log's committer does the applying, in
-        log order, once the record is durable (``persistence.wal``); a write failure
+        the realtime core as one batch (``engine.actors.commit``); a write failure
         raises ``Unavailable`` and nothing is applied."""
-        if self.store is None:
-            return self._apply_record(self.applied_lsn + 1, facts)
-        changes: list[ChangeSet] = await self.store.wal.commit(facts)
+        if self._commits is None:
+            return self.apply_record(self.applied_lsn + 1, facts)
+        changes: list[ChangeSet] = await self._commits.commit(facts)
         return changes
 
-    def _apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
+    def apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
+        """Apply one durable log record and fan its events out: the one apply path, for
+        records just committed, records replayed at start-up and ``chat-engine check``."""
         changes = []
         publications = []
         for fact in facts:
             for change in self.state.apply(fact):
                 changes.append(change)
                 publications += fan_out(self.state, change)
-        self.router.publish(publications)
+        self.realtime.publish(publications)
         self.applied_lsn = lsn
         if self.started.is_set():  # not while recovering, in a worker thread
             self._check_snapshot_due()
@@ -149,7 +152,9 @@ class Engine:
         def loaded(lsn: int) -> None:
             self.applied_lsn = lsn
 
-        recovered = self.store.recover(self.state, self.router, self._apply_record, loaded=loaded)
+        recovered = self.store.recover(
+            self.state, self.realtime.histories, self.apply_record, loaded=loaded
+        )
         self.applied_lsn = recovered.last_lsn
         self.recovery = recovered
 
@@ -167,14 +172,17 @@ class Engine:
         """Take a snapshot now (forked: the event loop only pauses for the fork)."""
         if self.store is not None:
             try:
-                await self.store.take_snapshot(self.applied_lsn, self.state, self.router)
+                await self.store.take_snapshot(
+                    self.applied_lsn, self.state, self.realtime.histories.export
+                )
             except OSError:
                 log.exception("snapshot failed; the log still has everything")
 
     async def drain(self) -> None:
         """Clean shutdown: let queued records commit, then write a final snapshot."""
         if self.store is not None:
-            await self.store.wal.flush()
+            assert self._commits is not None
+            await self._commits.flush()
             await self.snapshot()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -190,7 +198,9 @@ class Engine:
                 await trio.to_thread.run_sync(self._recover)
                 assert self.recovery is not None
                 self.store.wal.open(self.applied_lsn)
-                await nursery.start(self.store.wal.run, self._apply_record)
+                assert self._commits is not None
+                await nursery.start(self.store.wal.run)
+                await nursery.start(self._commits.run)
                 nursery.start_soon(self._snapshot_periodically)
                 log.info(
                     "recovered",

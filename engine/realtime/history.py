@@ -1,0 +1,302 @@
+"""Channel histories: every channel's ``seq`` and its newest events, and their replay.
+
+Fan-out hands over each event once with the list of channels that carry it
+(``Publication``), and every one of those channels keeps that one shared event
+(``Item``: action, resource id, payload) in its history: a history holds no per-channel
+event object, and the ``seq`` of its events follows from their position (a history is
+always the channel's newest events, contiguous, ending at its ``seq``). Histories keep
+only the resource's JSON (``Payload.compact``); a replay builds its frames again.
+
+The ``epoch`` names the life of these histories: a client resuming with another epoch's
+``seq`` is told ``resumed: false``. Applying the same records in the same order gives
+the same histories, which is what lets a snapshot, a restart or a replica rebuild them.
+
+Memory: each channel keeps its last ``history_limit`` events; across channels at most
+``total_history_limit`` events are kept, the oldest dropped first, whatever their
+channel (its ``seq`` goes on; a client asking for a dropped range is told
+``resumed: false``). The eviction queue holds one reference to the channel per event
+kept, 8 bytes, where a per-channel LRU cost ~60 bytes per channel and a reordering on
+every publish. Only channels that ever had an event are kept: asking about any other
+answers ``seq`` 0 and creates nothing, so probing random channels grows nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.channels import ChannelKey, key_of, name_of
+from engine.fanout import Payload, Publication
+from engine.model import shared
+from engine.realtime.protocol import Item
+
+_NO_EVENTS: tuple[()] = ()
+
+
+@dataclass(slots=True)
+class RealtimeStats:
+    events_published: int = 0
+    events_delivered: int = 0
+    batches: int = 0
+    subscriptions: int = 0
+    history_events_dropped: int = 0
+
+
+class ChannelHistory:
+    __slots__ = ("key", "seq", "events", "queued")
+
+    # A store with 100,000 chats has ~600,000 channels, most with a handful of events:
+    # a list (not a 64-slot deque block) keeps that ~900 B a channel cheaper.
+    def __init__(self, key: ChannelKey) -> None:
+        self.key = key  # channels.key_of(its name)
+        self.seq = 0
+        # its newest events, the last one being event ``seq``. No events: the shared
+        # empty tuple; then a list made for its first event (an exact one-slot list,
+        # where an append to an empty list reserves four)
+        self.events: list[Item] | tuple[()] = _NO_EVENTS
+        # this channel's entries in the eviction queue: one per event published since,
+        # the newest ``len(events)`` of them still held
+        self.queued = 0
+
+    @property
+    def name(self) -> str:
+        return name_of(self.key)
+
+    def held(self) -> list[tuple[int, Item]]:
+        """The history with each event's seq."""
+        first = self.seq - len(self.events) + 1
+        return list(enumerate(self.events, first))
+
+
+@dataclass(slots=True)
+class Replay:
+    """What a subscriber is owed: the channel's ``head`` seq, whether its ``since``
+    could be resumed, and the events after it (``events[i]`` is event
+    ``head - len(events) + 1 + i``)."""
+
+    head: int
+    resumed: bool
+    epoch: str
+    events: list[Item]
+
+    def numbered(self) -> Iterator[tuple[int, Item]]:
+        return enumerate(self.events, self.head - len(self.events) + 1)
+
+
+class Histories:
+    def __init__(
+        self,
+        *,
+        epoch: str,
+        history_limit: int = 1000,
+        total_history_limit: int = 500_000,
+        stats: RealtimeStats | None = None,
+    ) -> None:
+        self.epoch = epoch
+        self.history_limit = history_limit
+        self.total_history_limit = total_history_limit
+        self.stats = stats if stats is not None else RealtimeStats()
+        self.channels: dict[ChannelKey, ChannelHistory] = {}
+        # one entry per event published (or restored), oldest first: its channel
+        self._eviction: deque[ChannelHistory] = deque()
+        self._stale = 0  # entries whose event a channel's own limit already dropped
+
+    def append(self, publications: list[Publication]) -> None:
+        """Record the events of one committed mutation, as one batch, in order."""
+        # The hot loop of every mutation (~50 channel events for a join into a chat
+        # with ten operators): lookups hoisted, nothing allocated per channel but its
+        # history slot and eviction entry.
+        stats = self.stats
+        stats.batches += 1
+        queue = self._eviction.append
+        found = self.channels
+        limit = self.history_limit
+        published = 0
+        for publication in publications:
+            item: Item = (publication.action, publication.resource_id, publication.payload)
+            keys = publication.channels
+            published += len(keys)
+            for key in keys:
+                channel = found.get(key)
+                if channel is None:
+                    channel = found[key] = ChannelHistory(key)
+                channel.seq += 1
+                events = channel.events
+                if not events:
+                    channel.events = [item]
+                else:
+                    if len(events) >= limit:
+                        del events[0]  # its eviction entry stays, as a stale one
+                        self._stale += 1
+                    events.append(item)
+                channel.queued += 1
+                queue(channel)
+        stats.events_published += published
+        compacted = None  # consecutive publications often share one payload
+        for publication in publications:
+            payload = publication.payload
+            if payload is not None and payload is not compacted:
+                payload.compact()
+                compacted = payload
+        self._evict()
+
+    def seq(self, key: ChannelKey) -> int:
+        found = self.channels.get(key)
+        return 0 if found is None else found.seq
+
+    def replay(self, key: ChannelKey, since: int | None, epoch: str | None) -> Replay:
+        """The channel's head, and the events after ``since`` if they are all held
+        (and ``epoch``, when given, is this one)."""
+        channel = self.channels.get(key)
+        if channel is None:
+            head = 0
+            events: list[Item] | tuple[()] = _NO_EVENTS
+        else:
+            head = channel.seq
+            events = channel.events
+        if since is None or (epoch is not None and epoch != self.epoch) or not 0 <= since <= head:
+            return Replay(head, False, self.epoch, [])
+        first_held = head - len(events) + 1
+        if since + 1 < first_held:
+            return Replay(head, False, self.epoch, [])
+        return Replay(head, True, self.epoch, list(events[since + 1 - first_held :]))
+
+    def export(self) -> dict[str, Any]:
+        """Every channel's ``seq`` and history as plain data, for a snapshot."""
+        return {
+            "epoch": self.epoch,
+            "channels": [
+                [
+                    channel.name,
+                    channel.seq,
+                    [
+                        [seq, action, resource_id, None if payload is None else payload.as_json()]
+                        for seq, (action, resource_id, payload) in channel.held()
+                    ],
+                ]
+                for channel in self.channels.values()
+                if channel.seq
+            ],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load ``export``'s output."""
+        restoring = self.restoring()
+        for row in data["channels"]:
+            restoring.channel(row)
+        restoring.done()
+
+    def restoring(self) -> Restoring:
+        """Load ``export``'s channels one at a time (a snapshot streams them out), then
+        call ``done``."""
+        return Restoring(self)
+
+    def empty_copy(self) -> Histories:
+        return Histories(
+            epoch=self.epoch,
+            history_limit=self.history_limit,
+            total_history_limit=self.total_history_limit,
+        )
+
+    def take_over(self, other: Histories) -> None:
+        """Become ``other`` (restored aside, so a bad snapshot leaves this one empty)."""
+        self.stats.events_published = other.stats.events_published
+        self.stats.batches = other.stats.batches
+        self.stats.history_events_dropped = other.stats.history_events_dropped
+        self.channels = other.channels
+        self._eviction = other._eviction
+        self._stale = other._stale
+
+    def _evict(self) -> None:
+        """Forget the oldest held events beyond ``total_history_limit``.
+
+        The queue holds a channel's entries oldest first; those of events its own
+        ``history_limit`` already pushed out are *stale*: they are a channel's first
+        ``queued - len(events)`` entries. Stale entries are skipped when met, and the
+        queue is compacted once they are half of it, so it stays within twice the
+        events held."""
+        queue = self._eviction
+        while len(queue) - self._stale > self.total_history_limit:
+            channel = queue.popleft()
+            if channel.queued > len(channel.events):
+                self._stale -= 1
+            else:
+                events = channel.events
+                if len(events) == 1:
+                    channel.events = _NO_EVENTS
+                else:
+                    del events[0]  # type: ignore[union-attr]  # two or more: a list
+                self.stats.history_events_dropped += 1
+            channel.queued -= 1
+        if self._stale > len(queue) // 2:
+            kept: deque[ChannelHistory] = deque()
+            for channel in queue:
+                if channel.queued > len(channel.events):
+                    channel.queued -= 1
+                else:
+                    kept.append(channel)
+            self._eviction = kept
+            self._stale = 0
+
+
+class Restoring:
+    """Channels going back into ``Histories`` from a snapshot. One event published to
+    several channels was one shared ``Item`` when live; the snapshot holds it once per
+    channel, so equal events (and equal payload JSON) are shared again here."""
+
+    def __init__(self, histories: Histories) -> None:
+        self.histories = histories
+        self.items: dict[tuple[str, str, bytes | None], Item] = {}
+        self.payloads: dict[bytes, Payload] = {}
+
+    def channel(self, row: list[Any]) -> None:
+        # ~500,000 calls when a large store restarts: kept to plain local operations
+        name, seq, history = row
+        histories = self.histories
+        key = key_of(name)
+        channel = histories.channels.get(key)
+        if channel is None:
+            channel = histories.channels[key] = ChannelHistory(key)
+        channel.seq = seq
+        if not history:
+            return
+        # a history is the channel's newest events, contiguous up to its seq: keep the
+        # run that ends there (all of it, unless the snapshot says otherwise)
+        kept = 0
+        for event in reversed(history[-histories.history_limit :]):
+            if event[0] != seq - kept:
+                break
+            kept += 1
+        if not kept:
+            return
+        items = self.items
+        payloads = self.payloads
+        events: list[Item] = []
+        for _, action, resource_id, payload in history[len(history) - kept :]:
+            if isinstance(payload, dict):  # written before histories kept JSON
+                payload = orjson.dumps(payload)
+            found = items.get((action, resource_id, payload))
+            if found is None:
+                shared_payload = None
+                if payload is not None:
+                    shared_payload = payloads.get(payload)
+                    if shared_payload is None:
+                        shared_payload = payloads[payload] = Payload(None, payload)
+                found = items[(action, resource_id, payload)] = (
+                    shared(action),
+                    resource_id,
+                    shared_payload,
+                )
+            events.append(found)
+        channel.events = events
+        channel.queued = len(events)
+        histories._eviction.extend([channel] * len(events))
+
+    def done(self) -> None:
+        self.items.clear()
+        self.payloads.clear()
+        self.histories._evict()
