@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(VENV)/bin/chat-engine serve --host 127.0.0.1 --port 8080 --data-dir ./data
+	$(VENV)/bin/chat-engine serve
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check engine gateway persistence bench tests

@@ -10,7 +10,7 @@ ASGI face of the same pipeline, for connections hypercorn serves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import quart
@@ -47,7 +47,7 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
 from gateway.ratelimit import RateLimiter, Throttled, address_key
-from gateway.settings import Network, RateLimit
+from gateway.settings import DEFAULT_RATE_LIMIT, Network, RateLimit
 from gateway.web import (
     METHODS,
     Handler,
@@ -82,7 +82,7 @@ class GatewaySettings:
     public_url: str | None = None
     open_registration: bool = True
     # writes per user or visitor (None: not limited); open registration per address
-    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
     registration_rate: float = 5.0  # per second and client address
     registration_burst: int = 20
     cors_origins: tuple[str, ...] = ()
