@@ -3,8 +3,8 @@ request goes straight to the request pipeline (``gateway/web.py``), without hype
 ASGI.
 
 Why not hypercorn: its HTTP/1.1 path (h11 too, plus a task group and several events per
-request, its timers) cost ~600 µs of CPU per request here, three times the rest of a
-request. What this keeps of it is the part that must be right: h11, the sans-IO parser
+request, its timers) cost more CPU per request than all the rest of a request
+(docs/benchmarks.md, "h11 in the built-in server"). What this keeps of it is the part that must be right: h11, the sans-IO parser
 hypercorn itself uses, so that both transports in one process read the same bytes the
 same way (two parsers that disagree on where a request ends are what request
 smuggling lives on). What it adds is a loop on the socket with one ``recv`` and one
