@@ -266,8 +266,11 @@ class RawWebSocket:
                 return "" if isinstance(event, TextMessage) else b""
             return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
         if isinstance(event, Ping):
-            self.write(self.protocol.send(event.response()))
-            await self.flush()
+            # after our close frame only the peer's close may come back (RFC 6455 5.5.1):
+            # its pings go unanswered, and wsproto refuses to send a pong then
+            if self.close_code is None:
+                self.write(self.protocol.send(event.response()))
+                await self.flush()
         elif isinstance(event, CloseConnection):
             if self.close_code is None:
                 # the peer closes first (or wsproto closes on a protocol error): answer
