@@ -62,8 +62,8 @@ class Burst:
     """Many requests fired at once, one keep-alive connection each, with no task per
     request: the connections are opened up front, ``fire`` writes every request then
     reads the answers as epoll reports them. A trio task per request cost the generator
-    about as much CPU as the server spent answering (~0.1 ms a call), on a machine
-    where both share two cores."""
+    about as much CPU as the server spent answering, on a machine where both share two
+    cores (docs/benchmarks.md, storm)."""
 
     def __init__(self, port: int, count: int) -> None:
         self.sockets: list[socket.socket] = []

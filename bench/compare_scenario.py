@@ -17,12 +17,17 @@ its Socket.IO packet. Each server runs as one process, as the engine does.
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
+from rich.table import Table
+
+from bench import common
+from bench.common import Error, add_ladder_options, check_ladder
 from bench.fanout_scenario import Target, engine_target, run_ladder
 from bench.server import free_port, start_server
 
@@ -203,3 +208,75 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+HELP = "fanout against python-socketio and a bare websockets server"
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    add_ladder_options(
+        parser,
+        ladder=DEFAULT_LADDER,
+        seconds=4.0,
+        max_rate=2000.0,
+        sessions=[500, 1000],
+        sessions_help="comma-separated subscriber counts (up to 4, each 1-10,000)",
+    )
+
+
+def check_options(options: argparse.Namespace, error: Error) -> None:
+    check_ladder(options, error)
+
+
+def table(result: dict[str, Any], command: str) -> Table:
+    shown = common.table(
+        command,
+        (
+            "subscribers",
+            "server",
+            "best msg/s",
+            "events/s",
+            "p99 ms",
+            "CPU ms\n/1k ev",
+            "engine\n÷ this",
+        ),
+    )
+    for sessions, group in result["by_sessions"].items():
+        engine = group["best_msgs_per_s"]["engine"]
+        for kind in KINDS:
+            best = group["runs"][kind]["best"]
+            rate = group["best_msgs_per_s"][kind]
+            top = " (top)" if group["top_of_ladder"][kind] else ""
+            shown.add_row(
+                sessions,
+                kind,
+                f"{rate:g}{top}" if rate else f"< {result['ladder'][0]:g} (none met)",
+                f"{best['delivered_events_per_s']:.0f}" if best else "-",
+                f"{best['p99_ms']:.0f}" if best else "-",
+                f"{best['server_cpu_ms_per_1000_events']:.1f}" if best else "-",
+                f"{engine / rate:.2f}" if rate else "-",
+            )
+    targets = result["targets"]
+    captions = []
+    for sessions, group in result["by_sessions"].items():
+        judged = judge(group["best_msgs_per_s"], group["half_rate_p99_ms"], result["ladder"])
+        half, above = judged["half_rate_p99_ms"], judged["ratio_above"]
+        verdict = {name: "met" if met else "MISSED" for name, met in judged["targets_met"].items()}
+        captions.append(
+            f"{sessions}: engine ÷ socketio "
+            f"{_ratio(judged['ratio_vs_socketio'], above['socketio'])} "
+            f"(≥ {targets['ratio_vs_socketio']:g}: {verdict['ratio_vs_socketio']}), "
+            f"÷ websockets {_ratio(judged['ratio_vs_websockets'], above['websockets'])} "
+            f"(≥ {targets['ratio_vs_websockets']:g}: {verdict['ratio_vs_websockets']}), "
+            f"p99 at half rate {'-' if half is None else f'{half:.0f} ms'} "
+            f"(≤ {targets['half_rate_p99_ms']:g}: {verdict['half_rate_p99_ms']})"
+        )
+    shown.caption = "\n".join(captions)
+    return shown
+
+
+def _ratio(value: float | None, above: float | None) -> str:
+    if value is not None:
+        return f"{value:.2f}"
+    # the peer met no rate of the ladder: only a lower bound is known
+    return "-" if above is None else f"> {above:.0f} (it met no rate of the ladder)"

@@ -15,6 +15,7 @@ anything starts; the server and the generators inherit it.
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing
 import time
@@ -23,8 +24,10 @@ from typing import Any
 
 import httpx
 import orjson
+from rich.table import Table
 
-from bench import subscriber
+from bench import common, subscriber
+from bench.common import Error, bounded
 from bench.fanout_scenario import _percentile, collect_reports
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
 from engine import channels
@@ -174,3 +177,45 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+HELP = "N idle sessions, 2 subscriptions each"
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sessions", type=bounded(int, 1, 10_000), default=10_000, help="sessions (1-10,000)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=bounded(int, 1, 20),
+        default=4,
+        help="batches to open them in (1-20, at most --sessions)",
+    )
+
+
+def check_options(options: argparse.Namespace, error: Error) -> None:
+    if options.steps > options.sessions:
+        error("--steps must be at most --sessions")
+
+
+def table(result: dict[str, Any], command: str) -> Table:
+    shown = common.table(
+        command, ("sessions", "connect rate /s", "server RSS MiB", "RSS per session")
+    )
+    for step in result["steps"]:
+        shown.add_row(
+            f"{step['sessions']:,}",
+            f"{step['connect_rate_per_s']:.0f}",
+            f"{step['server_rss_bytes'] / 2**20:.0f}",
+            f"{step['rss_bytes_per_session'] / 1024:.1f} KiB",
+        )
+    broadcast = result["broadcast"]
+    shown.caption = (
+        f"target ≤ {result['rss_target_bytes'] / 1024:.0f} KiB per session: "
+        f"{'met' if result['rss_bytes_per_session'] <= result['rss_target_bytes'] else 'MISSED'}; "
+        f"one message reached {broadcast['received']:,} of {broadcast['expected']:,} sessions "
+        f"(p50 {broadcast['p50_ms']:.0f} ms, p99 {broadcast['p99_ms']:.0f} ms); "
+        f"{result['session_closes']} closes"
+    )
+    return shown

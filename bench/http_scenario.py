@@ -26,6 +26,7 @@ seen at that load. The generator is one epoll loop per process
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import random
 import time
@@ -33,8 +34,11 @@ from typing import Any
 
 import httpx
 import orjson
+from rich.table import Table
 
+from bench import common
 from bench.client import closed_loop, request_bytes
+from bench.common import GENERATORS, bounded
 from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
 
 PHASES = ("healthz", "post", "history", "report", "mix")
@@ -252,3 +256,88 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+HELP = "message POST, history and report GETs, alone and mixed, vs /healthz"
+STORAGE_MODES = ("memory", "always", "interval", "off")
+
+
+def _modes(text: str) -> list[str]:
+    modes = text.split(",")
+    unknown = [mode for mode in modes if mode not in STORAGE_MODES]
+    if unknown or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(
+            f"distinct values among {', '.join(STORAGE_MODES)}, not {text!r}"
+        )
+    return modes
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seconds", type=bounded(float, 0.5, 120), default=8.0, help="per phase (0.5-120)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=bounded(int, 1, 500),
+        default=16,
+        help="per generator process (1-500)",
+    )
+    parser.add_argument(
+        "--generators", type=GENERATORS, default=1, help="load-generator processes (1-8)"
+    )
+    parser.add_argument(
+        "--chats",
+        type=bounded(int, 1, 10_000),
+        default=50,
+        help="chats to spread the load over (1-10,000)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=["always", "off"],
+        help="storage modes, comma-separated: memory, always, interval, off",
+    )
+
+
+def table(result: dict[str, Any], command: str) -> Table:
+    shown = common.table(
+        command,
+        (
+            "storage",
+            "phase",
+            "req/s",
+            "×\nhealthz",
+            "p50\nms",
+            "p95\nms",
+            "p99\nms",
+            "errors",
+            "server CPU\nms/req",
+            "gen\nCPU s",
+        ),
+        left=2,
+    )
+    for mode, outcome in result["modes"].items():
+        for name, phase in outcome["phases"].items():
+            shown.add_row(
+                mode,
+                name,
+                f"{phase['throughput_rps']:.0f}",
+                f"{phase['ratio_to_healthz']:.2f}",
+                f"{phase['p50_ms']:.1f}",
+                f"{phase['p95_ms']:.1f}",
+                f"{phase['p99_ms']:.1f}",
+                str(phase["errors"]),
+                f"{phase['server_cpu_ms_per_request']:.2f}",
+                f"{phase['generator_cpu_s']:.1f}",
+            )
+    notes = [f"{name} = {value:.2f}" for name, value in result.get("comparisons", {}).items()]
+    for mode, outcome in result["modes"].items():
+        by_kind = outcome["phases"].get("mix", {}).get("by_kind", {})
+        if by_kind:
+            parts = ", ".join(
+                f"{kind} p50 {kind_stats['p50_ms']:.1f} / p99 {kind_stats['p99_ms']:.1f} ms"
+                for kind, kind_stats in by_kind.items()
+            )
+            notes.append(f"mix ({mode}): {parts}")
+    shown.caption = "\n".join(notes)
+    return shown

@@ -16,6 +16,7 @@ Then a real server process starts on that directory; we time it from spawn to
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -25,7 +26,10 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import httpx
+from rich.table import Table
 
+from bench import common
+from bench.common import bounded
 from bench.server import ADMIN_TOKEN, rss_bytes, start_server
 from engine import directory
 from engine.facts import Fact, TagAdded
@@ -34,6 +38,7 @@ from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.realtime.history import Histories
 from engine.state import State
 from persistence import snapshot
+from persistence.store import DEFAULT_SNAPSHOT_RECORDS
 from persistence.wal import frame, segment_name
 
 
@@ -328,3 +333,70 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+HELP = "restart time, RSS and snapshot pause with a large store"
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chats",
+        type=bounded(int, 1, 1_000_000),
+        default=100_000,
+        help="chats the messages are spread over (1-1,000,000)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=bounded(int, 1, 5_000_000),
+        default=1_000_000,
+        help="messages stored (1-5,000,000)",
+    )
+    parser.add_argument(
+        "--log-records",
+        type=bounded(int, 0, 5_000_000),
+        default=DEFAULT_SNAPSHOT_RECORDS,
+        help="mutations in the log after the snapshot (default: the server's "
+        "--snapshot-records, the longest tail it leaves)",
+    )
+
+
+def table(result: dict[str, Any], command: str) -> Table:
+    shown = common.table(
+        f"{command}  ({result['chats']:,} chats, {result['messages']:,} messages)",
+        ("figure", "value", "target"),
+        left=1,
+    )
+    shown.add_row(
+        "records in snapshot / log",
+        f"{result['snapshot_records']:,} / {result['log_records']:,}",
+        "",
+    )
+    shown.add_row(
+        "everything restored",
+        "yes" if result["restored"] else "NO: " + "; ".join(result["restore_problems"]),
+        "yes",
+    )
+    shown.add_row(
+        "restart to /readyz", f"{result['ready_seconds']:.1f} s", f"≤ {RESTART_TARGET_S:g} s"
+    )
+    if result.get("recovery_seconds") is not None:
+        shown.add_row(
+            "  of which recovery: snapshot + log",
+            f"{result['snapshot_load_seconds']:.1f} s + {result['log_replay_seconds']:.1f} s",
+            "",
+        )
+    shown.add_row(
+        "RSS per stored message",
+        f"{result['rss_bytes_per_message']:.0f} B",
+        f"≤ {RSS_PER_MESSAGE_TARGET:,} B",
+    )
+    shown.add_row("disk per stored message", f"{result['disk_bytes_per_message']:.0f} B", "")
+    pause = result["snapshot_fork_pause_ms"]
+    shown.add_row("snapshot pause (fork)", "n/a" if pause is None else f"{pause:.1f} ms", "≤ 50 ms")
+    for name, figures in result.get("report_first_page_ms", {}).items():
+        shown.add_row(
+            f"report first page: {name} ({figures['count']:,} chats)",
+            f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms",
+            "",
+        )
+    return shown

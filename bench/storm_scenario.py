@@ -25,6 +25,7 @@ requests sent to a bare trio HTTP server that answers each with a constant
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing
 import time
@@ -34,8 +35,11 @@ from typing import Any
 
 import httpx
 import orjson
+from rich.table import Table
 
+from bench import common
 from bench.client import Burst, request_bytes
+from bench.common import GENERATORS, Error, bounded
 from bench.compare_scenario import start_peer, stop_peer
 from bench.server import ADMIN_TOKEN, cpu_seconds, start_server
 
@@ -326,3 +330,95 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+HELP = "bursts of exclusive joins and auto_resume calls, checked exactly"
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--joins", type=bounded(int, 1, 5000), default=1000, help="exclusive joins (1-5,000)"
+    )
+    parser.add_argument(
+        "--chats",
+        type=bounded(int, 1, 5000),
+        default=100,
+        help="chats they contend for (at most --joins)",
+    )
+    parser.add_argument(
+        "--resumes", type=bounded(int, 1, 5000), default=1000, help="auto_resume calls (1-5,000)"
+    )
+    parser.add_argument(
+        "--visitors",
+        type=bounded(int, 1, 5000),
+        default=100,
+        help="visitors they contend for (at most --resumes)",
+    )
+    parser.add_argument(
+        "--generators", type=GENERATORS, default=2, help="load-generator processes (1-8)"
+    )
+    parser.add_argument(
+        "--in-memory", action="store_true", help="no storage (default: fsync always)"
+    )
+
+
+def check_options(options: argparse.Namespace, error: Error) -> None:
+    if options.chats > options.joins:
+        error("--chats must be at most --joins")
+    if options.visitors > options.resumes:
+        error("--visitors must be at most --resumes")
+
+
+def table(result: dict[str, Any], command: str) -> Table:
+    shown = common.table(
+        command,
+        (
+            "burst",
+            "calls\n/keys",
+            "correct",
+            "p50\nms",
+            "p95\nms",
+            "p99\nms",
+            "wall\ns",
+            "server\nCPU s",
+            "gen\nCPU s",
+            "pass",
+        ),
+        left=1,
+    )
+    for name, baseline in result.get("baselines", {}).items():
+        shown.add_row(
+            f"{name.replace('_', ' ')} (base)",
+            f"{baseline['calls']}/–",
+            "–",
+            f"{baseline['p50_ms']:.0f}",
+            f"{baseline['p95_ms']:.0f}",
+            f"{baseline['p99_ms']:.0f}",
+            f"{baseline['wall_s']:.2f}",
+            f"{baseline['server_cpu_s']:.2f}",
+            f"{baseline['generator_cpu_s']:.2f}",
+            "–",
+        )
+    for name, burst in result["bursts"].items():
+        shown.add_row(
+            name.replace("_joins", " joins"),
+            f"{burst['calls']}/{burst['keys']}",
+            "yes" if burst["correct"] else "NO",
+            f"{burst['p50_ms']:.0f}",
+            f"{burst['p95_ms']:.0f}",
+            f"{burst['p99_ms']:.0f}",
+            f"{burst['wall_s']:.2f}",
+            f"{burst['server_cpu_s']:.2f}",
+            f"{burst['generator_cpu_s']:.2f}",
+            "yes" if burst["passed"] else "NO",
+        )
+    ratios = "; ".join(
+        f"{name} p99 = {burst['p99_vs_bare_server']:.1f}× the bare server's, "
+        f"{burst['p99_vs_healthz']:.1f}× healthz"
+        for name, burst in result["bursts"].items()
+        if "p99_vs_bare_server" in burst
+    )
+    shown.caption = (
+        f"target: exact correctness, p99 ≤ {result['p99_target_ms']:g} ms per call. {ratios}"
+    )
+    return shown

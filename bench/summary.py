@@ -9,17 +9,22 @@ figure and "not judged", never as met.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+from rich.console import Console
+from rich.table import Table
 
+from bench import common
 from bench.compare_scenario import HALF_RATE_P99_MS, PEER_TARGETS, judge
 from bench.conns_scenario import RSS_TARGET_BYTES
 from bench.recovery_scenario import RESTART_TARGET_S, RSS_PER_MESSAGE_TARGET
 from bench.storm_scenario import P99_TARGET_MS
 
+HELP = "every target, judged from the latest result of each scenario (runs nothing)"
 SCENARIO_NAMES = ("compare", "fanout", "conns", "storm", "recovery", "http")
 FSYNC_RATIO_TARGET = 0.5
 MET, MISSED, NOT_JUDGED = "met", "MISSED", "not judged"
@@ -164,3 +169,36 @@ def summarize(results: Path) -> list[dict[str, str]]:
                 }
             )
     return rows
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=common.default_results(),
+        help="where the results are (default: %(default)s; the committed runs the docs "
+        "cite: bench/results)",
+    )
+
+
+def check_options(options: argparse.Namespace, error: common.Error) -> None:
+    if not options.results.is_dir():
+        error(f"--results: no directory {options.results}")
+
+
+def table(rows: list[dict[str, str]], title: str) -> Table:
+    shown = common.table(title, ("target", "figure", "verdict"), left=2)
+    scenario = None
+    for row in rows:
+        if row["scenario"] != scenario:
+            scenario = row["scenario"]
+            shown.add_row(f"[bold]{scenario}[/bold]", f"[dim]{row['source']}[/dim]", "")
+        verdict = row["verdict"]
+        style = {"met": "green", "MISSED": "bold red"}.get(verdict, "dim")
+        shown.add_row(f"  {row['target']}", row["figure"], f"[{style}]{verdict}[/{style}]")
+    return shown
+
+
+def show(options: argparse.Namespace) -> None:
+    rows = summarize(options.results)
+    Console().print(table(rows, f"targets, from the latest results in {options.results}"))

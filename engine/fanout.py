@@ -50,7 +50,7 @@ class Payload:
     def as_json(self) -> bytes:
         if self.json is None:
             # orjson returns a bytes object with its whole output buffer allocated
-            # (~4 KiB for a 900-byte chat); histories hold hundreds of thousands of
+            # (several times the JSON's size); histories hold hundreds of thousands of
             # these, so keep an exact-size copy
             self.json = bytes(memoryview(orjson.dumps(self.data)))
         return self.json
@@ -65,7 +65,7 @@ class Payload:
             self.data = None
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3.5x (~0.5 µs)
+@dataclass(slots=True)  # not frozen: a frozen __init__ is several times slower
 class Publication:
     """One event, and every channel that carries it (each gives it its own ``seq``)."""
 

@@ -340,8 +340,8 @@ class State:
     def resume_candidates(self, room_id: str, visitor_id: str) -> list[ChatState]:
         """The visitor's chats in the room, newest first: what ``engine.resume`` chooses
         from."""
-        # a visitor has a handful of chats: filtering them costs less than an index
-        # (~200 B a chat)
+        # a visitor has a handful of chats: filtering them costs less than an index,
+        # which every chat would pay for in memory
         chats = self.visitor_chats.get(visitor_id, [])
         return [chat for chat in reversed(chats) if chat.room_id == room_id]
 

@@ -7,7 +7,7 @@ The routes themselves are in ``gateway.routes``, one module a resource.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -22,7 +22,7 @@ from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
 from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
 from gateway.routes.context import Context, Route, admit
-from gateway.settings import Network, RateLimit
+from gateway.settings import DEFAULT_RATE_LIMIT, Network, RateLimit
 from gateway.web import Hook, Router, WebApp
 from gateway.ws import WsGateway, WsSettings
 
@@ -46,7 +46,7 @@ class GatewaySettings:
     public_url: str | None = None
     open_registration: bool = True
     # writes per user or visitor (None: not limited); open registration per address
-    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
     registration_rate: float = 5.0  # per second and client address
     registration_burst: int = 20
     cors_origins: tuple[str, ...] = ()

@@ -368,10 +368,9 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
 
     Every frame a session sends allocates a few objects; with the default thresholds
     (700, 10, 10) that triggers collections whose older passes rescan a heap that grows
-    with every session. Measured with ``python -m bench fanout --sessions 1000 --ladder 5
-    --seconds 4`` (two runs each, noisy 2-core machine): p99 725-1187 ms with the
-    defaults, 332-526 ms with these thresholds. ``gc.freeze()`` showed no measurable
-    effect on top, so it is not used.
+    with every session; these thresholds cut the fan-out's p99 by about half
+    (docs/benchmarks.md, "Figures behind choices in the code"). ``gc.freeze()`` showed
+    no measurable effect on top, so it is not used.
     """
     gc.set_threshold(*thresholds)
 

@@ -1,8 +1,9 @@
 """Connection timeouts without a timed cancel scope per wait.
 
-A trio cancel scope with a deadline costs ~7 µs to enter and leave here; an HTTP
-request paid for two (the front door's peek, then the wait for its head), a tenth of
-what the built-in server spends on a whole request. Instead each connection runs in
+A trio cancel scope with a deadline is not free to enter and leave, and an HTTP
+request paid for two (the front door's peek, then the wait for its head): a share of
+what the built-in server spends on a whole request too large to keep (figures in
+docs/benchmarks.md, "Figures behind choices in the code"). Instead each connection runs in
 one cancel scope, opened when it is accepted, and a wait records its deadline in a
 dict; one task checks the dict every ``resolution`` seconds and cancels the scopes
 whose deadline passed. A timeout therefore fires up to ``resolution`` late, which is

@@ -3,8 +3,9 @@ HTTP/1.x connections to ``gateway/http1.py`` (or hypercorn, with ``--http1-serve
 hypercorn``), HTTP/2 to hypercorn.
 
 Why: through ASGI every outgoing WebSocket frame crossed quart's ``send_data``,
-hypercorn's ``app_send`` and ``protocol_send`` and trio's ``send_all`` — ~100-200 µs of
-CPU each, which made one message to 1,000 sessions cost ~200 ms. Here a frame is one
+hypercorn's ``app_send`` and ``protocol_send`` and trio's ``send_all``, which made one
+message to 1,000 sessions cost far more than writing it (figures in docs/benchmarks.md,
+"Figures behind choices in the code"). Here a frame is one
 synchronous ``send`` on the session's socket (see ``gateway/wsconn.py``).
 
 How a connection is told apart: its first bytes are peeked (``MSG_PEEK`` leaves them in

@@ -3,8 +3,8 @@ request goes straight to the request pipeline (``gateway/web.py``), without hype
 ASGI.
 
 Why not hypercorn: its HTTP/1.1 path (h11 too, plus a task group and several events per
-request, its timers) cost ~600 µs of CPU per request here, three times the rest of a
-request. What this keeps of it is the part that must be right: h11, the sans-IO parser
+request, its timers) cost more CPU per request than all the rest of a request
+(docs/benchmarks.md, "h11 in the built-in server"). What this keeps of it is the part that must be right: h11, the sans-IO parser
 hypercorn itself uses, so that both transports in one process read the same bytes the
 same way (two parsers that disagree on where a request ends are what request
 smuggling lives on). What it adds is a loop on the socket with one ``recv`` and one
@@ -49,6 +49,7 @@ import trio
 from engine import errors
 from gateway.deadlines import Deadlines
 from gateway.failures import connection_failed
+from gateway.sockets import receive
 from gateway.validation import MAX_BODY_BYTES
 from gateway.web import INTERNAL, Request, Response, error_body, error_response
 
@@ -56,7 +57,6 @@ log = logging.getLogger("chat_engine.http")
 
 # h11's own default (16 KiB): a head still incomplete past it is refused with 431.
 MAX_HEAD = 16 * 1024
-RECV_SIZE = 65536
 # Each piece of a body (a chunk, or one read of a body with a length) is an h11 event,
 # so a body in one-byte chunks costs far more CPU than its size (docs/edge.md). Real
 # clients send chunks of hundreds of bytes or more: a body may come in at most this
@@ -169,22 +169,7 @@ class Connection:
     async def _receive(self) -> None:
         """Feed the next bytes to h11; PeerGone at the end of the stream. Always yields
         to trio once, so that a peer whose bytes are always there cannot hold the loop."""
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-                try:
-                    data = self.sock.recv(RECV_SIZE)
-                except BlockingIOError:  # woken for nothing (it happens): wait again
-                    continue
-                except OSError:
-                    data = b""
-                break
-            except OSError:
-                data = b""
-            await trio.lowlevel.checkpoint()
-            break
+        data = await receive(self.sock)
         self.yielded = True
         if not data:
             # A request cut short by the end of the stream gets no answer: its peer is
@@ -418,17 +403,10 @@ class Connection:
         dropped = 0
         with trio.move_on_after(LINGER_SECONDS):
             while dropped < LINGER_BYTES:
-                try:
-                    data = self.sock.recv(RECV_SIZE)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self.sock)
-                    continue
-                except OSError:
-                    return
+                data = await receive(self.sock)
                 if not data:
                     return
                 dropped += len(data)
-                await trio.lowlevel.checkpoint()
 
 
 class Http1Server:

@@ -9,6 +9,12 @@ parser whichever way it came, so a bad one is the same ``SettingsError`` line ei
 the flag, its variable, the rule and the value. The README's flag table is generated
 from the rows (``python -m gateway.settings``), and a test keeps the two equal.
 
+A default is written once. Where the option feeds a setting that has a default of its own
+(``EngineConfig``, ``WsSettings``, ``Store``), the row reads that default
+(``default_of``), so a test, an embedding or ``chat-engine serve`` with no flags all run
+on the same values; only the options nothing else has a default for (the address, the
+data directory, the log level...) are written in the row.
+
 Why not pydantic-settings: its validation errors are several lines in pydantic's wording,
 its lax booleans accept ``t``/``y``/``f``/``n`` as well, it would replace argparse's
 ``--help``, and most rows here need a parser of their own anyway (``RATE/BURST``, CIDR
@@ -18,6 +24,8 @@ lists, origins); a row with a plain function is less code than the custom valida
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import ipaddress
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from persistence.store import DEFAULT_SNAPSHOT_RECORDS
+from engine.actors.supervisor import EngineConfig
+from gateway.ws import WsSettings
+from persistence.store import Store
 from persistence.wal import FSYNC_MODES
 
 ENV_PREFIX = "CHAT_ENGINE_"
@@ -43,6 +53,25 @@ class RateLimit:
 
     def __str__(self) -> str:
         return f"{self.rate:g}/{self.burst}"
+
+
+DEFAULT_RATE_LIMIT = RateLimit(20.0, 100)
+
+
+def default_of(owner: Any, name: str) -> str:
+    """The default of field ``name`` of a dataclass, or of parameter ``name`` of a
+    callable, as it would be typed on the command line (``1800.0`` -> ``1800``)."""
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}[name]
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        else:
+            assert field.default_factory is not dataclasses.MISSING, (owner, name)
+            value = field.default_factory()
+    else:
+        value = inspect.signature(owner).parameters[name].default
+        assert value is not inspect.Parameter.empty, (owner, name)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,28 +270,33 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--fsync",
         choice(*FSYNC_MODES),
-        "always",
+        default_of(Store, "fsync"),
         "`always`: acknowledge after fsync (group commit); `interval`: fsync every 50 ms; "
         "`off`: never (the last two may lose the last moments in a machine crash)",
     ),
-    Option("--snapshot-interval", seconds(0, above=True), "60", "seconds between snapshots"),
+    Option(
+        "--snapshot-interval",
+        seconds(0, above=True),
+        default_of(Store, "snapshot_interval"),
+        "seconds between snapshots",
+    ),
     Option(
         "--snapshot-records",
         integer(1),
-        str(DEFAULT_SNAPSHOT_RECORDS),
+        default_of(Store, "snapshot_records"),
         "take a snapshot sooner once this many records were logged since the last one "
         "(bounds the log a restart replays)",
     ),
     Option(
         "--presence-timeout",
         seconds(0, above=True),
-        "120",
+        default_of(EngineConfig, "presence_timeout"),
         "seconds an unreachable user's presences survive",
     ),
     Option(
         "--resume-window",
         seconds(0),
-        "1800",
+        default_of(EngineConfig, "resume_window"),
         "seconds since a chat's last update during which `auto_resume` may pick it",
     ),
     Option(
@@ -289,7 +323,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--rate-limit",
         rate_limit,
-        "20/100",
+        str(DEFAULT_RATE_LIMIT),
         "writes (POST, PUT, PATCH, DELETE) per user or visitor token: RATE a second, "
         "bursts of BURST, or `off`; over it: 429 `rate_limited` with `Retry-After`",
         metavar="RATE/BURST",
@@ -320,32 +354,32 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "--history-limit",
         integer(1),
-        "1000",
+        default_of(EngineConfig, "history_limit"),
         "events kept per channel for resuming with `since`",
     ),
     Option(
         "--session-queue",
         integer(1),
-        "2000",
+        default_of(WsSettings, "queue_limit"),
         "items a WebSocket session may have waiting before it is closed with 4008",
     ),
     Option(
         "--session-queue-bytes",
         integer(1),
-        str(4 * 1024 * 1024),
+        default_of(WsSettings, "queue_bytes"),
         "encoded bytes a WebSocket session may have waiting before it is closed with 4008",
     ),
     Option(
         "--session-queue-budget",
         integer(1),
-        str(256 * 1024 * 1024),
+        default_of(WsSettings, "queue_budget"),
         "encoded bytes waiting in all WebSocket sessions together; past it, a session "
         "holding more than an equal share is closed with 4008",
     ),
     Option(
         "--flush-interval",
         seconds(0),
-        "0.025",
+        default_of(WsSettings, "flush_interval"),
         "the most a WebSocket write pass waits after the previous one: half as long as "
         "that pass's writing took, up to this (0: back to back)",
     ),

@@ -1,8 +1,9 @@
 """The request pipeline of the HTTP API: a request object, a route table, the answer.
 
-Why not quart's: in the storm bench (1,000 contended calls fired at once) a request cost
-~0.5 ms of server CPU, and a profile put ~36 % of it in quart (request and app contexts,
-werkzeug routing and headers, a task group per request, its response object). A call
+Why not quart's: a profile of the storm bench (1,000 contended calls fired at once) put
+a large share of a request's server CPU in quart (request and app contexts, werkzeug
+routing and headers, a task group per request, its response object; the figures are in
+docs/decisions.md). A call
 here is a dict lookup per path segment, one handler call and one ``bytes`` answer. The
 built-in HTTP/1.1 server (``gateway/http1.py``) calls ``WebApp.handle`` directly;
 connections that hypercorn serves (HTTP/2, ``--http1-server hypercorn``) reach it

@@ -69,9 +69,9 @@ MAX_ITEMS_PER_FRAME = 512
 MAX_FRAME_BYTES = 64 * 1024
 FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flusher
 # After a write pass, the next waits this fraction of the time the pass spent writing
-# (at most flush_interval): writing then takes at most 2/3 of the time. At 1,000
-# sessions, 0.5 against 1.0 measured p99 27 vs 40-46 ms at 60 msg/s and 35-46 vs 50-55
-# ms at 120 msg/s, for a ceiling of 240 instead of 320 msg/s (fanout, runs alternated).
+# (at most flush_interval): writing then takes at most 2/3 of the time. Against 1.0, 0.5
+# trades some of the highest rate 1,000 sessions sustain for a lower p99 below it
+# (docs/benchmarks.md, "Figures behind choices in the code").
 WRITE_GAP_RATIO = 0.5
 
 

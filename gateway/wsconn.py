@@ -39,11 +39,11 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from engine import errors
+from gateway.sockets import receive
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 CLOSE_TOO_BIG = 1009
-RECV_SIZE = 65536
 NOTSENT_LOWAT = 16384
 MAX_HEAD = 16384  # bytes of request head before the upgrade is refused
 
@@ -207,17 +207,10 @@ class RawWebSocket:
 
     # -- reading -----------------------------------------------------------------
     async def _recv(self) -> bytes:
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-                continue
-            except OSError:
-                return b""
+        data = await receive(self.sock)  # yields once: a peer that always has data waits its turn
+        if data:
             self._last_read = trio.current_time()
-            await trio.lowlevel.checkpoint()  # a peer that always has data waits its turn
-            return data
+        return data
 
     async def receive(self) -> str | bytes:
         """The next whole message; answers pings and the peer's close on the way.
@@ -266,8 +259,11 @@ class RawWebSocket:
                 return "" if isinstance(event, TextMessage) else b""
             return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
         if isinstance(event, Ping):
-            self.write(self.protocol.send(event.response()))
-            await self.flush()
+            # after our close frame only the peer's close may come back (RFC 6455 5.5.1):
+            # its pings go unanswered, and wsproto refuses to send a pong then
+            if self.close_code is None:
+                self.write(self.protocol.send(event.response()))
+                await self.flush()
         elif isinstance(event, CloseConnection):
             if self.close_code is None:
                 # the peer closes first (or wsproto closes on a protocol error): answer

@@ -37,9 +37,9 @@ log = logging.getLogger("chat_engine.store")
 
 
 # A snapshot is due once this many records were logged since the last: it bounds the log a
-# restart replays (~90 µs a record at 1,000,000 stored messages, against ~7 µs a record
-# loaded from a snapshot), and costs a fork plus the child's encoding (~7 s of CPU at that
-# size, on another core).
+# restart replays (a replayed record costs over ten times one loaded from a snapshot), and
+# costs a fork plus the child's encoding, on another core (figures in docs/benchmarks.md,
+# "Figures behind choices in the code").
 DEFAULT_SNAPSHOT_RECORDS = 25_000
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 # Tests only: a smaller log segment, so that a test server writes several of them.

@@ -166,6 +166,7 @@ class RawPeer:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.close_code: int | None = None
         self.messages: list[str | bytes] = []
+        self._parts: list[Any] = []  # of a message whose frame has not all arrived
 
     async def send(self, data: bytes) -> bool:
         """False when the server has already closed the connection."""
@@ -203,8 +204,14 @@ class RawPeer:
                         self.close_code = event.code
                         return event.code
                     data = getattr(event, "data", None)
-                    if data is not None:
-                        self.messages.append(data)
+                    if data is None:
+                        continue
+                    # wsproto hands over what has arrived of a frame as it arrives: a
+                    # message is whole only at message_finished
+                    self._parts.append(data)
+                    if event.message_finished:
+                        self.messages.append(data[:0].join(self._parts))
+                        self._parts.clear()
         return None
 
     async def aclose(self) -> None:

@@ -197,7 +197,17 @@ def test_defaults_are_the_documented_workloads() -> None:
     recovery = parse(["recovery"])
     assert recovery.messages == 1_000_000
     assert parse(["http"]).modes == ["always", "off"]
-    assert parse(["fanout"]).out.name == "results"
+
+
+def test_results_go_outside_the_repository_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run leaves the checkout clean; `summary` reads where runs write by default."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert parse(["fanout"]).out == tmp_path / "chat-engine-bench"
+    assert not parse(["storm"]).out.resolve().is_relative_to(ROOT)
+    (tmp_path / "chat-engine-bench").mkdir()
+    assert parse(["summary"]).results == tmp_path / "chat-engine-bench"
 
 
 def write_report(results: Path, name: str, result: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import ipaddress
 import logging
 import os
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 import trio
 
-from gateway.cli import build_parser
+from engine.actors.supervisor import EngineConfig
+from gateway.app import GatewaySettings
+from gateway.cli import build_parser, create_engine
 from gateway.settings import (
     SERVE_OPTIONS,
     Option,
@@ -28,6 +31,8 @@ from gateway.settings import (
     pick,
     resolve,
 )
+from gateway.ws import WsSettings
+from persistence.store import Store
 from tests.conftest import ADMIN_TOKEN, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +177,27 @@ def test_any_other_boolean_is_refused(text: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CHAT_ENGINE_DEMO", text)
     with pytest.raises(SettingsError):
         parse()
+
+
+def test_serve_with_no_flags_runs_on_the_defaults_the_settings_have_alone() -> None:
+    # A test or an embedding that builds EngineConfig(), WsSettings(), Store(...) or
+    # GatewaySettings(...) itself must get what `chat-engine serve` gets with no flags.
+    options = parse("--in-memory")
+    assert create_engine(options).config == EngineConfig()
+    store = inspect.signature(Store).parameters
+    assert (options.fsync, options.snapshot_interval, options.snapshot_records) == (
+        store["fsync"].default,
+        store["snapshot_interval"].default,
+        store["snapshot_records"].default,
+    )
+    ws = WsSettings()
+    assert (
+        options.session_queue,
+        options.session_queue_bytes,
+        options.session_queue_budget,
+        options.flush_interval,
+    ) == (ws.queue_limit, ws.queue_bytes, ws.queue_budget, ws.flush_interval)
+    assert options.rate_limit == GatewaySettings(admin_token_hash="").rate_limit
 
 
 def test_the_readme_flag_table_is_the_option_table() -> None:

@@ -24,6 +24,7 @@ from gateway.ws import QueueBudget, Session
 from gateway.wsconn import WsLimits
 from tests.conftest import ADMIN_TOKEN, World, build_world, start_server
 from tests.rawws import (
+    DROPPED,
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
@@ -63,6 +64,20 @@ async def test_each_invalid_frame_of_a_burst_is_answered_before_the_1008(world: 
     assert [(a["type"], a["code"]) for a in got] == [("error", "bad_frame")] * 21
     assert [a["id"] for a in got] == list(range(1, 22))  # the 21st closes; the rest: nothing
     await peer.aclose()
+
+
+async def test_a_ping_after_the_servers_close_is_not_an_error(world: World) -> None:
+    """Between its close frame and the peer's, the server reads on; a ping then gets no
+    pong (none may follow a close frame) rather than ending the session in an error."""
+    before = failures.connection_errors["ws"]
+    peer = await open_raw(port_of(world), world.users[0]["token"])
+    await peer.send(b"".join(text({"type": "dance", "id": number}) for number in range(1, 26)))
+    assert await peer.read_until_closed(10) == 1008
+    await peer.send(frame(OP_PING, b"still there?"))
+    await peer.send(frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+    assert await peer.read_until_closed(10) == DROPPED
+    await peer.aclose()
+    assert failures.connection_errors["ws"] == before
 
 
 async def test_every_frame_of_a_large_subscribe_burst_gets_its_answer(world: World) -> None:

@@ -14,8 +14,8 @@ up), and the sweeper retires only one with none: never one that holds a call han
 straight to its waiting receive, or a sender waiting for room. A sender that
 still holds the retired actor sees its mailbox closed and retries with a fresh one.
 An idle actor waits on its mailbox with no timer of its own: a timed cancel scope per
-wait cost ~10 µs, 40 % of a hand-off to an idle actor (25.5-29.1 µs with it, 15.5-17.6
-without). Overflow policy: a full mailbox makes senders wait (back-pressure on the
+wait was a large share of a hand-off to an idle actor (figures in docs/benchmarks.md,
+"Figures behind choices in the code"). Overflow policy: a full mailbox makes senders wait (back-pressure on the
 request); a sender that cannot deliver within ``send_timeout`` gets ``Unavailable``.
 """
 
@@ -77,7 +77,7 @@ class ActorPool:
         call = _Call(work)
         actor = self._actors.get(key) or self._spawn(key)
         try:
-            # The common case, without the cost of a timed cancel scope (~7 µs in trio):
+            # The common case, without the cost of a timed cancel scope:
             # there is room in the mailbox, and the actor in the table is alive (one
             # retires only after leaving it, with no checkpoint in between).
             actor.send.send_nowait(call)
