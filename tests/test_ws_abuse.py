@@ -216,7 +216,9 @@ async def test_subscription_churn_leaves_no_memory_behind() -> None:
             f"normal client worst {normal.worst * 1000:.0f} ms"
         )
         assert "chat_engine_subscriptions 0.0" in metrics
-        assert after - before < 4 * MIB
+        # the leak this guards against grew 15.8 MiB here; what remains is the allocator's
+        # noise (1-2 MiB on 3.11, once 4.1 MiB on 3.12)
+        assert after - before < 8 * MIB
         assert normal.worst < 1.0
     finally:
         server.stop()
