@@ -1,10 +1,12 @@
 """``chat-engine check`` and ``chat-engine repair``: a data directory, without a server.
 
-Both claim the data directory's lock first, so neither runs beside a server on the
+Both take the data directory's lock first, so neither runs beside a server on the
 same directory (a server's log changes under a reader) and no server starts while a
 repair rewrites segments; a held lock is one line on stderr and status 2.
 
-``check`` changes nothing (but the lock file's pid) and prints what it finds: every
+``check`` changes nothing: it locks the existing lock file without writing its pid (a
+directory without one is read unlocked), creates no file and tightens no mode. It
+prints what it finds: every
 snapshot and whether it loads, every log segment with its records and positions, and
 every unreadable stretch or gap, with what start-up would do about it. Exit status: 0
 when everything is sound, 1 when anything is damaged (start-up may still succeed: a
@@ -68,7 +70,10 @@ def add_commands(commands: Any) -> None:
 def run(options: argparse.Namespace) -> int:
     path = Path(options.data_dir)
     try:
-        lock = datadir.claim(path, create=False)
+        if options.command == "check":
+            lock = datadir.claim_to_read(path)
+        else:
+            lock = datadir.claim(path, create=False)
     except StartupRefused as refusal:
         print(f"chat-engine: {refusal}", file=sys.stderr, flush=True)
         return 2

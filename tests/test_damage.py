@@ -335,3 +335,48 @@ def texts_without(url: str, world: World, missing_chat: str) -> list[str]:
         assert client.get(f"{world.base}/chats/{missing_chat}").status_code == 404
         page = client.get(f"{world.base}/chats/{first}/messages", params={"page_size": 100})
     return [m["message"] for m in page.json()["results"] if m["type"] == "msg"]
+
+
+def modes_and_files(directory: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under the directory (the directory itself as "."), with its mode and
+    a file's bytes."""
+    found: dict[str, tuple[int, bytes | None]] = {".": (directory.stat().st_mode, None)}
+    for path in sorted(directory.rglob("*")):
+        found[str(path.relative_to(directory))] = (
+            path.stat().st_mode,
+            path.read_bytes() if path.is_file() else None,
+        )
+    return found
+
+
+def test_check_changes_nothing_not_even_modes(world: World, tmp_path: Path) -> None:
+    directory = tmp_path / "copied"
+    shutil.copytree(world.directory, directory)
+    (directory / "lock").unlink()  # a copy made without it
+    directory.chmod(0o755)
+    segments(directory)[0][1].chmod(0o644)
+    before = modes_and_files(directory)
+    report = maintenance("check", directory)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert modes_and_files(directory) == before
+    # with a lock file (a directory a server used) and a read-only directory
+    (directory / "lock").write_text("1\n")
+    directory.chmod(0o555)
+    before = modes_and_files(directory)
+    report = maintenance("check", directory)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert modes_and_files(directory) == before
+    directory.chmod(0o755)  # so that the test's directory can be removed
+
+
+def test_check_refuses_beside_a_running_server(world: World, tmp_path: Path) -> None:
+    directory = tmp_path / "busy"
+    shutil.copytree(world.directory, directory)
+    server = launch(directory)
+    try:
+        assert server.ready, server.stderr
+        report = maintenance("check", directory)
+    finally:
+        server.kill()
+    assert report.returncode == 2
+    assert f"in use by process {server.process.pid}" in report.stderr
