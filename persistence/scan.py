@@ -256,7 +256,8 @@ def read_log(
             f"refusing to start: the log is damaged: {problem.describe()}{more}; "
             f"{result.readable_after_damage} readable record(s) follow, up to lsn "
             f"{result.last_lsn}; the loaded snapshot covers lsn {after_lsn}{context}. "
-            "Nothing on disk was changed. Restore the data directory from a backup, or "
+            "Nothing on disk was changed but the lock file (and loose modes, tightened "
+            "to owner-only). Restore the data directory from a backup, or "
             f"run 'chat-engine repair --data-dir {directory}' to drop the damaged records "
             f"and keep the rest ('chat-engine check --data-dir {directory}' lists them)"
         )

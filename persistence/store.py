@@ -82,16 +82,17 @@ class Store:
         self.last_snapshot_pause = 0.0
         self.max_snapshot_pause = 0.0
         self.snapshots_taken = 0
+        self._new_epoch: str | None = None  # made up by epoch(), written by recover()
 
     def epoch(self) -> str:
-        make_private_dir(self.data_dir)
+        """The directory's epoch; a new one is only written by a recovery that succeeds
+        (a refused start must leave the directory as it found it)."""
         path = self.data_dir / "epoch"
         if path.exists():
             return path.read_text().strip()
-        value = secrets.token_hex(8)
-        with open(create_private(path), "w") as handle:
-            handle.write(value + "\n")
-        return value
+        if self._new_epoch is None:
+            self._new_epoch = secrets.token_hex(8)
+        return self._new_epoch
 
     def recover(
         self,
@@ -134,6 +135,10 @@ class Store:
                 "unreadable snapshot moved aside",
                 extra={"fields": {"snapshot": path.name, "to": str(moved), "error": error}},
             )
+        if self._new_epoch is not None:
+            with open(create_private(self.data_dir / "epoch"), "w") as handle:
+                handle.write(self._new_epoch + "\n")
+            self._new_epoch = None
         recovered = Recovered(
             state=state,
             snapshot_lsn=base,

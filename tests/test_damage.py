@@ -117,9 +117,11 @@ def records(directory: Path) -> list[Record]:
     return found
 
 
-def texts(outcome_url: str, world: World) -> dict[str, list[str]]:
+def texts(
+    outcome_url: str, world: World, headers: dict[str, str] = HEADERS
+) -> dict[str, list[str]]:
     found = {}
-    with httpx.Client(base_url=outcome_url, headers=HEADERS) as client:
+    with httpx.Client(base_url=outcome_url, headers=headers) as client:
         for chat in world.chats:
             page = client.get(
                 f"{world.base}/chats/{chat}/messages", params={"page_size": 100}
@@ -136,7 +138,10 @@ class Case:
     position: int
     xor: int
     must_start: bool  # damage under the snapshot must not stop it; needed damage must
-    real_server: bool = False  # else the recovery probe: the same start, without HTTP
+    # else the recovery probe: the same start, without HTTP, on a directory that has its
+    # epoch and admin token; a real server gets a directory without both, so a refusal
+    # that created either shows in the files compared
+    real_server: bool = False
 
 
 def flip_cases(world: World) -> Iterator[Case]:
@@ -152,7 +157,7 @@ def flip_cases(world: World) -> Iterator[Case]:
     fields = {"length": (0, 4), "crc": (4, 8), "payload": (8, None)}
     for place, candidates in places.items():
         for field, (start, stop) in fields.items():
-            for _ in range(CASES_PER_KIND):
+            for index in range(CASES_PER_KIND):
                 record = rng.choice(candidates)
                 last = record.end - record.offset if stop is None else stop
                 yield Case(
@@ -161,6 +166,7 @@ def flip_cases(world: World) -> Iterator[Case]:
                     record.offset + rng.randrange(start, last),
                     rng.randrange(1, 256),
                     place == "under snapshot",
+                    real_server=index == 0 and place != "newest segment",
                 )
     last = all_records[-1]  # the last acknowledged write is whole: never a torn tail
     for field, (start, stop) in fields.items():
@@ -171,6 +177,7 @@ def flip_cases(world: World) -> Iterator[Case]:
             last.offset + end - 1 - (end - 1 - start) // 2,
             0xFF,
             False,
+            real_server=True,
         )
 
 
@@ -182,13 +189,19 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
     data = bytearray(segment.read_bytes())
     data[case.position] ^= case.xor
     segment.write_bytes(bytes(data))
+    if case.real_server:
+        (directory / "epoch").unlink()
+        (directory / "admin.token").unlink(missing_ok=True)
     before = files(directory)
     if case.real_server:
-        outcome = launch(directory)
+        outcome = launch(directory, admin_token=False)
         started, code, stderr = outcome.ready, outcome.returncode, ""
         if started:
+            # made once recovery succeeded, and it works
+            token = (directory / "admin.token").read_text().strip()
+            assert (directory / "epoch").exists()
             try:
-                found = texts(outcome.base_url, world)
+                found = texts(outcome.base_url, world, {"Authorization": f"Token {token}"})
             finally:
                 outcome.kill()
         stderr = outcome.stderr
