@@ -139,7 +139,11 @@ class RecordFailed(StartupRefused):
     def __init__(self, lsn: int, segment: Path, offset: int, error: BaseException) -> None:
         super().__init__(
             f"refusing to start: the log record at lsn {lsn} ({segment.name} at byte "
-            f"{offset}) reads back whole but cannot be applied: {error!r}"
+            f"{offset}, after lsn {lsn - 1}) reads back whole but cannot be applied: "
+            f"{error!r}. Nothing on disk was changed but the lock file (and loose modes, "
+            "tightened to owner-only). Restore the data directory from a backup, or run "
+            f"'chat-engine repair --data-dir {segment.parent}' to drop this record (and "
+            "any that depend on it) and keep the rest"
         )
         self.lsn = lsn
 

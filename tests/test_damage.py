@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ import pytest
 
 from engine.facts import ChatCreated, MessagePosted
 from persistence import scan, snapshot
-from persistence.codec import decode_fact
+from persistence.codec import decode_fact, pack
 from persistence.store import TEST_SEGMENT_BYTES_ENV
-from persistence.wal import frame, segments
+from persistence.wal import HEADER, frame, segments
 from tests.serverproc import HEADERS, files, launch
 
 SEGMENT_BYTES = "4096"
@@ -393,3 +394,46 @@ def test_check_refuses_beside_a_running_server(world: World, tmp_path: Path) -> 
         server.kill()
     assert report.returncode == 2
     assert f"in use by process {server.process.pid}" in report.stderr
+
+
+def test_a_whole_record_that_cannot_be_applied_is_refused_then_repaired(
+    world: World, tmp_path: Path
+) -> None:
+    directory = tmp_path / "undecodable"
+    shutil.copytree(world.directory, directory)
+    first = next(iter(world.chats))
+    target = next(
+        r
+        for r in records(directory)
+        if r.lsn > world.snapshot_lsn
+        and isinstance(r.facts[0], MessagePosted)
+        and r.facts[0].chat_id == first
+    )
+    # its length and CRC are right: only what it says cannot be applied
+    payload = pack([target.lsn, [["NoSuchFact", 1]]])
+    whole = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    data = target.segment.read_bytes()
+    target.segment.write_bytes(data[: target.offset] + whole + data[target.end :])
+    before = files(directory)
+    refused = launch(directory)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert f"lsn {target.lsn} ({target.segment.name} at byte {target.offset}" in line, line
+    assert "chat-engine repair" in line, line
+    assert files(directory) == before
+    report = maintenance("check", directory)
+    assert report.returncode == 1 and "chat-engine repair" in report.stderr
+    repaired = maintenance("repair", directory)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"lsn {target.lsn}: reads back whole but cannot be applied" in repaired.stdout
+    # the segment was copied aside, as it was, before the change
+    (aside,) = (directory / "damaged").iterdir()
+    assert aside.read_bytes() == before[target.segment.name]
+    outcome = launch(directory)
+    assert outcome.ready, outcome.stderr
+    try:
+        found = texts(outcome.base_url, world)
+    finally:
+        outcome.kill()
+    lost = target.facts[0].message
+    assert found == {**world.chats, first: [t for t in world.chats[first] if t != lost]}
