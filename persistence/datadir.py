@@ -135,13 +135,27 @@ def claim_to_read(path: Path) -> DataDirLock:
 
 def tighten_files(path: Path) -> None:
     """Every file in the directory to 0600 (files written by older versions, or copied
-    in by an operator, may be looser); sub-directories (repair's copies) to 0700."""
+    in by an operator, may be looser); sub-directories (repair's copies) to 0700. One
+    warning names every entry changed, with its old mode."""
+    changed = _tighten(path, path)
+    if changed:
+        log.warning(
+            "data directory files tightened",
+            extra={"fields": {"path": str(path), "was": changed, "now": "0600, directories 0700"}},
+        )
+
+
+def _tighten(root: Path, path: Path) -> dict[str, str]:
+    changed = {}
     for entry in os.scandir(path):
         if entry.is_symlink():
             continue
         directory = entry.is_dir()
         wanted = DIR_MODE if directory else FILE_MODE
-        if stat.S_IMODE(entry.stat().st_mode) != wanted:
+        mode = stat.S_IMODE(entry.stat().st_mode)
+        if mode != wanted:
             os.chmod(entry.path, wanted)
+            changed[os.path.relpath(entry.path, root)] = oct(mode)
         if directory:
-            tighten_files(Path(entry.path))
+            changed.update(_tighten(root, Path(entry.path)))
+    return changed

@@ -63,6 +63,10 @@ def test_the_data_dir_is_0700_and_every_file_0600_under_umask_000(tmp_path: Path
     assert any(name.startswith("wal-") for name in found)
     assert any(name.startswith("snapshot-") for name in found)
     assert found == dict.fromkeys(found, 0o600), found
+    # both were tightened loudly: the directory, and each file with its old mode
+    assert '"data directory permissions tightened"' in server.stderr
+    assert '"data directory files tightened"' in server.stderr
+    assert '"was":{"epoch":"0o666"}' in server.stderr
 
 
 def child_pids(pid: int) -> list[int]:
