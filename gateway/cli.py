@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 class AdminToken:
     hash: str
     printed: str | None  # the token, when it was made now and must be shown once
+    path: Path | None = None  # where a new one is stored, once recovery has succeeded
+
+    def store(self) -> None:
+        """Write a new token (a refused start creates no file, so nothing is written
+        before recovery succeeds); a token that already existed is left alone."""
+        if self.path is None or self.printed is None:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.printed + "\n")
 
 
 def admin_token(options: argparse.Namespace) -> AdminToken:
@@ -119,12 +129,8 @@ def admin_token(options: argparse.Namespace) -> AdminToken:
     path = Path(options.data_dir) / "admin.token"
     if path.exists():
         return AdminToken(hash_token(path.read_text().strip()), None)
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = new_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return AdminToken(hash_token(token), token)
+    return AdminToken(hash_token(token), token, path)
 
 
 async def create_demo(engine: Engine) -> dict[str, object]:
@@ -269,6 +275,10 @@ async def _serve(
             if not isinstance(failure, OSError):
                 raise
             raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
+        try:
+            token.store()
+        except OSError as error:
+            raise StartupError(data_dir_unusable(options.data_dir, error)) from None
         await announce(options, engine, token.printed)
         tune_gc(options.gc_thresholds)
         task_status.started(binds)

@@ -1,10 +1,12 @@
 """``chat-engine check`` and ``chat-engine repair``: a data directory, without a server.
 
-Both claim the data directory's lock first, so neither runs beside a server on the
+Both take the data directory's lock first, so neither runs beside a server on the
 same directory (a server's log changes under a reader) and no server starts while a
 repair rewrites segments; a held lock is one line on stderr and status 2.
 
-``check`` changes nothing (but the lock file's pid) and prints what it finds: every
+``check`` changes nothing: it locks the existing lock file without writing its pid (a
+directory without one is read unlocked), creates no file and tightens no mode. It
+prints what it finds: every
 snapshot and whether it loads, every log segment with its records and positions, and
 every unreadable stretch or gap, with what start-up would do about it. Exit status: 0
 when everything is sound, 1 when anything is damaged (start-up may still succeed: a
@@ -68,7 +70,10 @@ def add_commands(commands: Any) -> None:
 def run(options: argparse.Namespace) -> int:
     path = Path(options.data_dir)
     try:
-        lock = datadir.claim(path, create=False)
+        if options.command == "check":
+            lock = datadir.claim_to_read(path)
+        else:
+            lock = datadir.claim(path, create=False)
     except StartupRefused as refusal:
         print(f"chat-engine: {refusal}", file=sys.stderr, flush=True)
         return 2
@@ -135,7 +140,19 @@ def repair(path: Path) -> int:
         base = loaded.lsn if loaded is not None else 0
     except Exception:  # load_newest logs and skips what it cannot read
         base = 0
-    report = scan.scan(path, base, collect=False)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    copied: set[Path] = set()
+    dropped: list[str] = []
+    for _ in range(REPLAY_ROUNDS):
+        try:
+            report = scan.scan(path, base, collect=False)
+            break
+        except scan.RecordFailed as undecodable:  # whole, but it does not decode: drop it
+            _drop(path, {undecodable.lsn}, stamp, copied)
+            dropped.append(f"lsn {undecodable.lsn}: reads back whole but cannot be applied")
+    else:
+        print("chat-engine: repair could not reach a readable log", file=sys.stderr)
+        return 1
     harmful = report.harmful
     missing = [problem for problem in harmful if problem.kind == "missing"]
     if missing:
@@ -147,9 +164,6 @@ def repair(path: Path) -> int:
             file=sys.stderr,
         )
         return 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    copied: set[Path] = set()
-    dropped: list[str] = []
     edits: dict[Path, list[tuple[int, int, bytes]]] = {}
     for problem in harmful:
         first, *rest = problem.regions
@@ -173,18 +187,19 @@ def repair(path: Path) -> int:
     for segment, changes in edits.items():
         _rewrite(path, segment, changes, stamp, copied)
     for round_ in range(REPLAY_ROUNDS):
+        why = "cannot be applied" + (" without the dropped records" if dropped else "")
         try:
             failed = _replay(path)
+        except scan.RecordFailed as refusal:  # whole, but it does not decode
+            failed, why = {refusal.lsn}, "reads back whole but cannot be applied"
         except StartupRefused as refusal:
             print(f"chat-engine: repair could not finish: {refusal}", file=sys.stderr)
             return 1
         if not failed:
             break
-        for segment, changes in _locate(path, failed).items():
-            _rewrite(path, segment, changes, stamp, copied)
+        _drop(path, failed, stamp, copied)
         dropped.append(
-            f"lsn {', '.join(str(lsn) for lsn in sorted(failed))}: no longer applicable "
-            f"without the dropped records (round {round_ + 1})"
+            f"lsn {', '.join(str(lsn) for lsn in sorted(failed))}: {why} (round {round_ + 1})"
         )
     else:
         print("chat-engine: repair could not reach a clean replay", file=sys.stderr)
@@ -198,6 +213,12 @@ def repair(path: Path) -> int:
         print(f"copied aside before changing: {segment}")
     print("repaired: the server starts with every other record")
     return 0
+
+
+def _drop(directory: Path, lsns: set[int], stamp: str, copied: set[Path]) -> None:
+    """Replace whole records by empty ones at the same positions."""
+    for segment, changes in _locate(directory, lsns).items():
+        _rewrite(directory, segment, changes, stamp, copied)
 
 
 def _rewrite(

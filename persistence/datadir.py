@@ -106,15 +106,56 @@ def claim(path: Path, *, create: bool = True) -> DataDirLock:
     return DataDirLock(path, fd)
 
 
+def claim_to_read(path: Path) -> DataDirLock:
+    """``claim`` for a reader that must change nothing (``chat-engine check``): no
+    directory or lock file is created, no mode tightened, no pid written. It locks the
+    lock file if there is one, so it never reads beside a server and no server starts
+    meanwhile; a directory without one has never been served by this version, and is
+    read without a lock."""
+    if not path.is_dir():
+        raise StartupRefused(f"data directory {path} does not exist or is not a directory")
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return DataDirLock(path, -1)
+    except OSError as error:
+        raise StartupRefused(f"data directory {path} is unusable: {error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StartupRefused(
+                f"data directory {path} is in use by process {holder(path)} "
+                "(one process per data directory; stop it first)"
+            ) from None
+        raise StartupRefused(f"data directory {path} cannot be locked: {error}") from None
+    return DataDirLock(path, fd)
+
+
 def tighten_files(path: Path) -> None:
     """Every file in the directory to 0600 (files written by older versions, or copied
-    in by an operator, may be looser); sub-directories (repair's copies) to 0700."""
+    in by an operator, may be looser); sub-directories (repair's copies) to 0700. One
+    warning names every entry changed, with its old mode."""
+    changed = _tighten(path, path)
+    if changed:
+        log.warning(
+            "data directory files tightened",
+            extra={"fields": {"path": str(path), "was": changed, "now": "0600, directories 0700"}},
+        )
+
+
+def _tighten(root: Path, path: Path) -> dict[str, str]:
+    changed = {}
     for entry in os.scandir(path):
         if entry.is_symlink():
             continue
         directory = entry.is_dir()
         wanted = DIR_MODE if directory else FILE_MODE
-        if stat.S_IMODE(entry.stat().st_mode) != wanted:
+        mode = stat.S_IMODE(entry.stat().st_mode)
+        if mode != wanted:
             os.chmod(entry.path, wanted)
+            changed[os.path.relpath(entry.path, root)] = oct(mode)
         if directory:
-            tighten_files(Path(entry.path))
+            changed.update(_tighten(root, Path(entry.path)))
+    return changed

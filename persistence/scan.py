@@ -139,7 +139,11 @@ class RecordFailed(StartupRefused):
     def __init__(self, lsn: int, segment: Path, offset: int, error: BaseException) -> None:
         super().__init__(
             f"refusing to start: the log record at lsn {lsn} ({segment.name} at byte "
-            f"{offset}) reads back whole but cannot be applied: {error!r}"
+            f"{offset}, after lsn {lsn - 1}) reads back whole but cannot be applied: "
+            f"{error!r}. Nothing on disk was changed but the lock file (and loose modes, "
+            "tightened to owner-only). Restore the data directory from a backup, or run "
+            f"'chat-engine repair --data-dir {segment.parent}' to drop this record (and "
+            "any that depend on it) and keep the rest"
         )
         self.lsn = lsn
 
@@ -256,7 +260,8 @@ def read_log(
             f"refusing to start: the log is damaged: {problem.describe()}{more}; "
             f"{result.readable_after_damage} readable record(s) follow, up to lsn "
             f"{result.last_lsn}; the loaded snapshot covers lsn {after_lsn}{context}. "
-            "Nothing on disk was changed. Restore the data directory from a backup, or "
+            "Nothing on disk was changed but the lock file (and loose modes, tightened "
+            "to owner-only). Restore the data directory from a backup, or "
             f"run 'chat-engine repair --data-dir {directory}' to drop the damaged records "
             f"and keep the rest ('chat-engine check --data-dir {directory}' lists them)"
         )

@@ -36,7 +36,7 @@ import trio
 from engine.realtime.history import Histories
 from engine.state import State
 from persistence.codec import decode_state_items, encode_state, pack
-from persistence.datadir import create_private
+from persistence.datadir import create_private, make_private_dir
 
 log = logging.getLogger("chat_engine.snapshot")
 
@@ -195,6 +195,28 @@ def remove_old(directory: Path) -> list[int]:
         path.unlink(missing_ok=True)
     remove_temporary(directory)
     return [lsn for lsn, _ in found[-KEEP:]]
+
+
+def move_aside(directory: Path, path: Path) -> Path:
+    """Move an unreadable snapshot into ``<directory>/damaged/``: left in place it would
+    count as one of the ``KEEP`` newest and push out a sound one (and the log segments
+    only that one still needs)."""
+    aside = directory / "damaged"
+    make_private_dir(aside)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = aside / f"{path.name}.{stamp}"
+    suffix = 0
+    while target.exists():  # never overwrite an earlier copy
+        suffix += 1
+        target = aside / f"{path.name}.{stamp}.{suffix}"
+    os.replace(path, target)
+    for changed in (aside, directory):
+        fd = os.open(changed, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return target
 
 
 def remove_temporary(directory: Path) -> int:

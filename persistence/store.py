@@ -8,7 +8,8 @@ Recovery: the newest readable snapshot (or an empty state), then every log recor
 after its position, applied exactly as when they were first committed; an incomplete
 last write is cut, and damage that hides a needed record refuses the start
 (``persistence.scan``). Log segments are kept back to the *older* of the two snapshots,
-so falling back to it still finds every record since.
+so falling back to it still finds every record since; a snapshot that did not load goes
+to ``damaged/`` once the start succeeds, so it never takes the place of a sound one.
 
 The directory's lock and permissions are ``persistence.datadir``'s: whoever opens a
 ``Store`` on a real data directory claims it first.
@@ -82,16 +83,17 @@ class Store:
         self.last_snapshot_pause = 0.0
         self.max_snapshot_pause = 0.0
         self.snapshots_taken = 0
+        self._new_epoch: str | None = None  # made up by epoch(), written by recover()
 
     def epoch(self) -> str:
-        make_private_dir(self.data_dir)
+        """The directory's epoch; a new one is only written by a recovery that succeeds
+        (a refused start must leave the directory as it found it)."""
         path = self.data_dir / "epoch"
         if path.exists():
             return path.read_text().strip()
-        value = secrets.token_hex(8)
-        with open(create_private(path), "w") as handle:
-            handle.write(value + "\n")
-        return value
+        if self._new_epoch is None:
+            self._new_epoch = secrets.token_hex(8)
+        return self._new_epoch
 
     def recover(
         self,
@@ -120,6 +122,25 @@ class Store:
         loaded(base)
         context = "".join(f"; {path.name} is unreadable ({error})" for path, error in unreadable)
         tail = read_log(self.data_dir, after_lsn=base, apply=apply, context=context)
+        # Only once the start is sure (a refusal changes nothing on disk): unreadable
+        # snapshots go aside, so that retention counts only snapshots that load.
+        for path, error in unreadable:
+            try:
+                moved = snapshot.move_aside(self.data_dir, path)
+            except OSError as failure:
+                log.error(
+                    "unreadable snapshot could not be moved aside",
+                    extra={"fields": {"snapshot": path.name, "error": str(failure)}},
+                )
+                continue
+            log.warning(
+                "unreadable snapshot moved aside",
+                extra={"fields": {"snapshot": path.name, "to": str(moved), "error": error}},
+            )
+        if self._new_epoch is not None:
+            with open(create_private(self.data_dir / "epoch"), "w") as handle:
+                handle.write(self._new_epoch + "\n")
+            self._new_epoch = None
         recovered = Recovered(
             state=state,
             snapshot_lsn=base,

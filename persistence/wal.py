@@ -2,8 +2,10 @@
 a torn tail from damage: ``persistence.scan``).
 
 A record is one committed mutation: ``[length u32][crc32 u32][msgpack [lsn, [facts]]]``.
-Records go to segment files ``wal-<first lsn>.log``; a segment is closed and a new one
-started once it passes ``segment_bytes``.
+Records go to segment files ``wal-<first lsn>.log``; the first write after a segment
+passes ``segment_bytes`` starts a new one. Rotation failing (EMFILE, ENOSPC, EIO) is not
+a write failure: the current segment stays open and takes the batch, and the next write
+tries again.
 
 Group commit: ``append`` takes a batch of records (the engine's commit loop gathers
 every mutation queued meanwhile), gives them their positions, writes them with one
@@ -96,6 +98,9 @@ class FileOps:
     def truncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
 
+    def fsync_dir(self, directory: Path) -> None:
+        _fsync_dir(directory)
+
 
 class WriteAheadLog:
     def __init__(
@@ -124,6 +129,7 @@ class WriteAheadLog:
             "fsync_seconds_total": 0.0,
             "fsync_seconds_max": 0.0,
             "write_failures": 0,
+            "rotate_failures": 0,
         }
         # fsync latency as histogram counts, one per FSYNC_BUCKETS bound and one past
         # the last (not cumulative); read at scrape time by gateway.metrics
@@ -158,7 +164,7 @@ class WriteAheadLog:
         first_lsn = self.next_lsn
         data = b"".join(frame(lsn, facts) for lsn, facts in enumerate(records, first_lsn))
         try:
-            await trio.to_thread.run_sync(self._write, data)
+            await trio.to_thread.run_sync(self._write, data, first_lsn)
         except OSError as error:
             self._needs_cut = True
             # Cut the half-written batch off now, not only before the next write: a crash
@@ -176,8 +182,6 @@ class WriteAheadLog:
         self.stats["batches"] += 1
         self.stats["records"] += len(records)
         self.stats["bytes"] += len(data)
-        if self._size >= self.segment_bytes:
-            await trio.to_thread.run_sync(self._rotate)
         return first_lsn
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -191,10 +195,18 @@ class WriteAheadLog:
         self.file_ops.fsync(self._fd)
         self._needs_cut = False
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, first_lsn: int) -> None:
         ops = self.file_ops
         if self._needs_cut:
             self._cut()
+        if self._size >= self.segment_bytes:  # a full segment is closed by the next write
+            try:
+                self._rotate(first_lsn)
+            except OSError as error:
+                # Not this batch's failure: the current segment stays open and takes it,
+                # and the next batch tries again.
+                self.stats["rotate_failures"] += 1
+                log.error("log rotation failed", extra={"fields": {"error": str(error)}})
         ops.write(self._fd, data)
         if self.fsync_mode == "always":
             self._timed_fsync()
@@ -207,14 +219,24 @@ class WriteAheadLog:
         self.stats["fsync_seconds_max"] = max(self.stats["fsync_seconds_max"], spent)
         self.fsync_counts[bisect_left(FSYNC_BUCKETS, spent)] += 1
 
-    def _rotate(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._segment_first = self.next_lsn
-        path = self.directory / segment_name(self.next_lsn)
-        self._fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        self._size = 0
-        _fsync_dir(self.directory)
+    def _rotate(self, first_lsn: int) -> None:
+        # The old segment is closed only once the new one is open, synced and named in
+        # its directory: any failure before that leaves the log appending where it was.
+        # A new file that could not be synced is removed: its name would claim positions
+        # the old segment goes on to hold.
+        old_fd = self._fd
+        self.file_ops.fsync(old_fd)
+        path = self.directory / segment_name(first_lsn)
+        new_fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            self.file_ops.fsync_dir(self.directory)
+        except BaseException:
+            os.close(new_fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd, self._segment_first, self._size = new_fd, first_lsn, 0
+        os.close(old_fd)
 
     async def _sync_periodically(self) -> None:
         while True:

@@ -99,8 +99,10 @@ def launch(
 
 
 def files(directory: Path) -> dict[str, bytes]:
-    """Every file of a data directory and its bytes, but the lock (which names the pid
-    of the last process that claimed the directory)."""
+    """Every file of a data directory and its bytes, but the lock (created if missing,
+    and naming the pid of the last process that claimed the directory). Modes are left
+    out on purpose: a start tightens them before it reads anything (docs/durability.md),
+    so a refused start may have tightened a loose one."""
     return {
         str(path.relative_to(directory)): path.read_bytes()
         for path in sorted(directory.rglob("*"))

@@ -74,6 +74,8 @@ def test_admin_token_is_made_once_stored_0600_and_reused(
     first = admin_token(options)
     assert first.printed is not None and first.hash == hash_token(first.printed)
     path = tmp_path / "admin.token"
+    assert not path.exists(), "written only once recovery succeeded"
+    first.store()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = admin_token(options)
     assert again.printed is None and again.hash == first.hash  # printed once only

@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ import pytest
 
 from engine.facts import ChatCreated, MessagePosted
 from persistence import scan, snapshot
-from persistence.codec import decode_fact
+from persistence.codec import decode_fact, pack
 from persistence.store import TEST_SEGMENT_BYTES_ENV
-from persistence.wal import frame, segments
+from persistence.wal import HEADER, frame, segments
 from tests.serverproc import HEADERS, files, launch
 
 SEGMENT_BYTES = "4096"
@@ -117,9 +118,11 @@ def records(directory: Path) -> list[Record]:
     return found
 
 
-def texts(outcome_url: str, world: World) -> dict[str, list[str]]:
+def texts(
+    outcome_url: str, world: World, headers: dict[str, str] = HEADERS
+) -> dict[str, list[str]]:
     found = {}
-    with httpx.Client(base_url=outcome_url, headers=HEADERS) as client:
+    with httpx.Client(base_url=outcome_url, headers=headers) as client:
         for chat in world.chats:
             page = client.get(
                 f"{world.base}/chats/{chat}/messages", params={"page_size": 100}
@@ -136,7 +139,10 @@ class Case:
     position: int
     xor: int
     must_start: bool  # damage under the snapshot must not stop it; needed damage must
-    real_server: bool = False  # else the recovery probe: the same start, without HTTP
+    # else the recovery probe: the same start, without HTTP, on a directory that has its
+    # epoch and admin token; a real server gets a directory without both, so a refusal
+    # that created either shows in the files compared
+    real_server: bool = False
 
 
 def flip_cases(world: World) -> Iterator[Case]:
@@ -152,7 +158,7 @@ def flip_cases(world: World) -> Iterator[Case]:
     fields = {"length": (0, 4), "crc": (4, 8), "payload": (8, None)}
     for place, candidates in places.items():
         for field, (start, stop) in fields.items():
-            for _ in range(CASES_PER_KIND):
+            for index in range(CASES_PER_KIND):
                 record = rng.choice(candidates)
                 last = record.end - record.offset if stop is None else stop
                 yield Case(
@@ -161,6 +167,7 @@ def flip_cases(world: World) -> Iterator[Case]:
                     record.offset + rng.randrange(start, last),
                     rng.randrange(1, 256),
                     place == "under snapshot",
+                    real_server=index == 0 and place != "newest segment",
                 )
     last = all_records[-1]  # the last acknowledged write is whole: never a torn tail
     for field, (start, stop) in fields.items():
@@ -171,6 +178,7 @@ def flip_cases(world: World) -> Iterator[Case]:
             last.offset + end - 1 - (end - 1 - start) // 2,
             0xFF,
             False,
+            real_server=True,
         )
 
 
@@ -182,13 +190,19 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
     data = bytearray(segment.read_bytes())
     data[case.position] ^= case.xor
     segment.write_bytes(bytes(data))
+    if case.real_server:
+        (directory / "epoch").unlink()
+        (directory / "admin.token").unlink(missing_ok=True)
     before = files(directory)
     if case.real_server:
-        outcome = launch(directory)
+        outcome = launch(directory, admin_token=False)
         started, code, stderr = outcome.ready, outcome.returncode, ""
         if started:
+            # made once recovery succeeded, and it works
+            token = (directory / "admin.token").read_text().strip()
+            assert (directory / "epoch").exists()
             try:
-                found = texts(outcome.base_url, world)
+                found = texts(outcome.base_url, world, {"Authorization": f"Token {token}"})
             finally:
                 outcome.kill()
         stderr = outcome.stderr
@@ -335,3 +349,91 @@ def texts_without(url: str, world: World, missing_chat: str) -> list[str]:
         assert client.get(f"{world.base}/chats/{missing_chat}").status_code == 404
         page = client.get(f"{world.base}/chats/{first}/messages", params={"page_size": 100})
     return [m["message"] for m in page.json()["results"] if m["type"] == "msg"]
+
+
+def modes_and_files(directory: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under the directory (the directory itself as "."), with its mode and
+    a file's bytes."""
+    found: dict[str, tuple[int, bytes | None]] = {".": (directory.stat().st_mode, None)}
+    for path in sorted(directory.rglob("*")):
+        found[str(path.relative_to(directory))] = (
+            path.stat().st_mode,
+            path.read_bytes() if path.is_file() else None,
+        )
+    return found
+
+
+def test_check_changes_nothing_not_even_modes(world: World, tmp_path: Path) -> None:
+    directory = tmp_path / "copied"
+    shutil.copytree(world.directory, directory)
+    (directory / "lock").unlink()  # a copy made without it
+    directory.chmod(0o755)
+    segments(directory)[0][1].chmod(0o644)
+    before = modes_and_files(directory)
+    report = maintenance("check", directory)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert modes_and_files(directory) == before
+    # with a lock file (a directory a server used) and a read-only directory
+    (directory / "lock").write_text("1\n")
+    directory.chmod(0o555)
+    before = modes_and_files(directory)
+    report = maintenance("check", directory)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert modes_and_files(directory) == before
+    directory.chmod(0o755)  # so that the test's directory can be removed
+
+
+def test_check_refuses_beside_a_running_server(world: World, tmp_path: Path) -> None:
+    directory = tmp_path / "busy"
+    shutil.copytree(world.directory, directory)
+    server = launch(directory)
+    try:
+        assert server.ready, server.stderr
+        report = maintenance("check", directory)
+    finally:
+        server.kill()
+    assert report.returncode == 2
+    assert f"in use by process {server.process.pid}" in report.stderr
+
+
+def test_a_whole_record_that_cannot_be_applied_is_refused_then_repaired(
+    world: World, tmp_path: Path
+) -> None:
+    directory = tmp_path / "undecodable"
+    shutil.copytree(world.directory, directory)
+    first = next(iter(world.chats))
+    target = next(
+        r
+        for r in records(directory)
+        if r.lsn > world.snapshot_lsn
+        and isinstance(r.facts[0], MessagePosted)
+        and r.facts[0].chat_id == first
+    )
+    # its length and CRC are right: only what it says cannot be applied
+    payload = pack([target.lsn, [["NoSuchFact", 1]]])
+    whole = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    data = target.segment.read_bytes()
+    target.segment.write_bytes(data[: target.offset] + whole + data[target.end :])
+    before = files(directory)
+    refused = launch(directory)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert f"lsn {target.lsn} ({target.segment.name} at byte {target.offset}" in line, line
+    assert "chat-engine repair" in line, line
+    assert files(directory) == before
+    report = maintenance("check", directory)
+    assert report.returncode == 1 and "chat-engine repair" in report.stderr
+    repaired = maintenance("repair", directory)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"lsn {target.lsn}: reads back whole but cannot be applied" in repaired.stdout
+    # the segment was copied aside, as it was, before the change
+    (aside,) = (directory / "damaged").iterdir()
+    assert aside.read_bytes() == before[target.segment.name]
+    outcome = launch(directory)
+    assert outcome.ready, outcome.stderr
+    try:
+        found = texts(outcome.base_url, world)
+    finally:
+        outcome.kill()
+    lost = target.facts[0].message
+    assert found == {**world.chats, first: [t for t in world.chats[first] if t != lost]}

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from persistence import snapshot
+from persistence.scan import scan
 from persistence.snapshot import TEST_DELAY_ENV
 from tests.serverproc import HEADERS, launch
 
@@ -62,6 +63,10 @@ def test_the_data_dir_is_0700_and_every_file_0600_under_umask_000(tmp_path: Path
     assert any(name.startswith("wal-") for name in found)
     assert any(name.startswith("snapshot-") for name in found)
     assert found == dict.fromkeys(found, 0o600), found
+    # both were tightened loudly: the directory, and each file with its old mode
+    assert '"data directory permissions tightened"' in server.stderr
+    assert '"data directory files tightened"' in server.stderr
+    assert '"was":{"epoch":"0o666"}' in server.stderr
 
 
 def child_pids(pid: int) -> list[int]:
@@ -162,3 +167,32 @@ def test_a_snapshot_write_that_fails_leaves_no_temporary_file(
     with pytest.raises(OSError):
         snapshot.write_file(tmp_path, 7, b"state" * 100)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_during_a_snapshot_waits_for_it_and_writes_no_second_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = launch(
+        data_dir,
+        "--snapshot-records",
+        "2",
+        "--snapshot-interval",
+        "3600",
+        env={TEST_DELAY_ENV: "2"},  # the periodic writer is still writing at the stop
+    )
+    assert server.ready
+    try:
+        with httpx.Client(base_url=server.base_url, headers=HEADERS) as client:
+            org = client.post("/api/v5/orgs", json={"name": "Snap"}).json()
+            response = client.post(f"/api/v5/orgs/{org['id']}/rooms", json={"name": "R"})
+            assert response.status_code == 201
+        deadline = time.monotonic() + 10
+        while not list(data_dir.glob(".snapshot-*.tmp")):
+            assert time.monotonic() < deadline, "no snapshot started"
+            time.sleep(0.02)
+    finally:
+        code = server.stop()  # SIGTERM while the periodic snapshot's child writes
+    assert code == 0, server.stderr
+    assert "snapshot failed" not in server.stderr
+    last_lsn = scan(data_dir, 0).last_lsn
+    assert [lsn for lsn, _ in snapshot.snapshots(data_dir)] == [last_lsn]
+    assert not list(data_dir.glob(".snapshot-*.tmp"))

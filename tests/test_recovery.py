@@ -185,9 +185,27 @@ async def test_corrupt_newest_snapshot_falls_back_to_the_older_one(tmp_path: Pat
     server = await boot(tmp_path, log_path)
     try:
         assert await texts(server, world) == world["texts"]
+        await add_messages(server, world, 2)
     finally:
-        server.stop()
-    assert b"snapshot unreadable, falling back" in log_path.read_bytes()
+        assert server.stop() == 0  # snapshot 3
+    logged = log_path.read_bytes()
+    assert b"snapshot unreadable, falling back" in logged
+    assert b"unreadable snapshot moved aside" in logged
+    # the corrupt one went aside and holds no place: the sound one is kept beside the new
+    kept = snapshot.snapshots(tmp_path)
+    assert [path for _, path in kept] == [found[0][1], kept[-1][1]]
+    assert [path.name.split(".msgpack")[0] for path in (tmp_path / "damaged").iterdir()] == [
+        newest.stem
+    ]
+    # so damage to the new one too still leaves the sound one and its log tail
+    data = bytearray(kept[-1][1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    kept[-1][1].write_bytes(bytes(data))
+    server = await boot(tmp_path)
+    try:
+        assert await texts(server, world) == world["texts"]
+    finally:
+        assert server.stop() == 0
 
 
 async def test_many_records_bring_the_next_snapshot_forward(tmp_path: Path) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
 from pathlib import Path
 
 import trio
 
 from engine.actors.supervisor import Engine
 from persistence import snapshot
+from persistence.scan import scan
 from persistence.store import Store
-from persistence.wal import segments
+from persistence.wal import WriteAheadLog, segments
 
 
 async def run_engine(data_dir: Path, work: object) -> Engine:
@@ -64,3 +68,46 @@ async def test_segments_rotate_replay_in_order_and_are_removed(tmp_path: Path) -
 
     recovered = await run_engine(tmp_path, read)
     assert recovered.recovery is not None and recovered.recovery.records_replayed  # a log tail
+
+
+def fill_descriptors() -> tuple[list[int], tuple[int, int]]:
+    """Lower this process's descriptor limit and use up what is left of it, so that the
+    next ``open`` fails with EMFILE, a real failure (root ignores permissions, not this)."""
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, limits[1]))
+    spare = []
+    try:
+        while True:
+            spare.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError as error:
+        assert error.errno == errno.EMFILE
+    return spare, limits
+
+
+async def test_a_failed_rotation_keeps_appending_and_rotates_later(tmp_path: Path) -> None:
+    applied: list[int] = []  # the positions the log reported durable, in order
+    wal = WriteAheadLog(tmp_path, segment_bytes=1)  # every batch rotates
+    wal.open(0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wal.run)
+        applied.append(await wal.append([[]]))
+        applied.append(await wal.append([[]]))  # a full segment is closed before the next write
+        spare, limits = fill_descriptors()
+        try:
+            for _ in range(10):  # each finds its segment full and fails to rotate
+                applied.append(await wal.append([[]]))
+        finally:
+            for fd in spare:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        assert wal.stats["rotate_failures"] == 10
+        assert [first for first, _ in segments(tmp_path)] == [1, 2], "no half-made segment"
+        applied.append(await wal.append([[]]))  # the log survived; this batch rotates
+        nursery.cancel_scope.cancel()
+    wal.close()
+    assert applied == list(range(1, 14))
+    assert [first for first, _ in segments(tmp_path)] == [1, 2, 13]
+    read = scan(tmp_path, 0)
+    assert not read.problems
+    assert [lsn for lsn, _ in read.records] == applied

@@ -81,6 +81,9 @@ class Engine:
         self._reachability: Reachability | None = None
         self._snapshot_due = trio.Event()
         self._commits = CommitLoop(store.wal, self.apply_record) if store is not None else None
+        # One snapshot at a time: two writers at one position would share a temporary
+        # file, and the first to finish would remove the other's while it writes.
+        self._snapshot_lock = trio.Lock()
 
     @property
     def pool(self) -> ActorPool:
@@ -172,9 +175,12 @@ class Engine:
         """Take a snapshot now (forked: the event loop only pauses for the fork)."""
         if self.store is not None:
             try:
-                await self.store.take_snapshot(
-                    self.applied_lsn, self.state, self.realtime.histories.export
-                )
+                # The position is read once the lock is held: one in flight that already
+                # covers it (a shutdown during a periodic snapshot) makes this one a no-op.
+                async with self._snapshot_lock:
+                    await self.store.take_snapshot(
+                        self.applied_lsn, self.state, self.realtime.histories.export
+                    )
             except OSError:
                 log.exception("snapshot failed; the log still has everything")
 
