@@ -134,6 +134,118 @@ async def _peek_kind(conn: socket.socket) -> str:
                 pass
 
 
+class _Door:
+    """What ``serve`` keeps for its connections: the listener, where each kind of
+    connection goes, and the count of those open (the cap)."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        app: object,
+        config: Config,
+        ws_handler: WsHandler,
+        http1: Http1Server | None,
+        cap: int,
+    ) -> None:
+        self.listener = listener
+        self.config = config
+        self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        config.set_statsd_logger_class(StatsdLogger)
+        self.lifespan_state: LifespanState = {}
+        self.lifespan = Lifespan(self.app, config, self.lifespan_state)
+        self.context = WorkerContext(None)
+        self.ws_handler = ws_handler
+        self.http1 = http1
+        self.deadlines = http1.deadlines if http1 is not None else Deadlines()
+        self.cap = cap
+        self.local = listener.getsockname()[:2]
+        # then each connection's own local address
+        self.wildcard = self.local[0] in ("0.0.0.0", "::")
+        self.open_connections = 0
+        self.refused = 0  # since the last warning
+        self.warned_at = -math.inf
+
+    async def connection(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        kind = "http"
+        try:
+            kind = await self.classified(conn, peer)
+        except Exception as error:  # not the peer's to end the server: this one only
+            connection_failed(kind, f"{peer[0]}:{peer[1]}", None, error)
+            conn.close()
+        finally:
+            self.open_connections -= 1
+
+    async def classified(self, conn: socket.socket, peer: tuple[str, int]) -> str:
+        """Serve one connection; returns its kind ('http' until it is known) unless
+        it raised."""
+        # An HTTP/1.x connection lives in one cancel scope: its timeouts are deadlines
+        # on it (gateway/deadlines.py). A WebSocket session leaves it once classified:
+        # it has timeouts of its own, and does not keep the scope for its whole life.
+        with trio.CancelScope() as scope:
+            self.deadlines.set(scope, PEEK_TIMEOUT)
+            try:
+                kind = await _peek_kind(conn)
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                self.deadlines.clear(scope)
+            if kind == "http" and self.http1 is not None:
+                addresses = None if self.wildcard else (peer[:2], self.local)
+                await self.http1.serve_connection(conn, scope, addresses)
+                return kind
+        if scope.cancelled_caught:  # too little sent to tell what it is
+            return "http"
+        if kind == "ws":
+            await self.ws_handler(conn)
+            return kind
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        state = ConnectionState(self.lifespan_state.copy())
+        await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+        return kind
+
+    async def accept_loop(self, nursery: trio.Nursery) -> None:
+        listener = self.listener
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            for _ in range(ACCEPT_BATCH):  # then let the connections run
+                try:
+                    conn, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    if error.errno in ACCEPT_SKIP:
+                        continue
+                    if error.errno not in ACCEPT_ERRORS:
+                        raise
+                    log.error("accept failed: %s; retrying in 100 ms", error)
+                    await trio.sleep(0.1)
+                    break
+                if self.open_connections >= self.cap:
+                    self.refuse(conn)
+                    continue
+                self.open_connections += 1
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(self.connection, conn, peer)
+
+    def refuse(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            conn.send(OVERLOADED)
+        except OSError:
+            pass
+        conn.close()
+        self.refused += 1
+        now = trio.current_time()
+        if now - self.warned_at >= CAP_WARNING_INTERVAL:  # a flood must not flood the log
+            log.warning(
+                "connection cap reached",
+                extra={"fields": {"max_connections": self.cap, "refused": self.refused}},
+            )
+            self.refused, self.warned_at = 0, now
+
+
 async def serve(
     app: object,
     config: Config,
@@ -151,110 +263,15 @@ async def serve(
     ``max_connections`` at once (default: ``default_max_connections()``)."""
     cap = max_connections if max_connections is not None else default_max_connections()
     listener = bind(host, port)
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-    config.set_statsd_logger_class(StatsdLogger)
-    lifespan_state: LifespanState = {}
-    lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = WorkerContext(None)
-    deadlines = http1.deadlines if http1 is not None else Deadlines()
-
-    local = listener.getsockname()[:2]
-    wildcard = local[0] in ("0.0.0.0", "::")  # then each connection's own local address
-
-    open_connections = 0
-
-    async def connection(conn: socket.socket, peer: tuple[str, int]) -> None:
-        nonlocal open_connections
-        kind = "http"
-        try:
-            kind = await classified(conn, peer)
-        except Exception as error:  # not the peer's to end the server: this one only
-            connection_failed(kind, f"{peer[0]}:{peer[1]}", None, error)
-            conn.close()
-        finally:
-            open_connections -= 1
-
-    async def classified(conn: socket.socket, peer: tuple[str, int]) -> str:
-        """Serve one connection; returns its kind ('http' until it is known) unless
-        it raised."""
-        # An HTTP/1.x connection lives in one cancel scope: its timeouts are deadlines
-        # on it (gateway/deadlines.py). A WebSocket session leaves it once classified:
-        # it has timeouts of its own, and does not keep the scope for its whole life.
-        with trio.CancelScope() as scope:
-            deadlines.set(scope, PEEK_TIMEOUT)
-            try:
-                kind = await _peek_kind(conn)
-            except BaseException:
-                conn.close()
-                raise
-            finally:
-                deadlines.clear(scope)
-            if kind == "http" and http1 is not None:
-                addresses = None if wildcard else (peer[:2], local)
-                await http1.serve_connection(conn, scope, addresses)
-                return kind
-        if scope.cancelled_caught:  # too little sent to tell what it is
-            return "http"
-        if kind == "ws":
-            await ws_handler(conn)
-            return kind
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-        state = ConnectionState(lifespan_state.copy())
-        await TCPServer(wrapped, config, context, state, stream)  # type: ignore[arg-type]
-        return kind
-
-    async def accept_loop(nursery: trio.Nursery) -> None:
-        nonlocal open_connections
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            for _ in range(ACCEPT_BATCH):  # then let the connections run
-                try:
-                    conn, peer = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as error:
-                    if error.errno in ACCEPT_SKIP:
-                        continue
-                    if error.errno not in ACCEPT_ERRORS:
-                        raise
-                    log.error("accept failed: %s; retrying in 100 ms", error)
-                    await trio.sleep(0.1)
-                    break
-                if open_connections >= cap:
-                    refuse(conn)
-                    continue
-                open_connections += 1
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(connection, conn, peer)
-
-    refused = 0  # since the last warning
-    warned_at = -math.inf
-
-    def refuse(conn: socket.socket) -> None:
-        nonlocal refused, warned_at
-        conn.setblocking(False)
-        try:
-            conn.send(OVERLOADED)
-        except OSError:
-            pass
-        conn.close()
-        refused += 1
-        now = trio.current_time()
-        if now - warned_at >= CAP_WARNING_INTERVAL:  # a flood must not flood the log
-            log.warning(
-                "connection cap reached",
-                extra={"fields": {"max_connections": cap, "refused": refused}},
-            )
-            refused, warned_at = 0, now
-
+    door = _Door(listener, app, config, ws_handler, http1, cap)
+    lifespan, context = door.lifespan, door.context
     try:
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             # beside the connections, not among them: the server nursery waits for its
             # tasks to end, and connections still need their timeouts while it does
-            lifespan_nursery.start_soon(deadlines.run)
+            lifespan_nursery.start_soon(door.deadlines.run)
             async with trio.open_nursery() as server_nursery:
                 bound = repr_socket_addr(listener.family, listener.getsockname())
                 task_status.started([f"http://{bound}"])
@@ -262,7 +279,7 @@ async def serve(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(raise_shutdown, shutdown_trigger)
                         nursery.start_soon(raise_shutdown, context.terminate.wait)
-                        nursery.start_soon(accept_loop, server_nursery)
+                        nursery.start_soon(door.accept_loop, server_nursery)
                         await trio.sleep_forever()
                 except BaseExceptionGroup as error:
                     _, others = error.split((ShutdownError, KeyboardInterrupt))
