@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import frontdoor, logs, maintenance
+from gateway import frontdoor, logs, maintenance, openfiles
 from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.settings import (
@@ -186,6 +186,12 @@ async def serve(
         os.environ, [option.env for option in SERVE_OPTIONS] + list(ENV_ONLY)
     ):
         log.warning("ignored: %s names no option", name, extra={"fields": {"variable": name}})
+    before, after = openfiles.raise_soft_limit()
+    if after != before:
+        log.info("open-files limit raised", extra={"fields": {"from": before, "to": after}})
+    refusal = openfiles.cap_refusal(options.max_connections)
+    if refusal is not None:
+        raise StartupError(refusal)
     # One process per data directory, claimed before anything in it is read; held until
     # serve returns, however it returns (the kernel drops it if the process dies).
     if options.in_memory:

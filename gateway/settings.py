@@ -315,7 +315,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         integer(1),
         None,
         "connections (HTTP and WebSocket) served at once; one past it is answered 503 "
-        "and closed (none: the soft limit on open files, less 64)",
+        "and closed (none: the soft limit on open files, less 64; the soft limit is raised "
+        "to the hard one at start, and a cap above it less 64 is refused)",
     ),
     Option(
         "--history-limit",
