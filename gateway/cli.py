@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import frontdoor, logs, maintenance, openfiles
+from gateway import frontdoor, logs, maintenance, openfiles, wsquota
 from gateway.app import GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.settings import (
@@ -232,6 +232,12 @@ async def _serve(
             queue_budget=options.session_queue_budget,
             flush_interval=options.flush_interval,
             limits=ws_limits or WsLimits(),
+            sessions_per_token=options.ws_sessions_per_token,
+            sessions_per_address=options.ws_sessions_per_address,
+            max_sessions=wsquota.most_sessions(
+                options.max_connections or frontdoor.default_max_connections()
+            ),
+            forwarded_allow_ips=options.forwarded_allow_ips,
         ),
     )
     gateway = create_app(engine, settings)
