@@ -166,6 +166,8 @@ class RawPeer:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.close_code: int | None = None
         self.messages: list[str | bytes] = []
+        # wsproto hands a message over in pieces as its bytes arrive: joined here
+        self._partial: list[str | bytes] = []
 
     async def send(self, data: bytes) -> bool:
         """False when the server has already closed the connection."""
@@ -204,7 +206,15 @@ class RawPeer:
                         return event.code
                     data = getattr(event, "data", None)
                     if data is not None:
-                        self.messages.append(data)
+                        self._partial.append(data)
+                        if getattr(event, "message_finished", True):
+                            joined = (
+                                "".join(self._partial)  # type: ignore[arg-type]
+                                if isinstance(data, str)
+                                else b"".join(self._partial)  # type: ignore[arg-type]
+                            )
+                            self.messages.append(joined)
+                            self._partial = []
         return None
 
     async def aclose(self) -> None:
