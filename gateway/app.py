@@ -83,8 +83,9 @@ class GatewaySettings:
     open_registration: bool = True
     # writes per user or visitor (None: not limited); open registration per address
     rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(20.0, 100))
-    registration_rate: float = 5.0  # per second and client address
-    registration_burst: int = 20
+    # open registration per client address (None: not limited); its own option, so
+    # that turning the write limit off does not open registration to a flood
+    registration_rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(5.0, 20))
     cors_origins: tuple[str, ...] = ()
     forwarded_allow_ips: tuple[Network, ...] = ()
     ws: WsSettings | None = None
@@ -102,8 +103,11 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     router = Router()
     state = engine.state
     limits = settings.rate_limit
-    registrations = RateLimiter(
-        settings.registration_rate, settings.registration_burst, trio.current_time
+    registration_limit = settings.registration_rate_limit
+    registrations = (
+        None
+        if registration_limit is None
+        else RateLimiter(registration_limit.rate, registration_limit.burst, trio.current_time)
     )
     writes = (
         None
@@ -292,7 +296,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     async def open_registration(req: Request) -> Response:
         if not settings.open_registration:
             raise errors.Forbidden("Open visitor registration is turned off.")
-        if limits is not None:
+        if registrations is not None:
             wait = registrations.acquire(address_key(req.remote_addr))
             if wait > 0:
                 raise Throttled("Too many registrations; slow down.", wait)

@@ -224,6 +224,7 @@ async def _serve(
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
         rate_limit=options.rate_limit,
+        registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
         ws=WsSettings(

@@ -306,6 +306,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         metavar="RATE/BURST",
     ),
     Option(
+        "--registration-rate-limit",
+        rate_limit,
+        "5/20",
+        "open visitor registrations (`POST /api/v5/client/visitors`) per client address: "
+        "RATE a second, bursts of BURST, or `off`; over it: 429 `rate_limited` with "
+        "`Retry-After`",
+        metavar="RATE/BURST",
+    ),
+    Option(
         "--cors-origins",
         origins,
         "",

@@ -68,6 +68,7 @@ SAMPLES = {
     "resume_window": "60",
     "public_url": "https://chat.example",
     "rate_limit": "2.5/10",
+    "registration_rate_limit": "off",
     "cors_origins": "https://shop.example",
     "forwarded_allow_ips": "10.0.0.0/8",
     "history_limit": "10",
