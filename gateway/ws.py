@@ -1,4 +1,4 @@
-"""WebSocket sessions (CONTRACT §8): frames <-> the channel router.
+"""WebSocket sessions (docs/protocol.md): frames <-> the channel router.
 
 A session's reader task parses client frames (subscribe, unsubscribe, ping) and
 answers through the session's own queue, as the router does with events. The gateway's
