@@ -45,6 +45,11 @@ from persistence.errors import StartupRefused
 from persistence.store import Store
 
 log = logging.getLogger("chat_engine")
+# hypercorn (HTTP/2, and HTTP/1.x with --http1-server hypercorn) has no deadline on a
+# connection by default, and its idle timer stops while a stream is open: a peer that
+# opens a stream and goes silent held its slot forever. This closes a connection from
+# which nothing arrived for this long, as the built-in server's head deadline does.
+HYPERCORN_READ_TIMEOUT = 30  # seconds
 # Variables read directly rather than through the option table: a secret is not a flag
 # (a command line is visible to every user of the machine in ps).
 ENV_ONLY = (ENV_PREFIX + "ADMIN_TOKEN",)
@@ -246,6 +251,7 @@ async def _serve(
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
+    config.read_timeout = HYPERCORN_READ_TIMEOUT
     # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
     # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
     ws_gateway = gateway.ws
