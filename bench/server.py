@@ -104,6 +104,11 @@ def start_server(
         # person would: the per-token write limit (docs/edge.md) would refuse them
         "--rate-limit",
         "off",
+        # and open thousands of sessions from 127.0.0.1, often with one token
+        "--ws-sessions-per-token",
+        "off",
+        "--ws-sessions-per-address",
+        "off",
         *extra,
     ]
     env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)

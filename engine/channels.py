@@ -1,4 +1,4 @@
-"""Channel names (CONTRACT §7): building them, parsing them, and who may subscribe.
+"""Channel names (docs/realtime.md): building them, parsing them, and who may subscribe.
 
 A channel is the path of the collection it mirrors. This module is the one place that
 knows their shapes; fan-out builds names with it and the WebSocket gateway parses and
@@ -17,7 +17,7 @@ from engine.state import State
 
 SUB_COLLECTIONS = ("presences", "messages", "participations")
 SUB_NAMES = {name: name for name in SUB_COLLECTIONS}  # the one string of each
-MAX_SUBSCRIPTIONS = 1000  # per WebSocket session (CONTRACT §8: too_many_subscriptions)
+MAX_SUBSCRIPTIONS = 1000  # per WebSocket session; one more: too_many_subscriptions
 
 VISITOR_CHATS = "visitor_chats"
 USER_CHATS = "user_chats"
@@ -136,7 +136,7 @@ def parse(channel: str) -> ChannelRef | None:
 
 
 def may_subscribe(state: State, principal_kind: str, principal_id: str, ref: ChannelRef) -> bool:
-    """CONTRACT §8: a visitor its own channels; a user its own user channels and the
+    """Who may subscribe where: a visitor its own channels; a user its own user channels and the
     room/chat channels of rooms its org can access; an org token its org (and its own
     visitors); the admin everything."""
     if principal_kind == "admin":
@@ -175,9 +175,9 @@ def subscribe_refusal(
     limit: int = MAX_SUBSCRIPTIONS,
 ) -> tuple[str, str] | None:
     """Why a session holding ``subscriptions`` may not subscribe to ``channel`` — the
-    error code and detail of CONTRACT §8 — or ``None``. A path that is no §7 channel is
-    ``unknown_channel``; one outside the caller's rights, existing or not, ``forbidden``;
-    subscribing again to a held channel never counts against the limit."""
+    error code and detail the session is answered with — or ``None``. A path that is no
+    channel is ``unknown_channel``; one outside the caller's rights, existing or not,
+    ``forbidden``; subscribing again to a held channel never counts against the limit."""
     ref = parse(channel)
     if ref is None:
         return "unknown_channel", "No such channel."

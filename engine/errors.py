@@ -1,7 +1,7 @@
-"""The error codes of the contract (CONTRACT §1, §3–§5).
+"""The error codes of the API, each with its HTTP status.
 
 Every failure the engine reports is an ``EngineError`` carrying the HTTP status and the
-machine code the contract names; the gateway renders it as
+machine code clients see; the gateway renders it as
 ``{"code", "detail", "errors"?}`` and nothing else decides a status.
 """
 

@@ -1,6 +1,6 @@
 """Fan-out: the deltas of one committed mutation -> the exact (channel, event) list.
 
-This is CONTRACT §7's table, in one place. For a chat C in room R owned by org O with
+This is the table of which channels hear of what (docs/realtime.md), in one place. For a chat C in room R owned by org O with
 visitor V, **Users** is participants ∪ present users, before ∪ after the mutation (so a
 leaving user still hears its own leave), and **Orgs** is O and every org R is shared
 with. Visitor channels get the visitor view of messages and presences.

@@ -1,4 +1,4 @@
-"""Identifier and secret generation (CONTRACT §1)."""
+"""Identifier and secret generation: UUIDs for resources, URL-safe secrets for tokens."""
 
 from __future__ import annotations
 

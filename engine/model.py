@@ -76,7 +76,7 @@ class Visitor:
     organization_id: str | None
     created_at: int
     token_hash: str
-    # api_data is per org (CONTRACT §3): org id -> [{"name", "value"}]; replaced whole
+    # api_data is per org (each org sees only what it set): org id -> [{"name", "value"}]; replaced whole
     # on each change, so visitors without any share one empty mapping (64 B each)
     api_data: Mapping[str, list[dict[str, object]]] = field(default_factory=lambda: NO_API_DATA)
 

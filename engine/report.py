@@ -1,4 +1,4 @@
-"""The organisation chat report (``GET /orgs/{org}/chats``, CONTRACT §5): filters,
+"""The organisation chat report (``GET /orgs/{org}/chats``): filters,
 orderings and page pagination over ordered indexes.
 
 The state keeps, for each owner org and each room, chats by ``(start_time, seq)``,

@@ -22,7 +22,12 @@ from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
 from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
 from gateway.routes.context import Context, Route, admit
-from gateway.settings import DEFAULT_RATE_LIMIT, Network, RateLimit
+from gateway.settings import (
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_REGISTRATION_RATE_LIMIT,
+    Network,
+    RateLimit,
+)
 from gateway.web import Hook, Router, WebApp
 from gateway.ws import WsGateway, WsSettings
 
@@ -45,10 +50,11 @@ class GatewaySettings:
     admin_token_hash: str
     public_url: str | None = None
     open_registration: bool = True
-    # writes per user or visitor (None: not limited); open registration per address
+    # writes per user or visitor (None: not limited)
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT
-    registration_rate: float = 5.0  # per second and client address
-    registration_burst: int = 20
+    # open registration per client address (None: not limited); its own option, so
+    # that turning the write limit off does not open registration to a flood
+    registration_rate_limit: RateLimit | None = DEFAULT_REGISTRATION_RATE_LIMIT
     cors_origins: tuple[str, ...] = ()
     forwarded_allow_ips: tuple[Network, ...] = ()
     ws: WsSettings | None = None
@@ -64,13 +70,14 @@ class Gateway:
 def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
     ws = WsGateway(engine, settings.admin_token_hash, settings.ws or WsSettings())
     limits = settings.rate_limit
+    registration = settings.registration_rate_limit
     ctx = Context(
         engine=engine,
         state=engine.state,
         settings=settings,
-        registrations=RateLimiter(
-            settings.registration_rate, settings.registration_burst, trio.current_time
-        ),
+        registrations=None
+        if registration is None
+        else RateLimiter(registration.rate, registration.burst, trio.current_time),
         writes=None
         if limits is None
         else RateLimiter(limits.rate, limits.burst, trio.current_time, MAX_WRITERS),

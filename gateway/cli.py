@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
-from gateway import frontdoor, logs, maintenance
+from gateway import frontdoor, logs, maintenance, openfiles, wsquota
 from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.http1 import Http1Server
 from gateway.settings import (
@@ -45,6 +45,11 @@ from persistence.errors import StartupRefused
 from persistence.store import Store
 
 log = logging.getLogger("chat_engine")
+# hypercorn (HTTP/2, and HTTP/1.x with --http1-server hypercorn) has no deadline on a
+# connection by default, and its idle timer stops while a stream is open: a peer that
+# opens a stream and goes silent held its slot forever. This closes a connection from
+# which nothing arrived for this long, as the built-in server's head deadline does.
+HYPERCORN_READ_TIMEOUT = 30  # seconds
 # Variables read directly rather than through the option table: a secret is not a flag
 # (a command line is visible to every user of the machine in ps).
 ENV_ONLY = (ENV_PREFIX + "ADMIN_TOKEN",)
@@ -192,6 +197,12 @@ async def serve(
         os.environ, [option.env for option in SERVE_OPTIONS] + list(ENV_ONLY)
     ):
         log.warning("ignored: %s names no option", name, extra={"fields": {"variable": name}})
+    before, after = openfiles.raise_soft_limit()
+    if after != before:
+        log.info("open-files limit raised", extra={"fields": {"from": before, "to": after}})
+    refusal = openfiles.cap_refusal(options.max_connections)
+    if refusal is not None:
+        raise StartupError(refusal)
     # One process per data directory, claimed before anything in it is read; held until
     # serve returns, however it returns (the kernel drops it if the process dies).
     if options.in_memory:
@@ -311,6 +322,7 @@ def gateway_settings(
         public_url=options.public_url,
         open_registration=not options.no_open_registration,
         rate_limit=options.rate_limit,
+        registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
         ws=WsSettings(
@@ -319,6 +331,12 @@ def gateway_settings(
             queue_budget=options.session_queue_budget,
             flush_interval=options.flush_interval,
             limits=ws_limits or WsLimits(),
+            sessions_per_token=options.ws_sessions_per_token,
+            sessions_per_address=options.ws_sessions_per_address,
+            max_sessions=wsquota.most_sessions(
+                options.max_connections or frontdoor.default_max_connections()
+            ),
+            forwarded_allow_ips=options.forwarded_allow_ips,
         ),
     )
 
@@ -332,6 +350,7 @@ def http_servers(
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0
+    config.read_timeout = HYPERCORN_READ_TIMEOUT
     # WebSocket sessions bypass hypercorn (gateway/frontdoor.py): their message size,
     # pings and timeouts are gateway.wsconn.WsLimits, not hypercorn settings.
     if options.http1_server != "builtin":

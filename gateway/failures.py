@@ -1,8 +1,8 @@
 """What the edge does with an unexpected error in one connection: log it, count it,
 and let only that connection go.
 
-Every HTTP connection and every WebSocket session runs behind this boundary (CONTRACT:
-each connection is its own failure domain). ``/metrics`` reads the counts at scrape
+Every HTTP connection and every WebSocket session runs behind this boundary: each
+connection is its own failure domain (docs/edge.md). ``/metrics`` reads the counts at scrape
 time as ``chat_engine_connection_errors_total{kind=...}``.
 """
 

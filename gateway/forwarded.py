@@ -18,13 +18,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from gateway.settings import Network
 from gateway.web import Request, Response
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 SCHEMES = ("http", "https")
+
+
+if TYPE_CHECKING:  # at run time settings imports this module's users
+    from gateway.settings import Network
 
 
 def parse_address(text: str) -> Address | None:

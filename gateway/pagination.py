@@ -1,4 +1,4 @@
-"""Keyset cursor pagination (CONTRACT §1, "Cursor collections").
+"""Keyset cursor pagination of the API's cursor collections (``next``/``previous`` links).
 
 A cursor is opaque to clients: base64url of ``[scope, direction, key]``, where ``scope``
 names the collection (a hash of its path), ``direction`` is ``n`` (items after ``key``)

@@ -56,6 +56,7 @@ class RateLimit:
 
 
 DEFAULT_RATE_LIMIT = RateLimit(20.0, 100)
+DEFAULT_REGISTRATION_RATE_LIMIT = RateLimit(5.0, 20)
 
 
 def default_of(owner: Any, name: str) -> str:
@@ -186,6 +187,17 @@ def rate_limit(text: str) -> RateLimit | None:
     if not slash or not math.isfinite(rate) or rate <= 0 or burst < 1:
         raise ValueError(rule)
     return RateLimit(rate, burst)
+
+
+def count_or_off(text: str) -> int | None:
+    rule = "an integer, at least 1, or off"
+    value = text.strip().lower()
+    if value == "off":
+        return None
+    try:
+        return integer(1)(value)
+    except ValueError:
+        raise ValueError(rule) from None
 
 
 def _items(text: str) -> list[str]:
@@ -329,6 +341,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         metavar="RATE/BURST",
     ),
     Option(
+        "--registration-rate-limit",
+        rate_limit,
+        str(DEFAULT_REGISTRATION_RATE_LIMIT),
+        "open visitor registrations (`POST /api/v5/client/visitors`) per client address: "
+        "RATE a second, bursts of BURST, or `off`; over it: 429 `rate_limited` with "
+        "`Retry-After`",
+        metavar="RATE/BURST",
+    ),
+    Option(
         "--cors-origins",
         origins,
         "",
@@ -349,7 +370,26 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         integer(1),
         None,
         "connections (HTTP and WebSocket) served at once; one past it is answered 503 "
-        "and closed (none: the soft limit on open files, less 64)",
+        "and closed (none: the soft limit on open files, less 64; the soft limit is raised "
+        "to the hard one at start, and a cap above it less 64 is refused)",
+    ),
+    Option(
+        "--ws-sessions-per-token",
+        count_or_off,
+        "20",
+        "WebSocket sessions open at once with one visitor or user token; one more upgrade is answered "
+        "429 `rate_limited` (`off`: no limit)",
+        metavar="N",
+    ),
+    Option(
+        "--ws-sessions-per-address",
+        count_or_off,
+        "100",
+        "visitor and user WebSocket sessions open at once from one client address (the peer, or the "
+        "`X-Forwarded-For` of a trusted proxy); one more upgrade is answered 429 "
+        "`rate_limited` (`off`: no limit). WebSocket sessions together take at most 90% "
+        "of `--max-connections`, the rest is kept for HTTP (one more: 503)",
+        metavar="N",
     ),
     Option(
         "--history-limit",

@@ -1,4 +1,4 @@
-"""WebSocket sessions (CONTRACT §8): frames <-> the realtime core (``engine.realtime``).
+"""WebSocket sessions (docs/protocol.md): frames <-> the realtime core (``engine.realtime``).
 
 A session's reader task parses client frames (subscribe, unsubscribe, ping) and
 answers through the session's own queue, as the hub does with events; every frame is
@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
@@ -49,9 +49,16 @@ from engine.ids import hash_token
 from engine.reachability import counts_for_reachability
 from engine.realtime import protocol
 from engine.realtime.protocol import JSON, MSGPACK
+from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR
 from gateway.auth import ADMIN, Principal, principal_for_token
 from gateway.failures import connection_failed
+from gateway.forwarded import Forwarded, parse_address
+from gateway.web import error_body
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
+from gateway.wsquota import SessionQuota
+
+if TYPE_CHECKING:  # at run time settings imports this module's users
+    from gateway.settings import Network
 
 log = logging.getLogger("chat_engine.ws")
 
@@ -87,6 +94,13 @@ class WsSettings:
     # cheap. 0 turns coalescing off.
     flush_interval: float = 0.025
     limits: WsLimits = field(default_factory=WsLimits)  # pings, timeouts, frame size
+    # sessions open at once per token, per client address, in all (gateway/wsquota.py);
+    # None: no limit
+    sessions_per_token: int | None = 20
+    sessions_per_address: int | None = 100
+    max_sessions: int | None = None
+    # proxies whose X-Forwarded-For names the client address the limit counts
+    forwarded_allow_ips: tuple[Network, ...] = ()
 
 
 @dataclass(slots=True)
@@ -305,6 +319,10 @@ class WsGateway:
         self.bad_frame_closes = 0
         self.revoked_closes = 0
         self.budget = QueueBudget(settings.queue_budget)
+        self.quota = SessionQuota(
+            settings.sessions_per_token, settings.sessions_per_address, settings.max_sessions
+        )
+        self._forwarded = Forwarded(settings.forwarded_allow_ips)
         # the open sessions of each token (by its hash), to close them when it stops
         # working; the directory tells (State.token_revoked)
         self._by_token: dict[str, set[Session]] = {}
@@ -383,15 +401,28 @@ class WsGateway:
             described = f"GET {_without_token(request.target)}"
             try:
                 principal, token_hash = self._admit(request)
+                # per token and address for visitors and users; admin and org tokens
+                # count in the total only (gateway/wsquota.py says why)
+                counted = principal.kind in (PRINCIPAL_USER, PRINCIPAL_VISITOR)
+                quota_token = token_hash if counted else None
+                address = self._client_address(peer, request) if counted else None
+                refusal = self.quota.refusal(quota_token, address)
+                if refusal is not None:
+                    raise refusal
             except errors.EngineError as error:
                 phrase = HTTPStatus(error.status).phrase
-                await transport.reject(error.status, phrase, orjson.dumps(error.body()))
+                await transport.reject(error.status, phrase, error_body(error))
                 return
-            described += f" ({principal.kind} {principal.id})"
-            chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)
-            await transport.accept(chosen)
-            encoding = SUBPROTOCOLS.get(chosen or "", JSON)
-            await self._serve(principal, token_hash, encoding, transport)
+            # counted from here, before any await, so two upgrades cannot both pass
+            self.quota.take(quota_token, address)
+            try:
+                described += f" ({principal.kind} {principal.id})"
+                chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)
+                await transport.accept(chosen)
+                encoding = SUBPROTOCOLS.get(chosen or "", JSON)
+                await self._serve(principal, token_hash, encoding, transport)
+            finally:
+                self.quota.give_back(quota_token, address)
         except Disconnected:
             pass
         except Exception as error:  # noqa: BLE001 - the boundary: this session only
@@ -400,6 +431,22 @@ class WsGateway:
                 transport.close_at_once(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             transport.abort()
+
+    def _client_address(self, peer: object, request: Request) -> str | None:
+        """The address the per-address limit counts: the peer's, or, from a trusted
+        proxy, the client its ``X-Forwarded-For`` names."""
+        if not isinstance(peer, tuple) or not peer:
+            return None
+        address = parse_address(str(peer[0]))
+        if address is None:
+            return None
+        if self._forwarded.trusts(address):
+            for name, value in request.extra_headers:
+                if name.lower() == b"x-forwarded-for":
+                    client = self._forwarded.client_of(value.decode("latin-1"))
+                    if client is not None:
+                        return str(client)
+        return str(address)
 
     def _admit(self, request: Request) -> tuple[Principal, str]:
         if not self.engine.started.is_set():

@@ -24,7 +24,6 @@ import socket
 import struct
 from dataclasses import dataclass
 
-import orjson
 import trio
 import wsproto
 from wsproto.events import (
@@ -40,6 +39,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from engine import errors
 from gateway.sockets import receive
+from gateway.web import error_body
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -101,14 +101,23 @@ class RawWebSocket:
     # -- the handshake -----------------------------------------------------------
     async def handshake(self) -> Request | None:
         """The upgrade request, or None (peer gone, too slow, or not an upgrade; a
-        non-upgrade request has been answered with 400)."""
-        received = 0
+        non-upgrade request has been answered with 400, a head over ``MAX_HEAD`` with
+        431)."""
+        # The head is measured here, before wsproto sees it: h11 under wsproto bounds
+        # only a head still incomplete, so a large one in one write went through, and
+        # wsproto reports h11's 431 as a plain "Bad HTTP message".
+        head = bytearray()
         with trio.move_on_after(self.limits.handshake_timeout):
             while True:
                 data = await self._recv()
                 if not data:
                     return None
-                received += len(data)
+                head += data
+                end = head.find(b"\r\n\r\n")
+                if (end + 4 if end >= 0 else len(head)) > MAX_HEAD:
+                    refusal = errors.Invalid(f"The request head is over {MAX_HEAD} bytes.")
+                    await self.reject(431, "Request Header Fields Too Large", error_body(refusal))
+                    return None
                 try:
                     self.protocol.receive_data(data)
                     for event in self.protocol.events():
@@ -116,15 +125,7 @@ class RawWebSocket:
                             return event
                 except RemoteProtocolError as error:
                     refusal = errors.Invalid(f"GET /ws takes a WebSocket upgrade: {error}")
-                    body = orjson.dumps(refusal.body())
-                    self.write(http_response(400, "Bad Request", body, "application/json"))
-                    await self.flush()
-                    return None
-                if received > MAX_HEAD:
-                    self.write(
-                        http_response(431, "Request Header Fields Too Large", b"", "text/plain")
-                    )
-                    await self.flush()
+                    await self.reject(400, "Bad Request", error_body(refusal))
                     return None
         return None
 

@@ -181,5 +181,28 @@ async def test_rate_limit_off(nursery: trio.Nursery, monkeypatch: pytest.MonkeyP
             response = await visitor.post(path, json={"message": f"m{index}"})
             assert response.status_code == 201
     async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
-        for _ in range(30):  # open registration is not limited either
+        # open registration keeps its own limit (bursts of 20)
+        answers = [(await anonymous.post("/api/v5/client/visitors")) for _ in range(21)]
+        assert [answer.status_code for answer in answers] == [201] * 20 + [429]
+        assert answers[-1].json()["code"] == "rate_limited"
+        assert int(answers[-1].headers["retry-after"]) >= 1
+
+
+async def test_registration_rate_limit_off(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, "--registration-rate-limit", "off")
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        for _ in range(30):
             assert (await anonymous.post("/api/v5/client/visitors")).status_code == 201
+
+
+async def test_registration_rate_limit_is_its_own(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, "--registration-rate-limit", "0.01/3")
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        answers = [(await anonymous.post("/api/v5/client/visitors")) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [201, 201, 201, 429]

@@ -73,9 +73,12 @@ SAMPLES = {
     "resume_window": "60",
     "public_url": "https://chat.example",
     "rate_limit": "2.5/10",
+    "registration_rate_limit": "off",
     "cors_origins": "https://shop.example",
     "forwarded_allow_ips": "10.0.0.0/8",
     "history_limit": "10",
+    "ws_sessions_per_token": "off",
+    "ws_sessions_per_address": "5",
     "max_connections": "500",
     "session_queue": "20",
     "session_queue_bytes": "65536",
@@ -129,7 +132,12 @@ def test_parsed_values() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
     )
     assert parse("--rate-limit", "OFF").rate_limit is None
+    assert parse("--ws-sessions-per-token", "Off").ws_sessions_per_token is None
+    assert parse("--ws-sessions-per-address", "7").ws_sessions_per_address == 7
+    with pytest.raises(SettingsError, match="an integer, at least 1, or off"):
+        parse("--ws-sessions-per-address", "0")
     defaults = parse()
+    assert (defaults.ws_sessions_per_token, defaults.ws_sessions_per_address) == (20, 100)
     assert defaults.cors_origins == () and defaults.in_memory is False
 
 

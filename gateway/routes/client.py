@@ -19,7 +19,7 @@ from gateway.web import Request, Response, json_response
 async def open_registration(ctx: Context, req: Request) -> Response:
     if not ctx.settings.open_registration:
         raise errors.Forbidden("Open visitor registration is turned off.")
-    if ctx.settings.rate_limit is not None:
+    if ctx.registrations is not None:
         wait = ctx.registrations.acquire(address_key(req.remote_addr))
         if wait > 0:
             raise Throttled("Too many registrations; slow down.", wait)

@@ -35,7 +35,7 @@ class Context:
     engine: Engine
     state: State
     settings: GatewaySettings
-    registrations: RateLimiter  # open registration, per client address
+    registrations: RateLimiter | None  # open registration, per client address
     writes: RateLimiter | None  # per user or visitor; None: writes are not limited
     metrics: Metrics
     api: OpenApi

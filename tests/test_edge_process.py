@@ -1,0 +1,114 @@
+"""The write rate limit, CORS and the 1008 close against a real ``chat-engine serve``
+process (their other tests run the server in the test's own trio loop): what a client
+of the running binary sees, with a normal client's latency asserted during the flood."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from bench.server import ADMIN_TOKEN, ServerProcess, start_server
+from tests.rawws import OP_TEXT, frame, open_raw
+
+SHOP = "https://shop.example"
+NORMAL_BOUND = 1.0  # seconds: a normal client's worst /healthz while the flood runs
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    # the bench helper turns the limits off; the flags given last win
+    process = start_server("--in-memory", "--rate-limit", "20/100", "--cors-origins", SHOP)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def visitor_in_a_chat(server: ServerProcess) -> tuple[dict[str, Any], str]:
+    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        org = client.post("/api/v5/orgs", json={"name": "Edge"}, headers=admin).json()
+        room = client.post(
+            f"/api/v5/orgs/{org['id']}/rooms", json={"name": "Edge room"}, headers=admin
+        ).json()
+        visitor = client.post("/api/v5/client/visitors").json()
+        chat = client.post(
+            f"/api/v5/client/visitors/{visitor['id']}/rooms/{room['id']}/chats",
+            headers={"Authorization": f"Token {visitor['token']}"},
+        )
+        assert chat.status_code == 201
+    return visitor, str(chat.json()["id"])
+
+
+def test_300_rapid_visitor_posts_are_cut_after_the_burst_while_others_are_served(
+    server: ServerProcess,
+) -> None:
+    visitor, chat_id = visitor_in_a_chat(server)
+    path = f"/api/v5/client/visitors/{visitor['id']}/chats/{chat_id}/messages"
+    statuses: list[int] = []
+    retry_after: set[str] = set()
+
+    def flood() -> None:
+        headers = {"Authorization": f"Token {visitor['token']}"}
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as client:
+            for index in range(300):
+                answer = client.post(path, json={"message": f"m{index}"})
+                statuses.append(answer.status_code)
+                if answer.status_code == 429:
+                    assert answer.json()["code"] == "rate_limited"
+                    retry_after.add(answer.headers["Retry-After"])
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    worst = 0.0
+    while flooder.is_alive():
+        started = time.monotonic()
+        with httpx.Client(base_url=server.base_url, timeout=10) as normal:
+            assert normal.get("/healthz").status_code == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.02)
+    flooder.join()
+    print(f"rate limit flood: {statuses.count(201)} accepted, worst /healthz {worst * 1000:.1f} ms")
+    assert statuses[:99] == [201] * 99  # the burst of 100, less the chat's creation
+    assert statuses.count(429) > 0 and set(statuses) == {201, 429}
+    assert retry_after and all(int(value) >= 1 for value in retry_after)
+    assert worst < NORMAL_BOUND
+
+
+def test_a_preflight_is_answered_for_a_listed_origin_only(server: ServerProcess) -> None:
+    request = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    with httpx.Client(base_url=server.base_url, timeout=10) as browser:
+        allowed = browser.options("/api/v5/orgs", headers={"Origin": SHOP, **request})
+        other = browser.options(
+            "/api/v5/orgs", headers={"Origin": "https://evil.example", **request}
+        )
+    assert allowed.status_code == 204
+    assert allowed.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in allowed.headers["Access-Control-Allow-Methods"]
+    assert not [name for name in other.headers if name.lower().startswith("access-control-")]
+
+
+async def test_a_1008_session_first_receives_its_bad_frames(server: ServerProcess) -> None:
+    visitor = httpx.post(f"{server.base_url}/api/v5/client/visitors", timeout=10).json()
+    peer = await open_raw(server.port, visitor["token"])
+    burst = b"".join(
+        frame(OP_TEXT, orjson.dumps({"type": "dance", "id": number})) for number in range(1, 26)
+    )
+    await peer.send(burst)
+    assert await peer.read_until_closed(10) == 1008
+    got: list[dict[str, Any]] = []
+    for message in peer.messages:
+        decoded = orjson.loads(message)
+        got += decoded if isinstance(decoded, list) else [decoded]
+    assert [(item["type"], item["code"]) for item in got] == [("error", "bad_frame")] * 21
+    assert [item["id"] for item in got] == list(range(1, 22))
+    await peer.aclose()
