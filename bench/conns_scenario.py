@@ -45,7 +45,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         org_id, room_id = world["org"]["id"], world["room"]["id"]
         chat_id, sender_id = world["chats"][0]
         base = f"/api/v5/orgs/{org_id}"
-        # channel names come from the engine's one definition of them (CONTRACT §7)
+        # channel names come from the engine's one definition of them
         messages = channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages")
         time.sleep(1.0)  # let the server settle before the baseline
         baseline = rss_bytes(server.process.pid)

@@ -1,4 +1,4 @@
-"""Who may see and do what (CONTRACT §2, §3): the visibility and serving rules."""
+"""Who may see and do what: the visibility and serving rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ChatState: one chat's state and every rule of CONTRACT §4–§5 about it.
+"""ChatState: one chat's state and every rule about it (its counts, flags, presences and messages).
 
 The state machine is pure: no trio, no I/O, no clock. A command is first *decided*
 (``decide_*``: the rules are checked against the current state, ids are chosen, the
@@ -55,7 +55,7 @@ class Delta:
     ``presence_added``, ``presence_removed``, ``current_added``, ``current_removed``,
     ``message_added``, ``participation_added``; ``subject`` is the presence's user id,
     the message, or the participation ``(id, type)``. Their order is the order of the
-    events in CONTRACT §7.
+    events of the channel fan-out (engine/fanout.py).
     """
 
     kind: str
@@ -146,7 +146,7 @@ class ChatState:
         return len(self.tags)
 
     def involved_users(self) -> frozenset[str]:
-        """The **Users** of CONTRACT §7: participant users and present users."""
+        """The chat's **Users** for fan-out: participant users and present users."""
         return frozenset(self.user_participants).union(self.presences)
 
     def participations(self) -> list[tuple[str, str]]:
@@ -402,7 +402,7 @@ class ChatState:
         changes.deltas.append(Delta("current_removed", user_id))
 
     def _end(self, fact: ChatEnded, changes: ChangeSet) -> None:
-        # CONTRACT §7: one "changed" chat first (with the final present count), then the
+        # an ended chat's events: one "changed" chat first (with the final present count), then the
         # rest of each leave, presence by presence in join order.
         self.end_time = fact.at
         self.updated_at = fact.at

@@ -124,7 +124,7 @@ MAX_MESSAGE_LENGTH = 2000
 
 
 def message_text_problem(text: str) -> str | None:
-    """The message rule of CONTRACT §5: 1–2000 code points, not blank, no NUL."""
+    """The message text rule: 1–2000 code points, not blank, no NUL."""
     if "\x00" in text:
         return "Must not contain NUL characters."
     if len(text) > MAX_MESSAGE_LENGTH:

@@ -1,4 +1,4 @@
-"""Resource renderers: the shapes clients see (CONTRACT §3–§6).
+"""Resource renderers: the shapes clients see.
 
 One function a shape. The operator and visitor views of a message or presence differ
 only by the operator-only fields, which the visitor view leaves out.

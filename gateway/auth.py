@@ -1,4 +1,4 @@
-"""Principals and the authorization checks of CONTRACT §2.
+"""Principals and the authorization checks (who may call what: docs/edge.md and the README).
 
 A token is looked up by its SHA-256 digest (tokens are stored hashed); the admin token's
 digest is compared with ``hmac.compare_digest``. Checks raise the contract's errors:
@@ -72,7 +72,7 @@ def require_admin(principal: Principal) -> None:
 
 
 def require_self(principal: Principal, user_id: str, field: str | None = None) -> None:
-    """A user token acts as itself only (CONTRACT §2)."""
+    """A user token acts as itself only."""
     if principal.kind == PRINCIPAL_USER and principal.id != user_id:
         what = f"'{field}'" if field else "this path"
         raise errors.Forbidden(f"An operator may only act as itself ({what} names another user).")

@@ -1,7 +1,7 @@
 """Request input: JSON bodies through strict pydantic models, query parameters by hand
 (the report's filters among them).
 
-Every failure becomes an ``EngineError`` in the contract's shape (CONTRACT §1): 400
+Every failure becomes an ``EngineError`` in the contract's shape: 400
 ``invalid`` with ``errors`` naming each bad field, ``invalid_json`` / ``invalid_body`` for
 a body that is not a JSON object, 415 for a body that is not JSON at all. Unknown body
 fields are ignored; an empty body reads as ``{}``.

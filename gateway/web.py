@@ -12,9 +12,9 @@ route). Both paths run the same code below, so they answer alike.
 
 What it keeps from quart's behaviour: ``HEAD`` on every ``GET`` route (no body),
 ``OPTIONS`` answered 200 with ``Allow``, 405 with ``Allow``, the app's check (engine
-readiness) before routing errors, and one JSON error body for every failure (CONTRACT
-§1). The body size limit is the transports' (both refuse a body over it before a
-handler could see it).
+readiness) before routing errors, and one JSON error body for every failure. The body
+size limit is the transports' (both refuse a body over it before a handler could see
+it).
 """
 
 from __future__ import annotations

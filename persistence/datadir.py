@@ -86,6 +86,20 @@ def claim(path: Path, *, create: bool = True) -> DataDirLock:
         fd = create_private(path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
     except OSError as error:
         raise StartupRefused(f"data directory {path} is unusable: {error}") from None
+    _lock(path, fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        tighten_files(path)
+    except OSError as error:
+        os.close(fd)
+        raise StartupRefused(f"data directory {path} is unusable: {error}") from None
+    return DataDirLock(path, fd)
+
+
+def _lock(path: Path, fd: int) -> None:
+    """Take the exclusive lock on ``fd`` (the lock file), or close it and refuse, naming
+    the process that holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -96,14 +110,6 @@ def claim(path: Path, *, create: bool = True) -> DataDirLock:
                 "(one process per data directory; stop it first)"
             ) from None
         raise StartupRefused(f"data directory {path} cannot be locked: {error}") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        tighten_files(path)
-    except OSError as error:
-        os.close(fd)
-        raise StartupRefused(f"data directory {path} is unusable: {error}") from None
-    return DataDirLock(path, fd)
 
 
 def claim_to_read(path: Path) -> DataDirLock:
@@ -120,16 +126,7 @@ def claim_to_read(path: Path) -> DataDirLock:
         return DataDirLock(path, -1)
     except OSError as error:
         raise StartupRefused(f"data directory {path} is unusable: {error}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StartupRefused(
-                f"data directory {path} is in use by process {holder(path)} "
-                "(one process per data directory; stop it first)"
-            ) from None
-        raise StartupRefused(f"data directory {path} cannot be locked: {error}") from None
+    _lock(path, fd)
     return DataDirLock(path, fd)
 
 

@@ -1,4 +1,4 @@
-"""PUT .../visitors/{visitor}/api_data (CONTRACT §5): shown on all the visitor's chats."""
+"""PUT .../visitors/{visitor}/api_data: shown on all the visitor's chats."""
 
 from __future__ import annotations
 

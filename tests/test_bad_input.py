@@ -1,4 +1,4 @@
-"""Bad input never yields a 5xx and never changes state (CONTRACT §1).
+"""Bad input never yields a 5xx and never changes state.
 
 The engine's sequence number moves on every applied fact, so "state unchanged" is
 checked exactly by comparing it before and after each bad request.

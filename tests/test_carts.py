@@ -1,4 +1,4 @@
-"""Shopping carts and products (CONTRACT §5): decimal money, locking, deleting, sales."""
+"""Shopping carts and products: decimal money, locking, deleting, sales."""
 
 from __future__ import annotations
 

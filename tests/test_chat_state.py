@@ -1,4 +1,4 @@
-"""The pure state machine (no trio): every counter and flag rule of CONTRACT §4–§5."""
+"""The pure state machine (no trio): every counter and flag rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`chat-engine serve` operations (CONTRACT §2, §10): flags and env twins, the admin
+"""`chat-engine serve` operations: flags and env twins, the admin
 token, JSON-lines logs, --demo, --no-open-registration."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The atomicity guarantees under real concurrent HTTP calls (CONTRACT §5)."""
+"""The atomicity guarantees under real concurrent HTTP calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kill -9 under concurrent load loses no acknowledged mutation (CONTRACT §9).
+"""kill -9 under concurrent load loses no acknowledged mutation.
 
 A real server process runs on one data directory through 20 rounds. Each round drives
 concurrent messages, joins, leaves and chat creations, sends SIGKILL at a random moment,

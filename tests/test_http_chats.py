@@ -1,4 +1,4 @@
-"""Chats, auto_resume, presences, messages and participations over real HTTP (CONTRACT §4–§5)."""
+"""Chats, auto_resume, presences, messages and participations over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Directory and authentication over real HTTP (CONTRACT §1–§3)."""
+"""Directory and authentication over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Keyset cursor pagination over real HTTP (CONTRACT §1, "Pagination")."""
+"""Keyset cursor pagination over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presence expiry (CONTRACT §5): MockClock tests of the engine, and one end-to-end run."""
+"""Presence expiry: MockClock tests of the engine, and one end-to-end run."""
 
 from __future__ import annotations
 

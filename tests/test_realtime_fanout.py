@@ -1,4 +1,4 @@
-"""CONTRACT §7, table-driven: for each mutation, exactly which (channel, action) pairs
+"""The channel fan-out, table-driven: for each mutation, exactly which (channel, action) pairs
 are emitted — over every candidate channel, silent ones included — with nothing else."""
 
 from __future__ import annotations

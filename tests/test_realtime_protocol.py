@@ -1,4 +1,4 @@
-"""The WebSocket protocol of CONTRACT §8 against a real server and real clients."""
+"""The WebSocket protocol (docs/protocol.md) against a real server and real clients."""
 
 from __future__ import annotations
 

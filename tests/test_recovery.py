@@ -1,4 +1,4 @@
-"""Recovery from what a data directory may hold (CONTRACT §9), on real server processes."""
+"""Recovery from what a data directory may hold, on real server processes."""
 
 from __future__ import annotations
 

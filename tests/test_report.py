@@ -1,4 +1,4 @@
-"""The org chat report (CONTRACT §5 ``GET /orgs/{org}/chats``) against a fixed data set:
+"""The org chat report against a fixed data set:
 each filter, combinations, the orderings and page navigation, checked against an
 independent model of the same chats."""
 

@@ -1,4 +1,4 @@
-"""SIGTERM on a real server process: sessions closed with 1001, exit 0 (CONTRACT §8, §10)."""
+"""SIGTERM on a real server process: sessions closed with 1001, exit 0."""
 
 from __future__ import annotations
 

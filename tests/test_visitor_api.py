@@ -1,4 +1,4 @@
-"""The visitor (client) API of CONTRACT §6, with the visitor's own token."""
+"""The visitor (client) API, with the visitor's own token."""
 
 from __future__ import annotations
 

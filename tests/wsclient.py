@@ -1,4 +1,4 @@
-"""A WebSocket test client speaking CONTRACT §8 over a real connection (trio-websocket)."""
+"""A WebSocket test client speaking the protocol of docs/protocol.md over a real connection (trio-websocket)."""
 
 from __future__ import annotations
 

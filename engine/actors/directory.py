@@ -106,7 +106,8 @@ class DirectoryActor:
         self, room: Room, visitor: Visitor, *, auto_resume: User | None
     ) -> tuple[bool, ChatState]:
         """Returns ``(created, chat)``. With ``auto_resume`` the whole resume-or-create
-        decision is one step for this (room, visitor): see CONTRACT §5."""
+        decision is one step for this (room, visitor): that is what makes concurrent
+        calls produce exactly one chat."""
         engine = self._engine
 
         async def work() -> tuple[bool, ChatState]:
@@ -144,7 +145,7 @@ class DirectoryActor:
     async def visitor_chat(
         self, room: Room, visitor: Visitor, *, resume: bool
     ) -> tuple[bool, ChatState]:
-        """The client API's create-or-resume (CONTRACT §6): with ``resume``, the
+        """The client API's create-or-resume: with ``resume``, the
         visitor's newest recent chat in the room, joining nobody; else a new chat."""
         engine = self._engine
 
