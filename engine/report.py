@@ -97,11 +97,17 @@ def _order_key(ordering: str) -> Callable[[ChatState], Any]:
     )
 
 
+def reported(org_id: str, room_organization_id: str) -> bool:
+    """The report covers the chats of the rooms the org owns, not rooms shared with it
+    (a chat's ``organization_id`` is its room's owner)."""
+    return room_organization_id == org_id
+
+
 def run_report(state: State, org_id: str, query: ReportQuery) -> ReportPage:
     key = query.room_id or org_id
     if query.room_id is not None:
         room = state.rooms.get(query.room_id)
-        if room is None or room.organization_id != org_id:
+        if room is None or not reported(org_id, room.organization_id):
             return _page([], 0, query)  # only the org's own rooms are reported
     reverse = query.ordering.startswith("-")
     by_start = query.ordering.endswith("start_time")

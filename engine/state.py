@@ -41,6 +41,12 @@ PRINCIPAL_USER = "user"
 PRINCIPAL_VISITOR = "visitor"
 
 
+def limited_per_token(principal_kind: str) -> bool:
+    """Writes and WebSocket sessions are limited per user and per visitor token; an
+    org's or the admin's token (a service acting for many) is not."""
+    return principal_kind in (PRINCIPAL_USER, PRINCIPAL_VISITOR)
+
+
 _IndexEntry = tuple[dict[Any, SortedDict], Any, Any]  # (index, key, position)
 
 

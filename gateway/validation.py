@@ -21,7 +21,7 @@ from engine.chat import ChatState
 from engine.directory import message_text_problem
 from engine.ids import is_uuid, is_visitor_id
 from engine.model import POSTABLE_TYPES
-from engine.report import ORDERINGS, ReportQuery
+from engine.report import ORDERINGS, ReportQuery, reported
 from engine.timefmt import parse_ms
 
 MAX_BODY_BYTES = 64 * 1024
@@ -299,7 +299,7 @@ def parse_report_query(args: Any, chats: Mapping[str, ChatState], org_id: str) -
     since_id = args.get("since_id")
     if since_id is not None:
         since = chats.get(since_id) if is_uuid(since_id) else None
-        if since is None or since.organization_id != org_id:
+        if since is None or not reported(org_id, since.organization_id):
             raise errors.invalid_field("since_id", "Unknown chat.")
         since_seq = since.seq
     room_id = args.get("room_id")

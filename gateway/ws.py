@@ -49,7 +49,7 @@ from engine.ids import hash_token
 from engine.reachability import counts_for_reachability
 from engine.realtime import protocol
 from engine.realtime.protocol import JSON, MSGPACK
-from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR
+from engine.state import limited_per_token
 from gateway.auth import ADMIN, Principal, principal_for_token
 from gateway.failures import connection_failed
 from gateway.forwarded import Forwarded, parse_address
@@ -403,7 +403,7 @@ class WsGateway:
                 principal, token_hash = self._admit(request)
                 # per token and address for visitors and users; admin and org tokens
                 # count in the total only (gateway/wsquota.py says why)
-                counted = principal.kind in (PRINCIPAL_USER, PRINCIPAL_VISITOR)
+                counted = limited_per_token(principal.kind)
                 quota_token = token_hash if counted else None
                 address = self._client_address(peer, request) if counted else None
                 refusal = self.quota.refusal(quota_token, address)

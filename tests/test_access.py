@@ -15,6 +15,8 @@ from engine.access import (
 from engine.chat import ChatState
 from engine.facts import ChatCreated
 from engine.model import Room, User, Visitor
+from engine.report import reported
+from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER, PRINCIPAL_VISITOR, limited_per_token
 
 OWNER, GUEST, STRANGER = "o1", "o2", "o3"
 
@@ -84,3 +86,13 @@ def test_a_visitor_sees_only_its_own_chats() -> None:
     mine = chat_of(OWNER)
     assert visitors_own_chat(visitor(OWNER), mine)
     assert not visitors_own_chat(Visitor("w" * 32, OWNER, 0, "h2"), mine)
+
+
+def test_only_user_and_visitor_tokens_are_limited_per_token() -> None:
+    assert limited_per_token(PRINCIPAL_USER) and limited_per_token(PRINCIPAL_VISITOR)
+    assert not limited_per_token(PRINCIPAL_ORG) and not limited_per_token("admin")
+
+
+def test_the_report_covers_only_the_orgs_own_rooms() -> None:
+    assert reported("org-a", "org-a")
+    assert not reported("org-a", "org-b")  # a room shared with org-a stays out

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from engine import errors
 from engine.actors.supervisor import Engine
 from engine.reachability import counts_for_reachability
-from engine.state import PRINCIPAL_USER, PRINCIPAL_VISITOR, State
+from engine.state import State, limited_per_token
 from gateway import validation as v
 from gateway.auth import Principal, authenticate
 from gateway.metrics import Metrics
@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # gateway.app builds the context from them and imports the ro
 M = TypeVar("M", bound=BaseModel)
 STARTING = "The engine is starting."
 WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
-LIMITED = frozenset((PRINCIPAL_USER, PRINCIPAL_VISITOR))  # org and admin tokens are not
 
 
 @dataclass(slots=True)
@@ -70,7 +69,7 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
         )
     except errors.NotAuthenticated:
         return
-    if caller.kind in LIMITED:
+    if limited_per_token(caller.kind):
         wait = writes.acquire(caller.id)
         if wait > 0:
             raise Throttled("Too many writes; slow down.", wait)
