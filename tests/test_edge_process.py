@@ -23,7 +23,7 @@ NORMAL_BOUND = 1.0  # seconds: a normal client's worst /healthz while the flood 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     # the bench helper turns the limits off; the flags given last win
-    process = start_server("--in-memory", "--rate-limit", "20/100", "--cors-origins", SHOP)
+    process = start_server("--in-memory", "--rate-limit", "2/100", "--cors-origins", SHOP)
     try:
         yield process
     finally:
