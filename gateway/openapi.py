@@ -71,7 +71,7 @@ class OpenApi:
         }
         responses["default"] = ERROR_ANSWER
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         parameters += [dict(parameter, **{"in": "query"}) for parameter in route.query]
@@ -124,6 +124,14 @@ class OpenApi:
             "security": [{TOKEN_SCHEME: []}],
             "paths": self._paths,
         }
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    """An id in a path: a visitor's 32 hex characters, any other a UUID (a tag's name is
+    any string). A malformed id is answered as an unknown one: 404."""
+    if name == "visitor_id":
+        return shapes.VISITOR_ID
+    return shapes.UUID if name.endswith("_id") else shapes.STRING
 
 
 def _is_cursor_page(schema: dict[str, Any] | None) -> bool:

@@ -10,22 +10,27 @@ import re
 from typing import Any
 
 import httpx
-import jsonschema
-import pytest
 from jsonschema import Draft202012Validator
 
 from engine import shapes
 from tests.conftest import ADMIN_TOKEN, Server, World, make_org
 
 
+def references(schema: Any) -> list[str]:
+    if isinstance(schema, dict):
+        found = [schema["$ref"]] if "$ref" in schema else []
+        return found + [ref for value in schema.values() for ref in references(value)]
+    if isinstance(schema, list):
+        return [ref for value in schema for ref in references(value)]
+    return []
+
+
 def test_every_shape_is_a_valid_schema_whose_references_resolve() -> None:
-    document = {"components": {"schemas": shapes.SCHEMAS}}
-    for name in shapes.SCHEMAS:
-        schema = {**shapes.ref(name), **document}
+    for schema in shapes.SCHEMAS.values():
         Draft202012Validator.check_schema(schema)
-        # resolving every $ref: validating a value of the wrong type reaches them all
-        with pytest.raises(jsonschema.ValidationError):
-            Draft202012Validator(schema).validate(12345)
+    targets = {ref.removeprefix(shapes.COMPONENTS) for ref in references(shapes.SCHEMAS)}
+    assert targets <= set(shapes.SCHEMAS)
+    assert {"Cart", "Product", "LogEntry", "Tag", "ApiData"} <= targets
 
 
 class Walk:
