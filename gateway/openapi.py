@@ -20,7 +20,7 @@ from engine import shapes
 if TYPE_CHECKING:  # the routes' context imports this module
     from gateway.routes.context import Route
 
-TOKEN_SCHEME = "Token"
+TOKEN_SCHEME = "token"  # "Authorization: Token <token>"
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["code", "detail"],
