@@ -979,14 +979,16 @@ function positive(value, fallback) {
 }
 
 /**
- * The /ws URL with `token` as its `token` query parameter.
+ * The /ws URL with `token` as its `token` query parameter (a relative or http(s) URL is
+ * made absolute, ws(s)).
  * @param {string} url
  * @param {string | null} token
  */
 function withToken(url, token) {
-  if (token === null || token === "") return url;
   const parsed = new URL(url, globalThis.location?.href);
-  parsed.searchParams.set("token", token);
+  if (parsed.protocol === "http:") parsed.protocol = "ws:";
+  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  if (token !== null && token !== "") parsed.searchParams.set("token", token);
   return parsed.toString();
 }
 
