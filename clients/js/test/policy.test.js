@@ -164,6 +164,31 @@ test("1001, 1012 and 4008 reconnect and resume with since and epoch", async () =
   }
 });
 
+test("another epoch answers resumed: false: onReset says so, and events go on", async () => {
+  const { client, socket } = scripted();
+  const seen = /** @type {number[]} */ ([]);
+  const resets = /** @type {import("../chat-engine.js").ResetInfo[]} */ ([]);
+  client.subscribe(CHANNEL, { onEvent: (e) => seen.push(e.seq), onReset: (r) => resets.push(r) });
+  socket().open();
+  const [first] = socket().subscribes();
+  socket().answer({ type: "subscribed", id: first.id, channel: CHANNEL, seq: 9, resumed: false, epoch: "old" });
+  socket().answer({ channel: CHANNEL, action: "removed", resource_id: "c", seq: 10 });
+  const made = ScriptedSocket.made.length;
+  socket().serverClose(1006);
+  client.reconnectNow(); // no waiting for the back-off
+  assert.equal(ScriptedSocket.made.length, made + 1);
+  socket().open();
+  const [again] = socket().subscribes();
+  assert.deepEqual([again.since, again.epoch], [10, "old"]);
+  socket().answer({ type: "subscribed", id: again.id, channel: CHANNEL, seq: 2, resumed: false, epoch: "new" });
+  socket().answer({ channel: CHANNEL, action: "removed", resource_id: "d", seq: 3 });
+  assert.deepEqual(resets, [
+    { channel: CHANNEL, seq: 2, epoch: "new", previousSeq: 10, previousEpoch: "old", reason: "epoch" },
+  ]);
+  assert.deepEqual(seen, [10, 3]);
+  client.close();
+});
+
 test("1008 is reported and retried only after the longest back-off", async () => {
   const { client, socket, states, errors } = scripted();
   socket().open();
