@@ -43,7 +43,7 @@ after(() => {
   for (const client of clients) client.close();
 });
 
-describe("against a real server", { skip: skip ?? undefined, timeout: 90000 }, () => {
+describe("against a real server", { skip: skip ?? undefined, timeout: 180000 }, () => {
   /** @type {ServerProcess} */
   let server;
   /** @type {Awaited<ReturnType<typeof makeWorld>>} */
@@ -229,7 +229,7 @@ describe("against a real server", { skip: skip ?? undefined, timeout: 90000 }, (
   });
 });
 
-describe("resume beyond the history", { skip: skip ?? undefined, timeout: 60000 }, () => {
+describe("resume beyond the history", { skip: skip ?? undefined, timeout: 120000 }, () => {
   /** @type {ServerProcess} */
   let server;
 
