@@ -18,6 +18,7 @@ never shows key material.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ MAX_KEYS = 10
 MAX_KID_LENGTH = 128
 MIN_SECRET_BYTES = 32  # RFC 7518: an HS256 key is at least as long as the hash (256 bits)
 ROLES = (PRINCIPAL_USER, PRINCIPAL_VISITOR)
+MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z: later is no date
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,7 +86,13 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refuse(f"The token's '{name}' claim must be a number (seconds since the epoch).")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer past a float's range
+        seconds = math.inf
+    if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
+        raise _refuse(f"The token's '{name}' claim is out of range.")
+    return seconds
 
 
 def subject_of_claims(state: State, claims: dict[str, Any], key: JwtKey, *, now_ms: int) -> Subject:

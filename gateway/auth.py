@@ -61,14 +61,14 @@ def principal_for_token(
 ) -> Principal:
     """``now_ms`` is the engine's clock, against which a signed token's ``exp`` is
     checked (the wall clock when not given)."""
+    digest = hash_token(token)
+    if hmac.compare_digest(digest, admin_token_hash):
+        return Principal(ADMIN, ADMIN, None)
     if looks_like_jwt(token):
         subject = jwtauth.verify(
             state, token, now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms
         )
         return Principal(subject.kind, subject.id, subject.org_id, subject.expires_ms, subject.key)
-    digest = hash_token(token)
-    if hmac.compare_digest(digest, admin_token_hash):
-        return Principal(ADMIN, ADMIN, None)
     found = state.principal(digest)
     if found is None:
         raise errors.NotAuthenticated("Invalid token.")

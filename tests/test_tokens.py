@@ -69,6 +69,10 @@ def test_each_refusal_says_which_check_failed() -> None:
     assert "expired" in check(exp=NOW // 1000)  # exp is exclusive
     assert "must be a number" in check(exp="soon")
     assert "must be a number" in check(exp=True)
+    # what JSON may carry and no clock can reach
+    assert "out of range" in check(exp=float("inf"))
+    assert "out of range" in check(exp=10**400)
+    assert "out of range" in check(exp=1e300)
     assert "not valid yet" in check(nbf=NOW // 1000 + 10)
     assert "role" in check(role="admin")
     assert "no user" in check(sub=visitor_id)
