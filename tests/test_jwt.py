@@ -259,7 +259,7 @@ async def test_a_session_is_closed_with_4001_when_its_token_expires(keyed: World
     world = keyed
     visitor = world.visitor
     own = f"/api/v5/client/visitors/{visitor['id']}/chats"
-    short = sign("hs", claims(world, visitor["id"], "visitor", ttl=2))
+    short = sign("hs", claims(world, visitor["id"], "visitor", ttl=4))
     longer = sign("hs", claims(world, visitor["id"], "visitor", ttl=3600))
     base = world.server.base_url
     async with (
@@ -274,7 +274,7 @@ async def test_a_session_is_closed_with_4001_when_its_token_expires(keyed: World
         await lasting.send({"type": "ping", "id": 1})
         assert (await lasting.until(lambda f: f.get("type") == "pong"))["id"] == 1
     # the engine's clock past exp: the same token is refused over HTTP
-    world.server.clock.advance(3)
+    world.server.clock.advance(5)
     async with bearer(world, short) as late:
         response = await late.get(own)
         assert response.status_code == 401
