@@ -346,7 +346,7 @@ class WsGateway:
         for session in self.sessions:
             key = session.principal.jwt_key
             if key is not None and key.org_id == org_id and not key_still_valid(state, key):
-                session.revoke("the key that verified the token was removed")
+                session.revoke("the key that verified the token was removed or replaced")
 
     def _on_ready(self, session: Session) -> None:
         self._ready.append(session)
@@ -504,7 +504,7 @@ class WsGateway:
         # it may have stopped working while the upgrade was answered
         if principal.jwt_key is not None:
             if not key_still_valid(self.engine.state, principal.jwt_key):
-                session.revoke("the key that verified the token was removed")
+                session.revoke("the key that verified the token was removed or replaced")
         elif principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
             session.revoke()
         reachability = self.engine.reachability
