@@ -15,10 +15,13 @@ import jwt
 import orjson
 import pytest
 import trio
+import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
+from engine.actors.supervisor import Engine
+from gateway.ws import WsGateway, WsSettings
 from tests.conftest import ADMIN_TOKEN, World, make_org, make_room, make_user
 from tests.serverproc import HEADERS, launch
 from tests.wsclient import WsClient, ws_connect
@@ -440,3 +443,25 @@ async def test_a_signed_token_for_a_visitor_of_no_org_is_refused(keyed: World) -
         response = await as_visitor.get(f"/api/v5/client/visitors/{opened['id']}/chats")
     assert response.status_code == 401
     assert "sub" in response.json()["detail"]
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_the_expiry_timer_runs_on_trios_clock(autojump_clock: trio.testing.MockClock) -> None:
+    """A session's expiry waits on trio's clock from the engine's now to ``exp``; under
+    a MockClock an hour passes at once."""
+    now_ms = 1_700_000_000_000
+    gateway = WsGateway(Engine(clock=lambda: now_ms), "admin-hash", WsSettings())
+    reasons: list[str | None] = []
+
+    class Probe:
+        def revoke(self, reason: str | None = None) -> None:
+            reasons.append(reason)
+
+    started = trio.current_time()
+    await gateway._expire(Probe(), now_ms + 3_600_000)  # type: ignore[arg-type]
+    assert trio.current_time() - started == pytest.approx(3600)
+    assert reasons == ["the token has expired"]
