@@ -79,9 +79,12 @@ class OpenApi:
             "components": {
                 "schemas": self._schemas,
                 "securitySchemes": {
-                    "token": {"type": "apiKey", "in": "header", "name": "Authorization"}
+                    # "Authorization: Token <token>": the engine's own tokens
+                    "token": {"type": "apiKey", "in": "header", "name": "Authorization"},
+                    # "Authorization: Bearer <jwt>": a token the org's application signed
+                    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 },
             },
-            "security": [{"token": []}],
+            "security": [{"token": []}, {"bearer": []}],
             "paths": self._paths,
         }

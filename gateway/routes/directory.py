@@ -19,6 +19,11 @@ async def create_org(ctx: Context, req: Request) -> Response:
     return json_response(views.org_view(org, token), 201)
 
 
+async def list_orgs(ctx: Context, req: Request) -> Response:
+    require_admin(principal(ctx, req))
+    return page(ctx, req, ctx.state.all_orgs(), views.org_view)
+
+
 async def get_org(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     return json_response(views.org_view(ctx.state.orgs[org_id]))
@@ -60,6 +65,11 @@ async def create_user(ctx: Context, req: Request, org_id: str) -> Response:
     return json_response(views.user_view(user, token), 201)
 
 
+async def list_users(ctx: Context, req: Request, org_id: str) -> Response:
+    require_org(ctx.state, principal(ctx, req), org_id)
+    return page(ctx, req, ctx.state.users_of_org(org_id), views.user_view)
+
+
 async def get_user(ctx: Context, req: Request, org_id: str, user_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id)
     return json_response(views.user_view(org_user(ctx.state, org_id, user_id)))
@@ -93,6 +103,7 @@ ROUTES = [
         body=v.OrgCreate,
         status=201,
     ),
+    Route("GET", "/api/v5/orgs", list_orgs, "List every organization, oldest first (admin)."),
     Route("GET", ORG, get_org, "Get an organization."),
     Route("POST", ORG + "/rooms", create_room, "Create a room.", body=v.RoomCreate, status=201),
     Route("GET", ORG + "/rooms", list_rooms, "List the org's own and shared rooms."),
@@ -112,6 +123,7 @@ ROUTES = [
         body=v.UserCreate,
         status=201,
     ),
+    Route("GET", ORG + "/users", list_users, "List the org's users, oldest first (no tokens)."),
     Route("GET", ORG + "/users/{user_id}", get_user, "Get a user."),
     Route(
         "POST",
