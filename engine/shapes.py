@@ -18,6 +18,7 @@ from typing import Any
 from engine.directory import MAX_MESSAGE_LENGTH
 from engine.ids import UUID_RE, VISITOR_ID_RE
 from engine.model import AUTOSUGGEST, JOIN, LEAVE, MSG, SENDER_USER, SENDER_VISITOR
+from engine.tokens import ALGORITHMS
 
 Schema = dict[str, Any]
 COMPONENTS = "#/components/schemas/"
@@ -277,4 +278,10 @@ SCHEMAS: dict[str, Schema] = {
     ),
     # views.product_view
     "Product": _PRODUCT,
+    # views.jwt_key_view: an HS256 shared secret is never shown back, a public key is
+    "JwtKey": obj(
+        {"kid": STRING, "algorithm": {"type": "string", "enum": list(ALGORITHMS)}, "key": STRING},
+        optional=("key",),
+    ),
+    "JwtKeys": {"type": "array", "items": {"$ref": COMPONENTS + "JwtKey"}},
 }

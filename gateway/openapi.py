@@ -20,7 +20,8 @@ from engine import shapes
 if TYPE_CHECKING:  # the routes' context imports this module
     from gateway.routes.context import Route
 
-TOKEN_SCHEME = "token"  # "Authorization: Token <token>"
+TOKEN_SCHEME = "token"  # "Authorization: Token <token>": the engine's own tokens
+BEARER_SCHEME = "bearer"  # "Authorization: Bearer <jwt>": a token the org's application signed
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["code", "detail"],
@@ -118,10 +119,11 @@ class OpenApi:
                         "name": "Authorization",
                         "description": "The header's value is `Token <token>`: the admin "
                         "token, an org's service token, a user's or a visitor's token.",
-                    }
+                    },
+                    BEARER_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 },
             },
-            "security": [{TOKEN_SCHEME: []}],
+            "security": [{TOKEN_SCHEME: []}, {BEARER_SCHEME: []}],
             "paths": self._paths,
         }
 

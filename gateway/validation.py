@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +23,7 @@ from engine.ids import VISITOR_ID_RE, is_uuid, is_visitor_id
 from engine.model import POSTABLE_TYPES
 from engine.report import ORDERINGS, ReportQuery, reported
 from engine.timefmt import parse_ms
+from engine.tokens import MAX_KEYS, MAX_KID_LENGTH
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 100
@@ -199,6 +200,37 @@ class MessageCreate(Body):
         if value not in POSTABLE_TYPES:
             raise ValueError("Must be 'msg' or 'autosuggest'.")
         return value
+
+
+class JwtKeySpec(Body):
+    kid: str = Field(min_length=1, max_length=MAX_KID_LENGTH)
+    algorithm: Literal["HS256", "RS256", "ES256"]
+    # an HS256 shared secret (at least 32 bytes) or a PEM public key
+    key: str = Field(min_length=1, max_length=16_384)
+
+
+class JwtKeysPut(Body):
+    """An org's verification keys, replacing the ones it had (an empty list removes
+    them). The body may also be the bare list."""
+
+    keys: list[JwtKeySpec] = Field(max_length=MAX_KEYS)
+
+
+def parse_jwt_keys(raw: bytes, content_type: str | None) -> list[tuple[str, str, str]]:
+    """``[{"kid", "algorithm", "key"}, ...]`` or ``{"keys": [...]}``."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if raw.strip() and mime != "application/json":
+        raise errors.UnsupportedMediaType("The body must be application/json.")
+    try:
+        data = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        raise errors.InvalidJson("The body is not valid JSON.") from None
+    if isinstance(data, list):
+        data = {"keys": data}
+    if not isinstance(data, dict):
+        raise errors.InvalidBody("The body must be a JSON array of {kid, algorithm, key}.")
+    body = validate(JwtKeysPut, data)
+    return [(item.kid, item.algorithm, item.key) for item in body.keys]
 
 
 def parse_json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:

@@ -148,6 +148,17 @@ async def test_every_route_answers_as_openapi_json_describes(world: World) -> No
         **ids,
     )
 
+    # listings, and an org's signed-token keys (an HS256 secret is never shown back)
+    await walk.call(admin, "GET", orgs, expect=200, params={"page_size": "1"})
+    await walk.call(ada["token"], "GET", org + "/users", expect=200, **ids)
+    keys = [{"kid": "app-1", "algorithm": "HS256", "key": "s3cret-" * 6}]
+    shown = await walk.call(org_token, "PUT", org + "/jwt_keys", expect=200, json=keys, **ids)
+    assert shown == [{"kid": "app-1", "algorithm": "HS256"}]
+    await walk.call(org_token, "GET", org + "/jwt_keys", expect=200, **ids)
+    await walk.call(
+        org_token, "POST", org + "/users/{user_id}/token", expect=200, user_id=grace["id"], **ids
+    )
+
     # a chat started by Ada (auto_resume), then resumed
     start = org + "/rooms/{room_id}/visitors/{visitor_id}/chats"
     where = {"room_id": room_id, "visitor_id": visitor["id"], **ids}
@@ -335,6 +346,9 @@ async def test_every_route_answers_as_openapi_json_describes(world: World) -> No
         **in_chat,
     )
     await walk.call(None, "GET", org, expect=401, **ids)
+    # last: a new org token (the one used above stops working)
+    rotated = await walk.call(admin, "POST", org + "/token", expect=200, **ids)
+    assert rotated["token"] != org_token
 
     assert walk.errors_seen == 3
     assert walk.seen == walk.operations(), sorted(walk.operations() - walk.seen)

@@ -73,7 +73,10 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
     answers 401."""
     try:
         caller = authenticate(
-            ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash
+            ctx.state,
+            req.header(b"authorization"),
+            ctx.settings.admin_token_hash,
+            now_ms=ctx.engine.now(),
         )
     except errors.NotAuthenticated:
         return
@@ -84,7 +87,12 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
 
 
 def principal(ctx: Context, req: Request) -> Principal:
-    caller = authenticate(ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash)
+    caller = authenticate(
+        ctx.state,
+        req.header(b"authorization"),
+        ctx.settings.admin_token_hash,
+        now_ms=ctx.engine.now(),
+    )
     if counts_for_reachability(caller.kind):
         ctx.engine.reachability.touch(caller.id)  # a request keeps its presences alive
     return caller

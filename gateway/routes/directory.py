@@ -19,6 +19,11 @@ async def create_org(ctx: Context, req: Request) -> Response:
     return json_response(views.org_view(org, token), 201)
 
 
+async def list_orgs(ctx: Context, req: Request) -> Response:
+    require_admin(principal(ctx, req))
+    return page(ctx, req, ctx.state.all_orgs(), views.org_view)
+
+
 async def get_org(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     return json_response(views.org_view(ctx.state.orgs[org_id]))
@@ -58,6 +63,11 @@ async def create_user(ctx: Context, req: Request, org_id: str) -> Response:
         room_ids=data.room_ids,
     )
     return json_response(views.user_view(user, token), 201)
+
+
+async def list_users(ctx: Context, req: Request, org_id: str) -> Response:
+    require_org(ctx.state, principal(ctx, req), org_id)
+    return page(ctx, req, ctx.state.users_of_org(org_id), views.user_view)
 
 
 async def get_user(ctx: Context, req: Request, org_id: str, user_id: str) -> Response:
@@ -112,6 +122,13 @@ ROUTES = [
         response=shapes.cursor_page("Room"),
     ),
     Route(
+        "GET",
+        "/api/v5/orgs",
+        list_orgs,
+        "List every organization, oldest first (admin).",
+        response=shapes.cursor_page("Org"),
+    ),
+    Route(
         "POST",
         ORG + "/rooms/{room_id}/shares",
         share_room,
@@ -128,6 +145,13 @@ ROUTES = [
         body=v.UserCreate,
         status=201,
         response=shapes.ref("User"),
+    ),
+    Route(
+        "GET",
+        ORG + "/users",
+        list_users,
+        "List the org's users, oldest first (no tokens).",
+        response=shapes.cursor_page("User"),
     ),
     Route("GET", ORG + "/users/{user_id}", get_user, "Get a user.", response=shapes.ref("User")),
     Route(
