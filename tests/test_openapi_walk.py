@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 
 from engine import shapes
 from tests.conftest import ADMIN_TOKEN, Server, World, make_org
+from tests.wsclient import ws_connect
 
 
 def references(schema: Any) -> list[str]:
@@ -354,3 +355,102 @@ async def test_every_route_answers_as_openapi_json_describes(world: World) -> No
     assert walk.seen == walk.operations(), sorted(walk.operations() - walk.seen)
     # and the document lists exactly the API's routes
     assert all(re.match(r"^/api/v5/", path) for path in document["paths"])
+
+
+def channel_shape(channel: str) -> str:
+    """The shape of a channel's items: a channel is the path of the collection it
+    mirrors (docs/protocol.md), and a visitor's channels show the visitor's view."""
+    visitor = channel.startswith("/api/v5/client/")
+    last = channel.rsplit("/", 1)[-1]
+    if last in ("chats", "current_chats"):
+        return "ChatCollection"
+    if last == "participations":
+        return "Participation"
+    kind = {"messages": "Message", "presences": "Presence"}[last]
+    return "Visitor" + kind if visitor else kind
+
+
+async def test_every_event_resource_has_its_collections_shape(world: World) -> None:
+    """An ``added`` event carries the resource exactly as its collection shows it over
+    HTTP, a ``changed`` one some of its fields (with ``id`` and ``updated_at``), a
+    ``removed`` one none, on every channel family."""
+    server = world.server
+    org_id, org_token = world.org["id"], world.org["token"]
+    ada, alan = world.users
+    visitor = world.visitor
+    org = f"/api/v5/orgs/{org_id}"
+    room_chats = f"{org}/rooms/{world.room['id']}/chats"
+    visitor_chats = f"/api/v5/client/visitors/{visitor['id']}/chats"
+    async with server.client(ada["token"]) as client:
+        answer = await client.post(
+            f"{room_chats.replace('/chats', '')}/visitors/{visitor['id']}/chats",
+            params={"auto_resume": ada["id"]},
+        )
+    chat_id = answer.json()["id"]
+    channels = [
+        room_chats,
+        visitor_chats,
+        f"{org}/users/{ada['id']}/chats",
+        f"{org}/users/{alan['id']}/current_chats",
+        f"{org}/users/{alan['id']}/current_chats/{chat_id}/presences",
+        *(
+            f"{parent}/{chat_id}/{sub}"
+            for parent in (room_chats, visitor_chats, f"{org}/users/{ada['id']}/chats")
+            for sub in ("messages", "presences", "participations")
+        ),
+    ]
+    validators = {
+        name: Draft202012Validator({**shapes.ref(name), "components": {"schemas": shapes.SCHEMAS}})
+        for name in shapes.SCHEMAS
+    }
+    async with ws_connect(server.base_url, ADMIN_TOKEN) as session:
+        for channel in channels:
+            answer = await session.subscribe(channel, since=0)  # the chat's creation too
+            assert answer["type"] == "subscribed", answer
+        async with server.client(visitor["token"]) as client:
+            posted = await client.post(
+                f"{visitor_chats}/{chat_id}/messages", json={"message": "Hi"}
+            )
+            assert posted.status_code == 201
+        async with server.client(alan["token"]) as client:
+            presences = f"{org}/chats/{chat_id}/presences"
+            joined = await client.post(presences, json={"user_id": alan["id"]})
+            assert joined.status_code == 201
+            wrote = await client.post(
+                f"{org}/chats/{chat_id}/messages",
+                json={"sender_id": alan["id"], "message": "Hello"},
+            )
+            assert wrote.status_code == 201
+            assert (await client.delete(f"{presences}/{alan['id']}")).status_code == 204
+        async with server.client(org_token) as client:
+            ended = await client.patch(f"{org}/chats/{chat_id}", json={"is_ended": True})
+            assert ended.status_code == 200
+        await session.barrier()
+        events = session.take_events()
+
+    seen = set()
+    for event in events:
+        shape = channel_shape(event["channel"])
+        schema = shapes.SCHEMAS[shape]
+        if event["action"] == "added":
+            validators[shape].validate(event["resource"])
+        elif event["action"] == "changed":
+            resource = event["resource"]
+            assert {"id", "updated_at"} <= set(resource), event
+            for field, value in resource.items():
+                assert field in schema["properties"], (field, event)
+                Draft202012Validator(schema["properties"][field]).validate(value)
+        else:
+            assert event["action"] == "removed" and event.get("resource") is None, event
+        seen.add((shape, event["action"]))
+    assert {
+        ("ChatCollection", "added"),
+        ("ChatCollection", "changed"),
+        ("ChatCollection", "removed"),
+        ("Message", "added"),
+        ("VisitorMessage", "added"),
+        ("Presence", "added"),
+        ("Presence", "removed"),
+        ("VisitorPresence", "added"),
+        ("Participation", "added"),
+    } <= seen
