@@ -108,9 +108,7 @@ def route_table(ctx: Context) -> Router:
     for route in ROUTES:
         router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
-            ctx.api.add(
-                route.method, route.path, route.summary, body=route.body, status=route.status
-            )
+            ctx.api.add(route)
     return router
 
 

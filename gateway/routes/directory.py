@@ -3,7 +3,7 @@ and api_data)."""
 
 from __future__ import annotations
 
-from engine import errors, views
+from engine import errors, shapes, views
 from engine.access import may_set_api_data, may_share_room
 from engine.ids import is_visitor_id
 from gateway import validation as v
@@ -102,11 +102,32 @@ ROUTES = [
         "Create an organization (admin).",
         body=v.OrgCreate,
         status=201,
+        response=shapes.ref("Org"),
     ),
-    Route("GET", "/api/v5/orgs", list_orgs, "List every organization, oldest first (admin)."),
-    Route("GET", ORG, get_org, "Get an organization."),
-    Route("POST", ORG + "/rooms", create_room, "Create a room.", body=v.RoomCreate, status=201),
-    Route("GET", ORG + "/rooms", list_rooms, "List the org's own and shared rooms."),
+    Route("GET", ORG, get_org, "Get an organization.", response=shapes.ref("Org")),
+    Route(
+        "POST",
+        ORG + "/rooms",
+        create_room,
+        "Create a room.",
+        body=v.RoomCreate,
+        status=201,
+        response=shapes.ref("Room"),
+    ),
+    Route(
+        "GET",
+        ORG + "/rooms",
+        list_rooms,
+        "List the org's own and shared rooms.",
+        response=shapes.cursor_page("Room"),
+    ),
+    Route(
+        "GET",
+        "/api/v5/orgs",
+        list_orgs,
+        "List every organization, oldest first (admin).",
+        response=shapes.cursor_page("Org"),
+    ),
     Route(
         "POST",
         ORG + "/rooms/{room_id}/shares",
@@ -114,6 +135,7 @@ ROUTES = [
         "Share a room with another org.",
         body=v.ShareCreate,
         status=201,
+        response=shapes.ref("Share"),
     ),
     Route(
         "POST",
@@ -122,9 +144,16 @@ ROUTES = [
         "Create a user (operator).",
         body=v.UserCreate,
         status=201,
+        response=shapes.ref("User"),
     ),
-    Route("GET", ORG + "/users", list_users, "List the org's users, oldest first (no tokens)."),
-    Route("GET", ORG + "/users/{user_id}", get_user, "Get a user."),
+    Route(
+        "GET",
+        ORG + "/users",
+        list_users,
+        "List the org's users, oldest first (no tokens).",
+        response=shapes.cursor_page("User"),
+    ),
+    Route("GET", ORG + "/users/{user_id}", get_user, "Get a user.", response=shapes.ref("User")),
     Route(
         "POST",
         ORG + "/visitors",
@@ -132,11 +161,15 @@ ROUTES = [
         "Register (or re-key) a visitor of the org.",
         body=v.VisitorCreate,
         status=201,
+        also=(200,),
+        response=shapes.ref("VisitorCredentials"),
     ),
     Route(
         "PUT",
         ORG + "/visitors/{visitor_id}/api_data",
         put_api_data,
         "Replace the visitor's api_data.",
+        body=v.API_DATA_BODY,
+        response=shapes.ref("ApiData"),
     ),
 ]

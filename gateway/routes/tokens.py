@@ -3,7 +3,7 @@ and rotating an org's or a user's token (docs/integration.md)."""
 
 from __future__ import annotations
 
-from engine import errors, views
+from engine import errors, shapes, views
 from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER
 from engine.tokens import keys_problem
 from gateway import validation as v
@@ -55,23 +55,27 @@ ROUTES = [
         put_jwt_keys,
         "Replace the org's signed-token (JWT) verification keys; HS256 secrets are never shown back.",
         body=v.JwtKeysPut,
+        response=shapes.ref("JwtKeys"),
     ),
     Route(
         "GET",
         ORG + "/jwt_keys",
         get_jwt_keys,
         "The org's verification keys: kid, algorithm and public keys (no secrets).",
+        response=shapes.ref("JwtKeys"),
     ),
     Route(
         "POST",
         ORG + "/token",
         rotate_org_token,
         "A new org token; the old one stops working at once.",
+        response=shapes.ref("Org"),
     ),
     Route(
         "POST",
         ORG + "/users/{user_id}/token",
         rotate_user_token,
         "A new token for the user; the old one stops working at once.",
+        response=shapes.ref("User"),
     ),
 ]
