@@ -1,0 +1,322 @@
+"""chat_engine_client against real server processes, each scenario under asyncio and
+under trio (``anyio.run`` with either backend inside a plain test): the HTTP API and its
+errors, subscriptions that deliver every event once and in order across a kill -9 and a
+restart, ``on_reset`` when the server cannot replay, and 4001 after a visitor re-key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bench.server import ADMIN_TOKEN
+from chat_engine_client import (
+    ApiError,
+    Backoff,
+    ChannelClient,
+    ChatEngine,
+    Reset,
+    SubscriptionError,
+    TokenInvalid,
+)
+from tests.serverproc import Outcome, launch
+
+BACKENDS = ["asyncio", "trio"]
+WAIT = 30.0  # seconds any one wait may take before the test fails
+FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+class Collector:
+    """An ``on_event`` handler that keeps what it got and wakes whoever waits on it."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, predicate: Callable[[list[Any]], bool]) -> None:
+        with anyio.fail_after(WAIT):
+            while not predicate(self.events):
+                await self._changed.wait()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[Outcome]]:
+    """Started servers, killed at the end whatever happened."""
+    started: list[Outcome] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
+
+
+async def start(servers: list[Outcome], data_dir: Path, *flags: str, port: int | None = None):
+    server = await anyio.to_thread.run_sync(partial(launch, data_dir, *flags, port=port))
+    assert server.ready, server.stderr
+    servers.append(server)
+    return server
+
+
+async def setup_world(base_url: str) -> dict[str, Any]:
+    async with ChatEngine(base_url, ADMIN_TOKEN) as admin:
+        org = await admin.create_org("Acme")
+        acme = admin.with_token(org["token"]).org(org["id"])
+        room = await acme.create_room("Sales")
+        ada = await acme.create_user("Ada", "Lovelace", "ada")
+        alan = await acme.create_user("Alan", "Turing", "alan")
+        visitor = await acme.register_visitor()
+    return {"org": org, "room": room, "ada": ada, "alan": alan, "visitor": visitor}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_http_calls_and_typed_errors(backend: str, servers: list[Outcome], tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = await start(servers, tmp_path / "data")
+        world = await setup_world(server.base_url)
+        org, room, ada, alan, visitor = (
+            world[k] for k in ("org", "room", "ada", "alan", "visitor")
+        )
+        async with ChatEngine(server.base_url, org["token"]) as org_api:
+            acme = org_api.org(org["id"])
+            assert (await acme.get())["name"] == "Acme"
+            assert [r["id"] async for r in acme.rooms()] == [room["id"]]
+            assert (await acme.get_user(ada["id"]))["full_name"] == "Ada Lovelace"
+
+            # auto_resume: a new chat with Ada present, then the same chat again
+            chat, created = await acme.resume_chat(room["id"], visitor["id"], ada["id"])
+            assert created and chat["currently_present_user_count"] == 1
+            again, created = await acme.resume_chat(room["id"], visitor["id"], ada["id"])
+            assert (again["id"], created) == (chat["id"], False)
+
+            # a presence: already there is (presence, False); exclusive while taken fails
+            presence, created = await acme.join(chat["id"], ada["id"], exclusive=True)
+            assert (presence["user_id"], created) == (ada["id"], False)
+            with pytest.raises(ApiError) as taken:
+                await acme.join(chat["id"], alan["id"], exclusive=True)
+            assert (taken.value.status, taken.value.code) == (400, "chat_already_taken")
+
+            # the typed error carries the field errors of a validation failure
+            with pytest.raises(ApiError) as invalid:
+                await org_api.request("POST", f"{acme.path}/users", json={"first_name": 1})
+            assert invalid.value.status == 400 and invalid.value.code == "invalid"
+            assert {"first_name", "last_name", "alias"} <= set(invalid.value.errors)
+            with pytest.raises(ApiError) as missing:
+                await acme.get_chat("00000000-0000-4000-8000-000000000000")
+            assert (missing.value.status, missing.value.code) == (404, "not_found")
+
+            # messages from both sides; cursor pagination walks the whole history
+            async with ChatEngine(server.base_url, visitor["token"]) as visitor_api:
+                me = visitor_api.visitor(visitor["id"])
+                for n in range(4):
+                    await me.post_message(chat["id"], f"question {n}", page_url="https://x.test/")
+                    await acme.post_message(chat["id"], ada["id"], f"answer {n}")
+                history = [m async for m in me.messages(chat["id"], page_size=3)]
+                assert [m.get("message") for m in history][1:3] == ["question 0", "answer 0"]
+                assert len(history) == 9  # the join, then 8 messages
+                assert [m["id"] async for m in acme.messages(chat["id"])] == [
+                    m["id"] for m in history
+                ]
+                resumed, created = await me.start_chat(room["id"], auto_resume=True)
+                assert (resumed["id"], created) == (chat["id"], False)
+                assert [c["id"] async for c in me.chats()] == [chat["id"]]
+
+            await acme.add_tag(chat["id"], "vip lead")
+            assert (await acme.get_chat(chat["id"]))["tags"] == [{"name": "vip lead"}]
+            await acme.remove_tag(chat["id"], "vip lead")
+            assert [p["user_id"] async for p in acme.presences(chat["id"])] == [ada["id"]]
+            assert [c["id"] async for c in acme.current_chats(ada["id"])] == [chat["id"]]
+            await acme.leave(chat["id"], ada["id"])
+            ended = await acme.end_chat(chat["id"])
+            assert ended["end_time"] is not None
+            report = [c async for c in acme.report(page_size=1, only_ended=True)]
+            assert [c["id"] for c in report] == [chat["id"]]
+            assert report[0]["visitor_message_count"] == 4
+
+        async with ChatEngine(server.base_url) as anonymous:
+            stranger = await anonymous.register_visitor()
+            assert len(stranger["id"]) == 32 and stranger["token"]
+            with pytest.raises(ApiError) as refused:
+                await anonymous.org(org["id"]).get()
+            assert (refused.value.status, refused.value.code) == (401, "not_authenticated")
+
+    anyio.run(scenario, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_events_once_and_in_order_across_kill_and_restart(
+    backend: str, servers: list[Outcome], tmp_path: Path
+) -> None:
+    """kill -9 mid-conversation, a restart on the same data dir and port: both
+    subscribers (a handler, an iterator) end with exactly the history, in seq order."""
+
+    async def scenario() -> None:
+        data_dir = tmp_path / "data"
+        server = await start(servers, data_dir)
+        world = await setup_world(server.base_url)
+        org, room, ada, visitor = (world[k] for k in ("org", "room", "ada", "visitor"))
+        async with ChatEngine(server.base_url, ada["token"]) as ada_api:
+            acme = ada_api.org(org["id"])
+            chat, _ = await acme.resume_chat(room["id"], visitor["id"], ada["id"])
+            me = ada_api.with_token(visitor["token"]).visitor(visitor["id"])
+            room_channel = f"{acme.path}/rooms/{room['id']}/chats/{chat['id']}/messages"
+            visitor_channel = f"{me.path}/chats/{chat['id']}/messages"
+
+            by_handler = Collector()
+            by_iterator = Collector()
+            async with (
+                ChannelClient(server.base_url, ada["token"], backoff=FAST) as operator,
+                ChannelClient(server.base_url, visitor["token"], backoff=FAST) as visitor_ws,
+                anyio.create_task_group() as group,
+            ):
+                # since=0 replays the chat's whole history (its join) before live events
+                await operator.subscribe(room_channel, on_event=by_handler, since=0)
+                subscription = await visitor_ws.subscribe(visitor_channel, since=0)
+
+                async def drain() -> None:
+                    async for event in subscription:
+                        by_iterator(event)
+
+                group.start_soon(drain)
+
+                async def talk(rounds: int) -> None:
+                    for n in range(rounds):
+                        await me.post_message(chat["id"], f"visitor {n}")
+                        await acme.post_message(chat["id"], ada["id"], f"ada {n}")
+
+                async def history() -> list[str]:
+                    return [m["id"] async for m in acme.messages(chat["id"])]
+
+                await talk(5)
+                expected = await history()
+                for collector in (by_handler, by_iterator):
+                    await collector.wait_for(lambda events: len(events) >= len(expected))
+
+                await anyio.to_thread.run_sync(server.kill)
+                server = await start(servers, data_dir, port=server.port)
+                await talk(5)
+                expected = await history()
+                assert len(expected) == 21
+                for collector in (by_handler, by_iterator):
+                    await collector.wait_for(lambda events: len(events) >= len(expected))
+                    assert [e["resource_id"] for e in collector.events] == expected
+                    assert [e["seq"] for e in collector.events] == list(range(1, 22))
+                    assert {e["action"] for e in collector.events} == {"added"}
+                assert operator.sessions >= 2 and visitor_ws.sessions >= 2
+                assert operator.subscriptions[room_channel].seq == 21
+                assert operator.subscriptions[room_channel].resets == 0
+
+                # nothing more arrives: a barrier on a fresh channel, then the counts
+                barrier = await operator.subscribe(f"{acme.path}/users/{ada['id']}/chats")
+                await barrier.unsubscribe()
+                assert len(by_handler.events) == 21
+                group.cancel_scope.cancel()
+
+    anyio.run(scenario, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_on_reset_when_the_server_cannot_replay(
+    backend: str, servers: list[Outcome], tmp_path: Path
+) -> None:
+    """``since`` older than the history held, and an in-memory restart (another
+    history, another epoch): ``on_reset`` each time, then the events after the head."""
+
+    async def scenario() -> None:
+        flags = ("--in-memory", "--history-limit", "2")
+        server = await start(servers, tmp_path / "unused", *flags)
+        world = await setup_world(server.base_url)
+        org, room, ada, visitor = (world[k] for k in ("org", "room", "ada", "visitor"))
+        async with ChatEngine(server.base_url, ada["token"]) as ada_api:
+            acme = ada_api.org(org["id"])
+            chat, _ = await acme.resume_chat(room["id"], visitor["id"], ada["id"])
+            for n in range(4):
+                await acme.post_message(chat["id"], ada["id"], f"before {n}")
+            channel = f"{acme.path}/rooms/{room['id']}/chats/{chat['id']}/messages"
+
+            reset_calls = Collector()
+            resets: list[Reset] = reset_calls.events
+            events = Collector()
+            async with ChannelClient(server.base_url, ADMIN_TOKEN, backoff=FAST) as admin_ws:
+                subscription = await admin_ws.subscribe(
+                    channel, on_event=events, on_reset=reset_calls, since=1
+                )
+                # 5 events (a join, 4 messages); only the last 2 are held: no replay
+                assert [(r.since, r.seq, r.previous_epoch) for r in resets] == [(1, 5, None)]
+                assert subscription.seq == 5
+                await acme.post_message(chat["id"], ada["id"], "after")
+                await events.wait_for(lambda got: len(got) == 1)
+                assert events.events[0]["seq"] == 6
+                first_epoch = subscription.epoch
+                assert first_epoch
+
+                await anyio.to_thread.run_sync(server.kill)
+                await start(servers, tmp_path / "unused", *flags, port=server.port)
+                await reset_calls.wait_for(lambda got: len(got) == 2)
+                assert resets[1].since == 6 and resets[1].seq == 0
+                assert resets[1].previous_epoch == first_epoch != resets[1].epoch
+                assert subscription.seq == 0 and len(events.events) == 1
+
+    anyio.run(scenario, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_visitor_rekey_closes_with_4001(
+    backend: str, servers: list[Outcome], tmp_path: Path
+) -> None:
+    """A visitor re-registered by its org gets a fresh token: its session closes with
+    4001. Without a token provider the client stops with TokenInvalid; with one it
+    reconnects with the fresh token and misses nothing."""
+
+    async def scenario() -> None:
+        server = await start(servers, tmp_path / "data")
+        world = await setup_world(server.base_url)
+        org, room, visitor = world["org"], world["room"], world["visitor"]
+        channel = f"/api/v5/client/visitors/{visitor['id']}/chats"
+        async with ChatEngine(server.base_url, org["token"]) as org_api:
+            acme = org_api.org(org["id"])
+
+            async with ChannelClient(server.base_url, visitor["token"], backoff=FAST) as plain:
+                subscription = await plain.subscribe(channel)
+                with pytest.raises(SubscriptionError) as refused:
+                    await plain.subscribe(f"/api/v5/client/visitors/{'0' * 32}/chats")
+                assert refused.value.code == "forbidden"
+                rekeyed = await acme.register_visitor(visitor["id"])
+                with anyio.fail_after(WAIT), pytest.raises(TokenInvalid) as stopped:
+                    await plain.wait_stopped()
+                assert stopped.value.code == 4001
+                with anyio.fail_after(WAIT), pytest.raises(TokenInvalid):
+                    async for _ in subscription:
+                        pass
+
+            fresh = {"token": rekeyed["token"]}
+            handed_out = anyio.Event()
+
+            async def provider() -> str:
+                handed_out.set()
+                return fresh["token"]
+
+            events = Collector()
+            async with ChannelClient(
+                server.base_url, fresh["token"], token_provider=provider, backoff=FAST
+            ) as renewing:
+                await renewing.subscribe(channel, on_event=events)
+                await acme.create_chat(room["id"], visitor["id"])
+                await events.wait_for(lambda got: len(got) == 1)
+                fresh["token"] = (await acme.register_visitor(visitor["id"]))["token"]
+                with anyio.fail_after(WAIT):
+                    await handed_out.wait()
+                chat = await acme.create_chat(room["id"], visitor["id"])
+                await events.wait_for(lambda got: len(got) == 2)
+                assert events.events[1]["resource_id"] == chat["id"]
+                assert [e["seq"] for e in events.events] == [1, 2]
+                assert renewing.token == fresh["token"] and renewing.error is None
+
+    anyio.run(scenario, backend=backend)
