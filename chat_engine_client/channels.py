@@ -115,7 +115,9 @@ class Subscription:
         self.active = True
         self._answered = anyio.Event()
         self._pending_id: int | None = None
-        self._asked_since: int | None = None
+        self._asked_since: int | None = None  # the position the last subscribe resumes
+        self._sent_since = False  # whether it sent it (see ChannelClient._run, 4008)
+        self._fresh = False
         self._generation = -1  # the session this subscription was last sent on
         self._buffer: list[Event] = []
         self._send: MemoryObjectSendStream[Event] | None = None
@@ -195,6 +197,8 @@ class ChannelClient:
         self._closing = False
         self._task_group: TaskGroup | None = None
         self._last_received = 0.0
+        self._unanswered: list[Subscription] = []
+        self.delivered = 0  # events handed to subscribers so far
 
     # ---- life -----------------------------------------------------------------------
 
@@ -307,6 +311,8 @@ class ChannelClient:
         frame_id = next(self._ids)
         subscription._pending_id = frame_id
         subscription._asked_since = subscription.seq
+        subscription._sent_since = subscription.seq is not None and not subscription._fresh
+        subscription._fresh = False
         subscription._buffer = []
         self._pending[frame_id] = subscription
         frame: dict[str, Any] = {
@@ -314,7 +320,7 @@ class ChannelClient:
             "id": frame_id,
             "channel": subscription.channel,
         }
-        if subscription.seq is not None:
+        if subscription._sent_since:
             frame["since"] = subscription.seq
             if subscription.epoch is not None:
                 frame["epoch"] = subscription.epoch
@@ -347,13 +353,20 @@ class ChannelClient:
                 log.debug("connecting to %s failed: %r", self.url, error)
                 delay = self.backoff.delay(attempt)
             else:
-                code, healthy = await self._session(ws)
+                code, progressed = await self._session(ws)
                 self.last_close_code = code
                 if self._closing:
                     return
-                if healthy:
+                if progressed:
                     attempt = 0
-                if code == TOKEN_REVOKED:
+                if code == SLOW_CONSUMER and not progressed:
+                    # Nothing got through: the replay of what was missed is itself over
+                    # the session's queue bound, so resuming would fail the same way
+                    # each time. Subscribe afresh instead: on_reset, then live events.
+                    for subscription in self._unanswered:
+                        subscription._fresh = True
+                    delay = 0.0 if attempt == 0 else self.backoff.delay(attempt)
+                elif code == TOKEN_REVOKED:
                     delay = await self._token_refused(code, attempt)
                 elif code in CLIENT_FAULTS:
                     self._fail(
@@ -392,8 +405,8 @@ class ChannelClient:
         self._stopped.set()
 
     async def _session(self, ws: WebSocket) -> tuple[int, bool]:
-        """Serve one session until it ends: (close code, whether every subscription was
-        answered on it)."""
+        """Serve one session until it ends: (close code, whether it made progress:
+        every subscription answered, or an event delivered)."""
         self._generation += 1
         self.sessions += 1
         self._pending.clear()
@@ -401,6 +414,7 @@ class ChannelClient:
         self._last_received = anyio.current_time()
         self._connected.set()
         code = 1006
+        delivered = self.delivered
         answered = not self.subscriptions
         try:
             async with anyio.create_task_group() as group:
@@ -425,7 +439,8 @@ class ChannelClient:
         finally:
             self._ws = None
             self._connected = anyio.Event()
-        return code, answered
+            self._unanswered = list(self._pending.values())
+        return code, answered or self.delivered > delivered
 
     async def _keepalive(self, ws: WebSocket) -> None:
         while True:
@@ -490,7 +505,7 @@ class ChannelClient:
         epoch = frame.get("epoch")
         asked = subscription._asked_since
         reset: Reset | None = None
-        if not (frame.get("resumed") and asked is not None):
+        if not (frame.get("resumed") and subscription._sent_since):
             if asked is not None:
                 reset = Reset(subscription.channel, asked, head, epoch, subscription.epoch)
             subscription.seq = head
@@ -519,6 +534,7 @@ class ChannelClient:
                 )
                 raise _Gap
         subscription.seq = seq
+        self.delivered += 1
         if subscription.on_event is not None:
             result = subscription.on_event(event)
             if inspect.isawaitable(result):

@@ -18,6 +18,7 @@ from chat_engine_client import (
     ApiError,
     Backoff,
     ChannelClient,
+    ChannelError,
     ChatEngine,
     Reset,
     SubscriptionError,
@@ -318,5 +319,83 @@ def test_visitor_rekey_closes_with_4001(
                 assert events.events[1]["resource_id"] == chat["id"]
                 assert [e["seq"] for e in events.events] == [1, 2]
                 assert renewing.token == fresh["token"] and renewing.error is None
+
+    anyio.run(scenario, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_handler_that_falls_far_behind_gets_4008_then_a_reset(
+    backend: str, servers: list[Outcome], tmp_path: Path
+) -> None:
+    """A handler that blocks while hundreds of events arrive, on a server whose sessions
+    may hold 5 items: 4008. The client delivers what reached it, resumes at once; the
+    replay of what it missed is itself over the bound (4008 again, nothing delivered),
+    so it subscribes afresh and calls on_reset instead of looping. No event is
+    delivered twice or out of order, and the events after the reset all arrive."""
+
+    async def scenario() -> None:
+        server = await start(servers, tmp_path / "data", "--session-queue", "5")
+        world = await setup_world(server.base_url)
+        org, room, ada, visitor = (world[k] for k in ("org", "room", "ada", "visitor"))
+        async with ChatEngine(server.base_url, org["token"]) as org_api:
+            acme = org_api.org(org["id"])
+            chat, _ = await acme.resume_chat(room["id"], visitor["id"], ada["id"])
+            channel = f"{acme.path}/rooms/{room['id']}/chats/{chat['id']}/messages"
+            release = anyio.Event()
+            events = Collector()
+            resets = Collector()
+
+            async def stuck_handler(event: Any) -> None:
+                await release.wait()
+                events(event)
+
+            async with ChannelClient(server.base_url, org["token"], backoff=FAST) as client:
+                await client.subscribe(channel, on_event=stuck_handler, on_reset=resets)
+                text = "x" * 2000
+                count = 300  # ~600 KB of events: more than the socket buffers hold
+
+                async def post(first: int) -> None:
+                    for _ in range(first, count, 4):
+                        await acme.post_message(chat["id"], ada["id"], text)
+
+                async with anyio.create_task_group() as posters:
+                    for first in range(4):
+                        posters.start_soon(post, first)
+                release.set()
+                await resets.wait_for(lambda got: len(got) == 1)
+                [reset] = resets.events
+                seqs = [e["seq"] for e in events.events]
+                assert seqs == list(range(2, reset.since + 1)) and reset.seq == count + 1
+                assert client.last_close_code == 4008 and client.sessions == 3
+
+                after = [await acme.post_message(chat["id"], ada["id"], "on") for _ in range(3)]
+                await events.wait_for(lambda got: len(got) == len(seqs) + 3)
+                assert [e["resource_id"] for e in events.events[-3:]] == [m["id"] for m in after]
+                assert [e["seq"] for e in events.events[-3:]] == [count + 2, count + 3, count + 4]
+
+    anyio.run(scenario, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_1008_stops_the_client_instead_of_reconnecting(
+    backend: str, servers: list[Outcome], tmp_path: Path
+) -> None:
+    """A session closed with 1008 (a client that sent invalid frames) is a bug to fix,
+    not a reason to reconnect: the client stops with the code, after one session."""
+
+    async def scenario() -> None:
+        server = await start(servers, tmp_path / "data")
+        async with ChannelClient(server.base_url, ADMIN_TOKEN, backoff=FAST) as client:
+            subscription = await client.subscribe("/api/v5/client/visitors/" + "a" * 32 + "/chats")
+            session = client._ws  # the open session, to play a buggy client on it
+            assert session is not None
+            for _ in range(21):
+                await session.send("not a frame")
+            with anyio.fail_after(WAIT), pytest.raises(ChannelError) as stopped:
+                await client.wait_stopped()
+            assert stopped.value.code == 1008 and client.sessions == 1
+            with pytest.raises(ChannelError):
+                async for _ in subscription:
+                    pass
 
     anyio.run(scenario, backend=backend)
