@@ -232,6 +232,7 @@ class ChannelClient:
         for subscription in list(self.subscriptions.values()):
             subscription._end()
         self._stopped.set()
+        self._connected.set()
 
     @property
     def connected(self) -> bool:
@@ -239,11 +240,11 @@ class ChannelClient:
 
     async def wait_connected(self) -> None:
         """Until a session is open (raises the error that stopped the client)."""
-        while not self._connected.is_set():
+        while True:
             self._raise_if_stopped()
-            with anyio.move_on_after(0.05):
-                await self._connected.wait()
-        self._raise_if_stopped()
+            if self._ws is not None:
+                return
+            await self._connected.wait()  # also set when the client stops
 
     async def wait_stopped(self) -> None:
         """Until the client stops; raises the error that stopped it, if one did."""
@@ -283,7 +284,12 @@ class ChannelClient:
                 await self._send_subscribe(ws, subscription)
             except WebSocketClosed:
                 pass  # the next session subscribes it
-        await subscription._answered.wait()
+        try:
+            await subscription._answered.wait()
+        except BaseException:  # cancelled while waiting: leave nothing behind
+            with anyio.move_on_after(2, shield=True):
+                await self._unsubscribe(subscription)
+            raise
         if subscription.error is not None:
             raise subscription.error
         if not subscription.active:
@@ -403,6 +409,7 @@ class ChannelClient:
         for subscription in list(self.subscriptions.values()):
             subscription._end(error)
         self._stopped.set()
+        self._connected.set()
 
     async def _session(self, ws: WebSocket) -> tuple[int, bool]:
         """Serve one session until it ends: (close code, whether it made progress:
@@ -438,7 +445,8 @@ class ChannelClient:
                     group.cancel_scope.cancel()
         finally:
             self._ws = None
-            self._connected = anyio.Event()
+            if self.error is None and not self._closing:
+                self._connected = anyio.Event()
             self._unanswered = list(self._pending.values())
         return code, answered or self.delivered > delivered
 
@@ -462,10 +470,15 @@ class ChannelClient:
         return msgpack.packb(frame)
 
     async def _dispatch(self, message: str | bytes) -> None:
-        if self.encoding == "json":
-            decoded = orjson.loads(message)
-        else:
-            decoded = msgpack.unpackb(message if isinstance(message, bytes) else message.encode())
+        try:
+            if self.encoding == "json":
+                decoded = orjson.loads(message)
+            else:
+                raw = message if isinstance(message, bytes) else message.encode()
+                decoded = msgpack.unpackb(raw)
+        except ValueError as error:  # msgpack's and orjson's decode errors are ValueErrors
+            log.warning("a frame from %s that does not decode: %s", self.url, error)
+            return
         for frame in decoded if isinstance(decoded, list) else [decoded]:
             if not isinstance(frame, dict):
                 continue
@@ -493,7 +506,7 @@ class ChannelClient:
                         )
                     )
                 else:
-                    log.warning("error frame from the server: %s", frame)
+                    log.warning("error frame from %s: %s", self.url, frame)
 
     def _answer_to(self, frame: dict[str, Any]) -> Subscription | None:
         frame_id = frame.get("id")
@@ -501,7 +514,10 @@ class ChannelClient:
 
     async def _subscribed(self, subscription: Subscription, frame: dict[str, Any]) -> None:
         subscription._pending_id = None
-        head = int(frame.get("seq", 0))
+        head = frame.get("seq")
+        if not isinstance(head, int):
+            log.warning("a subscribed answer without a seq: %s", frame)
+            head = subscription.seq or 0
         epoch = frame.get("epoch")
         asked = subscription._asked_since
         reset: Reset | None = None

@@ -387,6 +387,7 @@ def test_1008_stops_the_client_instead_of_reconnecting(
         server = await start(servers, tmp_path / "data")
         async with ChannelClient(server.base_url, ADMIN_TOKEN, backoff=FAST) as client:
             subscription = await client.subscribe("/api/v5/client/visitors/" + "a" * 32 + "/chats")
+            await client.wait_connected()
             session = client._ws  # the open session, to play a buggy client on it
             assert session is not None
             for _ in range(21):
