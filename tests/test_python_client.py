@@ -125,6 +125,9 @@ def test_http_calls_and_typed_errors(backend: str, servers: list[Outcome], tmp_p
                 assert [m["id"] async for m in acme.messages(chat["id"])] == [
                     m["id"] for m in history
                 ]
+                involved = [p["id"] async for p in acme.participations(alan["id"], chat["id"])]
+                assert involved == [visitor["id"], ada["id"]]
+                assert [p["id"] async for p in me.participations(chat["id"])] == involved
                 resumed, created = await me.start_chat(room["id"], auto_resume=True)
                 assert (resumed["id"], created) == (chat["id"], False)
                 assert [c["id"] async for c in me.chats()] == [chat["id"]]
@@ -134,12 +137,24 @@ def test_http_calls_and_typed_errors(backend: str, servers: list[Outcome], tmp_p
             await acme.remove_tag(chat["id"], "vip lead")
             assert [p["user_id"] async for p in acme.presences(chat["id"])] == [ada["id"]]
             assert [c["id"] async for c in acme.current_chats(ada["id"])] == [chat["id"]]
+            cart = await acme.create_cart(
+                chat["id"], "EUR", [{"name": "Lamp", "price": "19.99", "quantity": 2}]
+            )
+            chair = await acme.add_product(
+                chat["id"], cart["id"], {"name": "Chair", "price": "5.00", "quantity": 1}
+            )
+            await acme.remove_product(chat["id"], cart["id"], chair["id"])
+            locked = await acme.lock_cart(chat["id"], cart["id"])
+            assert locked["locked_at"] is not None and locked["total_price"] == "39.98"
+            await acme.put_api_data(visitor["id"], [{"name": "name", "value": "Grace"}])
             await acme.leave(chat["id"], ada["id"])
             ended = await acme.end_chat(chat["id"])
             assert ended["end_time"] is not None
             report = [c async for c in acme.report(page_size=1, only_ended=True)]
             assert [c["id"] for c in report] == [chat["id"]]
             assert report[0]["visitor_message_count"] == 4
+            assert report[0]["api_data"] == [{"name": "name", "value": "Grace"}]
+            assert [c["id"] async for c in acme.report(has_sales=True)] == [chat["id"]]
 
         async with ChatEngine(server.base_url) as anonymous:
             stranger = await anonymous.register_visitor()
@@ -156,7 +171,8 @@ def test_events_once_and_in_order_across_kill_and_restart(
     backend: str, servers: list[Outcome], tmp_path: Path
 ) -> None:
     """kill -9 mid-conversation, a restart on the same data dir and port: both
-    subscribers (a handler, an iterator) end with exactly the history, in seq order."""
+    subscribers (a handler on a JSON session, an iterator on a msgpack one) end with
+    exactly the history, in seq order."""
 
     async def scenario() -> None:
         data_dir = tmp_path / "data"
@@ -174,7 +190,9 @@ def test_events_once_and_in_order_across_kill_and_restart(
             by_iterator = Collector()
             async with (
                 ChannelClient(server.base_url, ada["token"], backoff=FAST) as operator,
-                ChannelClient(server.base_url, visitor["token"], backoff=FAST) as visitor_ws,
+                ChannelClient(
+                    server.base_url, visitor["token"], backoff=FAST, encoding="msgpack"
+                ) as visitor_ws,
                 anyio.create_task_group() as group,
             ):
                 # since=0 replays the chat's whole history (its join) before live events
