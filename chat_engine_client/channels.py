@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import anyio
 import msgpack
@@ -159,7 +159,8 @@ class ChannelClient:
     working (close 4001, or 401 on connecting); without one, or when it returns nothing,
     the client stops with :class:`TokenInvalid`. ``ping_interval``: seconds between
     WebSocket pings; a server from which nothing arrived for ``dead_after`` seconds is
-    taken for gone and the client reconnects.
+    taken for gone and the client reconnects. ``token_in_query`` sends the token as
+    ``?token=`` instead of an ``Authorization: Token`` header.
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class ChannelClient:
         ping_interval: float = 20.0,
         dead_after: float = 60.0,
         connect_timeout: float = 10.0,
+        token_in_query: bool = False,
     ) -> None:
         if encoding not in ("json", "msgpack"):
             raise ValueError("encoding is 'json' or 'msgpack'")
@@ -184,6 +186,7 @@ class ChannelClient:
         self.ping_interval = ping_interval
         self.dead_after = dead_after
         self.connect_timeout = connect_timeout
+        self.token_in_query = token_in_query
         self.subscriptions: dict[str, Subscription] = {}
         self.sessions = 0  # sessions opened so far (the first one included)
         self.error: BaseException | None = None
@@ -341,8 +344,8 @@ class ChannelClient:
             try:
                 with anyio.fail_after(self.connect_timeout):
                     ws = await WebSocket.connect(
-                        self.url,
-                        headers=[("Authorization", f"Token {self.token}")] if self.token else [],
+                        self._url_with_token(),
+                        headers=self._headers(),
                         subprotocols=[f"chatengine.v1.{self.encoding}"],
                     )
             except HandshakeRejected as rejected:
@@ -390,6 +393,17 @@ class ChannelClient:
                 return
             attempt += 1
             await anyio.sleep(delay)
+
+    def _url_with_token(self) -> str:
+        if not (self.token and self.token_in_query):
+            return self.url
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}{urlencode({'token': self.token})}"
+
+    def _headers(self) -> list[tuple[str, str]]:
+        if not self.token or self.token_in_query:
+            return []
+        return [("Authorization", f"Token {self.token}")]
 
     async def _token_refused(self, code: int, attempt: int) -> float:
         """A fresh token from the provider (the delay before using it), or stop."""

@@ -38,25 +38,27 @@ class Page:
 
 class ChatEngine:
     """An HTTP client of one server, acting with one token (or none, for open visitor
-    registration and the health checks)."""
+    registration and the health checks), sent as ``Authorization: <scheme> <token>``."""
 
     def __init__(
         self,
         base_url: str,
         token: str | None = None,
         *,
+        scheme: str = "Token",
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.scheme = scheme
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
-    def with_token(self, token: str | None) -> ChatEngine:
+    def with_token(self, token: str | None, *, scheme: str | None = None) -> ChatEngine:
         """The same server and connection pool, acting with another token. Closing the
         copy leaves the pool open (the original owns it)."""
-        return ChatEngine(self.base_url, token, http=self.http)
+        return ChatEngine(self.base_url, token, scheme=scheme or self.scheme, http=self.http)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -85,7 +87,7 @@ class ChatEngine:
     ) -> httpx.Response:
         """One request; raises :class:`ApiError` for a status of 400 or more. ``path``
         is a path under the base URL or an absolute URL (a ``next`` link)."""
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        headers = {"Authorization": f"{self.scheme} {self.token}"} if self.token else {}
         query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
         response = await self.http.request(
             method, path, json=json, params=query or None, headers=headers

@@ -263,7 +263,9 @@ def test_on_reset_when_the_server_cannot_replay(
             reset_calls = Collector()
             resets: list[Reset] = reset_calls.events
             events = Collector()
-            async with ChannelClient(server.base_url, ADMIN_TOKEN, backoff=FAST) as admin_ws:
+            async with ChannelClient(
+                server.base_url, ADMIN_TOKEN, backoff=FAST, token_in_query=True
+            ) as admin_ws:
                 subscription = await admin_ws.subscribe(
                     channel, on_event=events, on_reset=reset_calls, since=1
                 )
