@@ -24,6 +24,7 @@ import itertools
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -190,7 +191,9 @@ class ChannelClient:
         self.subscriptions: dict[str, Subscription] = {}
         self.sessions = 0  # sessions opened so far (the first one included)
         self.error: BaseException | None = None
-        self.last_close_code: int | None = None
+        # why the latest sessions or connection attempts ended: close codes, or the
+        # HTTP status of a refused upgrade (the last 16)
+        self.closes: deque[int] = deque(maxlen=16)
         self._ids = itertools.count(1)
         self._pending: dict[int, Subscription] = {}
         self._ws: WebSocket | None = None
@@ -236,6 +239,10 @@ class ChannelClient:
             subscription._end()
         self._stopped.set()
         self._connected.set()
+
+    @property
+    def last_close_code(self) -> int | None:
+        return self.closes[-1] if self.closes else None
 
     @property
     def connected(self) -> bool:
@@ -349,7 +356,7 @@ class ChannelClient:
                         subprotocols=[f"chatengine.v1.{self.encoding}"],
                     )
             except HandshakeRejected as rejected:
-                self.last_close_code = rejected.status
+                self.closes.append(rejected.status)
                 if rejected.status == 401:
                     delay = await self._token_refused(401, attempt)
                 elif rejected.status in (429, 503) or rejected.status >= 500:
@@ -363,7 +370,7 @@ class ChannelClient:
                 delay = self.backoff.delay(attempt)
             else:
                 code, progressed = await self._session(ws)
-                self.last_close_code = code
+                self.closes.append(code)
                 if self._closing:
                     return
                 if progressed:

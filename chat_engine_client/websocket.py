@@ -231,7 +231,7 @@ class WebSocket:
                 pass
             return None
         if isinstance(event, CloseConnection):
-            self.closed = WebSocketClosed(event.code, event.reason or "")
+            self.closed = WebSocketClosed(int(event.code), event.reason or "")
             if self._protocol.state is ConnectionState.REMOTE_CLOSING:
                 try:
                     await self._send(event.response())

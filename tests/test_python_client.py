@@ -170,9 +170,9 @@ def test_http_calls_and_typed_errors(backend: str, servers: list[Outcome], tmp_p
 def test_events_once_and_in_order_across_kill_and_restart(
     backend: str, servers: list[Outcome], tmp_path: Path
 ) -> None:
-    """kill -9 mid-conversation, a restart on the same data dir and port: both
-    subscribers (a handler on a JSON session, an iterator on a msgpack one) end with
-    exactly the history, in seq order."""
+    """kill -9 mid-conversation, a restart on the same data dir and port, then a clean
+    shutdown (1001) and another restart: both subscribers (a handler on a JSON session,
+    an iterator on a msgpack one) end with exactly the history, in seq order."""
 
     async def scenario() -> None:
         data_dir = tmp_path / "data"
@@ -229,13 +229,25 @@ def test_events_once_and_in_order_across_kill_and_restart(
                     assert [e["seq"] for e in collector.events] == list(range(1, 22))
                     assert {e["action"] for e in collector.events} == {"added"}
                 assert operator.sessions >= 2 and visitor_ws.sessions >= 2
-                assert operator.subscriptions[room_channel].seq == 21
+
+                # a clean shutdown closes the sessions with 1001; they resume the same way
+                assert await anyio.to_thread.run_sync(server.stop) == 0
+                server = await start(servers, data_dir, port=server.port)
+                await talk(3)
+                expected = await history()
+                assert len(expected) == 27
+                for collector in (by_handler, by_iterator):
+                    await collector.wait_for(lambda events: len(events) >= len(expected))
+                    assert [e["resource_id"] for e in collector.events] == expected
+                    assert [e["seq"] for e in collector.events] == list(range(1, 28))
+                assert 1001 in operator.closes and 1001 in visitor_ws.closes
+                assert operator.subscriptions[room_channel].seq == 27
                 assert operator.subscriptions[room_channel].resets == 0
 
                 # nothing more arrives: a barrier on a fresh channel, then the counts
                 barrier = await operator.subscribe(f"{acme.path}/users/{ada['id']}/chats")
                 await barrier.unsubscribe()
-                assert len(by_handler.events) == 21
+                assert len(by_handler.events) == 27
                 group.cancel_scope.cancel()
 
     anyio.run(scenario, backend=backend)
@@ -420,3 +432,21 @@ def test_1008_stops_the_client_instead_of_reconnecting(
                     pass
 
     anyio.run(scenario, backend=backend)
+
+
+def test_backoff_doubles_with_jitter_up_to_its_maximum() -> None:
+    backoff = Backoff(initial=0.25, maximum=8.0)
+    for attempt, ceiling in [(0, 0.25), (1, 0.5), (3, 2.0), (5, 8.0), (50, 8.0), (10**6, 8.0)]:
+        delays = {backoff.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, delays)
+        assert len(delays) > 1, "jittered: clients of one restart do not return in step"
+
+
+def test_the_websocket_url_comes_from_the_api_base_url() -> None:
+    assert ChannelClient("http://127.0.0.1:8080").url == "ws://127.0.0.1:8080/ws"
+    assert ChannelClient("https://127.0.0.1/base/").url == "wss://127.0.0.1/base/ws"
+    assert ChannelClient("ws://127.0.0.1:8080/ws").url == "ws://127.0.0.1:8080/ws"
+    in_query = ChannelClient("http://127.0.0.1:1", "a b&c", token_in_query=True)
+    assert in_query._url_with_token() == "ws://127.0.0.1:1/ws?token=a+b%26c"
+    assert in_query._headers() == []
+    assert ChannelClient("http://127.0.0.1:1", "t")._headers() == [("Authorization", "Token t")]
