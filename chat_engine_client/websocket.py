@@ -28,7 +28,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 ABNORMAL_CLOSURE = 1006
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -128,6 +128,9 @@ class WebSocket:
             )
             await stream.send(protocol.send(request))
             websocket = await cls._finish_handshake(stream, protocol)
+        except RemoteProtocolError as error:  # not an HTTP answer wsproto can read
+            await anyio.aclose_forcefully(stream)
+            raise WebSocketClosed(1002, f"bad handshake answer: {error}") from error
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute, SocketStream
 
 from bench.server import ADMIN_TOKEN
 from chat_engine_client import (
@@ -450,3 +451,37 @@ def test_the_websocket_url_comes_from_the_api_base_url() -> None:
     assert in_query._url_with_token() == "ws://127.0.0.1:1/ws?token=a+b%26c"
     assert in_query._headers() == []
     assert ChannelClient("http://127.0.0.1:1", "t")._headers() == [("Authorization", "Token t")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "answer",
+    [b"HELLO\r\n\r\n", b"HTTP/1.1 500 Oops\r\ncontent-length: 2\r\n\r\nno", b""],
+    ids=["garbage", "http-500", "silence-then-close"],
+)
+def test_a_peer_that_is_no_server_only_delays_the_client(backend: str, answer: bytes) -> None:
+    """Whatever answers the upgrade (garbage, a 500, a closed connection), the client
+    neither crashes nor spins: it retries with backoff, connection after connection."""
+
+    async def scenario() -> None:
+        accepted = Collector()
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(SocketAttribute.local_port)
+
+        async def serve(stream: SocketStream) -> None:
+            async with stream:
+                await stream.receive()
+                accepted(anyio.current_time())
+                if answer:
+                    await stream.send(answer)
+
+        async with listener, anyio.create_task_group() as group:
+            group.start_soon(listener.serve, serve)
+            async with ChannelClient(f"http://127.0.0.1:{port}", "t", backoff=FAST) as client:
+                await accepted.wait_for(lambda got: len(got) >= 4)
+                assert client.error is None and client.sessions == 0
+                gaps = [b - a for a, b in zip(accepted.events, accepted.events[1:], strict=False)]
+                assert max(gaps) >= FAST.initial / 2  # retried after a delay, not at once
+            group.cancel_scope.cancel()
+
+    anyio.run(scenario, backend=backend)
