@@ -57,6 +57,7 @@ CLIENT_FAULTS = {
 }
 TOKEN_REVOKED = 4001
 SLOW_CONSUMER = 4008
+STABLE_SESSION = 10.0  # seconds open after which a session counts as a success
 _GAP = -1  # our own reason to start a fresh session: an event arrived out of order
 
 
@@ -434,7 +435,7 @@ class ChannelClient:
 
     async def _session(self, ws: WebSocket) -> tuple[int, bool]:
         """Serve one session until it ends: (close code, whether it made progress:
-        every subscription answered, or an event delivered)."""
+        every subscription answered, an event delivered, or open for a while)."""
         self._generation += 1
         self.sessions += 1
         self._pending.clear()
@@ -443,7 +444,8 @@ class ChannelClient:
         self._connected.set()
         code = 1006
         delivered = self.delivered
-        answered = not self.subscriptions
+        opened = anyio.current_time()
+        answered = False
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keepalive, ws)
@@ -469,7 +471,8 @@ class ChannelClient:
             if self.error is None and not self._closing:
                 self._connected = anyio.Event()
             self._unanswered = list(self._pending.values())
-        return code, answered or self.delivered > delivered
+        lasted = anyio.current_time() - opened >= STABLE_SESSION
+        return code, answered or self.delivered > delivered or lasted
 
     async def _keepalive(self, ws: WebSocket) -> None:
         while True:

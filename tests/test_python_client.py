@@ -1,7 +1,9 @@
 """chat_engine_client against real server processes, each scenario under asyncio and
 under trio (``anyio.run`` with either backend inside a plain test): the HTTP API and its
-errors, subscriptions that deliver every event once and in order across a kill -9 and a
-restart, ``on_reset`` when the server cannot replay, and 4001 after a visitor re-key."""
+errors; subscriptions that deliver every event once and in order across a kill -9, a
+clean shutdown and restarts; ``on_reset`` when the server cannot replay; 4008 for a
+handler that falls behind; 4001 after a visitor re-key; 1008; and peers that are no
+server at all. Every wait is bounded (``WAIT``)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Collector:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Outcome]]:
+def servers() -> Iterator[list[Outcome]]:
     """Started servers, killed at the end whatever happened."""
     started: list[Outcome] = []
     yield started
@@ -60,7 +62,9 @@ def servers(tmp_path: Path) -> Iterator[list[Outcome]]:
             server.kill()
 
 
-async def start(servers: list[Outcome], data_dir: Path, *flags: str, port: int | None = None):
+async def start(
+    servers: list[Outcome], data_dir: Path, *flags: str, port: int | None = None
+) -> Outcome:
     server = await anyio.to_thread.run_sync(partial(launch, data_dir, *flags, port=port))
     assert server.ready, server.stderr
     servers.append(server)
