@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
@@ -27,6 +28,7 @@ from chat_engine_client import (
     SubscriptionError,
     TokenInvalid,
 )
+from chat_engine_client.channels import Subscription, _Gap
 from tests.serverproc import Outcome, launch
 
 BACKENDS = ["asyncio", "trio"]
@@ -489,3 +491,35 @@ def test_a_peer_that_is_no_server_only_delays_the_client(backend: str, answer: b
             group.cancel_scope.cancel()
 
     anyio.run(scenario, backend=backend)
+
+
+def test_events_before_the_answer_wait_for_it_and_duplicates_are_dropped() -> None:
+    """The protocol lets a subscribe's answer come after the replayed events: they wait
+    for it and go out in seq order; an event already delivered is dropped; a skipped
+    seq makes the client start a fresh session (to resume) instead of delivering it."""
+
+    async def scenario() -> None:
+        client = ChannelClient("http://127.0.0.1:1")
+        got = Collector()
+        channel = "/api/v5/client/visitors/" + "a" * 32 + "/chats"
+        subscription = Subscription(client, channel, got, None, since=3, epoch="e1")
+        client.subscriptions[channel] = subscription
+        subscription._pending_id, subscription._asked_since = 7, 3
+        subscription._sent_since = True
+        client._pending[7] = subscription
+
+        def event(seq: int) -> dict[str, Any]:
+            return {"channel": channel, "action": "added", "resource_id": str(seq), "seq": seq}
+
+        await client._dispatch(orjson.dumps([event(5), event(4), event(3)]).decode())
+        assert got.events == []  # no answer yet
+        answer = {"type": "subscribed", "id": 7, "channel": channel, "seq": 5}
+        await client._dispatch(orjson.dumps({**answer, "resumed": True, "epoch": "e1"}).decode())
+        assert [e["seq"] for e in got.events] == [4, 5] and subscription.seq == 5
+        await client._dispatch(orjson.dumps([event(5), event(6)]).decode())
+        assert [e["seq"] for e in got.events] == [4, 5, 6]
+        with pytest.raises(_Gap):
+            await client._dispatch(orjson.dumps(event(8)).decode())
+        assert subscription.seq == 6 and client.delivered == 3
+
+    anyio.run(scenario, backend="trio")
