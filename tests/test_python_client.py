@@ -162,6 +162,14 @@ def test_http_calls_and_typed_errors(backend: str, servers: list[Outcome], tmp_p
             assert report[0]["visitor_message_count"] == 4
             assert report[0]["api_data"] == [{"name": "name", "value": "Grace"}]
             assert [c["id"] async for c in acme.report(has_sales=True)] == [chat["id"]]
+            more = [await acme.create_chat(room["id"], visitor["id"]) for _ in range(2)]
+            every = [c["id"] async for c in acme.report(page_size=1)]  # three pages
+            assert every == [chat["id"]] + [c["id"] for c in more]
+            newest_first = acme.report(page_size=2, ordering="-start_time")
+            assert [c["id"] async for c in newest_first] == every[::-1]
+            assert [c["id"] async for c in acme.room_chats(room["id"], page_size=1)] == [
+                c["id"] for c in more
+            ]
 
         async with ChatEngine(server.base_url) as anonymous:
             stranger = await anonymous.register_visitor()
