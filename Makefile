@@ -21,9 +21,9 @@ serve: $(STAMP)
 	$(VENV)/bin/chat-engine serve
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check engine gateway persistence bench tests
-	$(VENV)/bin/ruff format --check engine gateway persistence bench tests
-	$(VENV)/bin/mypy engine persistence gateway
+	$(VENV)/bin/ruff check engine gateway persistence bench tests chat_engine_client
+	$(VENV)/bin/ruff format --check engine gateway persistence bench tests chat_engine_client
+	$(VENV)/bin/mypy engine persistence gateway chat_engine_client
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
