@@ -10,7 +10,8 @@ header). Time claims are checked by the engine against its own clock, not PyJWT'
 Keys are checked when they are registered: an HS256 secret is a string of at least 32
 bytes that is not a PEM key, an RS256 key a PEM RSA public key of at least 2048 bits,
 an ES256 key a PEM P-256 public key. A private key is refused (it would be shown back
-as the "public" key).
+as the "public" key), even beside a public key; a public key is kept and shown in its
+standard PEM form only, without whatever text came around it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from weakref import WeakKeyDictionary
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
 from jwt.algorithms import HMACAlgorithm
 
 from engine import errors
@@ -111,6 +116,8 @@ def key_problem(algorithm: str, key: str) -> str | None:
         except jwt.InvalidKeyError:
             return "An HS256 secret must not be a PEM or SSH key."
         return None
+    if "PRIVATE KEY" in key:  # even beside a public key: it would be kept and shown
+        return "A private key is refused: give the public key alone."
     try:
         public = load_pem_public_key(key.encode("utf-8"))
     except (ValueError, TypeError):
@@ -126,6 +133,21 @@ def key_problem(algorithm: str, key: str) -> str | None:
     if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
         return "An ES256 key must be an EC public key on the P-256 curve."
     return None
+
+
+def canonical_keys(keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The keys as they are kept and shown: a public key as its standard PEM
+    (SubjectPublicKeyInfo), without any text that came around it; a secret as given.
+    Only for keys ``keys_problems`` found usable."""
+    kept = []
+    for kid, algorithm, key in keys:
+        if algorithm != "HS256":
+            raw: bytes = load_pem_public_key(key.encode("utf-8")).public_bytes(
+                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+            )
+            key = raw.decode("ascii")
+        kept.append((kid, algorithm, key))
+    return kept
 
 
 def keys_problems(keys: list[tuple[str, str, str]]) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ visitors proceed in parallel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine import directory, tokens
@@ -90,11 +91,24 @@ class DirectoryActor:
 
         return await self._engine.pool.run(DIRECTORY, work)
 
-    async def rotate_token(self, principal_kind: str, principal_id: str) -> str:
+    async def rotate_token(
+        self,
+        principal_kind: str,
+        principal_id: str,
+        *,
+        caller_still_valid: Callable[[], object] | None = None,
+    ) -> str:
         """A new token for an org or a user; the old one stops working once this
-        returns (its WebSocket sessions are closed with 4001)."""
+        returns (its WebSocket sessions are closed with 4001).
+
+        ``caller_still_valid`` raises when the caller's own token stopped working while
+        this call waited for its turn: rotations run one at a time, and one sent with a
+        token that an earlier rotation just stopped must not succeed (else whoever holds
+        a leaked token could rotate right behind its owner and keep a working one)."""
 
         async def work() -> str:
+            if caller_still_valid is not None:
+                caller_still_valid()
             issued = directory.rotate_token(principal_kind, principal_id, at=self._engine.now())
             await self._engine.commit([issued.fact])
             return issued.token

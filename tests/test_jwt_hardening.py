@@ -1,0 +1,116 @@
+"""Signed tokens and rotation under attack, against a real server over TCP: what a
+hostile review of the integration surface found (docs/integration.md), each case a
+regression test."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import World
+from tests.test_jwt import EC_PUBLIC, RSA_KEY, RSA_PUBLIC, bearer, claims, put_keys, sign
+
+PARALLEL = 6  # rotations sent at once with the same token
+
+
+@pytest.fixture
+async def keyed(world: World) -> World:
+    response = await put_keys(world)
+    assert response.status_code == 200, response.text
+    return world
+
+
+async def _at_once(client: httpx.AsyncClient, path: str, count: int) -> list[httpx.Response]:
+    """``count`` POSTs to ``path`` in flight together, on separate connections."""
+    answers: list[httpx.Response] = []
+
+    async def post() -> None:
+        answers.append(await client.post(path))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(post)
+    return answers
+
+
+@pytest.mark.parametrize("whose", ["org", "user"])
+async def test_rotations_sent_together_with_one_token_leave_one_working_token(
+    world: World, whose: str
+) -> None:
+    """Rotation is how a leaked token is taken back: a rotation authenticated with a
+    token that an earlier rotation already stopped must not succeed, or the holder of
+    the leaked token could rotate again right behind the owner and keep a working
+    token. So of several rotations sent at once with one token, exactly one answers
+    200 and the others 401, and only the token that one answered works."""
+    ada = world.users[0]
+    old, path = (
+        (world.org["token"], world.path("/token"))
+        if whose == "org"
+        else (ada["token"], world.path(f"/users/{ada['id']}/token"))
+    )
+    async with world.client(old) as caller:
+        answers = await _at_once(caller, path, PARALLEL)
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] + [401] * (PARALLEL - 1), [a.text for a in answers]
+    (winner,) = [answer.json()["token"] for answer in answers if answer.status_code == 200]
+    check = world.path() if whose == "org" else world.path(f"/users/{ada['id']}")
+    async with world.client(winner) as renewed, world.client(old) as stale:
+        assert (await renewed.get(check)).status_code == 200
+        assert (await stale.get(check)).status_code == 401
+
+
+def _private_pem() -> str:
+    raw: bytes = RSA_KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return raw.decode()
+
+
+async def test_a_public_key_is_kept_as_the_key_alone_never_with_what_came_with_it(
+    keyed: World,
+) -> None:
+    """A PEM public key pasted together with its private key, or with other text, must
+    never be stored or shown back: a private key anywhere in the field is refused, and
+    a public key is kept (and shown) in its standard form only."""
+    world = keyed
+    private = _private_pem()
+    pkcs1 = (
+        RSA_KEY.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        .decode()
+    )
+    async with world.org_client as org:
+        before = (await org.get(world.path("/jwt_keys"))).json()
+        for pasted in (RSA_PUBLIC + private, private + RSA_PUBLIC):
+            refused = await org.put(
+                world.path("/jwt_keys"), json=[{"kid": "rs", "algorithm": "RS256", "key": pasted}]
+            )
+            assert refused.status_code == 400, refused.text
+            assert list(refused.json()["errors"]) == ["keys.0.key"]
+            assert "PRIVATE" not in refused.text.replace("private keys", "")
+        assert (await org.get(world.path("/jwt_keys"))).json() == before
+        noisy = [
+            {"kid": "rs", "algorithm": "RS256", "key": f"my notes: not for sharing\n{pkcs1}bye"},
+            {"kid": "es", "algorithm": "ES256", "key": f"\n\n{EC_PUBLIC}\n-- end --\n"},
+        ]
+        stored = await org.put(world.path("/jwt_keys"), json=noisy)
+        assert stored.status_code == 200, stored.text
+        expected = [
+            {"kid": "rs", "algorithm": "RS256", "key": RSA_PUBLIC},
+            {"kid": "es", "algorithm": "ES256", "key": EC_PUBLIC},
+        ]
+        assert stored.json() == expected
+        shown = await org.get(world.path("/jwt_keys"))
+        assert shown.json() == expected
+        assert "not for sharing" not in shown.text and "-- end --" not in shown.text
+    # the kept keys verify exactly as the ones given would
+    visitor = world.visitor
+    token = sign("rs", claims(world, visitor["id"], "visitor"))
+    async with bearer(world, token) as as_visitor:
+        own = f"/api/v5/client/visitors/{visitor['id']}/chats"
+        assert (await as_visitor.get(own)).status_code == 200
