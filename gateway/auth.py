@@ -66,7 +66,10 @@ def principal_for_token(
         return Principal(ADMIN, ADMIN, None)
     if looks_like_jwt(token):
         subject = jwtauth.verify(
-            state, token, now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms
+            state,
+            token,
+            now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+            digest=digest,
         )
         return Principal(subject.kind, subject.id, subject.org_id, subject.expires_ms, subject.key)
     found = state.principal(digest)

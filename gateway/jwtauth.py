@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives.serialization import (
 from jwt.algorithms import HMACAlgorithm
 
 from engine import errors
+from engine.ids import hash_token
 from engine.state import State
-from engine.tokens import Subject, find_key, key_still_valid, subject_of_claims
+from engine.tokens import Subject, find_key, subject_of_claims, subject_still_valid
 
 MIN_RSA_BITS = 2048
 # What PyJWT would check itself is checked by the engine (time claims, with its clock)
@@ -55,25 +56,29 @@ CACHE_SIZE = 4096  # verified tokens remembered per state (a few hundred bytes e
 _verified: WeakKeyDictionary[State, OrderedDict[str, Subject]] = WeakKeyDictionary()
 
 
-def verify(state: State, token: str, *, now_ms: int) -> Subject:
+def verify(state: State, token: str, *, now_ms: int, digest: str | None = None) -> Subject:
     """The principal a signed token names, or ``NotAuthenticated`` saying why not.
 
-    A token verified once is remembered (the exact string; the most recently used
-    kept): a client sends the same token with every request until it expires, and each
-    would otherwise parse it three times and check its signature again. A remembered
-    token is still refused once its ``exp`` has passed or its key was removed or
-    replaced."""
+    A token verified once is remembered by the SHA-256 digest of the whole string
+    (``digest``, the one ``engine.ids.hash_token`` makes; the most recently used kept):
+    a client sends the same token with every request until it expires, and each would
+    otherwise parse it three times and check its signature again. Keying on the digest
+    keeps the cache's size independent of how long tokens are (a head may carry one of
+    16 KiB). A remembered token is still refused once its ``exp`` has passed, its key
+    was removed or replaced, or its subject no longer belongs to the key's org (the
+    state may have been replaced by a restored one)."""
+    key = hash_token(token) if digest is None else digest
     cache = _verified.get(state)
     if cache is None:
         cache = _verified[state] = OrderedDict()
-    subject = cache.get(token)
+    subject = cache.get(key)
     if subject is not None:
-        if now_ms < subject.expires_ms and key_still_valid(state, subject.key):
-            cache.move_to_end(token)
+        if now_ms < subject.expires_ms and subject_still_valid(state, subject):
+            cache.move_to_end(key)
             return subject
-        del cache[token]
+        del cache[key]
     subject = _verify(state, token, now_ms=now_ms)
-    cache[token] = subject
+    cache[key] = subject
     if len(cache) > CACHE_SIZE:
         cache.popitem(last=False)
     return subject
