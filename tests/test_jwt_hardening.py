@@ -8,9 +8,11 @@ import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
+from trio_websocket import ConnectionRejected
 
 from tests.conftest import World
 from tests.test_jwt import EC_PUBLIC, RSA_KEY, RSA_PUBLIC, bearer, claims, put_keys, sign
+from tests.wsclient import ws_connect
 
 PARALLEL = 6  # rotations sent at once with the same token
 
@@ -114,3 +116,23 @@ async def test_a_public_key_is_kept_as_the_key_alone_never_with_what_came_with_i
     async with bearer(world, token) as as_visitor:
         own = f"/api/v5/client/visitors/{visitor['id']}/chats"
         assert (await as_visitor.get(own)).status_code == 200
+
+
+async def test_a_signed_token_longer_than_a_request_head_may_be_is_431(keyed: World) -> None:
+    """A token is read only from a head within the edge's bound (16 KiB), however it
+    arrives: a validly signed one padded past it is 431 on HTTP and on /ws, never
+    verified nor remembered."""
+    world = keyed
+    visitor = world.visitor
+    token = sign("hs", claims(world, visitor["id"], "visitor", pad="x" * 20_000))
+    async with bearer(world, token) as as_visitor:
+        response = await as_visitor.get(f"/api/v5/client/visitors/{visitor['id']}/chats")
+    assert response.status_code == 431, response.text
+    assert response.json()["code"] == "invalid"
+    for query_token in (True, False):
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with ws_connect(
+                world.server.base_url, token, query_token=query_token, scheme="Bearer"
+            ):
+                pass
+        assert rejected.value.status_code == 431
