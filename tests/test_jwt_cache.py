@@ -1,6 +1,7 @@
 """The memory of verified signed tokens (gateway/jwtauth.py): a remembered token is
 checked again against the state it is used with, and the memory stays bounded whatever
-the tokens' length."""
+the tokens' length. And the directory's key changes and rotations check their caller
+again in their turn."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import sys
 
 import jwt
 import pytest
+import trio
 
 from engine import directory, errors, tokens
+from engine.actors.supervisor import Engine
 from engine.facts import OrgCreated, UserCreated
 from engine.ids import hash_token
 from engine.state import State
@@ -77,3 +80,28 @@ def test_the_memory_is_bounded_and_does_not_hold_the_tokens() -> None:
     assert len(remembered) == jwtauth.CACHE_SIZE
     held = sum(sys.getsizeof(key) for key in remembered)
     assert held < jwtauth.CACHE_SIZE * 200  # a digest each, not 8 KiB each
+
+
+async def test_keys_are_not_set_by_a_caller_whose_token_stopped_while_it_waited(
+    nursery: trio.Nursery,
+) -> None:
+    """Keys let whoever registered them sign tokens for anyone of the org: a key change
+    whose caller's token a rotation stopped while the change waited for its turn
+    changes nothing (the route checks the caller again in that turn, as rotation does)."""
+    engine = Engine(clock=lambda: NOW)
+    await nursery.start(engine.run)
+    org, _ = await engine.directory.create_org("Org")
+    given = [("k1", "HS256", SECRET)]
+    await engine.directory.set_jwt_keys(org.id, given)
+
+    def stopped() -> object:
+        raise errors.NotAuthenticated("Invalid token.")
+
+    with pytest.raises(errors.NotAuthenticated):
+        await engine.directory.set_jwt_keys(
+            org.id, [("evil", "HS256", "e" * 32)], caller_still_valid=stopped
+        )
+    assert list(engine.state.jwt_keys[org.id]) == ["k1"]
+    with pytest.raises(errors.NotAuthenticated):
+        await engine.directory.rotate_token("org", org.id, caller_still_valid=stopped)
+    assert engine.state.principal(org.token_hash) == ("org", org.id)

@@ -115,8 +115,20 @@ class DirectoryActor:
 
         return await self._engine.pool.run(DIRECTORY, work)
 
-    async def set_jwt_keys(self, org_id: str, keys: list[tuple[str, str, str]]) -> list[JwtKey]:
+    async def set_jwt_keys(
+        self,
+        org_id: str,
+        keys: list[tuple[str, str, str]],
+        *,
+        caller_still_valid: Callable[[], object] | None = None,
+    ) -> list[JwtKey]:
+        """Replace an org's keys; ``caller_still_valid`` as for ``rotate_token`` (keys
+        let their holder sign tokens for anyone of the org: a call whose token a
+        rotation stopped while it waited must not register any)."""
+
         async def work() -> list[JwtKey]:
+            if caller_still_valid is not None:
+                caller_still_valid()
             fact = tokens.jwt_keys_fact(org_id, keys, at=self._engine.now())
             await self._engine.commit([fact])
             return list(self._engine.state.jwt_keys.get(org_id, {}).values())

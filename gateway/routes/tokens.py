@@ -15,6 +15,19 @@ from gateway.routes.context import Context, Route, principal
 from gateway.web import Request, Response, json_response
 
 
+def _caller_still_valid(ctx: Context, req: Request) -> Callable[[], object]:
+    """The caller's token checked again when the directory's turn comes for its key
+    change or rotation (401 if a rotation stopped it meanwhile)."""
+    header = req.header(b"authorization")
+
+    def check() -> object:
+        return authenticate(
+            ctx.state, header, ctx.settings.admin_token_hash, now_ms=ctx.engine.now()
+        )
+
+    return check
+
+
 async def put_jwt_keys(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     keys = v.parse_jwt_keys(req.body, req.header(b"content-type"))
@@ -24,7 +37,9 @@ async def put_jwt_keys(ctx: Context, req: Request, org_id: str) -> Response:
     unusable = keys_problems(keys)
     if unusable:
         raise errors.Invalid("Invalid input.", unusable)
-    stored = await ctx.engine.directory.set_jwt_keys(org_id, canonical_keys(keys))
+    stored = await ctx.engine.directory.set_jwt_keys(
+        org_id, canonical_keys(keys), caller_still_valid=_caller_still_valid(ctx, req)
+    )
     return json_response([views.jwt_key_view(key) for key in stored])
 
 
@@ -32,19 +47,6 @@ async def get_jwt_keys(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     keys = ctx.state.jwt_keys.get(org_id, {}).values()
     return json_response([views.jwt_key_view(key) for key in keys])
-
-
-def _caller_still_valid(ctx: Context, req: Request) -> Callable[[], object]:
-    """The caller's token checked again when the rotation's turn comes (401 if an
-    earlier rotation stopped it meanwhile)."""
-    header = req.header(b"authorization")
-
-    def check() -> object:
-        return authenticate(
-            ctx.state, header, ctx.settings.admin_token_hash, now_ms=ctx.engine.now()
-        )
-
-    return check
 
 
 async def rotate_org_token(ctx: Context, req: Request, org_id: str) -> Response:
