@@ -38,11 +38,12 @@ class Principal:
 
 
 def bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization`` header: ``Token <token>`` or ``Bearer <jwt>``."""
+    """The token of an ``Authorization`` header: ``Token <token>`` or ``Bearer <jwt>``
+    (the scheme in any case, as HTTP's authentication schemes are: RFC 9110, 11.1)."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme not in ("Token", "Bearer"):
+    if scheme.lower() not in ("token", "bearer"):
         return None
     return token.strip() or None
 

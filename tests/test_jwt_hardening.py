@@ -136,3 +136,20 @@ async def test_a_signed_token_longer_than_a_request_head_may_be_is_431(keyed: Wo
             ):
                 pass
         assert rejected.value.status_code == 431
+
+
+async def test_the_authorization_scheme_is_read_in_any_case(keyed: World) -> None:
+    """HTTP authentication schemes are case-insensitive; clients send ``bearer`` as
+    well as ``Bearer``."""
+    world = keyed
+    visitor = world.visitor
+    own = f"/api/v5/client/visitors/{visitor['id']}/chats"
+    signed = sign("es", claims(world, visitor["id"], "visitor"))
+    async with world.server.client() as anonymous:
+        for scheme, token in (("bearer", signed), ("BEARER", signed), ("token", visitor["token"])):
+            response = await anonymous.get(own, headers={"Authorization": f"{scheme} {token}"})
+            assert response.status_code == 200, (scheme, response.text)
+        wrong = await anonymous.get(own, headers={"Authorization": f"Basic {signed}"})
+        assert wrong.status_code == 401
+    async with ws_connect(world.server.base_url, signed, scheme="bearer") as session:
+        assert (await session.subscribe(own))["type"] == "subscribed"
