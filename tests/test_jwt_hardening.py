@@ -10,7 +10,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from trio_websocket import ConnectionRejected
 
-from tests.conftest import World
+from tests.conftest import ADMIN_TOKEN, World, build_world, start_server
 from tests.test_jwt import EC_PUBLIC, RSA_KEY, RSA_PUBLIC, bearer, claims, put_keys, sign
 from tests.wsclient import ws_connect
 
@@ -153,3 +153,37 @@ async def test_the_authorization_scheme_is_read_in_any_case(keyed: World) -> Non
         assert wrong.status_code == 401
     async with ws_connect(world.server.base_url, signed, scheme="bearer") as session:
         assert (await session.subscribe(own))["type"] == "subscribed"
+
+
+async def test_signed_tokens_share_their_principals_write_budget(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes are limited per user and per visitor, not per token string: an
+    application that signs a fresh token for every request, or a visitor given many,
+    draws on the same budget as the principal's own engine token."""
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    server = await start_server(nursery, "--rate-limit", "0.01/3")  # 3, then 1 a 100 s
+    world = await build_world(server)
+    assert (await put_keys(world)).status_code == 200
+    visitor, ada = world.visitor, world.users[0]
+    start = f"/api/v5/client/visitors/{visitor['id']}/rooms/{world.room['id']}/chats"
+    for ttl in (300, 301, 302):  # three different tokens, one visitor
+        async with bearer(world, sign("hs", claims(world, visitor["id"], "visitor", ttl=ttl))) as c:
+            assert (await c.post(start)).status_code in (200, 201)
+    async with world.client(visitor["token"]) as own:
+        refused = await own.post(start)
+    assert refused.status_code == 429, refused.text
+    # an operator's signed tokens likewise (rotating its own token is a write)
+    rotate = world.path(f"/users/{ada['id']}/token")
+    for ttl in (300, 301):
+        async with bearer(world, sign("rs", claims(world, ada["id"], "user", ttl=ttl))) as c:
+            answer = await c.post(rotate)
+            assert answer.status_code == 200, answer.text
+    async with world.client(answer.json()["token"]) as own:
+        assert (await own.post(rotate)).status_code == 200
+    async with bearer(world, sign("rs", claims(world, ada["id"], "user", ttl=999))) as c:
+        assert (await c.post(rotate)).status_code == 429
+    # another principal's budget is its own
+    alan = world.users[1]
+    async with bearer(world, sign("rs", claims(world, alan["id"], "user"))) as c:
+        assert (await c.post(world.path(f"/users/{alan['id']}/token"))).status_code == 200
