@@ -10,8 +10,18 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from trio_websocket import ConnectionRejected
 
-from tests.conftest import ADMIN_TOKEN, World, build_world, start_server
-from tests.test_jwt import EC_PUBLIC, RSA_KEY, RSA_PUBLIC, bearer, claims, put_keys, sign
+from tests.conftest import ADMIN_TOKEN, World, build_world, make_org, start_server
+from tests.test_jwt import (
+    EC_PUBLIC,
+    KEYS,
+    RSA_KEY,
+    RSA_PUBLIC,
+    bearer,
+    claims,
+    closed_with,
+    put_keys,
+    sign,
+)
 from tests.wsclient import ws_connect
 
 PARALLEL = 6  # rotations sent at once with the same token
@@ -187,3 +197,36 @@ async def test_signed_tokens_share_their_principals_write_budget(
     alan = world.users[1]
     async with bearer(world, sign("rs", claims(world, alan["id"], "user"))) as c:
         assert (await c.post(world.path(f"/users/{alan['id']}/token"))).status_code == 200
+
+
+async def test_an_orgs_key_change_closes_only_its_own_changed_sessions(keyed: World) -> None:
+    """Replacing one org's keys closes (4001) that org's sessions whose key is gone, and
+    no other: not its sessions verified by a key it kept, not another org's sessions
+    verified by a key of the same kid and the same public key."""
+    world = keyed
+    async with world.server.client(ADMIN_TOKEN) as admin:
+        other = await make_org(admin, "Other")
+        path = f"/api/v5/orgs/{other['id']}"
+        same = [{"kid": "rs", "algorithm": "RS256", "key": RSA_PUBLIC}]
+        assert (await admin.put(path + "/jwt_keys", json=same)).status_code == 200
+        stranger = (await admin.post(path + "/visitors", json={})).json()
+    visitor = world.visitor
+    own = f"/api/v5/client/visitors/{visitor['id']}/chats"
+    theirs = f"/api/v5/client/visitors/{stranger['id']}/chats"
+    by_rs = sign("rs", claims(world, visitor["id"], "visitor"))
+    by_es = sign("es", claims(world, visitor["id"], "visitor"))
+    other_rs = sign("rs", {**claims(world, stranger["id"], "visitor"), "org": other["id"]})
+    base = world.server.base_url
+    async with (
+        ws_connect(base, by_rs, query_token=True) as doomed,
+        ws_connect(base, by_es, query_token=True) as kept,
+        ws_connect(base, other_rs, query_token=True) as elsewhere,
+    ):
+        assert (await doomed.subscribe(own))["type"] == "subscribed"
+        assert (await kept.subscribe(own))["type"] == "subscribed"
+        assert (await elsewhere.subscribe(theirs))["type"] == "subscribed"
+        assert (await put_keys(world, [KEYS[0], KEYS[2]])).status_code == 200
+        assert (await closed_with(doomed)).reason.code == 4001
+        for index, session in enumerate((kept, elsewhere)):
+            await session.send({"type": "ping", "id": index})
+            assert (await session.until(lambda f: f.get("type") == "pong"))["id"] == index
