@@ -4,6 +4,10 @@ regression test."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
@@ -11,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from trio_websocket import ConnectionRejected
 
 from tests.conftest import ADMIN_TOKEN, World, build_world, make_org, start_server
+from tests.serverproc import HEADERS, launch
 from tests.test_jwt import (
     EC_PUBLIC,
     KEYS,
@@ -230,3 +235,41 @@ async def test_an_orgs_key_change_closes_only_its_own_changed_sessions(keyed: Wo
         for index, session in enumerate((kept, elsewhere)):
             await session.send({"type": "ping", "id": index})
             assert (await session.until(lambda f: f.get("type") == "pong"))["id"] == index
+
+
+def test_check_reads_key_changes_and_rotations_after_a_crash(tmp_path: Path) -> None:
+    """``chat-engine check`` reads a log holding key changes and rotations (the new
+    records) as sound after ``kill -9``, and a restart then holds exactly them."""
+    data_dir = tmp_path / "data"
+    server = launch(data_dir)
+    try:
+        with httpx.Client(base_url=server.base_url, headers=HEADERS, timeout=30) as admin:
+            org = admin.post("/api/v5/orgs", json={"name": "Acme"}).json()
+            path = f"/api/v5/orgs/{org['id']}"
+            assert admin.put(path + "/jwt_keys", json=KEYS).status_code == 200
+            assert admin.put(path + "/jwt_keys", json=KEYS[2:]).status_code == 200
+            renewed = admin.post(path + "/token").json()["token"]
+    finally:
+        server.kill()
+    report = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert report.stdout.strip().endswith("sound")
+    assert "replay 4 record(s)" in report.stdout  # the org, two key changes, a rotation
+    server = launch(data_dir)
+    try:
+        with httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Token {renewed}"}, timeout=30
+        ) as org_client:
+            keys = org_client.get(path + "/jwt_keys")
+            assert [key["kid"] for key in keys.json()] == ["es"], keys.text
+        with httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Token {org['token']}"}
+        ) as stale:
+            assert stale.get(path).status_code == 401
+    finally:
+        server.kill()
