@@ -8,7 +8,7 @@ public key are refused (``engine.tokens.find_key`` already refuses them by their
 header). Time claims are checked by the engine against its own clock, not PyJWT's.
 
 Keys are checked when they are registered: an HS256 secret is a string of at least 32
-bytes that is not a PEM key, an RS256 key a PEM RSA public key of at least 2048 bits,
+bytes that is not a PEM key, an RS256 key a PEM RSA public key of 2048 to 4096 bits,
 an ES256 key a PEM P-256 public key. A private key is refused (it would be shown back
 as the "public" key), even beside a public key; a public key is kept and shown in its
 standard PEM form only, without whatever text came around it.
@@ -36,6 +36,10 @@ from engine.state import State
 from engine.tokens import Subject, find_key, subject_of_claims, subject_still_valid
 
 MIN_RSA_BITS = 2048
+# Every request that carries a token naming a key has its signature checked, whether
+# the token is genuine or not: a bigger key makes each such check dearer (16384 bits:
+# about six times 2048), for anyone who knows an org's id and kid. 4096 is the usual top.
+MAX_RSA_BITS = 4096
 # What PyJWT would check itself is checked by the engine (time claims, with its clock)
 # or by engine.tokens (sub); aud, iss and jti are not used.
 _DECODE_OPTIONS: Any = {
@@ -132,8 +136,8 @@ def key_problem(algorithm: str, key: str) -> str | None:
     if algorithm == "RS256":
         if not isinstance(public, rsa.RSAPublicKey):
             return "An RS256 key must be an RSA public key."
-        if public.key_size < MIN_RSA_BITS:
-            return f"An RS256 key must have at least {MIN_RSA_BITS} bits."
+        if not MIN_RSA_BITS <= public.key_size <= MAX_RSA_BITS:
+            return f"An RS256 key must have {MIN_RSA_BITS} to {MAX_RSA_BITS} bits."
         return None
     if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
         return "An ES256 key must be an EC public key on the P-256 curve."

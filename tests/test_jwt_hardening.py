@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from trio_websocket import ConnectionRejected
 
 from tests.conftest import ADMIN_TOKEN, World, build_world, make_org, start_server
@@ -273,3 +274,28 @@ def test_check_reads_key_changes_and_rotations_after_a_crash(tmp_path: Path) -> 
             assert stale.get(path).status_code == 401
     finally:
         server.kill()
+
+
+def _rsa_public_pem(bits: int) -> str:
+    """An RSA public key of exactly ``bits`` bits: an odd modulus with its top bit set
+    (a public key needs no primes, and making a real one this big is slow)."""
+    modulus = (1 << (bits - 1)) | (0xC0FFEE << 64) | 1
+    public = rsa.RSAPublicNumbers(65537, modulus).public_key()
+    raw: bytes = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return raw.decode()
+
+
+async def test_an_rsa_key_past_4096_bits_is_refused(keyed: World) -> None:
+    """Anyone who knows an org's id and a kid can make the engine check a signature
+    with that key, so the key's size bounds what each forged token costs."""
+    world = keyed
+    async with world.org_client as org:
+        for bits in (4104, 8192, 16384):
+            big = [{"kid": "big", "algorithm": "RS256", "key": _rsa_public_pem(bits)}]
+            refused = await org.put(world.path("/jwt_keys"), json=big)
+            assert refused.status_code == 400, (bits, refused.text)
+            assert "4096" in refused.json()["errors"]["keys.0.key"][0]
+        kept = [{"kid": "top", "algorithm": "RS256", "key": _rsa_public_pem(4096)}]
+        assert (await org.put(world.path("/jwt_keys"), json=kept)).status_code == 200
