@@ -151,6 +151,19 @@ def jwt_keys_fact(org_id: str, keys: list[tuple[str, str, str]], *, at: int) -> 
     return JwtKeysSet(org_id, tuple(keys), at)
 
 
+def subject_still_valid(state: State, subject: Subject) -> bool:
+    """A token verified earlier still names a principal of its key's org with the key
+    that verified it (what a remembered token is checked against, beside ``exp``)."""
+    if not key_still_valid(state, subject.key):
+        return False
+    org_id = subject.key.org_id
+    if subject.kind == PRINCIPAL_USER:
+        user = state.users.get(subject.id)
+        return user is not None and user_of_org(user, org_id)
+    visitor = state.visitors.get(subject.id)
+    return visitor is not None and visitor.organization_id == org_id
+
+
 def key_still_valid(state: State, key: JwtKey) -> bool:
     """A session opened with a token this key verified stays open while the org still
     has this very key (same kid, algorithm and key)."""

@@ -38,11 +38,12 @@ class Principal:
 
 
 def bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization`` header: ``Token <token>`` or ``Bearer <jwt>``."""
+    """The token of an ``Authorization`` header: ``Token <token>`` or ``Bearer <jwt>``
+    (the scheme in any case, as HTTP's authentication schemes are: RFC 9110, 11.1)."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme not in ("Token", "Bearer"):
+    if scheme.lower() not in ("token", "bearer"):
         return None
     return token.strip() or None
 
@@ -66,7 +67,10 @@ def principal_for_token(
         return Principal(ADMIN, ADMIN, None)
     if looks_like_jwt(token):
         subject = jwtauth.verify(
-            state, token, now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms
+            state,
+            token,
+            now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+            digest=digest,
         )
         return Principal(subject.kind, subject.id, subject.org_id, subject.expires_ms, subject.key)
     found = state.principal(digest)

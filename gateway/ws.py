@@ -332,6 +332,9 @@ class WsGateway:
         # the open sessions of each token (by its hash), to close them when it stops
         # working; the directory tells (State.token_revoked)
         self._by_token: dict[str, set[Session]] = {}
+        # the sessions opened with signed tokens, by the org of the key that verified
+        # them: an org's key change looks at its own sessions, not at every session
+        self._by_jwt_org: dict[str, set[Session]] = {}
         engine.state.token_revoked.append(self._token_revoked)
         engine.state.jwt_keys_changed.append(self._jwt_keys_changed)
 
@@ -340,12 +343,13 @@ class WsGateway:
             session.revoke()
 
     def _jwt_keys_changed(self, org_id: str) -> None:
-        """An org's keys were replaced: close the sessions whose key is gone or changed
-        (a rare call: it looks at every session)."""
+        """An org's keys were replaced: close its sessions whose key is gone or changed
+        (only that org's signed-token sessions are looked at, so an org that changes
+        its keys often costs the others nothing)."""
         state = self.engine.state
-        for session in self.sessions:
+        for session in self._by_jwt_org.get(org_id, ()):
             key = session.principal.jwt_key
-            if key is not None and key.org_id == org_id and not key_still_valid(state, key):
+            if key is not None and not key_still_valid(state, key):
                 session.revoke("the key that verified the token was removed or replaced")
 
     def _on_ready(self, session: Session) -> None:
@@ -501,6 +505,9 @@ class WsGateway:
         self.sessions.add(session)
         self.budget.sessions += 1
         self._by_token.setdefault(token_hash, set()).add(session)
+        jwt_org = principal.jwt_key.org_id if principal.jwt_key is not None else None
+        if jwt_org is not None:
+            self._by_jwt_org.setdefault(jwt_org, set()).add(session)
         # it may have stopped working while the upgrade was answered
         if principal.jwt_key is not None:
             if not key_still_valid(self.engine.state, principal.jwt_key):
@@ -529,6 +536,12 @@ class WsGateway:
                 holders.discard(session)
                 if not holders:
                     del self._by_token[token_hash]
+            if jwt_org is not None:
+                signed = self._by_jwt_org.get(jwt_org)
+                if signed is not None:
+                    signed.discard(session)
+                    if not signed:
+                        del self._by_jwt_org[jwt_org]
             self.engine.realtime.drop(session, session.subscriptions)
             if counts_for_reachability(principal.kind):
                 reachability.session_closed(principal.id)
