@@ -22,7 +22,6 @@ from trio_websocket import ConnectionClosed
 
 from bench.server import ADMIN_TOKEN, free_port
 from tests.clusterproc import (
-    ADMIN,
     Cluster,
     converged,
     make_scene,
