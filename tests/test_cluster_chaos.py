@@ -7,9 +7,9 @@ once all are back every node reports the same digest."""
 from __future__ import annotations
 
 import random
-from functools import partial
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
