@@ -42,9 +42,7 @@ async def snapshot(ctx: Context, req: Request) -> Response:
         raise errors.Unavailable("The engine is starting.")
     histories = engine.realtime.histories
     try:  # forked at one position: the child encodes, the server goes on
-        lsn, data = await snapshot_bytes(
-            lambda: engine.applied_lsn, engine.state, histories.export
-        )
+        lsn, data = await snapshot_bytes(lambda: engine.applied_lsn, engine.state, histories.export)
     except OSError as error:
         raise errors.Unavailable(f"The snapshot could not be made: {error}") from None
     return Response(
