@@ -44,7 +44,7 @@ HEAD_INTERVAL = 0.5  # seconds between looks at the stream's head
 READ_COUNT = 500  # entries per XREAD
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)
 # The answer headers of the primary a forwarded write passes on.
-PASSED_HEADERS = ("retry-after", "location", "allow")
+PASSED_HEADERS = ("retry-after", "location", "allow", POSITION_HEADER.lower())
 
 
 class LostPlace(Exception):
@@ -159,7 +159,7 @@ class Replica(ClusterNode):
             try:
                 await self._load_snapshot()
                 return
-            except (httpx.HTTPError, ValueError, errors.EngineError) as error:
+            except Exception as error:  # unreachable, refused, a bad answer: again
                 if failures == 0:
                     log.warning(
                         "cannot load the primary's snapshot yet",
