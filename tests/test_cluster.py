@@ -252,3 +252,37 @@ async def test_a_session_on_a_replica_keeps_its_users_presence_and_loses_it_afte
             while await present():
                 await trio.sleep(0.2)
         await converged(client, cluster.nodes)
+
+
+async def test_an_in_memory_primary_serves_while_redis_is_down_and_ships_the_backlog(
+    tmp_path: Path,
+) -> None:
+    redis = RedisProcess(tmp_path / "redis")  # no persistence: a restart loses the stream
+    redis.directory.mkdir()
+    redis.start()
+    made = start_cluster(
+        redis, "memory", tmp_path / "unused", replicas=1, primary_flags=("--in-memory",)
+    )
+    try:
+        primary, replica = made.nodes
+        async with httpx.AsyncClient(timeout=30) as client:
+            scene = await make_scene(client, primary.base_url)
+            await converged(client, made.nodes)
+            redis.kill()
+            for index in range(30):  # the primary answers every write meanwhile
+                response = await post_message(client, primary.base_url, scene, f"m{index}")
+                assert response.status_code == 201, response.text
+            redis.start()  # empty: the primary ships again what the stream lost
+            final = await converged(client, made.nodes)
+            history = await client.get(
+                replica.base_url + scene.messages + "?page_size=100", headers=scene.org_headers
+            )
+            texts = [m["message"] for m in history.json()["results"] if m["type"] == "msg"]
+            assert texts == [f"m{index}" for index in range(30)]
+            assert final["position"] == (await status(client, replica))["position"]
+            # shipped again, not reloaded: the replica went on from where it was
+            metrics = (await client.get(replica.base_url + "/metrics")).text
+            assert "chat_engine_replica_bootstraps_total 1.0" in metrics
+    finally:
+        made.stop()
+        redis.stop()
