@@ -348,7 +348,7 @@ async def primary_shipper(options: argparse.Namespace, engine: Engine) -> Shippe
         None if options.in_memory else Path(options.data_dir),
     )
     if engine.store is not None:  # segments stay until shipped
-        engine.store.retain = lambda: shipper.shipped
+        engine.store.holds.append(shipper.hold)
     return shipper
 
 
