@@ -318,6 +318,8 @@ async def _serve(
         # written, and the engine's actors stop.
         await http_done.wait()
         await engine.drain()
+        if shipper is not None:
+            await shipper.finish()
         log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
         nursery.cancel_scope.cancel()
 

@@ -103,6 +103,14 @@ class Shipper:
             await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
             failures = 0 if self.connected else failures + 1
 
+    async def finish(self, timeout: float = 2.0) -> None:
+        """A clean stop: let what was applied reach the stream (for up to ``timeout``
+        seconds), then give up the lease."""
+        with trio.move_on_after(timeout):
+            while self.connected and self.shipped < self.engine.applied_lsn:
+                await trio.sleep(0.01)
+        await redislog.release(self.url, self.prefix, self.epoch)
+
     async def _renew(self, redis: coredis.Redis[bytes]) -> None:
         while True:
             held = await redislog.hold_lease(redis, self.prefix, self.epoch)
