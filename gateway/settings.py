@@ -574,10 +574,20 @@ def resolve(namespace: argparse.Namespace, environ: Mapping[str, str]) -> None:
         setattr(namespace, option.dest, value)
 
 
+# The test suite's own switches (``CHAT_ENGINE_REQUIRE_REDIS``...: a missing component
+# fails the run instead of skipping), set by CI for every process it starts; not options.
+SUITE_PREFIX = ENV_PREFIX + "REQUIRE_"
+
+
 def unknown_variables(environ: Mapping[str, str], known: Iterable[str]) -> list[str]:
-    """``CHAT_ENGINE_*`` variables that name no option (a typo is then not silent)."""
+    """``CHAT_ENGINE_*`` variables that name no option (a typo is then not silent), but
+    the test suite's ``CHAT_ENGINE_REQUIRE_*`` switches."""
     names = set(known)
-    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in names)
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and not name.startswith(SUITE_PREFIX) and name not in names
+    )
 
 
 def markdown_table(options: Sequence[Option] = SERVE_OPTIONS) -> str:
