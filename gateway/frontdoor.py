@@ -40,6 +40,7 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable
 
+import h11
 import trio
 from hypercorn.config import Config
 from hypercorn.protocol.ws_stream import WSStream
@@ -163,10 +164,20 @@ class _Handover:
     def claim(self, head: bytes) -> bool:
         if self.head is not None or self.server is None:
             return False
-        # hypercorn's own objects (pinned): the upgrade's stream, still unanswered
+        # hypercorn's own objects (pinned): the upgrade's stream, nothing written for it
+        # yet (hypercorn's h11 still waits for its answer), no byte after its head taken
+        # (those hypercorn refuses with 400 itself, whichever task runs first)
         upgrade = getattr(getattr(self.server, "protocol", None), "protocol", None)
         stream = getattr(upgrade, "stream", None)
-        if not isinstance(stream, WSStream) or stream.closed:
+        connection = getattr(upgrade, "connection", None)
+        parser = getattr(connection, "h11_connection", None)
+        if (
+            not isinstance(stream, WSStream)
+            or stream.closed
+            or not isinstance(parser, h11.Connection)
+            or parser.our_state is not h11.SEND_RESPONSE
+            or getattr(connection, "buffer", b"")
+        ):
             return False
         self.head = head
         if self._receiving is not None:

@@ -163,6 +163,20 @@ async def test_frames_sent_with_the_upgrade_are_not_lost(
     assert await wire.messages(1) == [{"type": "pong", "id": 7}]
 
 
+async def test_hypercorn_refuses_frames_sent_before_its_101_and_does_not_upgrade_after(
+    nursery: trio.Nursery,
+) -> None:
+    """hypercorn answers bytes that follow an upgrade it has not accepted yet with a 400
+    of its own: the connection must not then be handed over (no 101 after that 400)."""
+    server = await serve(nursery, "hypercorn")
+    wire = await Wire.open(server)
+    await wire.stream.send_all(HEALTHZ + upgrade() + PING)
+    assert (await wire.response())[0] == 200
+    assert (await wire.response())[0] == 400
+    assert await wire.closed()
+    assert b"101" not in wire.buffer
+
+
 # -- the same refusals --------------------------------------------------------------------
 
 
