@@ -171,12 +171,13 @@ class _Handover:
         stream = getattr(upgrade, "stream", None)
         connection = getattr(upgrade, "connection", None)
         parser = getattr(connection, "h11_connection", None)
+        pending: bytes | bytearray = getattr(connection, "buffer", b"")
         if (
             not isinstance(stream, WSStream)
             or stream.closed
             or not isinstance(parser, h11.Connection)
             or parser.our_state is not h11.SEND_RESPONSE
-            or getattr(connection, "buffer", b"")
+            or len(pending) > 0
         ):
             return False
         self.head = head
