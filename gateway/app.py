@@ -20,7 +20,17 @@ from gateway.forwarded import Forwarded
 from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
-from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
+from gateway.routes import (
+    carts,
+    chats,
+    client,
+    directory,
+    messages,
+    ops,
+    presences,
+    report,
+    tokens,
+)
 from gateway.routes.context import Context, Route, admit
 from gateway.settings import (
     DEFAULT_RATE_LIMIT,
@@ -36,6 +46,7 @@ MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
 ROUTES: tuple[Route, ...] = (
     *ops.ROUTES,
     *directory.ROUTES,
+    *tokens.ROUTES,
     *chats.ROUTES,
     *report.ROUTES,
     *presences.ROUTES,
@@ -97,9 +108,7 @@ def route_table(ctx: Context) -> Router:
     for route in ROUTES:
         router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
-            ctx.api.add(
-                route.method, route.path, route.summary, body=route.body, status=route.status
-            )
+            ctx.api.add(route)
     return router
 
 
