@@ -7,13 +7,16 @@ calls, so both answer alike.
 from __future__ import annotations
 
 import quart
+import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import errors
 from gateway import validation as v
-from gateway.http1 import WS_LATE
+from gateway.frontdoor import HANDOVER_KEY
+from gateway.http1 import WS_ONLY, is_upgrade_target
 from gateway.web import METHODS, Request, WebApp, error_body
+from gateway.wsconn import upgrade_head
 
 HTTP_ERRORS = {
     404: errors.NotFound,
@@ -66,8 +69,20 @@ def asgi_app(web: WebApp) -> QuartTrio:
     async def websocket_endpoint() -> quart.Response:
         # The front door takes every connection that opens with GET /ws; one that
         # reaches here sent the upgrade after other requests on the same connection.
+        # It goes back to the front door (gateway/frontdoor.py, _Handover) and on to the
+        # WebSocket gateway, like one that opened the connection.
+        scope = quart.websocket.scope
+        handover = scope.get("state", {}).get(HANDOVER_KEY)
+        query = scope["query_string"]
+        target = scope["raw_path"] + (b"?" + query if query else b"")
+        if handover is not None and is_upgrade_target(b"GET", target):
+            version = scope.get("http_version", "1.1").encode("ascii")
+            if handover.claim(upgrade_head(b"GET", target, version, scope["headers"])):
+                # hypercorn now reads the end of the stream and ends the connection,
+                # which cancels this; the front door then serves the session
+                await trio.sleep_forever()
         return quart.Response(
-            error_body(errors.Invalid(WS_LATE)), 400, content_type="application/json"
+            error_body(errors.Invalid(WS_ONLY)), 400, content_type="application/json"
         )
 
     @app.errorhandler(HTTPException)

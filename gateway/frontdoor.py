@@ -10,9 +10,11 @@ synchronous ``send`` on the session's socket (see ``gateway/wsconn.py``).
 
 How a connection is told apart: its first bytes are peeked (``MSG_PEEK`` leaves them in
 the kernel), so a connection handed to hypercorn is untouched. ``GET /ws`` followed by a
-space or ``?`` is the WebSocket code's; anything else — other paths, HTTP/2, a ``/ws``
-upgrade sent on a connection that already carried other requests — is the HTTP
-server's (the built-in one or hypercorn, each answering that last one with 400). A connection that sent only the start of ``GET /ws`` is not polled:
+space or ``?`` is the WebSocket code's; anything else — other paths, HTTP/2 — is the
+HTTP server's (the built-in one or hypercorn). A ``GET /ws`` upgrade sent as a later
+request of a kept-alive connection comes back to the WebSocket code from either HTTP/1.1
+server, with the bytes it read (the built-in one: ``Http1Server.upgrade``; hypercorn:
+``_Handover``), and is served exactly like one that opened the connection. A connection that sent only the start of ``GET /ws`` is not polled:
 its receive low-water mark is raised to the bytes the peek needs, so the kernel wakes
 the server once they are there (or at the stream's end). This replaces
 ``hypercorn.trio.serve`` with the same steps (lifespan, ``TCPServer`` per connection,
@@ -38,8 +40,10 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -50,7 +54,7 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 from engine import errors
 from gateway.deadlines import Deadlines
 from gateway.failures import connection_failed
-from gateway.http1 import Http1Server
+from gateway.http1 import Http1Server, Upgrade
 from gateway.web import error_body
 
 log = logging.getLogger("chat_engine.frontdoor")
@@ -74,7 +78,10 @@ OVERLOADED = (
     + _OVERLOADED_BODY
 )
 
-WsHandler = Callable[[socket.socket], Awaitable[None]]
+# The WebSocket gateway's handler: the connection's socket, the bytes already read.
+WsHandler = Upgrade
+# Where a hypercorn HTTP/1.1 connection's handover waits, in its ASGI scope's "state".
+HANDOVER_KEY = "chat_engine.handover"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -134,6 +141,86 @@ async def _peek_kind(conn: socket.socket) -> str:
                 pass
 
 
+class _Handover:
+    """The stream hypercorn serves an HTTP/1.1 connection on, able to give the
+    connection back for a WebSocket upgrade sent as a later request.
+
+    hypercorn parses that request and calls the ASGI app's WebSocket route, which calls
+    ``claim`` with the head written out again (``gateway/asgi.py``). From then on
+    hypercorn reads the end of the stream, writes nothing and closes nothing; once it
+    is done with the connection the front door hands the socket, the head and any byte
+    read after the claim to the WebSocket gateway. A claim is refused when hypercorn
+    has already answered the upgrade itself (it refuses with 400 bytes that follow an
+    upgrade before it is accepted, so those are not carried over as they are on the
+    built-in server)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.socket = stream.socket  # what hypercorn's TCPServer reads the addresses from
+        self.server: TCPServer | None = None
+        self.head: bytes | None = None  # claimed: the upgrade's head, then what followed
+        self._receiving: trio.CancelScope | None = None
+
+    def claim(self, head: bytes) -> bool:
+        if self.head is not None or self.server is None:
+            return False
+        # hypercorn's own objects (pinned): the upgrade's stream, nothing written for it
+        # yet (hypercorn's h11 still waits for its answer), no byte after its head taken
+        # (those hypercorn refuses with 400 itself, whichever task runs first)
+        upgrade = getattr(getattr(self.server, "protocol", None), "protocol", None)
+        stream = getattr(upgrade, "stream", None)
+        connection = getattr(upgrade, "connection", None)
+        parser = getattr(connection, "h11_connection", None)
+        pending: bytes | bytearray = getattr(connection, "buffer", b"")
+        if (
+            not isinstance(stream, WSStream)
+            or stream.closed
+            or not isinstance(parser, h11.Connection)
+            or parser.our_state is not h11.SEND_RESPONSE
+            or len(pending) > 0
+        ):
+            return False
+        self.head = head
+        if self._receiving is not None:
+            self._receiving.cancel()  # hypercorn's pending read sees the end of the stream
+        return True
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.head is not None:
+            await trio.lowlevel.checkpoint()
+            return b""
+        with trio.CancelScope() as scope:
+            self._receiving = scope
+            try:
+                data = await self.stream.receive_some(max_bytes)
+            finally:
+                self._receiving = None
+            if self.head is not None:  # claimed as the bytes came: they are the session's
+                self.head += data
+                return b""
+            return bytes(data)
+        return b""  # claimed while waiting: no byte was taken from the socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.head is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if self.head is None:
+            await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        if self.head is None:
+            await self.stream.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
+
+
 class _Door:
     """What ``serve`` keeps for its connections: the listener, where each kind of
     connection goes, and the count of those open (the cap)."""
@@ -156,6 +243,8 @@ class _Door:
         self.context = WorkerContext(None)
         self.ws_handler = ws_handler
         self.http1 = http1
+        if http1 is not None:  # a later GET /ws on one of its connections comes here too
+            http1.upgrade = ws_handler
         self.deadlines = http1.deadlines if http1 is not None else Deadlines()
         self.cap = cap
         self.local = listener.getsockname()[:2]
@@ -197,11 +286,18 @@ class _Door:
         if scope.cancelled_caught:  # too little sent to tell what it is
             return "http"
         if kind == "ws":
-            await self.ws_handler(conn)
+            await self.ws_handler(conn, b"")
             return kind
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        stream = _Handover(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
         state = ConnectionState(self.lifespan_state.copy())
-        await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+        if kind == "http":
+            state[HANDOVER_KEY] = stream
+        server = TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+        stream.server = server
+        await server
+        if stream.head is not None:  # a later GET /ws: hypercorn is done, ours from here
+            await self.ws_handler(conn, stream.head)
+            return "ws"
         return kind
 
     async def accept_loop(self, nursery: trio.Nursery) -> None:

@@ -16,8 +16,16 @@ body, and the connection closes. So is what this server refuses on top: an HTTP 
 other than 1.0 and 1.1 (505); both ``Content-Length`` and ``Transfer-Encoding`` (400);
 a body over ``max_body`` (413 ``body_too_large``, without reading it: its unread bytes
 cannot be told from the next request) or in over ``MAX_BODY_PIECES`` pieces (400);
-``GET /ws`` as a later request on a connection (400: the front door serves it only as
-a connection's first request).
+any other request for ``/ws`` than ``GET /ws`` (400).
+
+``GET /ws`` (target ``/ws`` or ``/ws?...``, as the front door tells them) as a later
+request of a kept-alive connection is a WebSocket upgrade like a first one (clients
+that share one connection pool between fetch and WebSocket send it so): the
+connection leaves this server for the WebSocket gateway (``upgrade``), which gets the
+request's head, written out again from what h11 parsed, and every byte read after it,
+and does what it does with a connection that opened with ``GET /ws`` — the same
+handshake, head limit, authentication and session caps; the connection stays counted
+against the front door's cap. A server that is stopping answers it 503.
 
 Time limits, each a total for its phase and not reset by each read: ``keep_alive_timeout``
 for an idle connection to start its next request, ``head_timeout`` for the rest of a
@@ -52,6 +60,7 @@ from gateway.failures import connection_failed
 from gateway.sockets import receive
 from gateway.validation import MAX_BODY_BYTES
 from gateway.web import INTERNAL, Request, Response, error_body, error_response
+from gateway.wsconn import upgrade_head
 
 log = logging.getLogger("chat_engine.http")
 
@@ -69,9 +78,17 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 VERSIONS = (b"1.0", b"1.1")
 
-WS_LATE = "Open a new connection for GET /ws: it must be its first request."
+WS_ONLY = "/ws takes only a WebSocket upgrade: GET /ws with Upgrade: websocket."
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Takes the connection's socket and the bytes read from it that are not answered yet.
+Upgrade = Callable[[socket.socket, bytes], Awaitable[None]]
+
+
+def is_upgrade_target(method: bytes, target: bytes) -> bool:
+    """``GET /ws`` or ``GET /ws?...``: what the front door hands to the WebSocket
+    gateway when a connection opens with it."""
+    return method == b"GET" and (target == b"/ws" or target.startswith(b"/ws?"))
 
 
 class BadRequest(Exception):
@@ -307,9 +324,11 @@ class Connection:
                 raise BadRequest(f"The request head is over {MAX_HEAD} bytes.", 431)
             if event.http_version not in VERSIONS:
                 raise BadRequest("Only HTTP/1.0 and HTTP/1.1 are served here.", 505)
+            if is_upgrade_target(event.method, event.target):
+                return await self._upgrade(event)
             path, query = split_target(event.target)
-            if path == "/ws":  # the front door takes first ones
-                raise BadRequest(WS_LATE)
+            if path == "/ws":  # another method, or /ws spelled otherwise
+                raise BadRequest(WS_ONLY)
             headers = list(event.headers)
             if _frames_twice(headers):
                 raise BadRequest("Both Content-Length and Transfer-Encoding.")
@@ -347,6 +366,22 @@ class Connection:
         if not self.yielded:  # pipelined: its bytes were already here
             await trio.lowlevel.checkpoint()
         return True
+
+    async def _upgrade(self, event: h11.Request) -> bool:
+        """Hand the connection to the WebSocket gateway; False: it is not ours to go on
+        with."""
+        server = self.server
+        if server.upgrade is None:
+            raise BadRequest(WS_ONLY)
+        if server.stopping:
+            raise BadRequest("The server is stopping.", 503, errors.Unavailable)
+        head = upgrade_head(
+            event.method, event.target, event.http_version, event.headers.raw_items()
+        )
+        received = head + self.h11.trailing_data[0]
+        self.request_line = None  # from here on, errors are the session's to report
+        await server.upgrade(self.sock, received)
+        return False
 
     def _frame(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         status = response.status
@@ -433,8 +468,12 @@ class Http1Server:
         max_body: int = MAX_BODY_BYTES,
         access_log: logging.Logger | None = None,
         deadlines: Deadlines | None = None,
+        upgrade: Upgrade | None = None,
     ) -> None:
         self.handler = handler
+        # where GET /ws as a later request goes (the front door sets its WebSocket
+        # handler); None: answered 400
+        self.upgrade = upgrade
         self.max_body = max_body
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout

@@ -25,7 +25,8 @@ closed with 4001; so is one opened with a signed token (JWT) when the token expi
 (a timer on trio's clock) or when its org removes or replaces the key that verified it.
 
 The front door (``gateway/frontdoor.py``) hands each ``GET /ws`` connection here as a
-plain socket; ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
+plain socket (an HTTP server does, for an upgrade sent as a later request of a
+kept-alive connection); ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
 """
 
 from __future__ import annotations
@@ -421,8 +422,11 @@ class WsGateway:
         for session in list(self.sessions):
             session.close_soon()
 
-    async def handle_connection(self, conn: socket.socket) -> None:
-        """One connection the front door classified as ``GET /ws``: upgrade, then serve.
+    async def handle_connection(self, conn: socket.socket, received: bytes = b"") -> None:
+        """One connection whose next request is ``GET /ws``: upgrade, then serve. The
+        front door hands over a connection that opens with it; an HTTP server, one
+        that sends it after other requests, with the bytes it already read
+        (``received``: the upgrade's head and what followed).
 
         The session's failure boundary: whatever goes wrong in it ends it alone."""
         try:
@@ -432,7 +436,7 @@ class WsGateway:
         transport = RawWebSocket(conn, self.limits)
         described = "GET /ws"  # what the error log names; never the token
         try:
-            request = await transport.handshake()
+            request = await transport.handshake(received)
             if request is None:
                 return
             described = f"GET {_without_token(request.target)}"

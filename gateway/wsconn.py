@@ -20,8 +20,10 @@ like every other task, and cannot hold the event loop.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import trio
@@ -46,6 +48,8 @@ OP_BINARY = 0x2
 CLOSE_TOO_BIG = 1009
 NOTSENT_LOWAT = 16384
 MAX_HEAD = 16384  # bytes of request head before the upgrade is refused
+# Where a head ends, as h11 (under wsproto) finds it: the first empty line, CRLF or LF.
+HEAD_END = re.compile(rb"\n\r?\n")
 
 
 class Disconnected(Exception):
@@ -70,6 +74,19 @@ def data_frame(opcode: int, payload: bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+
+
+def upgrade_head(
+    method: bytes, target: bytes, http_version: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> bytes:
+    """The head of a request an HTTP server has already parsed, written out again so
+    that the handshake reads it as if it came from the socket (h11 has checked every
+    part of it). How an upgrade sent as a later request of a kept-alive connection
+    reaches the one handshake path."""
+    lines = [b"%s %s HTTP/%s\r\n" % (method, target, http_version)]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def http_response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
@@ -97,24 +114,34 @@ class RawWebSocket:
         self._last_read = trio.current_time()
         self.close_code: int | None = None  # set once a close frame went out
         self.handshake_done = False  # the upgrade was accepted: frames may follow
+        # bytes the peer sent after the upgrade's head, before our answer: its first
+        # frames, read once the upgrade is accepted
+        self._early = b""
 
     # -- the handshake -----------------------------------------------------------
-    async def handshake(self) -> Request | None:
+    async def handshake(self, received: bytes = b"") -> Request | None:
         """The upgrade request, or None (peer gone, too slow, or not an upgrade; a
         non-upgrade request has been answered with 400, a head over ``MAX_HEAD`` with
-        431)."""
+        431). ``received``: bytes of this connection already read (an HTTP server that
+        parsed the upgrade as a later request hands over its head and what followed),
+        read first, as if they had just arrived."""
         # The head is measured here, before wsproto sees it: h11 under wsproto bounds
         # only a head still incomplete, so a large one in one write went through, and
         # wsproto reports h11's 431 as a plain "Bad HTTP message".
         head = bytearray()
         with trio.move_on_after(self.limits.handshake_timeout):
             while True:
-                data = await self._recv()
-                if not data:
-                    return None
+                if received:
+                    data, received = received, b""
+                    await trio.lowlevel.checkpoint()  # a turn for others, as a read gives
+                else:
+                    data = await self._recv()
+                    if not data:
+                        return None
                 head += data
-                end = head.find(b"\r\n\r\n")
-                if (end + 4 if end >= 0 else len(head)) > MAX_HEAD:
+                found = HEAD_END.search(head)
+                end = found.end() if found else len(head)
+                if end > MAX_HEAD:
                     refusal = errors.Invalid(f"The request head is over {MAX_HEAD} bytes.")
                     await self.reject(431, "Request Header Fields Too Large", error_body(refusal))
                     return None
@@ -122,6 +149,7 @@ class RawWebSocket:
                     self.protocol.receive_data(data)
                     for event in self.protocol.events():
                         if isinstance(event, Request):
+                            self._early = bytes(head[end:])
                             return event
                 except RemoteProtocolError as error:
                     refusal = errors.Invalid(f"GET /ws takes a WebSocket upgrade: {error}")
@@ -136,6 +164,9 @@ class RawWebSocket:
     async def accept(self, subprotocol: str | None) -> None:
         self.write(self.protocol.send(AcceptConnection(subprotocol=subprotocol)))
         self.handshake_done = True
+        if self._early:  # wsproto drops what followed the head: its frames start here
+            self.protocol.receive_data(self._early)
+            self._early = b""
         await self.flush()
 
     # -- writing -----------------------------------------------------------------

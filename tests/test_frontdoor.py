@@ -58,19 +58,19 @@ async def test_a_plain_get_on_ws_is_400_with_a_json_error(server: Server) -> Non
     assert orjson.loads(body)["code"] == "invalid"
 
 
-async def test_an_upgrade_after_other_requests_on_one_connection_is_400(
+async def test_an_upgrade_after_other_requests_on_one_connection_is_a_session(
     server: Server,
 ) -> None:
-    """The HTTP server has the connection; it answers /ws with a clear error, not a 404."""
+    """The HTTP server hands the connection to the WebSocket code (tests/test_ws_reuse.py
+    has the rest: both transports, refusals, caps)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port_of(server))
     await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = await read_http_response(stream)
     assert (status, orjson.loads(body)) == (200, {"status": "ok"})
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host="x", target=f"/ws?token={ADMIN_TOKEN}")))
-    status, _, body = await read_http_response(stream)
-    assert status == 400
-    assert "first request" in orjson.loads(body)["detail"]
+    status, _, _ = await read_http_response(stream)
+    assert status == 101
 
 
 async def test_paths_that_only_start_with_ws_are_http(server: Server) -> None:
