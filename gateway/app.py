@@ -14,13 +14,24 @@ import trio
 from quart_trio import QuartTrio
 
 from engine.actors.supervisor import Engine
+from engine.webhooks import Allow
 from gateway.asgi import asgi_app
 from gateway.cors import Cors
 from gateway.forwarded import Forwarded
 from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
-from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
+from gateway.routes import (
+    carts,
+    chats,
+    client,
+    directory,
+    messages,
+    ops,
+    presences,
+    report,
+    webhooks,
+)
 from gateway.routes.context import Context, Route, admit
 from gateway.settings import (
     DEFAULT_RATE_LIMIT,
@@ -29,6 +40,7 @@ from gateway.settings import (
     RateLimit,
 )
 from gateway.web import Hook, Router, WebApp
+from gateway.webhooks import Deliverer, DeliverySettings
 from gateway.ws import WsGateway, WsSettings
 
 MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
@@ -42,6 +54,7 @@ ROUTES: tuple[Route, ...] = (
     *carts.ROUTES,
     *messages.ROUTES,
     *client.ROUTES,
+    *webhooks.ROUTES,
 )
 
 
@@ -58,6 +71,7 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()
     forwarded_allow_ips: tuple[Network, ...] = ()
     ws: WsSettings | None = None
+    webhook_allow: Allow = Allow()  # no webhook target is allowed
 
 
 @dataclass(slots=True)
@@ -65,6 +79,7 @@ class Gateway:
     web: WebApp  # called directly by the built-in HTTP/1.1 server
     asgi: QuartTrio  # the same pipeline as an ASGI app, for hypercorn
     ws: WsGateway
+    webhooks: Deliverer  # run it once the engine has started
 
 
 def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
@@ -83,11 +98,13 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         else RateLimiter(limits.rate, limits.burst, trio.current_time, MAX_WRITERS),
         metrics=Metrics(engine, ws),
         api=OpenApi(),
+        webhooks=Deliverer(engine, DeliverySettings.from_environment(settings.webhook_allow)),
     )
     web = WebApp(
         route_table(ctx), partial(admit, ctx), ctx.metrics.observe_request, hooks(settings)
     )
-    return Gateway(web=web, asgi=asgi_app(web), ws=ws)
+    assert ctx.webhooks is not None
+    return Gateway(web=web, asgi=asgi_app(web), ws=ws, webhooks=ctx.webhooks)
 
 
 def route_table(ctx: Context) -> Router:

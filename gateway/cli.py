@@ -286,6 +286,7 @@ async def _serve(
             if not isinstance(failure, OSError):
                 raise
             raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
+        await nursery.start(gateway.webhooks.run)
         try:
             token.store()
         except OSError as error:
@@ -325,6 +326,7 @@ def gateway_settings(
         registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
+        webhook_allow=options.webhook_allow,
         ws=WsSettings(
             queue_limit=options.session_queue,
             queue_bytes=options.session_queue_bytes,

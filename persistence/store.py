@@ -84,6 +84,10 @@ class Store:
         self.max_snapshot_pause = 0.0
         self.snapshots_taken = 0
         self._new_epoch: str | None = None  # made up by epoch(), written by recover()
+        # Followers of the log (webhook delivery) that still need records: each answers
+        # the last position it is done with (None: it holds nothing back), and segments
+        # after the lowest are kept even once a snapshot covers them.
+        self.holds: list[Callable[[], int | None]] = []
 
     def epoch(self) -> str:
         """The directory's epoch; a new one is only written by a recovery that succeeds
@@ -153,6 +157,15 @@ class Store:
         recovered.snapshot_seconds = snapshot_seconds
         return recovered
 
+    def removable_up_to(self, covered: int) -> int:
+        """The last position whose segment may go: covered by the kept snapshots and
+        done with by every follower that holds the log back."""
+        for hold in self.holds:
+            held = hold()
+            if held is not None:
+                covered = min(covered, held)
+        return covered
+
     async def take_snapshot(
         self, lsn: int, state: State, histories: Callable[[], dict[str, Any]]
     ) -> None:
@@ -166,7 +179,7 @@ class Store:
         self.max_snapshot_pause = max(self.max_snapshot_pause, pause)
         self.snapshots_taken += 1
         kept = snapshot.remove_old(self.data_dir)
-        removed = self.wal.remove_segments_before(kept[0]) if kept else 0
+        removed = self.wal.remove_segments_before(self.removable_up_to(kept[0])) if kept else 0
         log.info(
             "snapshot taken",
             extra={

@@ -23,6 +23,7 @@ from gateway.web import Request, Response, json_response
 
 if TYPE_CHECKING:  # gateway.app builds the context from them and imports the routes
     from gateway.app import GatewaySettings
+    from gateway.webhooks import Deliverer
 
 M = TypeVar("M", bound=BaseModel)
 STARTING = "The engine is starting."
@@ -38,6 +39,7 @@ class Context:
     writes: RateLimiter | None  # per user or visitor; None: writes are not limited
     metrics: Metrics
     api: OpenApi
+    webhooks: Deliverer | None = None
 
 
 @dataclass(frozen=True, slots=True)
