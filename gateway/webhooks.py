@@ -3,7 +3,7 @@
 Each endpoint has a cursor: the last log position whose events it is done with
 (delivered, or skipped after the retry horizon). Its task reads the records after the
 cursor, asks ``engine.webhooks`` which events they make for it and how they look, and
-POSTs them one at a time, in log order, each until it is answered 2xx or given up. The
+POSTs them (``gateway.hookclient``) one at a time, in log order, each until it is answered 2xx or given up. The
 cursor then moves on; it is written to disk now and then (``persistence.cursors``), so
 a restart, or a ``kill -9``, resumes from the last saved position and repeats what
 came after it: delivery is at least once, and receivers deduplicate by the event's id.
@@ -31,9 +31,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import httpx
 import orjson
 import trio
 
@@ -60,6 +59,7 @@ from engine.webhooks import (
     target_host,
     target_refusal,
 )
+from gateway.hookclient import HookConnection, ReceiverError, Target
 from persistence.cursors import CursorFile
 from persistence.logread import LogReader, Place
 
@@ -76,7 +76,7 @@ class DeliverySettings:
     backoff_max: float = 600.0
     horizon_ms: int = RETRY_HORIZON_MS
     timeout: float = 10.0  # one attempt, in all
-    batch: int = 256  # records read from the log at a time
+    batch: int = 64  # records read (from the log or the ring) at a time
     recent_records: int = 4096  # the ring the caught-up endpoints read from
     cursor_interval: float = 1.0  # seconds between cursor saves
     attempts_kept: int = 100  # per endpoint, for GET .../deliveries
@@ -102,6 +102,7 @@ class Endpoint:
         self.failing_since: int | None = None  # wall ms of the first of them
         self.attempts: deque[dict[str, Any]] = deque(maxlen=kept)
         self.scope = trio.CancelScope()
+        self.connection = HookConnection()  # kept alive between deliveries
 
 
 class Deliverer:
@@ -118,7 +119,6 @@ class Deliverer:
         self._new_record = trio.Event()
         self._registry_changed = trio.Event()
         self._reads = trio.CapacityLimiter(4)  # log reads in worker threads at once
-        self._client: httpx.AsyncClient | None = None
         self._nursery: trio.Nursery | None = None
         self.skipped = 0
         if store is not None:
@@ -173,16 +173,9 @@ class Deliverer:
     # -- the tasks -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run once the engine has started (the state recovered)."""
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-        timeout = httpx.Timeout(self.settings.timeout)
         try:
-            async with (
-                httpx.AsyncClient(
-                    follow_redirects=False, timeout=timeout, limits=limits, trust_env=False
-                ) as client,
-                trio.open_nursery() as nursery,
-            ):
-                self._client, self._nursery = client, nursery
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._save_periodically)
                 task_status.started()
                 while True:
@@ -229,6 +222,12 @@ class Deliverer:
             log.error("webhook cursors not saved", extra={"fields": {"error": str(error)}})
 
     async def _follow(self, endpoint: Endpoint) -> None:
+        try:
+            await self._follow_unguarded(endpoint)
+        finally:
+            await endpoint.connection.aclose()
+
+    async def _follow_unguarded(self, endpoint: Endpoint) -> None:
         with endpoint.scope:
             while True:
                 woken = self._new_record
@@ -239,6 +238,8 @@ class Deliverer:
                 for lsn, facts in await self._records(endpoint, upto):
                     await self._deliver_record(endpoint, lsn, facts)
                     self._advance(endpoint, lsn)
+                # a batch with nothing for this endpoint sends nothing: still yield
+                await trio.lowlevel.checkpoint()
 
     def _advance(self, endpoint: Endpoint, lsn: int) -> None:
         endpoint.cursor = lsn
@@ -349,50 +350,48 @@ class Deliverer:
         status: int | None = None
         error: str | None = None
         try:
-            url, headers, extensions = await self._target(hook.url)
-            headers["Content-Type"] = "application/json"
-            headers["User-Agent"] = "chat-engine-webhooks"
-            headers[SIGNATURE_HEADER] = signature(hook.secret, self.engine.now() // 1000, body)
-            assert self._client is not None
+            target = await self._target(hook.url)
+            headers = [
+                ("Content-Type", "application/json"),
+                ("User-Agent", "chat-engine-webhooks"),
+                (SIGNATURE_HEADER, signature(hook.secret, self.engine.now() // 1000, body)),
+            ]
             with trio.fail_after(self.settings.timeout):
-                async with self._client.stream(
-                    "POST", url, content=body, headers=headers, extensions=extensions
-                ) as response:
-                    status = response.status_code  # the body is not read
+                status = await endpoint.connection.post(target, headers, body)
             if not 200 <= status < 300:
                 error = f"answered {status}"
-        except Refused as refused:
+        except (Refused, ReceiverError) as refused:
             error = str(refused)
         except trio.TooSlowError:
+            await endpoint.connection.aclose()
             error = f"no answer within {self.settings.timeout:g} s"
-        except (httpx.HTTPError, OSError) as failure:
-            error = f"{type(failure).__name__}: {failure}"[:300]
         elapsed = trio.current_time() - started
         outcome = "delivered" if error is None else "failed"
         self._note(endpoint, name, kind, attempt, status, elapsed, outcome, error)
         return error is None
 
-    async def _target(self, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-        """The URL to connect to, pinned to the address that was checked against
-        ``--webhook-allow`` (so a name cannot resolve elsewhere between the check and the
-        connection), with the Host header and TLS server name of the original."""
+    async def _target(self, url: str) -> Target:
+        """Where to connect: the address that was checked against ``--webhook-allow``
+        (so a name cannot resolve elsewhere between the check and the connection), with
+        the Host header and TLS server name of the original."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        literal = literal_address(host)
         addresses = await resolve(host, port)
         refusal = target_refusal(host, addresses, self.settings.allow)
         if refusal is not None:
             raise Refused(refusal)
-        if literal is not None or not addresses:
-            return url, {}, {}
-        address = addresses[0]
-        shown = f"[{address}]" if address.version == 6 else str(address)
-        netloc = shown if parts.port is None else f"{shown}:{parts.port}"
-        pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-        headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
-        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-        return pinned, headers, extensions
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return Target(
+            parts.scheme,
+            str(addresses[0]),
+            port,
+            host,
+            parts.netloc.rsplit("@", 1)[-1],
+            path,
+        )
 
     def _note(
         self,
