@@ -8,10 +8,9 @@ and certificate check). Redirects are answers like any other (not 2xx: a failure
 answer's body is read up to ``MAX_ANSWER_BYTES`` and dropped, and the caller bounds the
 whole exchange with a deadline.
 
-Why not httpx: the same POST to a local receiver cost 0.87-0.99 ms of CPU with httpx's
-AsyncClient and 0.15-0.18 ms with h11 directly, and took 3.9-4.0 ms against 0.9-1.0 ms
-(docs/benchmarks.md, "Webhook delivery"); with one delivery per message posted, httpx
-took a third of the server's write throughput.
+Why not httpx: with one delivery for each message posted, httpx's client cost the server
+several times the CPU a delivery that this one does, and fell behind the posts where this
+one keeps up (docs/benchmarks.md, "With a webhook endpoint"; docs/decisions.md).
 """
 
 from __future__ import annotations

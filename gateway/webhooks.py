@@ -113,6 +113,9 @@ class Deliverer:
         self._file = CursorFile(store.data_dir) if store is not None else None
         self._reader = LogReader(store.data_dir) if store is not None else None
         self.cursors: dict[str, int] = self._file.load() if self._file is not None else {}
+        # as last written to disk: after a crash delivery resumes from these, so the log
+        # is kept from them on, not from the (later) positions in memory
+        self._saved = dict(self.cursors)
         self._dirty = False
         self.endpoints: dict[str, Endpoint] = {}
         self._recent: deque[tuple[int, Sequence[Fact]]] = deque(maxlen=settings.recent_records)
@@ -139,8 +142,9 @@ class Deliverer:
                 self._registry_changed.set()
 
     def hold(self) -> int | None:
-        """The lowest position an endpoint is done with (segments after it are kept),
-        not counting endpoints failing for longer than the retry horizon."""
+        """The lowest position an endpoint is done with, as saved on disk (segments
+        after it are kept), not counting endpoints failing for longer than the retry
+        horizon."""
         now = self.engine.now()
         held: int | None = None
         for name, cursor in self.cursors.items():
@@ -151,6 +155,7 @@ class Deliverer:
                 and now - endpoint.failing_since >= self.settings.horizon_ms
             ):
                 continue
+            cursor = min(cursor, self._saved.get(name, cursor))
             held = cursor if held is None else min(held, cursor)
         return held
 
@@ -215,8 +220,10 @@ class Deliverer:
     async def _save(self) -> None:
         assert self._file is not None
         self._dirty = False
+        saving = dict(self.cursors)
         try:
-            await trio.to_thread.run_sync(self._file.save, dict(self.cursors))
+            await trio.to_thread.run_sync(self._file.save, saving)
+            self._saved = saving
         except OSError as error:
             self._dirty = True
             log.error("webhook cursors not saved", extra={"fields": {"error": str(error)}})

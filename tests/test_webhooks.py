@@ -217,6 +217,27 @@ async def test_a_slow_receiver_delays_neither_answers_nor_another_receiver(
         assert [body["data"]["id"] for body in answered(slow)] == sent
 
 
+async def test_a_receiver_closing_idle_connections_costs_no_failed_attempt(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """A kept-alive connection the receiver closed meanwhile is replaced at once: no
+    attempt fails, no backoff delays the next event."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    target.drop_connections = True
+    hook = await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        sent = []
+        for n in range(5):
+            sent.append(await say(world, client, chat_id, f"message {n}"))
+            count = len(sent)
+            await target.wait_for(lambda r, count=count: len(r.accepted()) == count)
+        attempts = (await client.get(world.path(f"/webhooks/{hook['id']}/deliveries"))).json()
+    assert [body["data"]["id"] for body in target.accepted()] == sent
+    assert [a["outcome"] for a in attempts["results"]] == ["delivered"] * len(sent)
+
+
 async def test_another_orgs_events_are_not_delivered(hooked: Server, nursery: trio.Nursery) -> None:
     world = await build_world(hooked)
     other = await build_world(hooked)

@@ -30,6 +30,7 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)  # answered 2xx or not
     port: int = 0
     held: int = 0  # requests that arrived while answers were held
+    drop_connections: bool = False  # close each connection after its answer, unannounced
     _changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -107,6 +108,9 @@ class Receiver:
                     + connection.send(h11.Data(data=reply))
                     + connection.send(h11.EndOfMessage())
                 )
+                if self.drop_connections:
+                    await stream.aclose()
+                    return
                 connection.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
