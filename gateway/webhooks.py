@@ -250,8 +250,9 @@ class Deliverer:
 
     def _advance(self, endpoint: Endpoint, lsn: int) -> None:
         endpoint.cursor = lsn
-        self.cursors[endpoint.hook.id] = lsn
-        self._dirty = True
+        if self.endpoints.get(endpoint.hook.id) is endpoint:  # not removed meanwhile
+            self.cursors[endpoint.hook.id] = lsn
+            self._dirty = True
 
     async def _records(self, endpoint: Endpoint, upto: int) -> list[tuple[int, Sequence[Fact]]]:
         """The next records after the endpoint's cursor, up to ``upto``: from the ring of
