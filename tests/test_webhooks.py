@@ -249,3 +249,43 @@ async def test_another_orgs_events_are_not_delivered(hooked: Server, nursery: tr
         mine = await new_chat(world, client)
     await target.wait_for(lambda r: len(r.accepted()) >= 1)
     assert [body["data"]["id"] for body in target.accepted()] == [mine]
+
+
+async def test_an_event_failing_for_a_day_is_skipped_and_recorded(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    target.status = 500
+    hook = await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        lost = await say(world, client, chat_id, "nobody hears this")
+        await target.wait_for(lambda r: len(r.deliveries) >= 2)
+        hooked.clock.advance(25 * 3600)  # the engine's clock: a day of retries has passed
+        # its next turn skips it (the check comes before any further attempt)
+        target.status = 200
+        heard = await say(world, client, chat_id, "this one arrives")
+        await target.wait_for(lambda r: len(r.accepted()) == 1)
+        attempts = (await client.get(world.path(f"/webhooks/{hook['id']}/deliveries"))).json()
+    assert [body["data"]["id"] for body in target.accepted()] == [heard]
+    assert lost not in [body["data"]["id"] for body in target.accepted()]
+    skipped = [a for a in attempts["results"] if a["outcome"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["error"] == "gave up"
+    assert attempts["results"][0]["outcome"] == "delivered"
+
+
+async def test_a_removed_endpoint_gets_nothing_more(hooked: Server, nursery: trio.Nursery) -> None:
+    world = await build_world(hooked)
+    removed, kept = await receiver(nursery), await receiver(nursery)
+    gone = await register(world, removed.url, ["message.created"])
+    await register(world, kept.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        first = await say(world, client, chat_id, "both hear this")
+        await removed.wait_for(lambda r: len(r.accepted()) == 1)
+        assert (await client.delete(world.path(f"/webhooks/{gone['id']}"))).status_code == 204
+        second = await say(world, client, chat_id, "only one hears this")
+        await kept.wait_for(lambda r: len(r.accepted()) == 2)
+    assert [body["data"]["id"] for body in kept.accepted()] == [first, second]
+    assert [body["data"]["id"] for body in removed.accepted()] == [first]
