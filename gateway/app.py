@@ -40,7 +40,7 @@ from gateway.settings import (
     RateLimit,
 )
 from gateway.web import Hook, Router, WebApp
-from gateway.webhooks import Deliverer, DeliverySettings
+from gateway.webhooks import Deliverer, DeliverySettings, WebhookCollector
 from gateway.ws import WsGateway, WsSettings
 
 MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
@@ -104,6 +104,7 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         route_table(ctx), partial(admit, ctx), ctx.metrics.observe_request, hooks(settings)
     )
     assert ctx.webhooks is not None
+    ctx.metrics.registry.register(WebhookCollector(ctx.webhooks))
     return Gateway(web=web, asgi=asgi_app(web), ws=ws, webhooks=ctx.webhooks)
 
 

@@ -28,13 +28,15 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from engine import errors
 from engine.actors.supervisor import Engine
@@ -123,7 +125,7 @@ class Deliverer:
         self._registry_changed = trio.Event()
         self._reads = trio.CapacityLimiter(4)  # log reads in worker threads at once
         self._nursery: trio.Nursery | None = None
-        self.skipped = 0
+        self.outcomes = {"delivered": 0, "failed": 0, "skipped": 0}  # attempts, by outcome
         if store is not None:
             store.holds.append(self.hold)
         engine.record_listeners.append(self._on_record)
@@ -293,7 +295,6 @@ class Deliverer:
         if last < first:
             return
         self._advance(endpoint, last)
-        self.skipped += 1
         self._note(endpoint, None, None, 0, None, None, "skipped", f"records {first}..{last} {why}")
         log.warning(
             "webhook records skipped",
@@ -326,7 +327,6 @@ class Deliverer:
         waited = False
         while True:
             if give_up(endpoint.failing_since, event.at, self.engine.now(), settings.horizon_ms):
-                self.skipped += 1
                 self._note(endpoint, name, event.type, attempt, None, None, "skipped", "gave up")
                 log.warning(
                     "webhook event given up",
@@ -412,6 +412,7 @@ class Deliverer:
         outcome: str,
         error: str | None,
     ) -> None:
+        self.outcomes[outcome] += 1
         endpoint.attempts.append(
             {
                 "event_id": name,
@@ -424,6 +425,39 @@ class Deliverer:
                 "duration_ms": None if elapsed is None else round(elapsed * 1000, 1),
             }
         )
+
+
+class WebhookCollector(Collector):
+    """``/metrics``: endpoints, how far behind the furthest is, attempts by outcome."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self._deliverer = deliverer
+
+    def collect(self) -> Iterator[Metric]:
+        deliverer = self._deliverer
+        endpoints = list(deliverer.endpoints.values())
+        applied = deliverer.engine.applied_lsn
+        yield GaugeMetricFamily(
+            "chat_engine_webhook_endpoints", "Webhook endpoints delivered to.", len(endpoints)
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_webhook_failing_endpoints",
+            "Webhook endpoints whose last attempt failed.",
+            sum(1 for endpoint in endpoints if endpoint.failing_since is not None),
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_webhook_backlog_records",
+            "Log records the furthest-behind webhook endpoint has still to go through.",
+            max((applied - endpoint.cursor for endpoint in endpoints), default=0),
+        )
+        attempts = CounterMetricFamily(
+            "chat_engine_webhook_attempts",
+            "Webhook delivery attempts by outcome (skipped: given up, or records gone).",
+            labels=["outcome"],
+        )
+        for outcome, count in deliverer.outcomes.items():
+            attempts.add_metric([outcome], count)
+        yield attempts
 
 
 async def resolve(host: str, port: int) -> list[Address]:
