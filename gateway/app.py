@@ -30,6 +30,7 @@ from gateway.routes import (
     ops,
     presences,
     report,
+    tokens,
     webhooks,
 )
 from gateway.routes.context import Context, Route, admit
@@ -48,6 +49,7 @@ MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
 ROUTES: tuple[Route, ...] = (
     *ops.ROUTES,
     *directory.ROUTES,
+    *tokens.ROUTES,
     *chats.ROUTES,
     *report.ROUTES,
     *presences.ROUTES,
@@ -115,9 +117,7 @@ def route_table(ctx: Context) -> Router:
     for route in ROUTES:
         router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
-            ctx.api.add(
-                route.method, route.path, route.summary, body=route.body, status=route.status
-            )
+            ctx.api.add(route)
     return router
 
 

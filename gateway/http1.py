@@ -91,6 +91,12 @@ def _too_large(limit: int) -> BadRequest:
     return BadRequest(f"The body is over {limit} bytes.", 413, errors.BodyTooLarge)
 
 
+def _head_size(event: h11.Request) -> int:
+    """The request head's size as sent (request line and header lines)."""
+    size = len(event.method) + len(event.target) + 12  # spaces, version, CRLF
+    return size + sum(len(name) + len(value) + 4 for name, value in event.headers)
+
+
 def _refused_by_h11(error: h11.RemoteProtocolError) -> BadRequest:
     status = error.error_status_hint
     detail = f"Malformed request: {error}"[:300]
@@ -295,6 +301,10 @@ class Connection:
             started = time.perf_counter()
             method = event.method.decode("ascii")
             self.request_line = f"{method} {event.target.decode('latin-1')}"[:300]
+            if _head_size(event) > MAX_HEAD:
+                # h11 bounds a head only while it is incomplete: one that arrived
+                # whole in a single read (up to the read size) passed it
+                raise BadRequest(f"The request head is over {MAX_HEAD} bytes.", 431)
             if event.http_version not in VERSIONS:
                 raise BadRequest("Only HTTP/1.0 and HTTP/1.1 are served here.", 505)
             path, query = split_target(event.target)

@@ -157,6 +157,8 @@ async def test_head_has_the_length_but_no_body(server: Server) -> None:
         ),
         (b"POST /api/v5/orgs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
+        # whole in one write: h11 alone would take it (it bounds incomplete heads only)
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 30_000 + b"\r\n\r\n", 431),
     ],
 )
 async def test_a_malformed_request_is_refused_with_json_and_closed(

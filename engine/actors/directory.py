@@ -8,12 +8,13 @@ visitors proceed in parallel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine import directory
+from engine import directory, tokens
 from engine.chat import ChatState
 from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
-from engine.model import Org, Room, User, Visitor
+from engine.model import JwtKey, Org, Room, User, Visitor
 from engine.resume import choose_chat, require_resumer
 from engine.webhooks import Webhook, decide_create, decide_delete
 
@@ -107,6 +108,50 @@ class DirectoryActor:
             await self._engine.commit([issued.fact])
             visitor = self._engine.state.visitors[issued.fact.visitor_id]
             return created, visitor, issued.token
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def rotate_token(
+        self,
+        principal_kind: str,
+        principal_id: str,
+        *,
+        caller_still_valid: Callable[[], object] | None = None,
+    ) -> str:
+        """A new token for an org or a user; the old one stops working once this
+        returns (its WebSocket sessions are closed with 4001).
+
+        ``caller_still_valid`` raises when the caller's own token stopped working while
+        this call waited for its turn: rotations run one at a time, and one sent with a
+        token that an earlier rotation just stopped must not succeed (else whoever holds
+        a leaked token could rotate right behind its owner and keep a working one)."""
+
+        async def work() -> str:
+            if caller_still_valid is not None:
+                caller_still_valid()
+            issued = directory.rotate_token(principal_kind, principal_id, at=self._engine.now())
+            await self._engine.commit([issued.fact])
+            return issued.token
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def set_jwt_keys(
+        self,
+        org_id: str,
+        keys: list[tuple[str, str, str]],
+        *,
+        caller_still_valid: Callable[[], object] | None = None,
+    ) -> list[JwtKey]:
+        """Replace an org's keys; ``caller_still_valid`` as for ``rotate_token`` (keys
+        let their holder sign tokens for anyone of the org: a call whose token a
+        rotation stopped while it waited must not register any)."""
+
+        async def work() -> list[JwtKey]:
+            if caller_still_valid is not None:
+                caller_still_valid()
+            fact = tokens.jwt_keys_fact(org_id, keys, at=self._engine.now())
+            await self._engine.commit([fact])
+            return list(self._engine.state.jwt_keys.get(org_id, {}).values())
 
         return await self._engine.pool.run(DIRECTORY, work)
 

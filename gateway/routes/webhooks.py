@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sortedcontainers import SortedDict
 
-from engine import errors
+from engine import errors, shapes
 from engine.collections import SortedView
 from engine.webhooks import Webhook, webhook_view
 from gateway import validation as v
@@ -55,7 +55,13 @@ async def deliveries(ctx: Context, req: Request, org_id: str, webhook_id: str) -
 
 WEBHOOKS = "/api/v5/orgs/{org_id}/webhooks"
 ROUTES = [
-    Route("GET", WEBHOOKS, list_webhooks, "The org's webhook endpoints (secrets never shown)."),
+    Route(
+        "GET",
+        WEBHOOKS,
+        list_webhooks,
+        "The org's webhook endpoints (secrets never shown).",
+        response=shapes.cursor_page("Webhook"),
+    ),
     Route(
         "POST",
         WEBHOOKS,
@@ -63,6 +69,7 @@ ROUTES = [
         "Register a webhook endpoint.",
         body=v.WebhookCreate,
         status=201,
+        response=shapes.ref("Webhook"),
     ),
     Route("DELETE", WEBHOOKS + "/{webhook_id}", delete_webhook, "Remove a webhook.", status=204),
     Route(
@@ -70,5 +77,6 @@ ROUTES = [
         WEBHOOKS + "/{webhook_id}/deliveries",
         deliveries,
         "The endpoint's recent delivery attempts, newest first.",
+        response=shapes.ref("WebhookDeliveries"),
     ),
 ]
