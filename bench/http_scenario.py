@@ -15,7 +15,15 @@ of ``--generators`` load-generator processes:
   chats of ``REPORT_MESSAGES`` messages each (half from the visitor), so that what a
   page holds does not depend on how many posts the other phases made;
 - ``mix``: each request drawn at random, ``MIX`` weights: 2 posts, 5 history pages and
-  3 report pages in 10; latency is also given per kind.
+  3 report pages in 10; latency is also given per kind;
+- ``post_again`` then ``post_webhook`` (with ``--webhook``, last): ``post`` twice more,
+  the second time once the org has a webhook endpoint subscribed to
+  ``message.created`` (a receiver in its own process on 127.0.0.1, answering 204).
+  ``post_webhook_over_post`` compares these two neighbouring phases of one run (the
+  first ``post`` ran on a smaller state): what delivery costs the writes (it never sits
+  on their path, but shares the CPU).
+  How many of the phase's messages the receiver got (by the end of the phase and
+  within 60 s after it) is reported too.
 
 Closed loop: each connection sends its next request when the previous answer arrived,
 so the throughput is the server's capacity at that concurrency and the latency the one
@@ -27,6 +35,7 @@ seen at that load. The generator is one epoll loop per process
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import random
 import time
@@ -83,7 +92,9 @@ def _generator(args: GeneratorArgs) -> dict[str, Any]:
         return kind, request_bytes("GET", path, None, port, ADMIN_TOKEN)
 
     def next_request() -> tuple[str, bytes]:
-        return make(rng.choices(kinds, weights)[0] if phase == "mix" else phase)
+        if phase == "mix":
+            return make(rng.choices(kinds, weights)[0])
+        return make("post" if phase in ("post_again", "post_webhook") else phase)
 
     cpu_before = time.process_time()
     samples, errors = closed_loop(
@@ -130,6 +141,65 @@ def _report_org(server: Any) -> str:
     return str(org["id"])
 
 
+def _receive(port: Any, received: Any) -> None:
+    """The webhook receiver's process: counts deliveries, answers 204. A bare asyncio
+    protocol (it reads ``Content-Length`` and nothing else), so that the receiver, which
+    shares the machine's cores with the server, costs as little CPU as it can."""
+
+    class Receiver(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                length = 0
+                for line in self.buffer[:end].split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length :]
+                with received.get_lock():
+                    received.value += 1
+                self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Receiver, "127.0.0.1", 0)
+        port.value = server.sockets[0].getsockname()[1]
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def _webhook_receiver(context: Any) -> tuple[Any, Any, int]:
+    port, received = context.Value("i", 0), context.Value("q", 0)
+    process = context.Process(target=_receive, args=(port, received), daemon=True)
+    process.start()
+    deadline = time.perf_counter() + 30
+    while port.value == 0:
+        if time.perf_counter() > deadline or not process.is_alive():
+            raise RuntimeError("the webhook receiver did not start")
+        time.sleep(0.05)
+    return process, received, port.value
+
+
+def _register_webhook(server: Any, org_id: str, port: int) -> None:
+    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
+        response = client.post(
+            f"/api/v5/orgs/{org_id}/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{port}/hook",
+                "events": ["message.created"],
+                "secret": "bench-webhook-secret-0123",
+            },
+        )
+        response.raise_for_status()
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -143,8 +213,16 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for mode in options.modes:
         extra = ["--in-memory"] if mode == "memory" else ["--fsync", mode]
+        if options.webhook:
+            extra += ["--webhook-allow", "127.0.0.1"]
         results[mode] = _run_mode(options, progress, mode, extra)
     comparisons = {}
+    for mode, result in results.items():
+        phases = result["phases"]
+        if "post_webhook" in phases:
+            comparisons[f"post_webhook_over_post [{mode}]"] = (
+                phases["post_webhook"]["throughput_rps"] / phases["post_again"]["throughput_rps"]
+            )
     if "always" in results and "off" in results:
         comparisons["post_always_over_off"] = (
             results["always"]["phases"]["post"]["throughput_rps"]
@@ -161,8 +239,13 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
         report_org_id = _report_org(server)
         results: dict[str, Any] = {}
         context = multiprocessing.get_context("spawn")
+        phases = (*PHASES, "post_again", "post_webhook") if options.webhook else PHASES
+        receiver = None
         with context.Pool(options.generators) as pool:
-            for phase in PHASES:
+            for phase in phases:
+                if phase == "post_webhook":
+                    receiver, received, receiver_port = _webhook_receiver(context)
+                    _register_webhook(server, world["org"]["id"], receiver_port)
                 task = progress.add_task(f"http [{mode}]: {phase}", total=options.seconds)
                 cpu_before, wall_before = cpu_seconds(server.process.pid), time.perf_counter()
                 pending = pool.map_async(
@@ -207,6 +290,12 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                     "generator_cpu_s": sum(output["cpu"] for output in outputs),
                     "wall_s": wall,
                 }
+                if phase == "post_webhook":
+                    results[phase]["webhooks_received_in_phase"] = received.value
+                    drain_until = time.perf_counter() + 60
+                    while received.value < len(latencies) and time.perf_counter() < drain_until:
+                        time.sleep(0.1)
+                    results[phase]["webhooks_received_within_60s"] = received.value
                 if phase == "mix":
                     results[phase]["by_kind"] = {
                         kind: {
@@ -218,8 +307,11 @@ def _run_mode(options: Any, progress: Any, mode: str, extra: list[str]) -> dict[
                         if (mine := [ms for name, ms in samples if name == kind])
                     }
                 progress.update(task, completed=options.seconds)
+        if receiver is not None:
+            receiver.terminate()
+            receiver.join(10)
         baseline = results["healthz"]["throughput_rps"]
-        for phase in PHASES:
+        for phase in phases:
             results[phase]["ratio_to_healthz"] = results[phase]["throughput_rps"] / baseline
         return {
             "phases": results,
@@ -297,6 +389,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=["always", "off"],
         help="storage modes, comma-separated: memory, always, interval, off",
     )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="add two phases: post_again, then post_webhook with a webhook endpoint "
+        "subscribed to message.created (reported against post_again)",
+    )
 
 
 def table(result: dict[str, Any], command: str) -> Table:
@@ -339,5 +437,12 @@ def table(result: dict[str, Any], command: str) -> Table:
                 for kind, kind_stats in by_kind.items()
             )
             notes.append(f"mix ({mode}): {parts}")
+        hooked = outcome["phases"].get("post_webhook")
+        if hooked:
+            notes.append(
+                f"post_webhook ({mode}): {hooked['requests']} posts, "
+                f"{hooked['webhooks_received_in_phase']} delivered by the phase's end, "
+                f"{hooked['webhooks_received_within_60s']} within 60 s after"
+            )
     shown.caption = "\n".join(notes)
     return shown

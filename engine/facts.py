@@ -199,6 +199,26 @@ class ProductDeleted:
     at: int
 
 
+@dataclass(slots=True, frozen=True)
+class WebhookCreated:
+    """An org's webhook endpoint. The secret signs deliveries, so unlike a token it is
+    kept as given (the data directory is owner-only)."""
+
+    webhook_id: str
+    org_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class WebhookDeleted:
+    webhook_id: str
+    org_id: str
+    at: int
+
+
 Fact = (
     OrgCreated
     | RoomCreated
@@ -220,6 +240,8 @@ Fact = (
     | CartLocked
     | ProductAdded
     | ProductDeleted
+    | WebhookCreated
+    | WebhookDeleted
 )
 
 CART_FACTS = (CartCreated, CartLocked, ProductAdded, ProductDeleted)

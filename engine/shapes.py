@@ -19,6 +19,7 @@ from engine.directory import MAX_MESSAGE_LENGTH
 from engine.ids import UUID_RE, VISITOR_ID_RE
 from engine.model import AUTOSUGGEST, JOIN, LEAVE, MSG, SENDER_USER, SENDER_VISITOR
 from engine.tokens import ALGORITHMS
+from engine.webhooks import EVENT_TYPES
 
 Schema = dict[str, Any]
 COMPONENTS = "#/components/schemas/"
@@ -284,4 +285,36 @@ SCHEMAS: dict[str, Schema] = {
         optional=("key",),
     ),
     "JwtKeys": {"type": "array", "items": {"$ref": COMPONENTS + "JwtKey"}},
+    # webhooks.webhook_view: the secret is never shown back
+    "Webhook": obj(
+        {
+            "id": UUID,
+            "organization_id": UUID,
+            "url": STRING,
+            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+            "created_at": TIME,
+        }
+    ),
+    # gateway.webhooks: the endpoint's position and its recent attempts, newest first
+    "WebhookDeliveries": obj(
+        {
+            "position": {"type": ["integer", "null"], "minimum": 0},
+            "failing_since": TIME_OR_NULL,
+            "results": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "event_id": STRING_OR_NULL,
+                        "type": STRING_OR_NULL,
+                        "attempt": COUNT,
+                        "at": TIME,
+                        "outcome": {"type": "string", "enum": ["delivered", "failed", "skipped"]},
+                        "status": {"type": ["integer", "null"]},
+                        "error": STRING_OR_NULL,
+                        "duration_ms": {"type": ["number", "null"], "minimum": 0},
+                    }
+                ),
+            },
+        }
+    ),
 }

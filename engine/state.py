@@ -34,9 +34,12 @@ from engine.facts import (
     UserJoined,
     UserLeft,
     VisitorRegistered,
+    WebhookCreated,
+    WebhookDeleted,
 )
 from engine.model import SENDER_USER, JwtKey, Org, Room, User, Visitor, shared
 from engine.views import chat_collection_view
+from engine.webhooks import Webhooks
 
 PRINCIPAL_ORG = "org"
 PRINCIPAL_USER = "user"
@@ -94,6 +97,10 @@ class State:
         self.report_by_end: dict[str, SortedDict] = {}
         self.report_open: dict[str, SortedDict] = {}
         self.tag_chats: dict[tuple[str, str], SortedDict] = {}  # by (start_time, seq)
+        self.webhooks = Webhooks()
+        # the log position of the record being applied (the engine's apply path sets it):
+        # a webhook delivers the events of the records after the one that created it
+        self.position = 0
         self._appliers: dict[type, Callable[[Any], ChangeSet | list[ChangeSet] | None]] = {
             OrgCreated: self._org_created,
             RoomCreated: self._room_created,
@@ -109,6 +116,8 @@ class State:
             TagAdded: self._chat_fact,
             TagRemoved: self._chat_fact,
             ApiDataSet: self._api_data_set,
+            WebhookCreated: self._webhook_fact,
+            WebhookDeleted: self._webhook_fact,
             TokenRotated: self._token_rotated,
             JwtKeysSet: self._jwt_keys_set,
             **{kind: self._chat_fact for kind in CART_FACTS},
@@ -182,6 +191,9 @@ class State:
             if visitor.organization_id is None:
                 visitor.organization_id = org_id
         self.tokens[fact.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
+
+    def _webhook_fact(self, fact: WebhookCreated | WebhookDeleted) -> None:
+        self.webhooks.apply(fact, self.position)
 
     def _token_rotated(self, fact: TokenRotated) -> None:
         record: Org | User = (

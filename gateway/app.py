@@ -14,6 +14,7 @@ import trio
 from quart_trio import QuartTrio
 
 from engine.actors.supervisor import Engine
+from engine.webhooks import Allow
 from gateway.asgi import asgi_app
 from gateway.cluster.node import ClusterNode
 from gateway.cors import Cors
@@ -32,6 +33,7 @@ from gateway.routes import (
     presences,
     report,
     tokens,
+    webhooks,
 )
 from gateway.routes.context import WRITES, Context, Route, admit
 from gateway.settings import (
@@ -41,6 +43,7 @@ from gateway.settings import (
     RateLimit,
 )
 from gateway.web import Hook, Request, Response, Router, WebApp
+from gateway.webhooks import Deliverer, DeliverySettings, WebhookCollector
 from gateway.ws import WsGateway, WsSettings
 
 MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
@@ -56,6 +59,7 @@ ROUTES: tuple[Route, ...] = (
     *messages.ROUTES,
     *client.ROUTES,
     *internal.ROUTES,
+    *webhooks.ROUTES,
 )
 
 
@@ -75,6 +79,7 @@ class GatewaySettings:
     # every write's answer names the log position that carries it (a cluster's primary:
     # replicas wait for it before they answer)
     position_header: bool = False
+    webhook_allow: Allow = Allow()  # no webhook target is allowed
 
 
 @dataclass(slots=True)
@@ -82,6 +87,7 @@ class Gateway:
     web: WebApp  # called directly by the built-in HTTP/1.1 server
     asgi: QuartTrio  # the same pipeline as an ASGI app, for hypercorn
     ws: WsGateway
+    webhooks: Deliverer  # run it once the engine has started
 
 
 def create_app(
@@ -104,6 +110,7 @@ def create_app(
         metrics=Metrics(engine, ws),
         api=OpenApi(),
         node=node,
+        webhooks=Deliverer(engine, DeliverySettings.from_environment(settings.webhook_allow)),
     )
     ctx.metrics.registry.register(node)
     web = WebApp(
@@ -112,7 +119,9 @@ def create_app(
         ctx.metrics.observe_request,
         hooks(settings, engine),
     )
-    return Gateway(web=web, asgi=asgi_app(web), ws=ws)
+    assert ctx.webhooks is not None
+    ctx.metrics.registry.register(WebhookCollector(ctx.webhooks))
+    return Gateway(web=web, asgi=asgi_app(web), ws=ws, webhooks=ctx.webhooks)
 
 
 def route_table(ctx: Context) -> Router:

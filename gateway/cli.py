@@ -27,6 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
+from engine.webhooks import Allow
 from gateway import frontdoor, logs, maintenance, openfiles, wsquota
 from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.cluster import redislog
@@ -306,6 +307,7 @@ async def _serve(
             raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
         if shipper is not None:
             await nursery.start(shipper.run)
+        await nursery.start(gateway.webhooks.run)
         try:
             token.store()
         except OSError as error:
@@ -365,7 +367,11 @@ def gateway_settings(
         registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
-        position_header=bool(getattr(options, "redis", None)),
+        # only a primary names positions: a replica passes on its primary's header
+        position_header=getattr(options, "command", "serve") == "serve"
+        and bool(getattr(options, "redis", None)),
+        # deliveries run on the primary only (a replica has no webhook flags)
+        webhook_allow=getattr(options, "webhook_allow", Allow()),
         ws=WsSettings(
             queue_limit=options.session_queue,
             queue_bytes=options.session_queue_bytes,

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.actors.supervisor import EngineConfig
+from engine.webhooks import Allow, parse_allow
 from gateway.ws import WsSettings
 from persistence.store import Store
 from persistence.wal import FSYNC_MODES
@@ -263,6 +264,11 @@ def networks(text: str) -> tuple[Network, ...]:
     return tuple(found)
 
 
+def webhook_allow(text: str) -> Allow:
+    """Webhook targets: host names, addresses, CIDRs."""
+    return parse_allow(_items(text))
+
+
 def gc_thresholds(text: str) -> tuple[int, int, int]:
     rule = "three integers, at least 1 (gc.set_threshold's, e.g. 100000,50,100)"
     parse = integer(1)
@@ -382,6 +388,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "proxies (addresses or CIDRs, or `*`) whose `X-Forwarded-Proto/Host/For` are "
         "trusted for links and logs",
         metavar="ADDRESSES",
+    ),
+    Option(
+        "--webhook-allow",
+        webhook_allow,
+        "",
+        "webhook targets (host names, addresses or CIDRs, e.g. `hooks.example.com,10.0.0.0/8`); "
+        "a URL whose host is not named must resolve inside the networks, checked at "
+        "registration and again at each delivery (none: every registration is refused)",
+        metavar="TARGETS",
     ),
     Option(
         "--max-connections",

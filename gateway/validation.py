@@ -426,3 +426,9 @@ def parse_report_query(args: Any, chats: Mapping[str, ChatState], org_id: str) -
         min_message_count=parse_int(args, "min_message_count", minimum=0),
         only_ended=optional_bool(args, "only_ended") or False,
     )
+
+
+class WebhookCreate(Body):
+    url: str = Field(max_length=2048)
+    events: list[str] = Field(max_length=10)
+    secret: str = Field(min_length=16, max_length=256)

@@ -30,6 +30,7 @@ from engine.model import (
     shared,
 )
 from engine.state import State
+from engine.webhooks import Webhook
 
 FACT_TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -102,6 +103,7 @@ def encode_state(state: State) -> dict[str, Any]:
             ]
             for chat in state.chats.values()
         ],
+        "webhooks": [_row(hook) for hook in state.webhooks.by_id.values()],
     }
 
 
@@ -149,6 +151,11 @@ def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = N
                 state.restore_visitor(Visitor(*row))
         elif key == "chats":
             state.restore_chats(_decode_chats(value))
+        elif key == "webhooks":  # absent from snapshots older than webhooks
+            for row in value:
+                hook = Webhook(*row)
+                hook.events = tuple(hook.events)
+                state.webhooks.by_id[hook.id] = hook
         else:
             raise ValueError(f"unknown state section {key!r}")
     if seq is None:

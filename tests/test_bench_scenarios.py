@@ -135,6 +135,19 @@ def test_http_measures_each_storage_mode(tmp_path: Path) -> None:
     assert report["result"]["comparisons"]["post_always_over_off"] > 0
 
 
+def test_http_webhook_phases_deliver_every_post(tmp_path: Path) -> None:
+    report = run_bench(
+        tmp_path,
+        "http",
+        *("--modes", "off", "--webhook", "--seconds", "0.5", "--connections", "2", "--chats", "2"),
+    )
+    phases = report["result"]["modes"]["off"]["phases"]
+    hooked = phases["post_webhook"]
+    assert phases["post_again"]["throughput_rps"] > 0 and hooked["requests"] > 0
+    assert hooked["webhooks_received_within_60s"] == hooked["requests"]
+    assert report["result"]["comparisons"]["post_webhook_over_post [off]"] > 0
+
+
 def test_conns_opens_and_reaches_every_session(tmp_path: Path) -> None:
     report = run_bench(tmp_path, "conns", "--sessions", "40", "--steps", "2")
     result = report["result"]

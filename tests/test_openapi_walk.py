@@ -10,11 +10,20 @@ import re
 from typing import Any
 
 import httpx
+import pytest
+import trio
 from jsonschema import Draft202012Validator
 
 from engine import shapes
-from tests.conftest import ADMIN_TOKEN, Server, World, make_org
+from tests.conftest import ADMIN_TOKEN, Server, World, make_org, start_server
 from tests.wsclient import ws_connect
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """The shared fixture's server, allowing webhook targets on 127.0.0.1."""
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    return await start_server(nursery, "--webhook-allow", "127.0.0.1")
 
 
 def references(schema: Any) -> list[str]:
@@ -328,6 +337,21 @@ async def test_every_route_answers_as_openapi_json_describes(world: World) -> No
         json={"is_ended": True},
         **visitor_chat,
     )
+
+    # webhooks (nothing listens on port 9: the delivery fails, which the walk ignores)
+    hooks = org + "/webhooks"
+    hook = await walk.call(
+        org_token,
+        "POST",
+        hooks,
+        expect=201,
+        json={"url": "http://127.0.0.1:9/hook", "events": ["chat.created"], "secret": "s" * 16},
+        **ids,
+    )
+    await walk.call(org_token, "GET", hooks, expect=200, **ids)
+    hook_ids = {"org_id": org_id, "webhook_id": hook["id"]}
+    await walk.call(org_token, "GET", hooks + "/{webhook_id}/deliveries", expect=200, **hook_ids)
+    await walk.call(org_token, "DELETE", hooks + "/{webhook_id}", expect=204, **hook_ids)
 
     # errors are answers the document describes too
     await walk.call(

@@ -16,6 +16,7 @@ from engine.chat import ChatState
 from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
 from engine.model import JwtKey, Org, Room, User, Visitor
 from engine.resume import choose_chat, require_resumer
+from engine.webhooks import Webhook, decide_create, decide_delete
 
 if TYPE_CHECKING:
     from engine.actors.supervisor import Engine
@@ -43,6 +44,25 @@ class DirectoryActor:
             return self._engine.state.rooms[fact.room_id]
 
         return await self._engine.pool.run(DIRECTORY, work)
+
+    async def create_webhook(
+        self, org_id: str, url: str, events: list[str], secret: str
+    ) -> Webhook:
+        async def work() -> Webhook:
+            state = self._engine.state
+            fact = decide_create(state.webhooks, org_id, url, events, secret, at=self._engine.now())
+            await self._engine.commit([fact])
+            return state.webhooks.by_id[fact.webhook_id]
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def delete_webhook(self, org_id: str, webhook_id: str) -> None:
+        async def work() -> None:
+            state = self._engine.state
+            fact = decide_delete(state.webhooks, org_id, webhook_id, at=self._engine.now())
+            await self._engine.commit([fact])
+
+        await self._engine.pool.run(DIRECTORY, work)
 
     async def share_room(self, room: Room, org_id: object) -> None:
         async def work() -> None:

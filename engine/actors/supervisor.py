@@ -83,6 +83,9 @@ class Engine:
             total_history_limit=self.config.total_history_limit,
         )
         self._reachability: Reachability | None = None
+        # called with each live record once applied (lsn, facts), on the commit path:
+        # they must only take note and wake a task (webhook delivery does)
+        self.record_listeners: list[Callable[[int, Sequence[Fact]], None]] = []
         self._snapshot_due = trio.Event()
         self._commits = CommitLoop(store.wal, self.apply_record) if store is not None else None
         # One snapshot at a time: two writers at one position would share a temporary
@@ -125,6 +128,7 @@ class Engine:
         records just committed, records replayed at start-up and ``chat-engine check``."""
         changes = []
         publications = []
+        self.state.position = lsn
         for fact in facts:
             for change in self.state.apply(fact):
                 changes.append(change)
@@ -135,6 +139,8 @@ class Engine:
             listener(lsn, facts)
         if self.started.is_set():  # not while recovering, in a worker thread
             self._check_snapshot_due()
+            for listener in self.record_listeners:
+                listener(lsn, facts)
         return changes
 
     def take_over(self, lsn: int, state: State, histories: Histories) -> None:

@@ -24,6 +24,7 @@ from gateway.web import Request, Response, json_response
 
 if TYPE_CHECKING:  # gateway.app builds the context from them and imports the routes
     from gateway.app import GatewaySettings
+    from gateway.webhooks import Deliverer
 
 M = TypeVar("M", bound=BaseModel)
 STARTING = "The engine is starting."
@@ -40,6 +41,7 @@ class Context:
     metrics: Metrics
     api: OpenApi
     node: ClusterNode  # the node's place in a cluster (a plain one: no cluster)
+    webhooks: Deliverer | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,226 @@
+"""The pure webhook rules (engine/webhooks.py) and their disk parts (persistence/
+logread.py, cursors.py, the store's hold on segment removal)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine import errors
+from engine.facts import (
+    ChatCreated,
+    ChatEnded,
+    MessagePosted,
+    OrgCreated,
+    UserJoined,
+    UserLeft,
+    WebhookCreated,
+    WebhookDeleted,
+)
+from engine.state import State
+from engine.webhooks import (
+    MAX_PER_ORG,
+    RETRY_HORIZON_MS,
+    Webhooks,
+    backoff,
+    decide_create,
+    decide_delete,
+    events_of,
+    give_up,
+    parse_allow,
+    signature,
+    target_refusal,
+    verify,
+)
+from persistence.codec import decode_state, encode_state
+from persistence.cursors import CursorFile
+from persistence.logread import LogReader
+from persistence.store import Store
+from persistence.wal import WriteAheadLog
+
+ip = ipaddress.ip_address
+HOUR = 3600 * 1000
+
+
+def test_the_signature_is_an_hmac_of_the_timestamp_and_the_body() -> None:
+    body = b'{"id":"x"}'
+    header = signature("s3cret", 1700000000, body)
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+    assert verify("s3cret", header, body)
+    assert not verify("other", header, body)
+    assert not verify("s3cret", header, body + b" ")
+    assert not verify("s3cret", "t=x,v1=00", body)
+
+
+def test_backoff_doubles_from_one_second_to_ten_minutes() -> None:
+    assert [backoff(n) for n in range(1, 13)] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        600,
+        600,
+    ]
+    assert backoff(10_000) == 600
+
+
+def test_an_event_is_given_up_after_a_day_of_failing() -> None:
+    now = 10 * 24 * HOUR
+    assert not give_up(None, 0, now)  # not failing: every event, however old
+    assert not give_up(now - RETRY_HORIZON_MS + 1, 0, now)  # failing for less than a day
+    assert give_up(now - RETRY_HORIZON_MS, now - RETRY_HORIZON_MS, now)
+    # failing for over a day, but this event is recent: it gets its own day
+    assert not give_up(now - 2 * RETRY_HORIZON_MS, now - HOUR, now)
+
+
+def test_which_record_makes_which_event() -> None:
+    created = ChatCreated("c", "tok", "r", "o", "v", False, 1, "u", "m0")
+    assert [e.type for e in events_of([created])] == [
+        "chat.created",
+        "presence.created",
+        "message.created",
+    ]
+    posted = MessagePosted("c", "m1", 2, "msg", "visitor", "v", "hi", None, None)
+    joined = UserJoined("c", "u2", 3, "m2")
+    left = UserLeft("c", "u2", 4, "m3")
+    ended = ChatEnded("c", 5, (("u", "m4"),))
+    events = events_of([posted, joined, left, ended])
+    assert [(e.index, e.type) for e in events] == [
+        (0, "message.created"),
+        (1, "presence.created"),
+        (2, "message.created"),
+        (3, "presence.deleted"),
+        (4, "message.created"),
+        (5, "chat.ended"),
+        (6, "presence.deleted"),
+        (7, "message.created"),
+    ]
+    assert events[2].subject.type == "join" and events[4].subject.type == "leave"
+    assert events_of([OrgCreated("o", "Acme", 1, "h")]) == []
+
+
+def test_registration_rules() -> None:
+    registry = Webhooks()
+    fact = decide_create(registry, "o", "https://h.example/x", ["chat.created"] * 2, "s" * 16, at=1)
+    assert fact.events == ("chat.created",)
+    with pytest.raises(errors.EngineError) as refused:
+        decide_create(registry, "o", "https://h.example/x", ["chat.deleted"], "s" * 16, at=1)
+    assert "events" in (refused.value.errors or {})
+    for url in ("ftp://h.example/", "http:///x", "http://user:pw@h.example/", "http://h:99999/"):
+        with pytest.raises(errors.EngineError):
+            decide_create(registry, "o", url, ["chat.created"], "s" * 16, at=1)
+    for n in range(MAX_PER_ORG):
+        registry.apply(WebhookCreated(f"w{n}", "o", "http://h/", ("chat.created",), "s", 1), n)
+    with pytest.raises(errors.EngineError):
+        decide_create(registry, "o", "http://h/", ["chat.created"], "s" * 16, at=1)
+    with pytest.raises(errors.NotFound):
+        decide_delete(registry, "other-org", "w0", at=2)
+    registry.apply(decide_delete(registry, "o", "w0", at=2), 99)
+    assert "w0" not in registry.by_id
+
+
+def test_targets_must_be_allowed() -> None:
+    assert "without --webhook-allow" in (
+        target_refusal("127.0.0.1", [ip("127.0.0.1")], parse_allow([])) or ""
+    )
+    allow = parse_allow(["Hooks.Example.com", "127.0.0.1", "10.0.0.0/8"])
+    assert target_refusal("hooks.example.com", [ip("203.0.113.9")], allow) is None  # named
+    assert target_refusal("127.0.0.1", [ip("127.0.0.1")], allow) is None
+    assert target_refusal("in.corp", [ip("10.1.2.3")], allow) is None  # resolves inside
+    assert target_refusal("127.0.0.2", [ip("127.0.0.2")], allow) is not None
+    # a name that resolves to one address outside the networks is refused
+    assert target_refusal("evil.test", [ip("10.1.2.3"), ip("169.254.169.254")], allow) is not None
+    with pytest.raises(ValueError):
+        parse_allow(["not a host"])
+
+
+def test_registrations_are_kept_by_the_snapshot() -> None:
+    state = State()
+    state.position = 7
+    state.apply(WebhookCreated("w", "o", "http://h/", ("chat.created",), "secret", 5))
+    restored = decode_state(encode_state(state))
+    hook = restored.webhooks.by_id["w"]
+    assert (hook.start_lsn, hook.events, hook.secret) == (7, ("chat.created",), "secret")
+    restored.apply(WebhookDeleted("w", "o", 6))
+    assert restored.webhooks.by_id == {}
+
+
+async def write_log(directory: Path, count: int, segment_bytes: int) -> WriteAheadLog:
+    wal = WriteAheadLog(directory, fsync="off", segment_bytes=segment_bytes)
+    wal.open(0)
+    for n in range(count):
+        await wal.append([[OrgCreated(f"o{n}", "x" * 50, n, "h")]])
+    return wal
+
+
+async def test_the_log_is_read_after_a_position_in_bounded_batches(tmp_path: Path) -> None:
+    wal = await write_log(tmp_path, 100, 1000)
+    wal.close()
+    assert len(list(tmp_path.glob("wal-*.log"))) > 3
+    reader = LogReader(tmp_path)
+    seen: list[int] = []
+    after, place = 0, None
+    for _ in range(100):  # bounded
+        batch = reader.read(after, 90, 7, place)
+        if not batch.records:
+            break
+        assert len(batch.records) <= 7
+        seen += [lsn for lsn, _ in batch.records]
+        after, place = batch.records[-1][0], batch.place
+    assert seen == list(range(1, 91))  # never past ``upto``
+    assert reader.read(40, 100, 3).records[0][1][0] == OrgCreated("o40", "x" * 50, 40, "h")
+    # a half-written record at the end is where reading stops
+    last = sorted(tmp_path.glob("wal-*.log"))[-1]
+    with open(last, "ab") as handle:
+        handle.write(b"\x00\x00\x01\x00garbage")
+    assert [lsn for lsn, _ in reader.read(98, 200, 10).records] == [99, 100]
+
+
+async def test_removed_segments_show_as_a_later_first_record(tmp_path: Path) -> None:
+    wal = await write_log(tmp_path, 60, 1000)
+    wal.remove_segments_before(30)
+    wal.close()
+    reader = LogReader(tmp_path)
+    first = reader.first_lsn()
+    assert first is not None and 1 < first <= 31
+    assert reader.read(0, 60, 5).records[0][0] == first
+
+
+async def test_segments_a_follower_needs_are_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path, fsync="off", segment_bytes=1000)
+    store.wal = await write_log(tmp_path, 80, 1000)
+    store.holds.append(lambda: 12)
+    store.holds.append(lambda: None)  # holds nothing back
+    assert store.removable_up_to(70) == 12
+    store.wal.remove_segments_before(store.removable_up_to(70))
+    assert LogReader(tmp_path).first_lsn() <= 13
+    store.wal.close()
+
+
+async def test_cursors_are_saved_whole_and_owner_only(tmp_path: Path) -> None:
+    cursors = CursorFile(tmp_path)
+    assert cursors.load() == {}
+    before = os.umask(0o022)
+    try:
+        await trio.to_thread.run_sync(cursors.save, {"a": 3, "b": 10})
+    finally:
+        os.umask(before)
+    assert cursors.load() == {"a": 3, "b": 10}
+    assert stat.S_IMODE(cursors.path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [cursors.path.name]  # no temporary left
+    cursors.path.write_text("{not json")
+    assert cursors.load() == {}  # unreadable: start over (the log repeats, loses nothing)
