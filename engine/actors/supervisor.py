@@ -83,17 +83,15 @@ class Engine:
             total_history_limit=self.config.total_history_limit,
         )
         self._reachability: Reachability | None = None
-        # called with each live record once applied (lsn, facts), on the commit path:
-        # they must only take note and wake a task (webhook delivery does)
+        # called with each live record once applied (lsn, facts), in log order, on the
+        # commit path (not while recovering): a listener must only take note and wake a
+        # task; the cluster's shipper and webhook delivery listen
         self.record_listeners: list[Callable[[int, Sequence[Fact]], None]] = []
         self._snapshot_due = trio.Event()
         self._commits = CommitLoop(store.wal, self.apply_record) if store is not None else None
         # One snapshot at a time: two writers at one position would share a temporary
         # file, and the first to finish would remove the other's while it writes.
         self._snapshot_lock = trio.Lock()
-        # Called with each record's position and facts once it is applied (in log order,
-        # synchronously: a listener must not wait); the cluster's shipper listens.
-        self.record_listeners: list[Callable[[int, Sequence[Fact]], None]] = []
 
     @property
     def pool(self) -> ActorPool:
@@ -135,8 +133,6 @@ class Engine:
                 publications += fan_out(self.state, change)
         self.realtime.publish(publications)
         self.applied_lsn = lsn
-        for listener in self.record_listeners:
-            listener(lsn, facts)
         if self.started.is_set():  # not while recovering, in a worker thread
             self._check_snapshot_due()
             for listener in self.record_listeners:
