@@ -226,7 +226,7 @@ class Session:
     @property
     def replaying(self) -> bool:
         """Replayed events are still owed (pulled as the queue drains)."""
-        return bool(self.replays) and not self.closing
+        return bool(self.replays.cursors) and not self.closing
 
     @property
     def depth(self) -> int:
@@ -313,9 +313,10 @@ class Session:
             return 0
         frames = 0
         pulls = 0
+        cursors = self.replays.cursors
         try:
             while True:
-                if self.replays and not self.closing and pulls < REPLAY_PULLS_PER_PASS:
+                if cursors and not self.closing and pulls < REPLAY_PULLS_PER_PASS:
                     pulls += 1
                     self._pull_replay()
                     if self.overflowed:
@@ -335,7 +336,7 @@ class Session:
             self._trouble.set()
             return frames
         self.behind_since = None  # everything went to the kernel
-        if self.replaying and not self.ready:  # the rest of the replay: next pass
+        if cursors and not self.closing and not self.ready:  # the rest of the replay: next pass
             self.ready = True
             self.on_ready(self)
         return frames
