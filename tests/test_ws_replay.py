@@ -121,7 +121,7 @@ async def test_resuming_several_channels_from_their_oldest_held_events(
         ids = {chat: await post(world, client, chat, 150) for chat, _ in chats}
         async with ws_connect(world.server.base_url, ADMIN_TOKEN) as ws:
             heads = {}
-            for chat, channel in chats:
+            for _, channel in chats:
                 # the first subscribe tells the head; the history holds its last 120
                 head = (await ws.subscribe(channel))["seq"]
                 await ws.send({"type": "unsubscribe", "channel": channel})
