@@ -13,7 +13,10 @@ encoded size of what waits), and all sessions together share a byte budget
 (``queue_budget``). The hub pushes without waiting; a session whose queue is full
 drops it at once (memory stays bounded) and is closed with 4008 as soon as the kernel
 has taken the frame being written (it resumes with ``since``), so a slow client never
-slows the commit path, the chat actors or other sessions. A client that stays behind for
+slows the commit path, the chat actors or other sessions. A replay (a subscribe with
+``since``) is not queued at once: the flusher pulls it from the histories a frame's
+worth at a time as the session's queue drains (``Session._pull_replay``), so resuming
+after a 4008 does not overflow the queue again. A client that stays behind for
 the write timeout (60 s) in total — it never catches up, however slowly it reads — is
 dropped without a close frame.
 
