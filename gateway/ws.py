@@ -315,11 +315,12 @@ class Session:
             self._discard()  # a close frame went out: nothing may follow it
             return 0
         frames = 0
-        pulls = 0
+        # a replay owed: pull some before each frame (at most REPLAY_PULLS_PER_PASS)
         cursors = self.replays.cursors
+        pulls = 0 if cursors and not self.closing else REPLAY_PULLS_PER_PASS
         try:
             while True:
-                if cursors and not self.closing and pulls < REPLAY_PULLS_PER_PASS:
+                if pulls < REPLAY_PULLS_PER_PASS:
                     pulls += 1
                     self._pull_replay()
                     if self.overflowed:
@@ -339,7 +340,8 @@ class Session:
             self._trouble.set()
             return frames
         self.behind_since = None  # everything went to the kernel
-        if cursors and not self.closing and not self.ready:  # the rest of the replay: next pass
+        if cursors and not self.closing and not self.ready:
+            # the rest of the replay: in the next pass
             self.ready = True
             self.on_ready(self)
         return frames
