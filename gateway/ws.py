@@ -13,7 +13,10 @@ encoded size of what waits), and all sessions together share a byte budget
 (``queue_budget``). The hub pushes without waiting; a session whose queue is full
 drops it at once (memory stays bounded) and is closed with 4008 as soon as the kernel
 has taken the frame being written (it resumes with ``since``), so a slow client never
-slows the commit path, the chat actors or other sessions. A client that stays behind for
+slows the commit path, the chat actors or other sessions. A replay (a subscribe with
+``since``) is not queued at once: the flusher pulls it from the histories a frame's
+worth at a time as the session's queue drains (``Session._pull_replay``), so resuming
+after a 4008 does not overflow the queue again. A client that stays behind for
 the write timeout (60 s) in total — it never catches up, however slowly it reads — is
 dropped without a close frame.
 
@@ -51,6 +54,7 @@ from engine.actors.supervisor import Engine
 from engine.ids import hash_token
 from engine.reachability import counts_for_reachability
 from engine.realtime import protocol
+from engine.realtime.core import Realtime, Replays
 from engine.realtime.protocol import JSON, MSGPACK
 from engine.state import limited_per_token
 from engine.tokens import key_still_valid
@@ -85,6 +89,10 @@ FLUSH_YIELD_EVERY = 256  # sessions written between two checkpoints of the flush
 # trades some of the highest rate 1,000 sessions sustain for a lower p99 below it
 # (docs/benchmarks.md, "Figures behind choices in the code").
 WRITE_GAP_RATIO = 0.5
+# A session replaying (a subscribe with ``since``) pulls its replayed events from the
+# histories a frame's worth at a time as its queue drains, at most this many times per
+# write pass: a long replay takes its turn with the other sessions.
+REPLAY_PULLS_PER_PASS = 4
 
 
 @dataclass(slots=True)
@@ -144,6 +152,9 @@ class Session:
     on_ready: Callable[[Session], None]
     transport: RawWebSocket
     token_hash: str = ""
+    # the realtime core its replays are pulled from (docs/realtime.md, "Replays")
+    realtime: Realtime | None = None
+    replays: Replays = field(default_factory=Replays)
     subscriptions: set[str] = field(default_factory=set)
     overflowed: bool = False
     closing: bool = False  # close_code once the queue is flushed
@@ -193,6 +204,35 @@ class Session:
         self._queue.clear()
         self.budget.total -= self._bytes
         self._bytes = 0
+
+    def _pull_replay(self) -> None:
+        """Queue the next replayed events, at most one frame's worth and half the
+        queue's bounds (what is already queued counted), so live events of the other
+        channels keep room. A replay whose next event a history dropped meanwhile ends
+        the session with 4008: it resumes, and is told ``resumed: false``."""
+        realtime = self.realtime
+        if realtime is None:
+            return
+        queue = self._queue
+        items = min(MAX_ITEMS_PER_FRAME, max(1, self.queue_limit // 2)) - len(queue)
+        room = min(MAX_FRAME_BYTES, max(1, self.queue_bytes // 2)) - self._bytes
+        if items <= 0 or room <= 0:
+            return
+        pulled = realtime.pull(self, items, room)
+        if pulled.lost:
+            self._overflow()
+            return
+        size = 0
+        for frame in pulled.frames:
+            queue.append(frame)
+            size += len(frame)
+        self._bytes += size
+        self.budget.total += size
+
+    @property
+    def replaying(self) -> bool:
+        """Replayed events are still owed (pulled as the queue drains)."""
+        return bool(self.replays.cursors) and not self.closing
 
     @property
     def depth(self) -> int:
@@ -286,8 +326,18 @@ class Session:
             self._discard()  # a close frame went out: nothing may follow it
             return 0
         frames = 0
+        # a replay owed: pull some before each frame (at most REPLAY_PULLS_PER_PASS)
+        cursors = self.replays.cursors
+        pulls = 0 if cursors and not self.closing else REPLAY_PULLS_PER_PASS
         try:
-            while self._queue:
+            while True:
+                if pulls < REPLAY_PULLS_PER_PASS:
+                    pulls += 1
+                    self._pull_replay()
+                    if self.overflowed:
+                        return frames
+                if not self._queue:
+                    break
                 transport.send_frame(opcode, protocol.batch(self.take(), self.encoding))
                 frames += 1
                 if transport.backlog:
@@ -301,6 +351,10 @@ class Session:
             self._trouble.set()
             return frames
         self.behind_since = None  # everything went to the kernel
+        if cursors and not self.closing and not self.ready:
+            # the rest of the replay: in the next pass
+            self.ready = True
+            self.on_ready(self)
         return frames
 
 
@@ -522,6 +576,7 @@ class WsGateway:
             self._on_ready,
             transport,
             token_hash,
+            self.engine.realtime,
         )
         self.sessions.add(session)
         self.budget.sessions += 1
@@ -609,7 +664,7 @@ class WsGateway:
                     session.blocked = False
                     if session.closing:
                         continue
-                    if session.depth and not session.ready:
+                    if (session.depth or session.replaying) and not session.ready:
                         session.ready = True
                         self._on_ready(session)
                     else:
@@ -717,18 +772,14 @@ class WsGateway:
             session.push(protocol.error(code, detail, frame_id, session.encoding))
             return
         session.subscriptions.add(channel)
-        # no checkpoint until the answer and the replay are queued: no event published
-        # meanwhile can fall between them or come twice
-        replay = self.engine.realtime.subscribe(session, channel, since=since, epoch=epoch)
-        encoding = session.encoding
+        # the answer is queued before any replayed event: the session's writer pulls
+        # those from the history as its queue drains, then the channel goes live
+        answer = self.engine.realtime.subscribe(session, channel, since=since, epoch=epoch)
         session.push(
             protocol.subscribed(
-                channel, replay.head, replay.resumed, replay.epoch, frame_id, encoding
+                channel, answer.head, answer.resumed, answer.epoch, frame_id, session.encoding
             )
         )
-        name = channels.name_of(channels.key_of(channel))
-        for seq, item in replay.numbered():
-            session.push(protocol.event(name, seq, item, encoding))
 
 
 def _without_token(target: str) -> str:

@@ -190,6 +190,32 @@ class RawPeer:
         except RemoteProtocolError:
             return None
 
+    async def read_message(self, timeout: float) -> str | bytes:
+        """Read until the server's next whole message (kept in ``messages`` too)."""
+        count = len(self.messages)
+        with trio.fail_after(timeout):
+            while len(self.messages) == count:
+                events = await self._receive()
+                if events is None:
+                    raise ConnectionError("the server ended the connection")
+                self._keep(events)
+        return self.messages[-1]
+
+    def _keep(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, CloseConnection):
+                self.close_code = event.code
+                continue
+            data = getattr(event, "data", None)
+            if data is None:
+                continue
+            # wsproto hands over what has arrived of a frame as it arrives: a
+            # message is whole only at message_finished
+            self._parts.append(data)
+            if event.message_finished:
+                self.messages.append(data[:0].join(self._parts))
+                self._parts.clear()
+
     async def read_until_closed(self, timeout: float) -> int | None:
         """Read everything the server sends (kept in ``messages``) until it closes:
         its close code, DROPPED for an end of stream without one, None when

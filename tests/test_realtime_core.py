@@ -13,8 +13,7 @@ import orjson
 from engine.channels import key_of, name_of
 from engine.fanout import Payload, Publication
 from engine.realtime import protocol
-from engine.realtime.core import Realtime
-from engine.realtime.history import Replay
+from engine.realtime.core import Realtime, Replays, Subscribed
 from engine.realtime.protocol import JSON, MSGPACK
 
 CHANNEL = "/api/v5/orgs/o1/rooms/r1/chats/c1/messages"
@@ -26,6 +25,7 @@ class Collector:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self.items: list[bytes] = []
+        self.replays = Replays()
 
     def push(self, item: bytes) -> None:
         self.items.append(item)
@@ -51,13 +51,19 @@ def publish_three(realtime: Realtime) -> list[Payload]:
 
 def subscribe(
     realtime: Realtime, session: Collector, channel: str, *, since: int | None, epoch: str | None
-) -> Replay:
-    """What the WebSocket gateway does: subscribe, then queue the answer and the replay."""
-    replay = realtime.subscribe(session, channel, since=since, epoch=epoch)
-    session.push(orjson.dumps({"type": "subscribed", "seq": replay.head}))
-    for seq, item in replay.numbered():
-        session.push(protocol.event(channel, seq, item, session.encoding))
-    return replay
+) -> Subscribed:
+    """What the WebSocket gateway does: subscribe and queue the answer, then (its
+    writer) pull the replay to the end."""
+    answer = realtime.subscribe(session, channel, since=since, epoch=epoch)
+    session.push(orjson.dumps({"type": "subscribed", "seq": answer.head}))
+    for _ in range(answer.owed + 1):
+        pulled = realtime.pull(session, 1000, 1 << 20)
+        assert not pulled.lost
+        session.items.extend(pulled.frames)
+        if not session.replays:
+            break
+    assert not session.replays
+    return answer
 
 
 def test_replays_equal_live_frames_in_both_encodings_and_history_keeps_json_only() -> None:

@@ -23,7 +23,6 @@ answers ``seq`` 0 and creates nothing, so probing random channels grows nothing.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,21 +69,6 @@ class ChannelHistory:
         """The history with each event's seq."""
         first = self.seq - len(self.events) + 1
         return list(enumerate(self.events, first))
-
-
-@dataclass(slots=True)
-class Replay:
-    """What a subscriber is owed: the channel's ``head`` seq, whether its ``since``
-    could be resumed, and the events after it (``events[i]`` is event
-    ``head - len(events) + 1 + i``)."""
-
-    head: int
-    resumed: bool
-    epoch: str
-    events: list[Item]
-
-    def numbered(self) -> Iterator[tuple[int, Item]]:
-        return enumerate(self.events, self.head - len(self.events) + 1)
 
 
 class Histories:
@@ -148,22 +132,25 @@ class Histories:
         found = self.channels.get(key)
         return 0 if found is None else found.seq
 
-    def replay(self, key: ChannelKey, since: int | None, epoch: str | None) -> Replay:
-        """The channel's head, and the events after ``since`` if they are all held
-        (and ``epoch``, when given, is this one)."""
+    def resume(self, key: ChannelKey, since: int | None, epoch: str | None) -> tuple[int, bool]:
+        """The channel's head, and whether the events after ``since`` are all held
+        (and ``epoch``, when given, is this one): then they can be replayed."""
         channel = self.channels.get(key)
         if channel is None:
-            head = 0
-            events: list[Item] | tuple[()] = _NO_EVENTS
+            head, held = 0, 0
         else:
-            head = channel.seq
-            events = channel.events
+            head, held = channel.seq, len(channel.events)
         if since is None or (epoch is not None and epoch != self.epoch) or not 0 <= since <= head:
-            return Replay(head, False, self.epoch, [])
-        first_held = head - len(events) + 1
-        if since + 1 < first_held:
-            return Replay(head, False, self.epoch, [])
-        return Replay(head, True, self.epoch, list(events[since + 1 - first_held :]))
+            return head, False
+        return head, since + 1 >= head - held + 1
+
+    def events_from(self, key: ChannelKey, seq: int) -> tuple[int, list[Item] | tuple[()]]:
+        """The channel's held events and the seq of the first, to read on from ``seq``
+        (the caller checks that ``seq`` is still held)."""
+        channel = self.channels.get(key)
+        if channel is None:
+            return 1, _NO_EVENTS
+        return channel.seq - len(channel.events) + 1, channel.events
 
     def export(self) -> dict[str, Any]:
         """Every channel's ``seq`` and history as plain data, for a snapshot."""
