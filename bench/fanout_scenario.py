@@ -26,24 +26,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import httpx
 import orjson
 import trio
 from rich.table import Table
 
 from bench import common, subscriber
-from bench.client import HttpConnection
+from bench.client import Address, HttpConnection
 from bench.common import Error, add_ladder_options, check_ladder
-from bench.server import (
-    ADMIN_TOKEN,
-    ServerProcess,
-    bootstrap,
-    cpu_seconds,
-    rss_bytes,
-    start_server,
-)
+from bench.deployment import Deployment
+from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, start_server
 from bench.subscriber import (
-    LOOPBACK,
     OP_PING,
     OP_PONG,
     OP_TEXT,
@@ -77,13 +69,17 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float:
 
 
 async def _publish(
-    port: int, path: str, user_id: str, step: int, rate: float, seconds: float
+    address: Address,
+    path: str,
+    user_id: str,
+    step: int,
+    rate: float,
+    seconds: float,
+    token: str = ADMIN_TOKEN,
 ) -> int:
     """Post ``rate`` messages a second for ``seconds``, on schedule; returns how many."""
     total = max(1, int(rate * seconds))
-    connections = [
-        await HttpConnection.open(port, ADMIN_TOKEN) for _ in range(PUBLISHER_CONNECTIONS)
-    ]
+    connections = [await HttpConnection.open(address, token) for _ in range(PUBLISHER_CONNECTIONS)]
     start = trio.current_time()
     posted = 0
 
@@ -107,12 +103,12 @@ async def _publish(
     return posted
 
 
-async def _publish_ws(port: int, kind: str, step: int, rate: float, seconds: float) -> int:
+async def _publish_ws(address: Address, kind: str, step: int, rate: float, seconds: float) -> int:
     """The same schedule over one WebSocket connection (socketio / websockets peers)."""
     total = max(1, int(rate * seconds))
-    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    stream = await trio.open_tcp_stream(*address)
     buffer = bytearray()
-    await stream.send_all(upgrade_request(Adapter(kind).path(), port))
+    await stream.send_all(upgrade_request(Adapter(kind).path(), address))
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         buffer += await stream.receive_some(65536)
     assert buffer[9:12] == b"101", bytes(buffer[:200])
@@ -159,51 +155,64 @@ async def _publish_ws(port: int, kind: str, step: int, rate: float, seconds: flo
     return posted
 
 
+WRITE_COUNTERS = ("chat_engine_ws_write_passes_total", "chat_engine_ws_write_seconds_total")
+FRAMES_COUNTER = "chat_engine_ws_frames_total"
+
+
 @dataclass
 class Target:
-    """A server under test: how to subscribe to it and how to publish to it."""
+    """A server under test: how to subscribe to it and how to publish to it. Its
+    ``deployment`` says where the subscribers connect (spread over its addresses), where
+    the publisher posts (its write address), and where the server's CPU and memory are
+    read (the pids the bench started, or /metrics)."""
 
     kind: str  # engine | socketio | websockets
-    port: int
-    pid: int
-    token: str = ""
+    deployment: Deployment
     channels: tuple[str, ...] = ()
     message_path: str = ""
     sender_id: str = ""
+
+    @property
+    def token(self) -> str:
+        return self.deployment.token
 
     def write_stats(self) -> dict[str, float] | None:
         """The engine's write-pass counters from /metrics (None for the peers)."""
         if self.kind != "engine":
             return None
-        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
-        response.raise_for_status()
-        found = {}
-        for line in response.text.splitlines():
-            for name in ("passes", "seconds", "frames"):
-                metric = (
-                    "chat_engine_ws_write_" + name if name != "frames" else "chat_engine_ws_frames"
-                )
-                if line.startswith(metric + "_total "):
-                    found[name] = float(line.split()[1])
-        return found
+        found = self.deployment.counters((*WRITE_COUNTERS, FRAMES_COUNTER))
+        if found is None:
+            return None
+        return {
+            "passes": found[WRITE_COUNTERS[0]],
+            "seconds": found[WRITE_COUNTERS[1]],
+            "frames": found[FRAMES_COUNTER],
+        }
 
     def publish(self, step: int, rate: float, seconds: float) -> int:
+        write = self.deployment.write
         if self.kind == "engine":
             return trio.run(
-                _publish, self.port, self.message_path, self.sender_id, step, rate, seconds
+                _publish,
+                write,
+                self.message_path,
+                self.sender_id,
+                step,
+                rate,
+                seconds,
+                self.token,
             )
-        return trio.run(_publish_ws, self.port, self.kind, step, rate, seconds)
+        return trio.run(_publish_ws, write, self.kind, step, rate, seconds)
 
 
-def engine_target(server: ServerProcess) -> Target:
-    world = bootstrap(server, chats=1, users=1)
+def engine_target(deployment: Deployment) -> Target:
+    """A fresh org with one chat (an operator present) whose messages are fanned out."""
+    world = bootstrap(deployment, chats=1, users=1, name=deployment.name("Fanout"))
     chat_id, user_id = world["chats"][0]
     org_id, room_id = world["org"]["id"], world["room"]["id"]
     return Target(
         "engine",
-        server.port,
-        server.process.pid,
-        token=ADMIN_TOKEN,
+        deployment,
         channels=(channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages"),),
         message_path=f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
         sender_id=user_id,
@@ -243,12 +252,15 @@ class Generators:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes: list[Any] = []
+        first = 0  # sessions are spread over the addresses round-robin, across processes
         for index in range(count):
             share = sessions // count + (1 if index < sessions % count else 0)
+            addresses = [target.deployment.spread(first + number) for number in range(share)]
+            first += share
             parent, child = context.Pipe()
             process = context.Process(
                 target=subscriber.process_main,
-                args=(target.port, target.kind, target.token, target.channels, share, child),
+                args=(addresses, target.kind, target.token, target.channels, share, child),
             )
             process.start()
             self.pipes.append(parent)
@@ -286,18 +298,20 @@ def run_step(
     target: Target, generators: Generators, number: int, rate: float, seconds: float, sessions: int
 ) -> dict[str, Any]:
     writes_before = target.write_stats()
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = target.deployment.cpu_seconds()
     generator_cpu_before = generators.cpu()
     started = time.perf_counter()
     posted = target.publish(number, rate, seconds)
     sending = time.perf_counter() - started
     time.sleep(DRAIN_SECONDS)
-    server_cpu = cpu_seconds(target.pid) - cpu_before
+    cpu_after = target.deployment.cpu_seconds()
+    # None: not readable (a deployment whose /metrics has no process_* series)
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     writes_after = target.write_stats()
     generator_cpu = generators.cpu() - generator_cpu_before
     received, histogram, closes = generators.report(number)
     expected = posted * sessions
-    step = {
+    step: dict[str, Any] = {
         "offered_msgs_per_s": rate,
         "posted": posted,
         "posted_per_s": posted / sending,
@@ -309,10 +323,12 @@ def run_step(
         "p95_ms": _percentile(histogram, 0.95),
         "p99_ms": _percentile(histogram, 0.99),
         "server_cpu_s": server_cpu,
-        "server_cpu_ms_per_1000_events": 1000 * 1000 * server_cpu / max(1, received),
-        "server_cpu_share": server_cpu / (sending + DRAIN_SECONDS),
+        "server_cpu_ms_per_1000_events": None
+        if server_cpu is None
+        else 1000 * 1000 * server_cpu / max(1, received),
+        "server_cpu_share": None if server_cpu is None else server_cpu / (sending + DRAIN_SECONDS),
         "generator_cpu_s": generator_cpu,
-        "server_rss_bytes": rss_bytes(target.pid),
+        "server_rss_bytes": target.deployment.rss_bytes(),
         "session_closes": len(closes),
     }
     if writes_before and writes_after:  # the engine's write passes (its /metrics)
@@ -381,14 +397,19 @@ def run_ladder(
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
     """The ladder once per session count, each on a fresh server (no history carried
-    over from the count before), then at half the best rate (the latency target)."""
+    over from the count before), then at half the best rate (the latency target). With
+    ``--url`` each count gets a fresh org and chat on the deployment instead."""
     ladder = [rate for rate in options.ladder if rate <= options.max_rate]
     by_sessions: dict[str, Any] = {}
     for sessions in options.sessions:
-        server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+        server = None
+        deployment = options.deployment
+        if deployment is None:
+            server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+            deployment = Deployment.of_server(server)
         try:
             result = run_ladder(
-                engine_target(server),
+                engine_target(deployment),
                 sessions,
                 options.generators,
                 ladder,
@@ -397,13 +418,15 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 f"fanout × {sessions}",
                 half_rate_check=True,
             )
-            result["server_args"] = server.args[1:]
+            if server is not None:
+                result["server_args"] = server.args[1:]
             result["top_of_ladder"] = bool(result["best"]) and (
                 result["best"]["offered_msgs_per_s"] >= ladder[-1]
             )
             by_sessions[str(sessions)] = result
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
     return {
         "sessions": options.sessions,
         "ladder": ladder,
@@ -544,8 +567,10 @@ def table(result: dict[str, Any], command: str) -> Table:
                 f"{step['delivered_events_per_s']:,.0f}",
                 f"{100 * step['delivery_ratio']:.2f}%",
                 f"{step['p50_ms']:.0f}/{step['p99_ms']:.0f}",
-                f"{step['server_cpu_ms_per_1000_events']:.1f}",
-                f"{100 * step['server_cpu_share']:.0f}%",
+                common.figure(step["server_cpu_ms_per_1000_events"], ".1f"),
+                "–"
+                if step["server_cpu_share"] is None
+                else f"{100 * step['server_cpu_share']:.0f}%",
                 f"{step['generator_cpu_s']:.1f}",
                 f"{step['write_pass_ms']:.1f}" if "write_pass_ms" in step else "",
                 "yes" if step["passed"] else "NO",
