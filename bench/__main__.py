@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     module.plot(report, str(stem.with_suffix(".png")))
     console.print(module.table(result, command))
+    if not target["started_by_bench"]:
+        console.print(deployment.summary_line(target), markup=False)
     console.print(f"written: {stem}.json, {stem}.png")
 
 

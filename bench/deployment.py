@@ -293,3 +293,15 @@ def _label(sample: str, label: str) -> str | None:
     start += len(marker)
     end = sample.find('"', start)
     return sample[start:end] if end > start else None
+
+
+def summary_line(target: dict[str, Any]) -> str:
+    """One line under the table: what was measured, as the report's ``target`` says."""
+    nodes = ", ".join(
+        f"{node['url']} ({node['version'] or 'version unknown'}"
+        + (f", {node['role']}" if node["role"] else "")
+        + ("" if node["process_metrics"] else ", no process metrics")
+        + ")"
+        for node in target["nodes"]
+    )
+    return f"measured: {nodes}; writes to {target['write_url']}; created under {target['created_under']}"
