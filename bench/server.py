@@ -129,6 +129,57 @@ def start_server(
     raise RuntimeError("server did not become ready")
 
 
+def start_replica(
+    redis_url: str,
+    primary: ServerProcess | str,
+    *extra: str,
+    port: int | None = None,
+    startup_timeout: float = 60.0,
+    log_path: Path | None = None,
+) -> ServerProcess:
+    """A ``chat-engine replica`` process following ``primary`` (a server started with
+    ``start_server("--redis", redis_url)``, or its URL) through Redis; ready once it has
+    loaded the primary's snapshot and caught up. Its ``data_dir`` is unused (a replica
+    keeps nothing on disk)."""
+    port = port or free_port()
+    primary_url = primary if isinstance(primary, str) else primary.base_url
+    args = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "replica",
+        "--port",
+        str(port),
+        "--redis",
+        redis_url,
+        "--primary",
+        primary_url,
+        "--log-level",
+        "info" if log_path else "warning",
+        "--ws-sessions-per-token",
+        "off",
+        "--ws-sessions-per-address",
+        "off",
+        *extra,
+    ]
+    env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
+    stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    replica = ServerProcess(port, process, Path(os.devnull), None, args)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"replica exited with {process.returncode}")
+        try:
+            if httpx.get(f"{replica.base_url}/readyz", timeout=1).status_code == 200:
+                return replica
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    replica.stop()
+    raise RuntimeError("replica did not become ready")
+
+
 class BenchError(RuntimeError):
     """A run that cannot go on, said in one line (``python -m bench`` exits 1 with it)."""
 

@@ -7,6 +7,11 @@ server's start. Org and admin tokens (and their sessions) never make a user reac
 ``counts_for_reachability`` says which callers the ledger hears of. A presence of an
 unreachable user is removed as a DELETE would remove it.
 
+In a cluster a user may be reachable through another node: replicas report the users
+reachable there (``reachable_users``) to the primary at least every quarter of the
+timeout, and a report counts as a sign of life of each user it names (``reported``),
+so the primary expires a presence only when no node saw its user within the timeout.
+
 Every time is passed in (the runtime uses trio's clock), so the rule is tested without
 a clock at all; ``engine.actors.presence`` only sweeps.
 """
@@ -29,6 +34,12 @@ def sweep_interval(timeout: float) -> float:
     timeout by more than a quarter of it (and never by more than a second), seldom
     enough that a tiny timeout does not keep the engine busy sweeping."""
     return max(0.05, min(1.0, timeout / 4))
+
+
+def report_interval(timeout: float) -> float:
+    """How often a replica reports its reachable users: a fifth of the timeout, so a
+    report late by a little still arrives within the quarter the primary counts on."""
+    return max(0.05, timeout / 5)
 
 
 class ReachabilityLedger:
@@ -63,6 +74,19 @@ class ReachabilityLedger:
             return True
         last = self._last_seen.get(user_id, self.started_at)
         return now - last < self.timeout
+
+    def reported(self, user_ids: Iterable[str], at: float) -> None:
+        """Another node reports these users reachable there now."""
+        for user_id in user_ids:
+            self._last_seen[user_id] = at
+
+    def reachable_users(self, now: float) -> list[str]:
+        """Every user reachable through this node at ``now`` (what a replica reports)."""
+        found = set(self._sessions)
+        found.update(
+            user_id for user_id, last in self._last_seen.items() if now - last < self.timeout
+        )
+        return sorted(found)
 
     def expired(self, present_users: Iterable[str], now: float) -> list[str]:
         """Those of ``present_users`` (users with at least one presence) whose

@@ -15,20 +15,31 @@ from quart_trio import QuartTrio
 
 from engine.actors.supervisor import Engine
 from gateway.asgi import asgi_app
+from gateway.cluster.node import ClusterNode
 from gateway.cors import Cors
 from gateway.forwarded import Forwarded
 from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
-from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
-from gateway.routes.context import Context, Route, admit
+from gateway.routes import (
+    carts,
+    chats,
+    client,
+    directory,
+    internal,
+    messages,
+    ops,
+    presences,
+    report,
+)
+from gateway.routes.context import WRITES, Context, Route, admit
 from gateway.settings import (
     DEFAULT_RATE_LIMIT,
     DEFAULT_REGISTRATION_RATE_LIMIT,
     Network,
     RateLimit,
 )
-from gateway.web import Hook, Router, WebApp
+from gateway.web import Hook, Request, Response, Router, WebApp
 from gateway.ws import WsGateway, WsSettings
 
 MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
@@ -42,6 +53,7 @@ ROUTES: tuple[Route, ...] = (
     *carts.ROUTES,
     *messages.ROUTES,
     *client.ROUTES,
+    *internal.ROUTES,
 )
 
 
@@ -58,6 +70,9 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()
     forwarded_allow_ips: tuple[Network, ...] = ()
     ws: WsSettings | None = None
+    # every write's answer names the log position that carries it (a cluster's primary:
+    # replicas wait for it before they answer)
+    position_header: bool = False
 
 
 @dataclass(slots=True)
@@ -67,8 +82,11 @@ class Gateway:
     ws: WsGateway
 
 
-def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
+def create_app(
+    engine: Engine, settings: GatewaySettings, node: ClusterNode | None = None
+) -> Gateway:
     ws = WsGateway(engine, settings.admin_token_hash, settings.ws or WsSettings())
+    node = node if node is not None else ClusterNode()
     limits = settings.rate_limit
     registration = settings.registration_rate_limit
     ctx = Context(
@@ -83,9 +101,14 @@ def create_app(engine: Engine, settings: GatewaySettings) -> Gateway:
         else RateLimiter(limits.rate, limits.burst, trio.current_time, MAX_WRITERS),
         metrics=Metrics(engine, ws),
         api=OpenApi(),
+        node=node,
     )
+    ctx.metrics.registry.register(node)
     web = WebApp(
-        route_table(ctx), partial(admit, ctx), ctx.metrics.observe_request, hooks(settings)
+        route_table(ctx),
+        partial(admit, ctx),
+        ctx.metrics.observe_request,
+        hooks(settings, engine),
     )
     return Gateway(web=web, asgi=asgi_app(web), ws=ws)
 
@@ -95,7 +118,10 @@ def route_table(ctx: Context) -> Router:
     OpenAPI document, in the same order."""
     router = Router()
     for route in ROUTES:
-        router.add(route.method, route.path, partial(route.handler, ctx))
+        if ctx.node.forwards_writes and route.method in WRITES and route.path.startswith("/api/"):
+            router.add(route.method, route.path, partial(forward, ctx))
+        else:
+            router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
             ctx.api.add(
                 route.method, route.path, route.summary, body=route.body, status=route.status
@@ -103,8 +129,30 @@ def route_table(ctx: Context) -> Router:
     return router
 
 
-def hooks(settings: GatewaySettings) -> list[Hook]:
+async def forward(ctx: Context, req: Request, **_: str) -> Response:
+    """A replica's write: the primary's answer, once this node shows the write."""
+    return await ctx.node.forward(req)
+
+
+class PositionHeader:
+    """Every write's answer names the log position this node has applied once it is
+    answered, which covers the write (``Chat-Engine-Position``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def enter(self, request: Request) -> Response | None:
+        return None
+
+    def leave(self, request: Request, response: Response) -> None:
+        if request.method in WRITES:
+            response.headers.append((internal.POSITION_HEADER, str(self._engine.applied_lsn)))
+
+
+def hooks(settings: GatewaySettings, engine: Engine) -> list[Hook]:
     chain: list[Hook] = []
+    if settings.position_header:
+        chain.append(PositionHeader(engine))
     if settings.forwarded_allow_ips:  # first: CORS and the handlers see the rewrite
         chain.append(Forwarded(settings.forwarded_allow_ips))
     if settings.cors_origins:

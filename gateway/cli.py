@@ -29,9 +29,12 @@ from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
 from gateway import frontdoor, logs, maintenance, openfiles, wsquota
 from gateway.app import Gateway, GatewaySettings, create_app
+from gateway.cluster import redislog
+from gateway.cluster.shipper import Primary, Shipper
 from gateway.http1 import Http1Server
 from gateway.settings import (
     ENV_PREFIX,
+    REPLICA_OPTIONS,
     SERVE_OPTIONS,
     SettingsError,
     add_options,
@@ -104,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable named in its help; a flag wins over its variable.",
     )
     add_options(serve, SERVE_OPTIONS)
+    replica = commands.add_parser(
+        "replica",
+        help="run a cluster replica: follow a primary through Redis, serve reads and sessions",
+        description="Run a replica of a cluster (docs/cluster.md): load the primary's "
+        "snapshot, apply its log from the Redis stream, serve every read and WebSocket "
+        "session, forward writes to the primary. The admin token comes from "
+        "CHAT_ENGINE_ADMIN_TOKEN (the primary's). Every flag can also be set by the "
+        "environment variable named in its help.",
+    )
+    add_options(replica, REPLICA_OPTIONS)
     maintenance.add_commands(commands)
     return parser
 
@@ -230,7 +243,12 @@ async def _serve(
             engine = create_engine(options)
         except OSError as error:
             raise StartupError(data_dir_unusable(options.data_dir, error)) from None
-    gateway = create_app(engine, gateway_settings(options, token.hash, ws_limits))
+    shipper = await primary_shipper(options, engine)
+    gateway = create_app(
+        engine,
+        gateway_settings(options, token.hash, ws_limits),
+        None if shipper is None else Primary(shipper),
+    )
     config, http1 = http_servers(options, gateway)
     ws_gateway = gateway.ws
 
@@ -286,6 +304,8 @@ async def _serve(
             if not isinstance(failure, OSError):
                 raise
             raise StartupError(data_dir_unusable(options.data_dir, failure)) from None
+        if shipper is not None:
+            await nursery.start(shipper.run)
         try:
             token.store()
         except OSError as error:
@@ -314,6 +334,24 @@ async def announce(options: argparse.Namespace, engine: Engine, printed: str | N
             print(orjson.dumps(demo, option=orjson.OPT_INDENT_2).decode(), flush=True)
 
 
+async def primary_shipper(options: argparse.Namespace, engine: Engine) -> Shipper | None:
+    """With ``--redis``: refuse to start if another primary holds the prefix, and the
+    shipper that will send every record to the stream."""
+    if not options.redis:
+        return None
+    await redislog.claim_at_start(options.redis, options.redis_prefix, engine.realtime.epoch)
+    shipper = Shipper(
+        engine,
+        options.redis,
+        options.redis_prefix,
+        options.redis_log_length,
+        None if options.in_memory else Path(options.data_dir),
+    )
+    if engine.store is not None:  # segments stay until shipped
+        engine.store.retain = lambda: shipper.shipped
+    return shipper
+
+
 def gateway_settings(
     options: argparse.Namespace, admin_token_hash: str, ws_limits: WsLimits | None
 ) -> GatewaySettings:
@@ -325,6 +363,7 @@ def gateway_settings(
         registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
+        position_header=bool(getattr(options, "redis", None)),
         ws=WsSettings(
             queue_limit=options.session_queue,
             queue_bytes=options.session_queue_bytes,
@@ -412,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(maintenance.run(options))
         if options.command == "serve":
             trio.run(serve, options)
+        if options.command == "replica":
+            from gateway.cluster.run import serve_replica  # it builds on this module
+
+            trio.run(serve_replica, options)
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
         sys.exit(130)
     except BaseException as error:

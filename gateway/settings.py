@@ -174,6 +174,24 @@ def http_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("a redis:// or rediss:// URL with a host (redis://HOST:PORT/DB)")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("a redis:// URL with a valid port") from None
+    return text.strip()
+
+
+def key_prefix(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("a Redis key prefix without spaces")
+    return value
+
+
 def rate_limit(text: str) -> RateLimit | None:
     rule = "RATE/BURST (writes a second / the most at once, e.g. 20/100) or off"
     value = text.strip().lower()
@@ -445,11 +463,53 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "is always hypercorn's",
     ),
     Option(
+        "--redis",
+        redis_url,
+        None,
+        "run as a cluster's primary: ship every log record to this Redis (7 or later) "
+        "for replicas (docs/cluster.md)",
+        metavar="URL",
+    ),
+    Option(
+        "--redis-prefix",
+        key_prefix,
+        "chat-engine",
+        "the prefix of every Redis key of the cluster (`PREFIX:log`, `PREFIX:primary`)",
+        metavar="PREFIX",
+    ),
+    Option(
+        "--redis-log-length",
+        integer(100),
+        "100000",
+        "records the Redis stream keeps (about; older ones are trimmed: a replica that "
+        "falls further behind loads a fresh snapshot)",
+        metavar="N",
+    ),
+    Option(
         "--gc-thresholds",
         gc_thresholds,
         "100000,50,100",
         "the cyclic garbage collector's thresholds (higher: fewer pauses on the hot path)",
         metavar="N,N,N",
+    ),
+)
+
+
+# `chat-engine replica`'s own rows; the rest are serve's (REPLICA_OPTIONS below).
+REPLICA_ONLY: tuple[Option, ...] = (
+    Option(
+        "--primary",
+        http_url,
+        None,
+        "the primary's base URL (its snapshot, and where writes are forwarded)",
+        metavar="URL",
+    ),
+    Option(
+        "--max-lag",
+        integer(0),
+        "1000",
+        "`/readyz` is 200 only while the replica is within this many records of the stream's head",
+        metavar="N",
     ),
 )
 
@@ -527,6 +587,31 @@ def markdown_table(options: Sequence[Option] = SERVE_OPTIONS) -> str:
         default = default if default in ("off", "none") else f"`{default}`"
         rows.append(f"| `{option.flag}` | `{option.env}` | {default} | {option.help} |")
     return "\n".join(rows) + "\n"
+
+
+REPLICA_OPTIONS: tuple[Option, ...] = (
+    *pick(
+        "--host",
+        "--port",
+        "--redis",
+        "--redis-prefix",
+        "--presence-timeout",
+        "--log-level",
+        "--access-log",
+        "--max-connections",
+        "--ws-sessions-per-token",
+        "--ws-sessions-per-address",
+        "--session-queue",
+        "--session-queue-bytes",
+        "--session-queue-budget",
+        "--flush-interval",
+        "--public-url",
+        "--cors-origins",
+        "--forwarded-allow-ips",
+        "--gc-thresholds",
+    ),
+    *REPLICA_ONLY,
+)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ log = logging.getLogger("chat_engine.ws")
 
 SUBPROTOCOLS = {"chatengine.v1.json": JSON, "chatengine.v1.msgpack": MSGPACK}
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_NOT_AUTHENTICATED = 4001
@@ -145,6 +146,7 @@ class Session:
     close_code: int = CLOSE_GOING_AWAY
     close_reason: str = "server shutting down"
     revoked: bool = False  # its token stopped working: 4001 at once
+    restarting: bool = False  # the node reloaded its state: 1012 at once, resume with since
     ready: bool = False  # on the flusher's list
     blocked: bool = False  # the kernel's buffer is full: the session's task is flushing
     broken: bool = False
@@ -208,6 +210,14 @@ class Session:
         """Its token stopped working: nothing more is written, it closes with 4001."""
         self.revoked = True
         self.overflowed = True  # so nothing more is queued (4001 goes first)
+        self._discard()
+        self._trouble.set()
+
+    def restart(self) -> None:
+        """The node's state was replaced (a replica reloaded a snapshot): nothing more
+        is written, not even what is queued (it may predate the reload), then 1012."""
+        self.restarting = True
+        self.overflowed = True  # so nothing more is queued
         self._discard()
         self._trouble.set()
 
@@ -379,6 +389,13 @@ class WsGateway:
             stats.frames += frames
             gap = min(interval, WRITE_GAP_RATIO * writing)
 
+    def restart_sessions(self) -> None:
+        """Close every session with 1012 at once (a replica reloaded its state)."""
+        for session in list(self.sessions):
+            self.engine.realtime.drop(session, session.subscriptions)
+            session.subscriptions = set()
+            session.restart()
+
     def shutdown(self) -> None:
         """Close every session with 1001 once its queue is flushed."""
         for session in list(self.sessions):
@@ -525,6 +542,11 @@ class WsGateway:
                     raise session.failure
                 if session.broken:
                     return False
+                if session.restarting:
+                    await transport.close(
+                        CLOSE_SERVICE_RESTART, "state reloaded: resume with since"
+                    )
+                    return True
                 if session.revoked:
                     self.revoked_closes += 1
                     await transport.close(CLOSE_NOT_AUTHENTICATED, "the token is no longer valid")

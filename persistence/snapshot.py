@@ -122,7 +122,11 @@ def load_newest(
 def load_file(path: Path, into: State, histories: Histories) -> int:
     """Load one snapshot into ``into`` and ``histories`` and return its log position; any
     damage raises, and leaves both untouched."""
-    data = path.read_bytes()
+    return load_bytes(path.read_bytes(), into, histories)
+
+
+def load_bytes(data: bytes, into: State, histories: Histories) -> int:
+    """``load_file`` from a snapshot's bytes (a replica's, fetched from its primary)."""
     if not data.startswith(MAGIC):
         raise ValueError("bad magic")
     crc, length = HEADER.unpack_from(data, len(MAGIC))

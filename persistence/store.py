@@ -43,6 +43,9 @@ log = logging.getLogger("chat_engine.store")
 # "Figures behind choices in the code").
 DEFAULT_SNAPSHOT_RECORDS = 25_000
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# The most records a reader of the log (the cluster's shipper) may hold back beyond what
+# the snapshots need: past it, segments go anyway and that reader finds a gap.
+RETAIN_RECORDS = 1_000_000
 # Tests only: a smaller log segment, so that a test server writes several of them.
 TEST_SEGMENT_BYTES_ENV = "TEST_CHAT_ENGINE_SEGMENT_BYTES"
 
@@ -84,6 +87,9 @@ class Store:
         self.max_snapshot_pause = 0.0
         self.snapshots_taken = 0
         self._new_epoch: str | None = None  # made up by epoch(), written by recover()
+        # The newest position a reader of the log still needs (the shipper's shipped
+        # position): segments after it are kept, within RETAIN_RECORDS.
+        self.retain: Callable[[], int] | None = None
 
     def epoch(self) -> str:
         """The directory's epoch; a new one is only written by a recovery that succeeds
@@ -153,6 +159,13 @@ class Store:
         recovered.snapshot_seconds = snapshot_seconds
         return recovered
 
+    def _removable(self, covered: int) -> int:
+        """Segments up to this position may go: the snapshots cover them and every
+        reader of the log has read them (or fell more than RETAIN_RECORDS behind)."""
+        if self.retain is None:
+            return covered
+        return max(min(covered, self.retain()), covered - RETAIN_RECORDS)
+
     async def take_snapshot(
         self, lsn: int, state: State, histories: Callable[[], dict[str, Any]]
     ) -> None:
@@ -166,7 +179,7 @@ class Store:
         self.max_snapshot_pause = max(self.max_snapshot_pause, pause)
         self.snapshots_taken += 1
         kept = snapshot.remove_old(self.data_dir)
-        removed = self.wal.remove_segments_before(kept[0]) if kept else 0
+        removed = self.wal.remove_segments_before(self._removable(kept[0])) if kept else 0
         log.info(
             "snapshot taken",
             extra={

@@ -87,6 +87,9 @@ SAMPLES = {
     "log_level": "debug",
     "http1_server": "hypercorn",
     "gc_thresholds": "700,10,10",
+    "redis": "redis://10.0.0.5:6379/2",
+    "redis_prefix": "shop-chat",
+    "redis_log_length": "5000",
 }
 
 

@@ -36,6 +36,13 @@ class Reachability:
     def session_closed(self, user_id: str) -> None:
         self.ledger.session_closed(user_id, trio.current_time())
 
+    def reported(self, user_ids: list[str]) -> None:
+        """Another node reports these users reachable there."""
+        self.ledger.reported(user_ids, trio.current_time())
+
+    def reachable_users(self) -> list[str]:
+        return self.ledger.reachable_users(trio.current_time())
+
     def is_reachable(self, user_id: str, now: float) -> bool:
         return self.ledger.is_reachable(user_id, now)
 

@@ -27,6 +27,7 @@ from engine.facts import Fact
 from engine.fanout import fan_out
 from engine.ids import new_secret
 from engine.realtime.core import Realtime
+from engine.realtime.history import Histories
 from engine.state import State
 from persistence.store import Recovered, Store
 
@@ -46,6 +47,9 @@ class EngineConfig:
     send_timeout: float = 10.0
     history_limit: int = 1000  # events kept per channel
     total_history_limit: int = 500_000  # events kept across channels
+    # A replica: its state only changes by the primary's records (``apply_record``), so
+    # it commits nothing and leaves presence expiry to the primary.
+    replica: bool = False
 
     @property
     def resume_window_ms(self) -> int:
@@ -84,6 +88,9 @@ class Engine:
         # One snapshot at a time: two writers at one position would share a temporary
         # file, and the first to finish would remove the other's while it writes.
         self._snapshot_lock = trio.Lock()
+        # Called with each record's position and facts once it is applied (in log order,
+        # synchronously: a listener must not wait); the cluster's shipper listens.
+        self.record_listeners: list[Callable[[int, Sequence[Fact]], None]] = []
 
     @property
     def pool(self) -> ActorPool:
@@ -106,6 +113,8 @@ class Engine:
         """Make one mutation's facts durable, then apply them and hand their events to
         the realtime core as one batch (``engine.actors.commit``); a write failure
         raises ``Unavailable`` and nothing is applied."""
+        if self.config.replica:
+            raise errors.Unavailable("A replica does not write; the primary does.")
         if self._commits is None:
             return self.apply_record(self.applied_lsn + 1, facts)
         changes: list[ChangeSet] = await self._commits.commit(facts)
@@ -122,9 +131,19 @@ class Engine:
                 publications += fan_out(self.state, change)
         self.realtime.publish(publications)
         self.applied_lsn = lsn
+        for listener in self.record_listeners:
+            listener(lsn, facts)
         if self.started.is_set():  # not while recovering, in a worker thread
             self._check_snapshot_due()
         return changes
+
+    def take_over(self, lsn: int, state: State, histories: Histories) -> None:
+        """A replica's (re)bootstrap: become ``state`` and ``histories`` (loaded aside
+        from the primary's snapshot, epoch included) at log position ``lsn``."""
+        self.state.take_over(state)
+        self.realtime.histories.take_over(histories)
+        self.realtime.histories.epoch = histories.epoch
+        self.applied_lsn = lsn
 
     def _check_snapshot_due(self) -> None:
         store = self.store
@@ -225,7 +244,8 @@ class Engine:
                     },
                 )
             self._reachability = Reachability(self, self.config.presence_timeout)
-            await nursery.start(self._reachability.run)
+            if not self.config.replica:  # the primary expires presences for all nodes
+                await nursery.start(self._reachability.run)
             self.started.set()
             self._check_snapshot_due()  # a long replayed tail: snapshot it at once
             task_status.started()

@@ -15,6 +15,7 @@ from engine.reachability import counts_for_reachability
 from engine.state import State, limited_per_token
 from gateway import validation as v
 from gateway.auth import Principal, authenticate
+from gateway.cluster.node import ClusterNode
 from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.pagination import link_builder, paginate
@@ -38,6 +39,7 @@ class Context:
     writes: RateLimiter | None  # per user or visitor; None: writes are not limited
     metrics: Metrics
     api: OpenApi
+    node: ClusterNode  # the node's place in a cluster (a plain one: no cluster)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,9 @@ async def healthz(ctx: Context, req: Request) -> Response:
 async def readyz(ctx: Context, req: Request) -> Response:
     if not ctx.engine.started.is_set():
         return error_response(errors.Unavailable(STARTING))
+    reason = ctx.node.not_ready()
+    if reason is not None:
+        return error_response(errors.Unavailable(reason))
     return json_response({"status": "ready"})
 
 

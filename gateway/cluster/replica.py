@@ -1,0 +1,309 @@
+"""A replica: the primary's state, kept by applying its log from the Redis stream.
+
+It loads the primary's snapshot (``GET /internal/v1/snapshot``), then reads the stream
+from that position and hands each record to ``Engine.apply_record``, the primary's own
+apply path, so its state, channel seqs, histories and epoch equal the primary's at
+every position. It serves reads and WebSocket sessions itself and forwards writes to
+the primary; a write's answer waits until this replica applied the position the
+primary named (``Chat-Engine-Position``), so a client reads its own writes here.
+
+When it loses its place (the stream no longer holds the next record, or holds another
+epoch, or is behind it), it loads a fresh snapshot and closes its sessions with 1012;
+their clients resume with ``since`` as after any reconnect. It reports the users
+reachable through it to the primary, which alone expires presences.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import coredis
+import httpx
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engine import errors
+from engine.actors.supervisor import Engine
+from engine.reachability import report_interval
+from engine.state import State
+from gateway.cluster import redislog
+from gateway.cluster.node import ClusterNode
+from gateway.routes.internal import EPOCH_HEADER, HISTORY_LIMIT_HEADER, POSITION_HEADER
+from gateway.web import Request, Response, error_response
+from gateway.ws import WsGateway
+from persistence.follow import decode
+from persistence.replication import load_snapshot
+
+log = logging.getLogger("chat_engine.cluster")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded write
+
+WRITE_WAIT = 10.0  # seconds a forwarded write waits for this replica to show it
+HEAD_INTERVAL = 0.5  # seconds between looks at the stream's head
+READ_COUNT = 500  # entries per XREAD
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)
+# The answer headers of the primary a forwarded write passes on.
+PASSED_HEADERS = ("retry-after", "location", "allow")
+
+
+class LostPlace(Exception):
+    """The stream cannot take this replica on from where it is."""
+
+
+class Replica(ClusterNode):
+    role = "replica"
+    forwards_writes = True
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        redis_url: str,
+        prefix: str,
+        primary: str,
+        admin_token: str,
+        max_lag: int,
+    ) -> None:
+        self.engine = engine
+        self.redis_url = redis_url
+        self.stream = redislog.stream_key(prefix)
+        self.primary = primary.rstrip("/")
+        self.admin_token = admin_token
+        self.max_lag = max_lag
+        self.ws: WsGateway | None = None  # set once the gateway exists
+        self.head = 0  # the stream's newest position, as last seen
+        self.behind_since: float | None = None  # trio time the lag began (None: caught up)
+        self.bootstraps = 0
+        self.redis_connected = False
+        self._lost = False
+        self._progress = trio.Event()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+
+    # -- the edge's questions -------------------------------------------------------------
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.engine.applied_lsn)
+
+    def not_ready(self) -> str | None:
+        if not self.redis_connected:
+            return "The replica cannot reach Redis."
+        if self.lag > self.max_lag:
+            return f"The replica is {self.lag} records behind the primary."
+        return None
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "chat_engine_replica_lag_records",
+            "Records on the stream this replica has not applied yet.",
+            value=self.lag,
+        )
+        behind = self.behind_since
+        yield GaugeMetricFamily(
+            "chat_engine_replica_lag_seconds",
+            "How long this replica has been behind the stream's head (0: caught up).",
+            value=0.0 if behind is None or not self.lag else trio.current_time() - behind,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_replica_position",
+            "The log position applied.",
+            value=self.engine.applied_lsn,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_replica_bootstraps",
+            "Snapshots loaded from the primary (the first, and each lost place).",
+            value=self.bootstraps,
+        )
+
+    async def forward(self, request: Request) -> Response:
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in request.headers
+            if name in (b"authorization", b"content-type", b"accept", b"user-agent")
+        }
+        if request.remote_addr:
+            headers["x-forwarded-for"] = request.remote_addr
+        headers["x-forwarded-host"] = request.host
+        headers["x-forwarded-proto"] = request.scheme
+        url = self.primary + request.path
+        if request.query_string:
+            url += "?" + request.query_string.decode("latin-1")
+        try:
+            answer = await self._http.request(
+                request.method, url, content=request.body, headers=headers
+            )
+        except httpx.HTTPError:
+            return error_response(errors.Unavailable("The primary is unreachable; try again."))
+        position = answer.headers.get(POSITION_HEADER)
+        if position is not None and position.isdigit():
+            with trio.move_on_after(WRITE_WAIT):
+                await self.wait_for(int(position))
+            if self.engine.applied_lsn < int(position):
+                return error_response(
+                    errors.Unavailable("The write was made, but this node does not show it yet.")
+                )
+        passed = [(name, answer.headers[name]) for name in PASSED_HEADERS if name in answer.headers]
+        return Response(
+            answer.content, answer.status_code, answer.headers.get("content-type"), passed
+        )
+
+    async def wait_for(self, position: int) -> None:
+        while self.engine.applied_lsn < position:
+            await self._progress.wait()
+
+    # -- running --------------------------------------------------------------------------
+    async def bootstrap(self) -> None:
+        """Load the primary's snapshot (retrying until it answers)."""
+        failures = 0
+        while True:
+            try:
+                await self._load_snapshot()
+                return
+            except (httpx.HTTPError, ValueError, errors.EngineError) as error:
+                if failures == 0:
+                    log.warning(
+                        "cannot load the primary's snapshot yet",
+                        extra={"fields": {"error": f"{type(error).__name__}: {error}"}},
+                    )
+                failures += 1
+                await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+
+    async def _load_snapshot(self) -> None:
+        answer = await self._http.get(
+            self.primary + "/internal/v1/snapshot",
+            headers={"authorization": f"Token {self.admin_token}"},
+        )
+        if answer.status_code != 200:
+            raise errors.Unavailable(f"the primary answered {answer.status_code}")
+        epoch = answer.headers[EPOCH_HEADER]
+        histories = self.engine.realtime.histories.empty_copy()
+        histories.epoch = epoch
+        histories.history_limit = int(answer.headers.get(HISTORY_LIMIT_HEADER, "1000"))
+        self.engine.realtime.histories.history_limit = histories.history_limit
+        state = State()
+        lsn = await trio.to_thread.run_sync(load_snapshot, answer.content, state, histories)
+        if lsn != int(answer.headers[POSITION_HEADER]):
+            raise ValueError("the snapshot's position is not the one announced")
+        if self.ws is not None:
+            self.ws.restart_sessions()  # before the state changes under them
+        self.engine.take_over(lsn, state, histories)
+        self.bootstraps += 1
+        self._lost = False
+        self._notify()
+        log.info("snapshot loaded", extra={"fields": {"lsn": lsn, "epoch": epoch}})
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the stream (and report reachability) until cancelled; call once
+        ``bootstrap`` returned and the engine runs."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._report_reachability)
+            task_status.started()
+            failures = 0
+            while True:
+                try:
+                    async with redislog.client(self.redis_url) as redis:
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(self._watch_head, redis)
+                            await self._follow(redis)
+                except Exception as error:
+                    if self.redis_connected or failures == 0:
+                        log.warning(
+                            "Redis unavailable; the replica waits",
+                            extra={"fields": {"error": redislog.describe(error)}},
+                        )
+                    self.redis_connected = False
+                    failures += 1
+                    await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+                    continue
+                failures = 0
+
+    async def _follow(self, redis: coredis.Redis[bytes]) -> None:
+        while True:
+            if self._lost:
+                log.warning(
+                    "lost its place in the stream; loading a fresh snapshot",
+                    extra={"fields": {"lsn": self.engine.applied_lsn, "head": self.head}},
+                )
+                await self.bootstrap()
+                continue
+            found = await redis.xread(
+                {self.stream: redislog.entry_id(self.engine.applied_lsn)},
+                count=READ_COUNT,
+                block=redislog.BLOCK_MS,
+            )
+            self.redis_connected = True
+            if not found:
+                continue
+            for entries in found.values():
+                try:
+                    self._apply(entries)
+                except LostPlace:
+                    self._lost = True
+            self._notify()
+
+    def _apply(self, entries: Any) -> None:
+        engine = self.engine
+        epoch = engine.realtime.epoch
+        for entry in entries:
+            lsn = redislog.lsn_of(entry.identifier)
+            fields = entry.field_values
+            if redislog.text(fields.get(redislog.EPOCH, b"")) != epoch:
+                raise LostPlace("another epoch")
+            if lsn <= engine.applied_lsn:
+                continue
+            if lsn != engine.applied_lsn + 1:
+                raise LostPlace("a gap")
+            record_lsn, facts = decode(fields[redislog.RECORD])
+            if record_lsn != lsn:
+                raise LostPlace("an entry whose record is not at its position")
+            engine.apply_record(lsn, facts)
+            self.head = max(self.head, lsn)
+        self._caught_up_check()
+
+    def _caught_up_check(self) -> None:
+        if self.lag == 0:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = trio.current_time()
+
+    async def _watch_head(self, redis: coredis.Redis[bytes]) -> None:
+        """The stream's head, for the lag; and whether it still continues this node."""
+        while True:
+            entries = await redis.xrevrange(self.stream, count=1)
+            self.redis_connected = True
+            if entries:
+                head = entries[0]
+                lsn = redislog.lsn_of(head.identifier)
+                epoch = redislog.text(head.field_values.get(redislog.EPOCH, b""))
+                # Another history: the follower reloads. A head behind this node is no
+                # reason to: a Redis that lost the stream gets it shipped again from the
+                # primary's log, and this node goes on where it is.
+                if epoch != self.engine.realtime.epoch:
+                    self._lost = True
+                self.head = lsn
+            else:
+                self.head = self.engine.applied_lsn
+            self._caught_up_check()
+            await trio.sleep(HEAD_INTERVAL)
+
+    async def _report_reachability(self) -> None:
+        interval = report_interval(self.engine.config.presence_timeout)
+        while True:
+            users = self.engine.reachability.reachable_users()
+            try:
+                await self._http.post(
+                    self.primary + "/internal/v1/reachability",
+                    headers={"authorization": f"Token {self.admin_token}"},
+                    json={"users": users},
+                    timeout=max(interval, 1.0),
+                )
+            except httpx.HTTPError as error:
+                log.debug("reachability report failed", extra={"fields": {"error": str(error)}})
+            await trio.sleep(interval)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,229 @@
+"""The primary's shipper: every log record, once durable and applied, appended in log
+order to the Redis stream, never twice, never blocking a write.
+
+The engine tells the shipper (``Engine.record_listeners``) that records were applied;
+the shipper reads them back from the write-ahead log (``persistence.follow``), so a
+Redis that is slow, away or restarted costs nothing but lag: on (re)connecting it reads
+the stream's head and ships the backlog from the log on disk. Entry IDs are the log
+positions, so Redis refuses a position already on the stream. Log segments are kept
+until shipped (``Store.retain``, bounded by ``RETAIN_RECORDS``).
+
+With ``--in-memory`` there is no log to read back: the shipper keeps the newest
+records (as many as the stream keeps) in memory; after an outage longer than that the
+stream has a gap, and replicas load a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import coredis
+import trio
+from coredis import PureToken
+from coredis.exceptions import ResponseError
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engine.actors.supervisor import Engine
+from engine.facts import Fact
+from gateway.cluster import redislog
+from gateway.cluster.node import ClusterNode
+from persistence.follow import LogFollower, LogGap, encode
+
+log = logging.getLogger("chat_engine.cluster")
+
+BATCH = 500  # records per pipeline
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Shipper:
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        prefix: str,
+        log_length: int,
+        data_dir: Path | None,
+    ) -> None:
+        self.engine = engine
+        self.url = url
+        self.prefix = prefix
+        self.stream = redislog.stream_key(prefix)
+        self.log_length = log_length
+        self.shipped = 0  # the newest position known to be on the stream
+        self.connected = False
+        self.lease_held = False
+        self.entries_shipped = 0
+        self.outages = 0
+        self._follower = LogFollower(data_dir) if data_dir is not None else None
+        self._memory: deque[tuple[int, bytes]] | None = (
+            None if data_dir is not None else deque(maxlen=log_length)
+        )
+        self._wake = trio.Event()
+        engine.record_listeners.append(self._applied)
+
+    @property
+    def epoch(self) -> str:
+        return self.engine.realtime.epoch
+
+    def _applied(self, lsn: int, facts: Sequence[Fact]) -> None:
+        if self._memory is not None:
+            self._memory.append((lsn, encode(lsn, facts)))
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                async with redislog.client(self.url) as redis:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._renew, redis)
+                        await self._ship(redis)
+            except Exception as error:
+                if self.connected or failures == 0:
+                    log.warning(
+                        "Redis unavailable; records wait in the log",
+                        extra={"fields": {"error": redislog.describe(error)}},
+                    )
+                    self.outages += 1
+                self.connected = False
+                self.lease_held = False
+            await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            failures = 0 if self.connected else failures + 1
+
+    async def _renew(self, redis: coredis.Redis[bytes]) -> None:
+        while True:
+            held = await redislog.hold_lease(redis, self.prefix, self.epoch)
+            if held != self.lease_held:
+                if not held:
+                    log.error(
+                        "another primary holds the Redis prefix; not shipping",
+                        extra={"fields": {"key": redislog.lease_key(self.prefix)}},
+                    )
+                self.lease_held = held
+                self._wake.set()
+            await trio.sleep(redislog.RENEW_SECONDS)
+
+    async def _sync_head(self, redis: coredis.Redis[bytes]) -> None:
+        """Where the stream is: its newest position, if it is this epoch's and not
+        ahead of this log; otherwise the stream is another history's, and starts over."""
+        entries = await redis.xrevrange(self.stream, count=1)
+        if not entries:
+            exists = await redis.exists([self.stream])
+            self.shipped = 0
+            if exists:  # emptied by trimming: its last ID still bars lower ones
+                info = await redis.xinfo_stream(self.stream)
+                last = info.get("last-generated-id")
+                self.shipped = redislog.lsn_of(last) if isinstance(last, bytes | str) else 0
+                if self.shipped > self.engine.applied_lsn:
+                    await redis.delete([self.stream])
+                    self.shipped = 0
+            return
+        head = entries[0]
+        lsn = redislog.lsn_of(head.identifier)
+        epoch = redislog.text(head.field_values.get(redislog.EPOCH, b""))
+        if epoch != self.epoch or lsn > self.engine.applied_lsn:
+            log.warning(
+                "the stream holds another history; starting it over",
+                extra={"fields": {"stream_epoch": epoch, "stream_lsn": lsn}},
+            )
+            await redis.delete([self.stream])
+            self.shipped = 0
+        else:
+            self.shipped = lsn
+
+    async def _ship(self, redis: coredis.Redis[bytes]) -> None:
+        await self._sync_head(redis)
+        self.connected = True
+        log.info("shipping", extra={"fields": {"stream": self.stream, "from": self.shipped}})
+        while True:
+            if self.shipped >= self.engine.applied_lsn or not self.lease_held:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            records = await self._read(self.shipped, self.engine.applied_lsn)
+            if not records:
+                continue
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    shipped_at = str(redislog.now_ms())
+                    for lsn, payload in records:
+                        pipe.xadd(
+                            self.stream,
+                            {
+                                redislog.EPOCH: self.epoch,
+                                redislog.RECORD: payload,
+                                redislog.SHIPPED_AT: shipped_at,
+                            },
+                            identifier=redislog.entry_id(lsn),
+                            trim_strategy=PureToken.MAXLEN,
+                            threshold=self.log_length,
+                            trim_operator=PureToken.APPROXIMATELY,
+                        )
+            except ResponseError:  # some were there already: read where the stream is
+                await self._sync_head(redis)
+                continue
+            self.shipped = records[-1][0]
+            self.entries_shipped += len(records)
+
+    async def _read(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
+        try:
+            if self._follower is not None:
+                return await trio.to_thread.run_sync(self._follower.read, after, up_to, BATCH)
+            return self._from_memory(after, up_to)
+        except LogGap as gap:
+            first = gap.first if gap.first is not None else up_to + 1
+            log.error(
+                "records no longer held were never shipped; replicas will reload",
+                extra={"fields": {"from": after + 1, "to": first - 1}},
+            )
+            self.shipped = max(after, first - 1)
+            return []
+
+    def _from_memory(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
+        memory = self._memory
+        assert memory is not None
+        if not memory or memory[-1][0] <= after:
+            return []
+        first = memory[0][0]
+        if after + 1 < first:
+            raise LogGap(after + 1, first)
+        start = after + 1 - first
+        return [
+            memory[i]
+            for i in range(start, min(len(memory), start + BATCH))
+            if memory[i][0] <= up_to
+        ]
+
+
+class Primary(ClusterNode):
+    """A cluster's primary: the single-node engine plus the shipper."""
+
+    role = "primary"
+
+    def __init__(self, shipper: Shipper) -> None:
+        self.shipper = shipper
+
+    def collect(self) -> Iterator[Metric]:
+        shipper = self.shipper
+        yield GaugeMetricFamily(
+            "chat_engine_shipped_position",
+            "The newest log position known to be on the Redis stream.",
+            value=shipper.shipped,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_ship_lag_records",
+            "Applied log records not yet on the Redis stream.",
+            value=max(0, shipper.engine.applied_lsn - shipper.shipped),
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_redis_connected",
+            "1 while Redis answers the shipper.",
+            value=1 if shipper.connected else 0,
+        )
+        yield CounterMetricFamily(
+            "chat_engine_redis_outages", "Times the shipper lost Redis.", value=shipper.outages
+        )

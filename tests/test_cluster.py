@@ -1,0 +1,245 @@
+"""The cluster with real processes: a primary, two replicas and a real redis-server.
+
+Events carry the primary's seqs on every node, a client resumes on another node with
+the since and epoch it saw, a write sent to a replica is answered once that replica
+shows it, a second primary on the same prefix refuses, a replica whose place was
+trimmed from the stream reloads and converges, and a replica's WebSocket session keeps
+its user's presences alive on the primary.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from bench.server import ADMIN_TOKEN, free_port
+from tests.clusterproc import (
+    Cluster,
+    converged,
+    make_scene,
+    post_message,
+    start_cluster,
+    status,
+)
+from tests.redisproc import RedisProcess, redis_binary
+from tests.wsclient import ws_connect
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    redis_binary()  # skips, or fails when required, without one
+    process = RedisProcess(tmp_path_factory.mktemp("redis"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def cluster(
+    redis: RedisProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    flags = getattr(request, "param", {})
+    made = start_cluster(
+        redis,
+        f"test-{request.node.name[:40]}-{free_port()}",
+        tmp_path / "primary",
+        primary_flags=flags.get("primary", ()),
+        replica_flags=flags.get("replica", ()),
+    )
+    yield made
+    made.stop()
+
+
+def added(frame: dict[str, Any]) -> bool:
+    return frame.get("action") == "added"
+
+
+async def test_events_carry_the_primarys_seq_on_every_node_and_resume_on_another(
+    cluster: Cluster,
+) -> None:
+    primary, a, b = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, primary.base_url)
+        await converged(client, cluster.nodes)
+        channel = scene.messages_channel
+        async with (
+            ws_connect(primary.base_url, ADMIN_TOKEN) as on_primary,
+            ws_connect(b.base_url, ADMIN_TOKEN) as on_b,
+        ):
+            async with ws_connect(a.base_url, ADMIN_TOKEN) as on_a:
+                answers = [await ws.subscribe(channel) for ws in (on_primary, on_a, on_b)]
+                assert len({(x["seq"], x["epoch"]) for x in answers}) == 1, answers
+                response = await post_message(client, primary.base_url, scene, "hello")
+                assert response.status_code == 201, response.text
+                events = [await ws.until(added) for ws in (on_primary, on_a, on_b)]
+                assert {(e["seq"], e["resource_id"]) for e in events} == {
+                    (answers[0]["seq"] + 1, response.json()["id"])
+                }
+                since, epoch = events[1]["seq"], answers[1]["epoch"]
+            # A's client is gone; three more messages, then it resumes on B
+            texts = ["one", "two", "three"]
+            for text in texts:
+                assert (await post_message(client, primary.base_url, scene, text)).is_success
+            await converged(client, cluster.nodes)
+            async with ws_connect(b.base_url, ADMIN_TOKEN) as resumed:
+                answer = await resumed.subscribe(channel, since=since, epoch=epoch)
+                assert answer["resumed"] is True and answer["seq"] == since + 3
+                await resumed.barrier()
+                replayed = resumed.take_events()
+            assert [(e["seq"], e["resource"]["message"]) for e in replayed] == [
+                (since + 1, "one"),
+                (since + 2, "two"),
+                (since + 3, "three"),
+            ]
+            # B's live session saw the same events with the same seqs
+            live = [await on_b.until(added) for _ in texts]
+            assert [(e["seq"], e["resource"]["message"]) for e in live] == [
+                (e["seq"], e["resource"]["message"]) for e in replayed
+            ]
+
+
+async def test_a_write_sent_to_a_replica_is_answered_once_that_replica_shows_it(
+    cluster: Cluster,
+) -> None:
+    primary, a, _ = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, a.base_url)  # every write forwarded
+        for index in range(20):
+            response = await post_message(client, a.base_url, scene, f"message {index}")
+            assert response.status_code == 201, response.text
+            # read right away on the same replica: the write is there
+            history = await client.get(a.base_url + scene.messages, headers=scene.org_headers)
+            assert response.json()["id"] in [m["id"] for m in history.json()["results"]]
+        # the primary's own answer names the position that carries a write
+        direct = await post_message(client, primary.base_url, scene, "direct")
+        position = int(direct.headers["Chat-Engine-Position"])
+        assert position == (await status(client, primary))["position"]
+        # errors come back as the primary gave them
+        refused = await client.post(
+            a.base_url + scene.messages, json={"message": "x"}, headers=scene.org_headers
+        )
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid"
+        unauthenticated = await client.post(a.base_url + "/api/v5/orgs", json={"name": "x"})
+        assert unauthenticated.status_code == 401
+        final = await converged(client, cluster.nodes)
+        assert final["role"] == "primary"
+        roles = [(await status(client, node))["role"] for node in cluster.nodes]
+        assert roles == ["primary", "replica", "replica"]
+
+
+async def test_writes_on_a_replica_are_unavailable_while_the_primary_is_down_reads_go_on(
+    cluster: Cluster,
+) -> None:
+    primary, a, _ = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, primary.base_url)
+        await converged(client, cluster.nodes)
+        primary.kill()
+        refused = await post_message(client, a.base_url, scene, "while down")
+        assert refused.status_code == 503 and refused.json()["code"] == "unavailable"
+        history = await client.get(a.base_url + scene.messages, headers=scene.org_headers)
+        assert history.status_code == 200
+        assert (await client.get(a.base_url + "/readyz")).status_code == 200
+
+
+def test_a_second_primary_on_the_same_prefix_refuses_to_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "second"),
+            "--redis",
+            cluster.redis.url,
+            "--redis-prefix",
+            cluster.prefix,
+        ],
+        env={"CHAT_ENGINE_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another primary holds the Redis prefix" in lines[0], lines
+    # the first goes on serving
+    assert httpx.get(cluster.primary.base_url + "/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("cluster", [{"primary": ("--redis-log-length", "100")}], indirect=True)
+async def test_a_replica_trimmed_out_of_the_stream_reloads_and_converges(
+    cluster: Cluster,
+) -> None:
+    primary, a, b = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, primary.base_url)
+        await converged(client, cluster.nodes)
+        async with ws_connect(b.base_url, ADMIN_TOKEN) as session:
+            await session.subscribe(scene.messages_channel)
+            b.process.send_signal(19)  # SIGSTOP: B keeps its place but reads nothing
+            try:
+                for index in range(400):
+                    assert (
+                        await post_message(client, primary.base_url, scene, f"m{index}")
+                    ).is_success
+                # the stream no longer holds B's next record
+                first = cluster.redis.command(
+                    "XRANGE", f"{cluster.prefix}:log", "-", "+", "COUNT", "1"
+                )
+                assert b"-0" in first
+            finally:
+                b.process.send_signal(18)  # SIGCONT
+            # B's sessions are closed with 1012 (resume with since), and B converges
+            with trio.fail_after(30), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    session.inbox += await session.receive_frame()
+            assert closed.value.reason.code == 1012
+        final = await converged(client, cluster.nodes)
+        assert final["position"] >= 400
+        metrics = (await client.get(b.base_url + "/metrics")).text
+        assert "chat_engine_replica_bootstraps_total 2.0" in metrics
+        assert "chat_engine_replica_lag_records 0.0" in metrics
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [{"primary": ("--presence-timeout", "2"), "replica": ("--presence-timeout", "2")}],
+    indirect=True,
+)
+async def test_a_session_on_a_replica_keeps_its_users_presence_and_loses_it_after(
+    cluster: Cluster,
+) -> None:
+    primary, a, _ = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, primary.base_url)  # Ada present (auto_resume)
+
+        async def present() -> bool:
+            listing = await client.get(
+                primary.base_url + scene.presences, headers=scene.org_headers
+            )
+            return scene.user["id"] in [p["user_id"] for p in listing.json()["results"]]
+
+        assert await present()
+        async with ws_connect(a.base_url, scene.user["token"]):
+            # well past the timeout, with Ada's only sign of life on the replica
+            await trio.sleep(5)
+            assert await present()
+        # once the session is gone, the presence goes within about the timeout
+        with trio.fail_after(20):
+            while await present():
+                await trio.sleep(0.2)
+        await converged(client, cluster.nodes)
