@@ -39,6 +39,7 @@ from rich.table import Table
 
 from bench import common
 from bench.client import Address, closed_loop, request_bytes
+from bench.cluster import start_redis
 from bench.common import GENERATORS, Error, bounded
 from bench.deployment import Deployment
 from bench.server import admin_headers, bootstrap, created, start_server
@@ -177,19 +178,35 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         return {"modes": results, "comparisons": {}}
     for mode in options.modes:
         extra = ["--in-memory"] if mode == "memory" else ["--fsync", mode]
-        server = start_server(*extra)
-        try:
-            results[mode] = _run_mode(options, progress, mode, Deployment.of_server(server))
-            results[mode]["server_args"] = server.args[1:]
-        finally:
-            server.stop()
+        # with --redis each mode runs twice, alone and as a primary shipping its log
+        for shipping in (False, True) if options.redis else (False,):
+            redis = start_redis() if shipping else None
+            flags = ["--redis", redis.url, "--redis-prefix", "bench"] if redis else []
+            name = f"{mode}+redis" if shipping else mode
+            try:
+                server = start_server(*extra, *flags)
+                try:
+                    deployment = Deployment.of_server(server)
+                    results[name] = _run_mode(options, progress, name, deployment)
+                    results[name]["server_args"] = server.args[1:]
+                finally:
+                    server.stop()
+            finally:
+                if redis is not None:
+                    redis.stop()
     comparisons = {}
     if "always" in results and "off" in results:
-        comparisons["post_always_over_off"] = (
-            results["always"]["phases"]["post"]["throughput_rps"]
-            / results["off"]["phases"]["post"]["throughput_rps"]
-        )
+        comparisons["post_always_over_off"] = _post(results, "always") / _post(results, "off")
+    for mode in options.modes:
+        if f"{mode}+redis" in results:
+            comparisons[f"post_{mode}_redis_over_alone"] = _post(results, f"{mode}+redis") / _post(
+                results, mode
+            )
     return {"modes": results, "comparisons": comparisons}
+
+
+def _post(results: dict[str, Any], mode: str) -> float:
+    return float(results[mode]["phases"]["post"]["throughput_rps"])
 
 
 def _run_mode(options: Any, progress: Any, mode: str, deployment: Deployment) -> dict[str, Any]:
@@ -342,9 +359,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "interval, off (default: always,off; not with --url, which measures the "
         "deployment's own)",
     )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also run each mode as a cluster's primary shipping its log to a fresh "
+        "redis-server (from PATH), and give each mode's POST throughput with it over "
+        "without it",
+    )
 
 
 def check_options(options: argparse.Namespace, error: Error) -> None:
+    if options.url is not None and options.redis:
+        error("--redis starts its own primary and redis-server; not with --url")
     if options.url is not None and options.modes is not None:
         error("--modes picks the storage of a server the bench starts; not with --url")
     if options.modes is None and options.url is None:

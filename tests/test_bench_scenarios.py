@@ -38,6 +38,7 @@ from bench.fanout_scenario import PUBLISH_GRACE_SECONDS, _publish
 from bench.server import free_port
 from bench.summary import summarize
 from gateway.cli import version
+from tests.redisproc import redis_binary
 from tests.serverproc import Outcome, launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,6 +206,9 @@ URL = "http://127.0.0.1:8080"
         (["http", "--url", URL, "--admin-token", "t", "--modes", "off"], "--modes picks"),
         (["storm", "--url", URL, "--admin-token", "t", "--in-memory"], "--in-memory sets"),
         (["fanout", "--url", URL, "--admin-token", "t", "--session-queue", "9"], "sets a server"),
+        (["fanout", "--url", URL, "--admin-token", "t", "--replicas", "2"], "--replicas starts"),
+        (["http", "--url", URL, "--admin-token", "t", "--redis"], "--redis starts its own"),
+        (["fanout", "--replicas", "9"], "argument --replicas: must be between 1 and 8"),
     ],
 )
 def test_bad_options_are_refused_with_the_rule(
@@ -556,3 +560,45 @@ def test_the_admin_token_is_left_out_of_the_recorded_command() -> None:
         "http://h:1",
     ]
     assert redact(["--admin-token=s3cret"]) == ["--admin-token=REDACTED"]
+
+
+def test_fanout_over_replicas_against_the_primary_s_own(tmp_path: Path) -> None:
+    """``--replicas 2``: a real redis-server, primary and two replicas. The subscribers
+    are first all on the primary (its own fan-out), then dealt to the two replicas with
+    none left on the primary, while the posts go to the primary; every event reaches
+    every session both times, and every message reaches both replicas' probes, so the
+    replication lag has a sample per message and replica."""
+    redis_binary()  # skips, naming the package, without redis-server (fails if required)
+    report = run_bench(
+        tmp_path,
+        *("fanout", "--replicas", "2", "--sessions", "6", "--ladder", "5", "--seconds", "1"),
+    )
+    assert report["target"] == {"started_by_bench": True}
+    run = report["result"]["by_sessions"]["6"]
+    primary = run["on_primary"]
+    for step in [*primary["steps"], *run["steps"], run["half_rate"]]:
+        assert step["received_events"] == step["expected_events"] == step["posted"] * 6 > 0
+    assert list(primary["sessions_by_url"].values()) == [6]
+    on_replicas = list(run["sessions_by_url"].values())
+    assert on_replicas == [3, 3, 0]  # the replicas, then the primary (writes only)
+    for step in [*run["steps"], run["half_rate"]]:
+        lag = step["replication_lag"]
+        assert lag["messages"] == step["posted"] and lag["missing"] == 0
+        assert lag["samples"] == 2 * step["posted"] and lag["p99_ms"] is not None
+    assert run["replicas_over_primary"] == pytest.approx(1.0, rel=0.5)
+    assert len(run["replica_args"]) == 2
+
+
+def test_http_with_redis_gives_the_primary_s_post_ratio(tmp_path: Path) -> None:
+    redis_binary()
+    report = run_bench(
+        tmp_path,
+        *("http", "--redis", "--modes", "off", "--seconds", "0.5", "--connections", "2"),
+        *("--chats", "2"),
+    )
+    modes = report["result"]["modes"]
+    assert list(modes) == ["off", "off+redis"]
+    assert "--redis" in " ".join(modes["off+redis"]["server_args"])
+    for mode in modes.values():
+        assert all(phase["errors"] == 0 for phase in mode["phases"].values())
+    assert report["result"]["comparisons"]["post_off_redis_over_alone"] > 0
