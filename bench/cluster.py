@@ -104,6 +104,9 @@ class Cluster:
         """Every process of the cluster, Redis included (its CPU is the cluster's too)."""
         return [node.process.pid for node in self.nodes] + [self.redis.process.pid]
 
+    def names(self) -> list[str]:
+        return ["primary", *(f"replica{n}" for n in range(1, len(self.replicas) + 1)), "redis"]
+
     def on_replicas(self) -> Deployment:
         """Sessions spread over the replicas, writes to the primary."""
         return Deployment(
@@ -111,12 +114,13 @@ class Cluster:
             loopback(self.primary.port),
             ADMIN_TOKEN,
             self.pids(),
+            self.names(),
         )
 
     def on_primary(self) -> Deployment:
         """Sessions and writes on the primary: its own fan-out, the baseline."""
         primary = loopback(self.primary.port)
-        return Deployment([primary], primary, ADMIN_TOKEN, self.pids())
+        return Deployment([primary], primary, ADMIN_TOKEN, self.pids(), self.names())
 
     def stop(self) -> None:
         try:

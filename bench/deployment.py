@@ -154,6 +154,7 @@ class Deployment:
     write: Address
     token: str
     pids: list[int] = field(default_factory=list)  # servers the bench started
+    pid_names: list[str] = field(default_factory=list)  # their roles, where several
     started_by_bench: bool = True
     tag: str = field(default_factory=run_tag)
 
@@ -211,6 +212,10 @@ class Deployment:
         if self.pids:
             return sum(cpu_seconds(pid) for pid in self.pids)
         return self._summed("process_cpu_seconds_total")
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """Each named process's CPU seconds so far (a cluster the bench started)."""
+        return {name: cpu_seconds(pid) for name, pid in zip(self.pid_names, self.pids, strict=True)}
 
     def rss_bytes(self) -> int | None:
         if self.pids:

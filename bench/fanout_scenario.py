@@ -433,9 +433,11 @@ def run_step(
 ) -> dict[str, Any]:
     writes_before = target.write_stats()
     cpu_before = target.deployment.cpu_seconds()
+    by_process_before = target.deployment.cpu_by_process()
     generator_cpu_before = generators.cpu()
     posted, sending, lag = target.publish(number, rate, seconds)
     cpu_after = target.deployment.cpu_seconds()
+    by_process_after = target.deployment.cpu_by_process()
     # None: not readable (a deployment whose /metrics has no process_* series)
     server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     writes_after = target.write_stats()
@@ -464,6 +466,11 @@ def run_step(
     }
     if lag is not None:
         step["replication_lag"] = lag
+    if by_process_before:  # a cluster: each process's share of the work
+        step["cpu_ms_per_1000_events_by_process"] = {
+            name: 1000 * 1000 * (by_process_after[name] - before) / max(1, received)
+            for name, before in by_process_before.items()
+        }
     if writes_before and writes_after:  # the engine's write passes (its /metrics)
         passes = writes_after["passes"] - writes_before["passes"]
         writing = writes_after["seconds"] - writes_before["seconds"]
