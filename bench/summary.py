@@ -27,6 +27,8 @@ from bench.storm_scenario import P99_TARGET_MS
 HELP = "every target, judged from the latest result of each scenario (runs nothing)"
 SCENARIO_NAMES = ("compare", "fanout", "conns", "storm", "recovery", "http")
 FSYNC_RATIO_TARGET = 0.5
+REDIS_RATIO_TARGET = 0.8  # a shipping primary's POST throughput over a lone server's
+REPLICA_RATIO_TARGET = 0.8  # a replica's fan-out over the primary's own, at 500 sessions
 MET, MISSED, NOT_JUDGED = "met", "MISSED", "not judged"
 
 
@@ -74,6 +76,22 @@ def _fanout(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         if half is not None:
             figure += f"; half-rate p99 {half['p99_ms']:.0f} ms"
         yield f"{sessions} sessions: best rate", figure, "(none)"
+        if "on_primary" in run:  # fanout --replicas
+            ratio = run["replicas_over_primary"]
+            yield (
+                f"{sessions}: replicas/primary events/s ≥ {REPLICA_RATIO_TARGET:g}",
+                "-" if ratio is None else f"{ratio:.2f}",
+                _verdict(
+                    ratio is not None and ratio >= REPLICA_RATIO_TARGET,
+                    int(sessions) == 500 and ratio is not None,
+                ),
+            )
+            lag = run["replication_lag_at_best"]
+            yield (
+                f"{sessions}: replication lag p99",
+                "-" if not lag or lag["p99_ms"] is None else f"{lag['p99_ms']:.0f} ms",
+                "(none)",
+            )
 
 
 def _conns(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -126,6 +144,14 @@ def _http(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         "-" if ratio is None else f"{ratio:.2f}",
         _verdict(ratio is not None and ratio >= FSYNC_RATIO_TARGET, ratio is not None),
     )
+    for name, ratio in result.get("comparisons", {}).items():
+        if name.endswith("_redis_over_alone"):
+            mode = name.removeprefix("post_").removesuffix("_redis_over_alone")
+            yield (
+                f"POST {mode}: --redis/alone ≥ {REDIS_RATIO_TARGET:g}",
+                f"{ratio:.2f}",
+                _verdict(ratio >= REDIS_RATIO_TARGET),
+            )
 
 
 JUDGES = {
@@ -158,7 +184,11 @@ def summarize(results: Path) -> list[dict[str, str]]:
         report = orjson.loads(path.read_bytes())
         code = report.get("code") or {}
         commit = str(code.get("commit", "?"))[:7] + ("+" if code.get("uncommitted_changes") else "")
+        # someone's deployment at --url is not the engine's figure on this machine
+        elsewhere = (report.get("target") or {}).get("started_by_bench") is False
         for target, figure, verdict in JUDGES[scenario](report["result"]):
+            if elsewhere and verdict in (MET, MISSED):
+                figure, verdict = f"{figure} (a deployment at --url)", NOT_JUDGED
             rows.append(
                 {
                     "scenario": scenario,

@@ -602,3 +602,39 @@ def test_http_with_redis_gives_the_primary_s_post_ratio(tmp_path: Path) -> None:
     for mode in modes.values():
         assert all(phase["errors"] == 0 for phase in mode["phases"].values())
     assert report["result"]["comparisons"]["post_off_redis_over_alone"] > 0
+
+
+def test_summary_judges_the_cluster_ratios_and_never_a_deployment(tmp_path: Path) -> None:
+    """The cluster's two targets (a shipping primary's POSTs, a replica's fan-out at 500
+    sessions, each ≥ 0.8 of the lone figure) are judged; a run against a deployment at
+    --url is listed but never judged: it measured someone else's machine."""
+    best = {"offered_msgs_per_s": 40.0, "delivered_events_per_s": 20_000.0}
+    lag = {"p50_ms": 3.0, "p99_ms": 12.0, "missing": 0}
+    write_report(
+        tmp_path,
+        "fanout-20261205-100000",
+        {
+            "by_sessions": {
+                "500": {
+                    "best": best,
+                    "half_rate": None,
+                    "on_primary": {"best": best},
+                    "replicas_over_primary": 0.75,
+                    "replication_lag_at_best": lag,
+                }
+            }
+        },
+    )
+    write_report(
+        tmp_path, "http-20261205-100000", {"comparisons": {"post_always_redis_over_alone": 0.9}}
+    )
+    (tmp_path / "storm-20261205-100000.json").write_bytes(
+        orjson.dumps({"target": {"started_by_bench": False}, "result": storm_result(1000, 95.0)})
+    )
+    rows = {(row["scenario"], row["target"]): row for row in summarize(tmp_path)}
+    assert rows[("fanout", "500: replicas/primary events/s ≥ 0.8")]["verdict"] == "MISSED"
+    assert rows[("fanout", "500: replication lag p99")]["figure"] == "12 ms"
+    redis = rows[("http", "POST always: --redis/alone ≥ 0.8")]
+    assert (redis["figure"], redis["verdict"]) == ("0.90", "met")
+    joins = rows[("storm", "joins: p99 ≤ 100 ms")]
+    assert joins["verdict"] == "not judged" and "(a deployment at --url)" in joins["figure"]
