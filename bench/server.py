@@ -73,11 +73,12 @@ def start_server(
     data_dir: Path | None = None,
     startup_timeout: float = 60.0,
     log_path: Path | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
-    """A server process on a free port, with write rate limits off. Without
+    """A server process on ``port`` (default: a free one), with write rate limits off. Without
     ``data_dir`` a temporary one is used and removed at ``stop``; a given one is kept
     (restart tests reuse it)."""
-    port = free_port()
+    port = port or free_port()
     temporary = None
     if data_dir is None:
         temporary = tempfile.TemporaryDirectory(prefix="chat-engine-bench-")

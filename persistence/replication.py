@@ -30,14 +30,19 @@ from persistence.codec import encode_state, pack
 SNAPSHOT_CONTENT_TYPE = "application/vnd.chat-engine.snapshot"
 
 
-async def snapshot_bytes(lsn: int, state: State, histories: Callable[[], dict[str, Any]]) -> bytes:
-    """The state at ``lsn`` as a snapshot file's bytes (``snapshot.encode``), written by
-    a forked child into a private temporary directory and read back in a thread."""
+async def snapshot_bytes(
+    position: Callable[[], int], state: State, histories: Callable[[], dict[str, Any]]
+) -> tuple[int, bytes]:
+    """The state as a snapshot file's bytes (``snapshot.encode``) and the log position
+    it covers, written by a forked child into a private temporary directory and read
+    back in a thread. ``position`` is read right before the fork, with no checkpoint
+    in between: the child's image is exactly the state at that position."""
     directory = Path(await trio.to_thread.run_sync(tempfile.mkdtemp))
     try:
+        lsn = position()
         await snapshot.take_forked(directory, lsn, state, histories)
         path = directory / snapshot.snapshot_name(lsn)
-        return await trio.to_thread.run_sync(path.read_bytes)
+        return lsn, await trio.to_thread.run_sync(path.read_bytes)
     finally:
         await trio.to_thread.run_sync(shutil.rmtree, directory, True)
 

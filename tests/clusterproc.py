@@ -33,9 +33,7 @@ class Cluster:
 
     def start_primary(self, port: int | None = None) -> ServerProcess:
         flags = ("--redis", self.redis.url, "--redis-prefix", self.prefix, *self.primary_flags)
-        if port is not None:
-            flags += ("--port", str(port))
-        return start_server(*flags, data_dir=self.data_dir)
+        return start_server(*flags, data_dir=self.data_dir, port=port)
 
     def add_replica(self, port: int | None = None) -> ServerProcess:
         replica = start_replica(

@@ -42,6 +42,14 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def shared(redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the tests that leave it as they found it (each its own org)."""
+    made = start_cluster(redis, f"test-shared-{free_port()}", tmp_path_factory.mktemp("primary"))
+    yield made
+    made.stop()
+
+
 @pytest.fixture
 def cluster(
     redis: RedisProcess, tmp_path: Path, request: pytest.FixtureRequest
@@ -63,12 +71,12 @@ def added(frame: dict[str, Any]) -> bool:
 
 
 async def test_events_carry_the_primarys_seq_on_every_node_and_resume_on_another(
-    cluster: Cluster,
+    shared: Cluster,
 ) -> None:
-    primary, a, b = cluster.nodes
+    primary, a, b = shared.nodes
     async with httpx.AsyncClient(timeout=30) as client:
         scene = await make_scene(client, primary.base_url)
-        await converged(client, cluster.nodes)
+        await converged(client, shared.nodes)
         channel = scene.messages_channel
         async with (
             ws_connect(primary.base_url, ADMIN_TOKEN) as on_primary,
@@ -88,7 +96,7 @@ async def test_events_carry_the_primarys_seq_on_every_node_and_resume_on_another
             texts = ["one", "two", "three"]
             for text in texts:
                 assert (await post_message(client, primary.base_url, scene, text)).is_success
-            await converged(client, cluster.nodes)
+            await converged(client, shared.nodes)
             async with ws_connect(b.base_url, ADMIN_TOKEN) as resumed:
                 answer = await resumed.subscribe(channel, since=since, epoch=epoch)
                 assert answer["resumed"] is True and answer["seq"] == since + 3
@@ -107,9 +115,9 @@ async def test_events_carry_the_primarys_seq_on_every_node_and_resume_on_another
 
 
 async def test_a_write_sent_to_a_replica_is_answered_once_that_replica_shows_it(
-    cluster: Cluster,
+    shared: Cluster,
 ) -> None:
-    primary, a, _ = cluster.nodes
+    primary, a, _ = shared.nodes
     async with httpx.AsyncClient(timeout=30) as client:
         scene = await make_scene(client, a.base_url)  # every write forwarded
         for index in range(20):
@@ -129,9 +137,9 @@ async def test_a_write_sent_to_a_replica_is_answered_once_that_replica_shows_it(
         assert refused.status_code == 400 and refused.json()["code"] == "invalid"
         unauthenticated = await client.post(a.base_url + "/api/v5/orgs", json={"name": "x"})
         assert unauthenticated.status_code == 401
-        final = await converged(client, cluster.nodes)
+        final = await converged(client, shared.nodes)
         assert final["role"] == "primary"
-        roles = [(await status(client, node))["role"] for node in cluster.nodes]
+        roles = [(await status(client, node))["role"] for node in shared.nodes]
         assert roles == ["primary", "replica", "replica"]
 
 
@@ -151,8 +159,9 @@ async def test_writes_on_a_replica_are_unavailable_while_the_primary_is_down_rea
 
 
 def test_a_second_primary_on_the_same_prefix_refuses_to_start(
-    cluster: Cluster, tmp_path: Path
+    shared: Cluster, tmp_path: Path
 ) -> None:
+    cluster = shared
     second = subprocess.run(
         [
             sys.executable,
@@ -243,3 +252,37 @@ async def test_a_session_on_a_replica_keeps_its_users_presence_and_loses_it_afte
             while await present():
                 await trio.sleep(0.2)
         await converged(client, cluster.nodes)
+
+
+async def test_an_in_memory_primary_serves_while_redis_is_down_and_ships_the_backlog(
+    tmp_path: Path,
+) -> None:
+    redis = RedisProcess(tmp_path / "redis")  # no persistence: a restart loses the stream
+    redis.directory.mkdir()
+    redis.start()
+    made = start_cluster(
+        redis, "memory", tmp_path / "unused", replicas=1, primary_flags=("--in-memory",)
+    )
+    try:
+        primary, replica = made.nodes
+        async with httpx.AsyncClient(timeout=30) as client:
+            scene = await make_scene(client, primary.base_url)
+            await converged(client, made.nodes)
+            redis.kill()
+            for index in range(30):  # the primary answers every write meanwhile
+                response = await post_message(client, primary.base_url, scene, f"m{index}")
+                assert response.status_code == 201, response.text
+            redis.start()  # empty: the primary ships again what the stream lost
+            final = await converged(client, made.nodes)
+            history = await client.get(
+                replica.base_url + scene.messages + "?page_size=100", headers=scene.org_headers
+            )
+            texts = [m["message"] for m in history.json()["results"] if m["type"] == "msg"]
+            assert texts == [f"m{index}" for index in range(30)]
+            assert final["position"] == (await status(client, replica))["position"]
+            # shipped again, not reloaded: the replica went on from where it was
+            metrics = (await client.get(replica.base_url + "/metrics")).text
+            assert "chat_engine_replica_bootstraps_total 1.0" in metrics
+    finally:
+        made.stop()
+        redis.stop()

@@ -3,7 +3,12 @@ expire."""
 
 from __future__ import annotations
 
-from engine.reachability import ReachabilityLedger, counts_for_reachability, sweep_interval
+from engine.reachability import (
+    ReachabilityLedger,
+    counts_for_reachability,
+    report_interval,
+    sweep_interval,
+)
 
 TIMEOUT = 120.0
 START = 1000.0
@@ -87,3 +92,44 @@ def test_the_sweep_runs_often_enough_and_not_too_often() -> None:
     assert sweep_interval(120.0) == 1.0  # a long timeout: once a second
     assert sweep_interval(2.0) == 0.5  # a quarter of a short one
     assert sweep_interval(0.01) == 0.05  # never a busy loop
+
+
+# -- across the nodes of a cluster ----------------------------------------------------
+
+
+def test_a_report_from_another_node_keeps_a_user_reachable_for_the_timeout() -> None:
+    rule = ledger()
+    rule.touch("alan", 2000.0)
+    rule.reported(["alan"], 2100.0)  # a replica holds Alan's session
+    assert rule.expired(["alan"], 2000.0 + TIMEOUT) == []
+    assert rule.expired(["alan"], 2100.0 + TIMEOUT - 0.001) == []
+    # the reports stop (the session there closed): the timeout runs from the last one
+    assert rule.expired(["alan"], 2100.0 + TIMEOUT) == ["alan"]
+
+
+def test_reports_at_the_report_interval_keep_a_user_reachable_indefinitely() -> None:
+    rule = ledger()
+    interval = report_interval(TIMEOUT)
+    assert interval <= TIMEOUT / 4
+    now = START
+    for _ in range(100):  # 100 reports, a late one each time (half an interval)
+        now += interval * 1.5
+        assert rule.expired(["alan"], now) == []
+        rule.reported(["alan"], now)
+
+
+def test_a_report_never_makes_another_user_reachable() -> None:
+    rule = ledger()
+    rule.reported(["alan"], START + TIMEOUT)
+    assert rule.expired(["alan", "ada"], START + TIMEOUT + 1) == ["ada"]
+
+
+def test_what_a_replica_reports_is_every_user_reachable_through_it() -> None:
+    rule = ledger()
+    rule.session_opened("ada")  # a session: reachable however long
+    rule.touch("alan", 2000.0)  # a request: reachable for the timeout
+    rule.session_opened("grace")
+    rule.session_closed("grace", 1950.0)  # closed: reachable for the timeout after
+    assert rule.reachable_users(2000.0) == ["ada", "alan", "grace"]
+    assert rule.reachable_users(1950.0 + TIMEOUT) == ["ada", "alan"]
+    assert rule.reachable_users(2000.0 + TIMEOUT) == ["ada"]

@@ -44,7 +44,7 @@ HEAD_INTERVAL = 0.5  # seconds between looks at the stream's head
 READ_COUNT = 500  # entries per XREAD
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)
 # The answer headers of the primary a forwarded write passes on.
-PASSED_HEADERS = ("retry-after", "location", "allow")
+PASSED_HEADERS = ("retry-after", "location", "allow", POSITION_HEADER.lower())
 
 
 class LostPlace(Exception):
@@ -86,8 +86,9 @@ class Replica(ClusterNode):
         return max(0, self.head - self.engine.applied_lsn)
 
     def not_ready(self) -> str | None:
-        if not self.redis_connected:
-            return "The replica cannot reach Redis."
+        # Lag against the head last seen: with Redis away the replica goes on serving
+        # what it has (as while the primary is down), rather than leaving a balancer
+        # with no node at all; chat_engine_replica_redis_connected says so.
         if self.lag > self.max_lag:
             return f"The replica is {self.lag} records behind the primary."
         return None
@@ -108,6 +109,11 @@ class Replica(ClusterNode):
             "chat_engine_replica_position",
             "The log position applied.",
             value=self.engine.applied_lsn,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_replica_redis_connected",
+            "1 while this replica reads the stream.",
+            value=1 if self.redis_connected else 0,
         )
         yield CounterMetricFamily(
             "chat_engine_replica_bootstraps",
@@ -159,7 +165,7 @@ class Replica(ClusterNode):
             try:
                 await self._load_snapshot()
                 return
-            except (httpx.HTTPError, ValueError, errors.EngineError) as error:
+            except Exception as error:  # unreachable, refused, a bad answer: again
                 if failures == 0:
                     log.warning(
                         "cannot load the primary's snapshot yet",

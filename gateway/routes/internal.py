@@ -41,9 +41,8 @@ async def snapshot(ctx: Context, req: Request) -> Response:
     if not engine.started.is_set():
         raise errors.Unavailable("The engine is starting.")
     histories = engine.realtime.histories
-    lsn = engine.applied_lsn
-    try:  # forked at this position: the child encodes, the server goes on
-        data = await snapshot_bytes(lsn, engine.state, histories.export)
+    try:  # forked at one position: the child encodes, the server goes on
+        lsn, data = await snapshot_bytes(lambda: engine.applied_lsn, engine.state, histories.export)
     except OSError as error:
         raise errors.Unavailable(f"The snapshot could not be made: {error}") from None
     return Response(

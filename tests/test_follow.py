@@ -1,0 +1,191 @@
+"""Following the write-ahead log (persistence/follow.py) while it is written, and the
+cluster's digest (persistence/replication.py): a node built from a snapshot and one
+built by replaying the same records agree on it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.actors.supervisor import Engine
+from engine.facts import Fact
+from engine.model import SENDER_USER
+from engine.realtime.history import Histories
+from engine.state import State
+from persistence import snapshot
+from persistence.follow import LogFollower, LogGap, decode, encode
+from persistence.replication import digest, load_snapshot
+from persistence.store import Store
+from persistence.wal import WriteAheadLog, segments
+
+
+async def busy_engine(records: list[tuple[int, list[Fact]]]) -> Engine:
+    """A running in-memory engine after a few dozen mutations, each record kept."""
+    engine = Engine()
+
+    def keep(lsn: int, facts: Sequence[Fact]) -> None:
+        records.append((lsn, list(facts)))
+
+    engine.record_listeners.append(keep)
+    return engine
+
+
+async def mutate(engine: Engine) -> None:
+    org, _ = await engine.directory.create_org("Acme")
+    room = await engine.directory.create_room(org.id, "Sales", False)
+    users = [
+        (
+            await engine.directory.create_user(
+                org.id, first_name=name, last_name="T", alias=name, room_ids=None
+            )
+        )[0]
+        for name in ("Ada", "Alan", "Grace")
+    ]
+    for index in range(6):
+        _, visitor, _ = await engine.directory.register_visitor(org.id, None)
+        _, chat = await engine.directory.create_chat(
+            room, visitor, auto_resume=users[index % len(users)]
+        )
+        for line in range(5):
+            await engine.chats.post(
+                chat,
+                sender_type=SENDER_USER,
+                sender_id=users[index % len(users)].id,
+                type="msg",
+                message=f"line {line}",
+                page_url=None,
+                page_title=None,
+            )
+        if index % 2:
+            await engine.chats.leave(chat, users[index % len(users)].id)
+
+
+def replayed(records: list[tuple[int, list[Fact]]], epoch: str) -> Engine:
+    engine = Engine()
+    engine.realtime.histories.epoch = epoch
+    for lsn, facts in records:
+        engine.apply_record(lsn, facts)
+    return engine
+
+
+async def test_a_snapshot_and_a_replay_of_the_same_records_give_the_same_digest() -> None:
+    records: list[tuple[int, list[Fact]]] = []
+    engine = await busy_engine(records)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await mutate(engine)
+        middle = len(records) // 2
+        # a snapshot at the middle: what a replica loads, then the rest from the stream
+        at_middle = replayed(records[:middle], engine.realtime.epoch)
+        data = snapshot.encode(middle, at_middle.state, at_middle.realtime.histories.export())
+        nursery.cancel_scope.cancel()
+    epoch = engine.realtime.epoch
+    whole = digest(engine.state, engine.realtime.histories)
+    assert digest(*parts(replayed(records, epoch))) == whole
+    state, histories = State(), Histories(epoch=epoch)
+    assert load_snapshot(data, state, histories) == middle
+    follower = Engine()
+    follower.take_over(middle, state, histories)
+    for lsn, facts in records[middle:]:
+        follower.apply_record(lsn, facts)
+    assert follower.applied_lsn == engine.applied_lsn
+    assert digest(*parts(follower)) == whole
+    # and a node one record short does not agree
+    assert digest(*parts(replayed(records[:-1], epoch))) != whole
+
+
+def parts(engine: Engine) -> tuple[State, Histories]:
+    return engine.state, engine.realtime.histories
+
+
+def test_a_record_survives_encode_and_decode() -> None:
+    records: list[tuple[int, list[Fact]]] = []
+
+    async def main() -> None:
+        engine = await busy_engine(records)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.directory.create_org("Acme")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    lsn, facts = records[0]
+    assert decode(encode(lsn, facts)) == (lsn, facts)
+
+
+async def write_log(directory: Path, count: int, segment_bytes: int) -> WriteAheadLog:
+    """A log of ``count`` one-fact records (their facts: real ones, an org each)."""
+    records: list[tuple[int, list[Fact]]] = []
+    engine = await busy_engine(records)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for index in range(count):
+            await engine.directory.create_org(f"Org {index}")
+        nursery.cancel_scope.cancel()
+    log = WriteAheadLog(directory, fsync="off", segment_bytes=segment_bytes)
+    log.open(0)
+    for _, facts in records:
+        await log.append([facts])
+    return log
+
+
+async def test_the_follower_reads_every_record_in_order_across_segments(tmp_path: Path) -> None:
+    log = await write_log(tmp_path, 60, segment_bytes=1024)
+    assert len(segments(tmp_path)) > 3
+    follower = LogFollower(tmp_path)
+    seen: list[int] = []
+    for _ in range(100):  # bounded: 60 records, 7 at a time
+        batch = follower.read(len(seen), 60, limit=7)
+        if not batch:
+            break
+        assert len(batch) <= 7
+        seen += [lsn for lsn, _ in batch]
+        assert all(decode(payload)[0] == lsn for lsn, payload in batch)
+    assert seen == list(range(1, 61))
+    # from any position, not only where it stopped
+    assert [lsn for lsn, _ in follower.read(29, 33)] == [30, 31, 32, 33]
+    assert follower.read(60, 60) == []
+    log.close()
+
+
+async def test_the_follower_reads_on_as_the_log_grows_and_stops_at_up_to(tmp_path: Path) -> None:
+    log = await write_log(tmp_path, 10, segment_bytes=1 << 20)
+    follower = LogFollower(tmp_path)
+    assert [lsn for lsn, _ in follower.read(0, 5)] == [1, 2, 3, 4, 5]
+    assert [lsn for lsn, _ in follower.read(5, 100)] == [6, 7, 8, 9, 10]
+    records: list[tuple[int, list[Fact]]] = []
+    engine = await busy_engine(records)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.directory.create_org("Later")
+        nursery.cancel_scope.cancel()
+    await log.append([records[0][1]])
+    assert [lsn for lsn, _ in follower.read(10, 100)] == [11]
+    log.close()
+
+
+async def test_a_position_whose_segment_was_removed_is_a_gap(tmp_path: Path) -> None:
+    log = await write_log(tmp_path, 60, segment_bytes=1024)
+    held = segments(tmp_path)
+    removed = log.remove_segments_before(held[2][0] - 1)
+    assert removed == 2
+    follower = LogFollower(tmp_path)
+    with pytest.raises(LogGap) as gap:
+        follower.read(0, 60)
+    assert gap.value.first == held[2][0]
+    assert follower.read(held[2][0] - 1, held[2][0])[0][0] == held[2][0]
+    log.close()
+
+
+def test_segments_are_kept_until_shipped_within_the_bound(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store._removable(500) == 500
+    store.retain = lambda: 120  # a reader has read up to 120
+    assert store._removable(500) == 120
+    store.retain = lambda: 900
+    assert store._removable(500) == 500
+    store.retain = lambda: 0
+    assert store._removable(2_000_000) == 1_000_000  # RETAIN_RECORDS behind at most
