@@ -214,7 +214,10 @@ class Deployment:
         return self._summed("process_cpu_seconds_total")
 
     def cpu_by_process(self) -> dict[str, float]:
-        """Each named process's CPU seconds so far (a cluster the bench started)."""
+        """Each named process's CPU seconds so far (a cluster the bench started; empty
+        for anything else)."""
+        if not self.pid_names:
+            return {}
         return {name: cpu_seconds(pid) for name, pid in zip(self.pid_names, self.pids, strict=True)}
 
     def rss_bytes(self) -> int | None:
