@@ -553,9 +553,14 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         if deployment is None:
             server = start_server("--in-memory", "--session-queue", str(options.session_queue))
             deployment = Deployment.of_server(server)
+        target = engine_target(deployment)
+        if deployment.write not in deployment.addresses:
+            # the posts go to a node no subscriber is on (a cluster's primary, with the
+            # sessions on its replicas): probe the lag from it to each of the others
+            target.probes = (deployment.write, *dict.fromkeys(deployment.addresses))
         try:
             result = run_ladder(
-                engine_target(deployment),
+                target,
                 sessions,
                 options.generators,
                 ladder,

@@ -365,12 +365,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     server.stop()
 
 
-def check_target(report: dict[str, Any], *urls: str) -> None:
+def check_target(report: dict[str, Any], *urls: str, write: str | None = None) -> None:
     """The report says what it measured: the URLs, where writes went, each node's
     version, and the tag under which the run's own data was created."""
     target = report["target"]
     assert target["started_by_bench"] is False
-    assert target["urls"] == list(urls) and target["write_url"] == urls[0]
+    assert target["urls"] == list(urls) and target["write_url"] == (write or urls[0])
     for node in target["nodes"]:
         assert node["version"] == version() and node["process_metrics"] is True
     assert target["created_under"].startswith("bench-")
@@ -516,6 +516,36 @@ def test_several_urls_share_the_sessions_and_writes_go_to_the_first(
     assert all(step["delivery_ratio"] == 1.0 for step in [*run["steps"], run["half_rate"]])
     upgrades = [line for line in relay.first_lines if line.startswith(b"GET /ws")]
     assert len(upgrades) == 3, relay.first_lines
+    assert not [line for line in relay.first_lines if not line.startswith(b"GET ")]
+
+
+def test_writes_to_a_node_without_sessions_measure_the_lag_to_the_others(
+    tmp_path: Path, deployment: Outcome
+) -> None:
+    """``--write-url`` a node that is not among ``--url`` (a cluster's primary, with
+    the sessions on its replicas; here the server, with the sessions through a relay
+    to it): every session and no write goes through the relay, and a probe session
+    on each node times every message's arrival on the others against the write node."""
+    relay = Relay(deployment.port)
+    try:
+        url = loopback(relay.port).url
+        report = run_bench(
+            tmp_path,
+            *("fanout", "--url", url, "--write-url", deployment.base_url),
+            *("--sessions", "4", "--ladder", "5", "--seconds", "1"),
+            token=DEPLOYMENT_TOKEN,
+        )
+    finally:
+        relay.close()
+    check_target(report, url, write=deployment.base_url)
+    run = report["result"]["by_sessions"]["4"]
+    steps = [*run["steps"], run["half_rate"]]
+    for step in steps:
+        assert step["delivery_ratio"] == 1.0
+        lag = step["replication_lag"]
+        assert lag["messages"] == lag["samples"] == step["posted"] and lag["missing"] == 0
+    upgrades = [line for line in relay.first_lines if line.startswith(b"GET /ws")]
+    assert len(upgrades) == 4 + len(steps)  # the subscribers, and one probe a step
     assert not [line for line in relay.first_lines if not line.startswith(b"GET ")]
 
 
