@@ -3,8 +3,8 @@
 Each scenario starts its own server on 127.0.0.1 (a free port, a temporary data dir),
 drives it from separate load-generator processes, stops it, and writes JSON + PNG, with
 the command that produced them, to a results folder outside the repository (--out).
-With --url (and --admin-token) the scenarios that can measure a running deployment
-instead (http, fanout, storm, conns). Every loop is bounded in count and time.
+With --url (and --admin-token), http, fanout, storm and conns measure a running
+deployment instead. Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
