@@ -1,4 +1,4 @@
-"""Channel names (docs/realtime.md): building them, parsing them, and who may subscribe.
+"""Channel names (docs/protocol.md): building them, parsing them, and who may subscribe.
 
 A channel is the path of the collection it mirrors. This module is the one place that
 knows their shapes; fan-out builds names with it and the WebSocket gateway parses and
@@ -120,7 +120,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
 
 
 def parse(channel: str) -> ChannelRef | None:
-    """The channel's parts, or ``None`` for a path that is no channel of §7."""
+    """The channel's parts, or ``None`` for a path that is no channel (docs/protocol.md, "Channels")."""
     for pattern, kind, names in _PATTERNS:
         match = pattern.fullmatch(channel)
         if match is None:

@@ -15,6 +15,7 @@ from engine.facts import (
     OrgCreated,
     RoomCreated,
     RoomShared,
+    TokenRotated,
     UserCreated,
     VisitorRegistered,
 )
@@ -26,13 +27,19 @@ from engine.state import State
 class Issued:
     """A fact together with the plaintext token it made (returned once to the caller)."""
 
-    fact: OrgCreated | UserCreated | VisitorRegistered
+    fact: OrgCreated | UserCreated | VisitorRegistered | TokenRotated
     token: str
 
 
 def create_org(name: str, *, at: int) -> Issued:
     token = new_secret()
     return Issued(OrgCreated(new_uuid(), name, at, hash_token(token)), token)
+
+
+def rotate_token(principal_kind: str, principal_id: str, *, at: int) -> Issued:
+    """A new token for an org or a user; applying the fact stops the old one."""
+    token = new_secret()
+    return Issued(TokenRotated(principal_kind, principal_id, hash_token(token), at), token)
 
 
 def create_room(org_id: str, name: str, private_chats: bool, *, at: int) -> RoomCreated:

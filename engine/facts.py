@@ -140,6 +140,26 @@ class ApiDataSet:
     at: int
 
 
+@dataclass(slots=True, frozen=True)
+class TokenRotated:
+    """An org's or a user's token replaced by a new one; the old one stops working."""
+
+    principal_kind: str  # "org" or "user"
+    principal_id: str
+    token_hash: str
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class JwtKeysSet:
+    """An org's signed-token verification keys, replaced whole: (kid, algorithm, key)
+    each. A shared (HS256) secret is kept here as given: it is what verifies."""
+
+    org_id: str
+    keys: tuple[tuple[str, str, str], ...]
+    at: int
+
+
 # A product as a fact carries: (id, name, description, category, product_number, price,
 # quantity, monthly_price, monthly_quantity, stock_balance)
 ProductRow = tuple[
@@ -194,6 +214,8 @@ Fact = (
     | TagAdded
     | TagRemoved
     | ApiDataSet
+    | TokenRotated
+    | JwtKeysSet
     | CartCreated
     | CartLocked
     | ProductAdded

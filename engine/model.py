@@ -67,6 +67,17 @@ class User:
         return " ".join(part for part in (self.first_name, self.last_name) if part)
 
 
+@dataclass(slots=True, frozen=True)
+class JwtKey:
+    """A key an org registered to verify the signed tokens (JWT) its application issues.
+    ``key`` is the HS256 shared secret or the RS256/ES256 public key (PEM)."""
+
+    org_id: str
+    kid: str
+    algorithm: str
+    key: str
+
+
 NO_API_DATA: Mapping[str, list[dict[str, object]]] = MappingProxyType({})
 
 

@@ -21,6 +21,7 @@ from engine.facts import (
     ChatCreated,
     ChatEnded,
     Fact,
+    JwtKeysSet,
     MessagePosted,
     OrgCreated,
     PrivacySet,
@@ -28,12 +29,13 @@ from engine.facts import (
     RoomShared,
     TagAdded,
     TagRemoved,
+    TokenRotated,
     UserCreated,
     UserJoined,
     UserLeft,
     VisitorRegistered,
 )
-from engine.model import SENDER_USER, Org, Room, User, Visitor, shared
+from engine.model import SENDER_USER, JwtKey, Org, Room, User, Visitor, shared
 from engine.views import chat_collection_view
 
 PRINCIPAL_ORG = "org"
@@ -72,7 +74,14 @@ class State:
         # called with each token hash that stops working (a visitor re-keyed), as the
         # fact is applied: the gateway closes the sessions opened with it
         self.token_revoked: list[Callable[[str], None]] = []
+        # org id -> kid -> the key that verifies that org's signed tokens
+        self.jwt_keys: dict[str, dict[str, JwtKey]] = {}
+        # called with an org's id when its keys were replaced, as the fact is applied:
+        # the gateway closes the sessions whose key is gone or changed
+        self.jwt_keys_changed: list[Callable[[str], None]] = []
         # indexes
+        self.org_index: SortedDict = SortedDict()  # org seq -> org
+        self.org_users: dict[str, SortedDict] = {}  # user seq -> user
         self.org_rooms: dict[str, SortedDict] = {}  # own and shared rooms by room seq
         self.room_open_chats: dict[str, SortedDict] = {}  # chat seq -> chat
         self.user_chats: dict[str, SortedDict] = {}  # chat seq -> chat
@@ -100,6 +109,8 @@ class State:
             TagAdded: self._chat_fact,
             TagRemoved: self._chat_fact,
             ApiDataSet: self._api_data_set,
+            TokenRotated: self._token_rotated,
+            JwtKeysSet: self._jwt_keys_set,
             **{kind: self._chat_fact for kind in CART_FACTS},
         }
 
@@ -119,8 +130,10 @@ class State:
         self.orgs[fact.org_id] = Org(
             shared(fact.org_id), fact.name, fact.at, self._next_seq(), fact.token_hash
         )
+        org = self.orgs[fact.org_id]
         self.tokens[fact.token_hash] = (PRINCIPAL_ORG, fact.org_id)
         self.org_rooms[fact.org_id] = SortedDict()
+        self.org_index[org.seq] = org
 
     def _room_created(self, fact: RoomCreated) -> None:
         room = Room(
@@ -155,6 +168,7 @@ class State:
         )
         self.users[user.id] = user
         self.tokens[fact.token_hash] = (PRINCIPAL_USER, user.id)
+        _bucket(self.org_users, user.organization_id)[user.seq] = user
 
     def _visitor_registered(self, fact: VisitorRegistered) -> None:
         visitor = self.visitors.get(fact.visitor_id)
@@ -168,6 +182,21 @@ class State:
             if visitor.organization_id is None:
                 visitor.organization_id = org_id
         self.tokens[fact.token_hash] = (PRINCIPAL_VISITOR, visitor.id)
+
+    def _token_rotated(self, fact: TokenRotated) -> None:
+        record: Org | User = (
+            self.orgs[fact.principal_id]
+            if fact.principal_kind == PRINCIPAL_ORG
+            else self.users[fact.principal_id]
+        )
+        self._revoke(record.token_hash)
+        record.token_hash = fact.token_hash
+        self.tokens[fact.token_hash] = (fact.principal_kind, fact.principal_id)
+
+    def _jwt_keys_set(self, fact: JwtKeysSet) -> None:
+        self.restore_jwt_keys(fact.org_id, fact.keys)
+        for listener in self.jwt_keys_changed:
+            listener(fact.org_id)
 
     def _revoke(self, token_hash: str) -> None:
         if self.tokens.pop(token_hash, None) is not None:
@@ -285,13 +314,14 @@ class State:
         """Become ``other`` (a state restored aside), keeping this object's identity:
         everything that holds a reference to this state sees the restored one."""
         for name, value in vars(other).items():
-            if name not in ("_appliers", "token_revoked"):
+            if name not in ("_appliers", "token_revoked", "jwt_keys_changed"):
                 setattr(self, name, value)
 
     def restore_org(self, org: Org) -> None:
         self.orgs[org.id] = org
         self.tokens[org.token_hash] = (PRINCIPAL_ORG, org.id)
         _bucket(self.org_rooms, org.id)
+        self.org_index[org.seq] = org
 
     def restore_room(self, room: Room) -> None:
         self.rooms[room.id] = room
@@ -302,6 +332,15 @@ class State:
     def restore_user(self, user: User) -> None:
         self.users[user.id] = user
         self.tokens[user.token_hash] = (PRINCIPAL_USER, user.id)
+        _bucket(self.org_users, user.organization_id)[user.seq] = user
+
+    def restore_jwt_keys(self, org_id: str, keys: Iterable[tuple[str, str, str]]) -> None:
+        org_id = shared(org_id)
+        found = {kid: JwtKey(org_id, kid, algorithm, key) for kid, algorithm, key in keys}
+        if found:
+            self.jwt_keys[org_id] = found
+        else:
+            self.jwt_keys.pop(org_id, None)
 
     def restore_visitor(self, visitor: Visitor) -> None:
         self.visitors[visitor.id] = visitor
@@ -326,6 +365,17 @@ class State:
     # -- queries -------------------------------------------------------------------
     def principal(self, token_hash: str) -> tuple[str, str] | None:
         return self.tokens.get(token_hash)
+
+    def all_orgs(self) -> SortedView:
+        return SortedView(self.org_index)
+
+    def users_of_org(self, org_id: str) -> SortedView:
+        return SortedView(self.org_users.get(org_id))
+
+    def jwt_key(self, org_id: object, kid: object) -> JwtKey | None:
+        if not isinstance(org_id, str) or not isinstance(kid, str):
+            return None
+        return self.jwt_keys.get(org_id, {}).get(kid)
 
     def rooms_of_org(self, org_id: str) -> SortedView:
         return SortedView(self.org_rooms.get(org_id))

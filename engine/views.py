@@ -15,6 +15,7 @@ from engine.chat import ChatState
 from engine.model import (
     SENDER_USER,
     Cart,
+    JwtKey,
     Message,
     Org,
     Presence,
@@ -59,6 +60,15 @@ def user_view(user: User, token: str | None = None) -> dict[str, Any]:
     }
     if token is not None:
         view["token"] = token
+    return view
+
+
+def jwt_key_view(key: JwtKey) -> dict[str, Any]:
+    """A verification key as the API shows it: a shared (HS256) secret is never shown,
+    a public key is."""
+    view: dict[str, Any] = {"kid": key.kid, "algorithm": key.algorithm}
+    if key.algorithm != "HS256":
+        view["key"] = key.key
     return view
 
 

@@ -31,6 +31,7 @@ from gateway.routes import (
     ops,
     presences,
     report,
+    tokens,
 )
 from gateway.routes.context import WRITES, Context, Route, admit
 from gateway.settings import (
@@ -47,6 +48,7 @@ MAX_WRITERS = 100_000  # write buckets kept at most (see gateway/ratelimit.py)
 ROUTES: tuple[Route, ...] = (
     *ops.ROUTES,
     *directory.ROUTES,
+    *tokens.ROUTES,
     *chats.ROUTES,
     *report.ROUTES,
     *presences.ROUTES,
@@ -123,9 +125,7 @@ def route_table(ctx: Context) -> Router:
         else:
             router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
-            ctx.api.add(
-                route.method, route.path, route.summary, body=route.body, status=route.status
-            )
+            ctx.api.add(route)
     return router
 
 

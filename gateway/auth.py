@@ -1,7 +1,10 @@
 """Principals and the authorization checks (who may call what: docs/edge.md and the README).
 
 A token is looked up by its SHA-256 digest (tokens are stored hashed); the admin token's
-digest is compared with ``hmac.compare_digest``. Checks raise the contract's errors:
+digest is compared with ``hmac.compare_digest``. A signed token (a JWT, sent as
+``Authorization: Bearer`` or ``Token``, or ``?token=`` on ``/ws``) is verified by
+``gateway.jwtauth`` and names a user or a visitor, with exactly its rights
+(docs/integration.md). Checks raise the contract's errors:
 401 with no or a bad token, 403 for a path of another org or a principal that may not
 make the call, 404 for objects the caller's org cannot see.
 """
@@ -9,14 +12,17 @@ make the call, 404 for objects the caller's org cannot see.
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from engine import errors
 from engine.access import org_can_access_room, user_of_org, visitors_own_chat
 from engine.chat import ChatState
 from engine.ids import hash_token, is_uuid
-from engine.model import Room, User, Visitor
+from engine.model import JwtKey, Room, User, Visitor
 from engine.state import PRINCIPAL_ORG, PRINCIPAL_USER, PRINCIPAL_VISITOR, State
+from engine.tokens import looks_like_jwt
+from gateway import jwtauth
 
 ADMIN = "admin"
 
@@ -26,21 +32,43 @@ class Principal:
     kind: str  # admin, org, user, visitor
     id: str
     org_id: str | None  # the org of an org or user principal
+    # a signed token's: when it expires (engine milliseconds) and the key that verified it
+    expires_ms: int | None = None
+    jwt_key: JwtKey | None = None
 
 
-def authenticate(state: State, header: str | None, admin_token_hash: str) -> Principal:
-    if not header or not header.startswith("Token "):
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization`` header: ``Token <token>`` or ``Bearer <jwt>``."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme not in ("Token", "Bearer"):
+        return None
+    return token.strip() or None
+
+
+def authenticate(
+    state: State, header: str | None, admin_token_hash: str, *, now_ms: int | None = None
+) -> Principal:
+    token = bearer(header)
+    if token is None:
         raise errors.NotAuthenticated("Authentication credentials were not provided.")
-    token = header[6:].strip()
-    if not token:
-        raise errors.NotAuthenticated("Authentication credentials were not provided.")
-    return principal_for_token(state, token, admin_token_hash)
+    return principal_for_token(state, token, admin_token_hash, now_ms=now_ms)
 
 
-def principal_for_token(state: State, token: str, admin_token_hash: str) -> Principal:
+def principal_for_token(
+    state: State, token: str, admin_token_hash: str, *, now_ms: int | None = None
+) -> Principal:
+    """``now_ms`` is the engine's clock, against which a signed token's ``exp`` is
+    checked (the wall clock when not given)."""
     digest = hash_token(token)
     if hmac.compare_digest(digest, admin_token_hash):
         return Principal(ADMIN, ADMIN, None)
+    if looks_like_jwt(token):
+        subject = jwtauth.verify(
+            state, token, now_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        )
+        return Principal(subject.kind, subject.id, subject.org_id, subject.expires_ms, subject.key)
     found = state.principal(digest)
     if found is None:
         raise errors.NotAuthenticated("Invalid token.")

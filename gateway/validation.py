@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine import errors
 from engine.chat import ChatState
-from engine.directory import message_text_problem
-from engine.ids import is_uuid, is_visitor_id
+from engine.directory import MAX_MESSAGE_LENGTH, message_text_problem
+from engine.ids import VISITOR_ID_RE, is_uuid, is_visitor_id
 from engine.model import POSTABLE_TYPES
 from engine.report import ORDERINGS, ReportQuery, reported
 from engine.timefmt import parse_ms
+from engine.tokens import MAX_KEYS, MAX_KID_LENGTH
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 25
 
 M = TypeVar("M", bound=BaseModel)
+
+
+# What /openapi.json states of the rules the validators below apply by code.
+NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+UUID_FIELD: dict[str, Any] = {"format": "uuid"}
+POSTABLE: dict[str, Any] = {"enum": sorted(POSTABLE_TYPES)}
+MESSAGE_RULE: dict[str, Any] = {"minLength": 1, "maxLength": MAX_MESSAGE_LENGTH, **NOT_BLANK}
 
 
 class Body(BaseModel):
@@ -50,25 +58,27 @@ def _message_text(value: str) -> str:
 
 
 class OrgCreate(Body):
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, json_schema_extra=NOT_BLANK)
     _check_name = field_validator("name")(_not_blank)
 
 
 class RoomCreate(Body):
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, json_schema_extra=NOT_BLANK)
     private_chats: bool = False
     _check_name = field_validator("name")(_not_blank)
 
 
 class ShareCreate(Body):
-    organization_id: str
+    organization_id: str = Field(json_schema_extra=UUID_FIELD)
 
 
 class UserCreate(Body):
-    first_name: str = Field(max_length=200)
+    first_name: str = Field(max_length=200, json_schema_extra=NOT_BLANK)
     last_name: str = Field(max_length=200)
     alias: str = Field(max_length=200)
-    room_ids: list[str] | None = Field(default=None, max_length=10_000)
+    room_ids: list[str] | None = Field(
+        default=None, max_length=10_000, json_schema_extra={"items": UUID_FIELD}
+    )
     _check_first = field_validator("first_name")(_not_blank)
 
     @field_validator("room_ids")
@@ -80,7 +90,9 @@ class UserCreate(Body):
 
 
 class VisitorCreate(Body):
-    id: str | None = None
+    id: str | None = Field(
+        default=None, json_schema_extra={"pattern": f"^{VISITOR_ID_RE.pattern}$"}
+    )
 
     @field_validator("id")
     @classmethod
@@ -91,7 +103,7 @@ class VisitorCreate(Body):
 
 
 class ChatCreate(Body):
-    auto_resume: str | None = None
+    auto_resume: str | None = Field(default=None, json_schema_extra=UUID_FIELD)
 
 
 class ChatUpdate(Body):
@@ -108,7 +120,7 @@ class VisitorChatUpdate(Body):
 
 
 class VisitorMessageCreate(Body):
-    message: str
+    message: str = Field(json_schema_extra=MESSAGE_RULE)
     page_url: str | None = Field(default=None, max_length=4096)
     page_title: str | None = Field(default=None, max_length=1024)
 
@@ -116,6 +128,7 @@ class VisitorMessageCreate(Body):
 
 
 DECIMAL = re.compile(r"\d{1,12}(\.\d{1,6})?")
+DECIMAL_FIELD: dict[str, Any] = {"pattern": f"^{DECIMAL.pattern}$"}
 
 
 def _decimal_string(value: str | None) -> str | None:
@@ -125,13 +138,13 @@ def _decimal_string(value: str | None) -> str | None:
 
 
 class ProductCreate(Body):
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, json_schema_extra=NOT_BLANK)
     description: str | None = Field(default=None, max_length=4000)
     category: str | None = Field(default=None, max_length=200)
     product_number: str | None = Field(default=None, max_length=200)
-    price: str
+    price: str = Field(json_schema_extra=DECIMAL_FIELD)
     quantity: int = Field(ge=0, le=1_000_000)
-    monthly_price: str | None = None
+    monthly_price: str | None = Field(default=None, json_schema_extra=DECIMAL_FIELD)
     monthly_quantity: int | None = Field(default=None, ge=0, le=1_000_000)
     stock_balance: int | None = None
     _check_name = field_validator("name")(_not_blank)
@@ -153,7 +166,7 @@ class ProductCreate(Body):
 
 
 class CartCreate(Body):
-    currency: str = Field(max_length=10)
+    currency: str = Field(max_length=10, json_schema_extra=NOT_BLANK)
     products: list[ProductCreate] = Field(default_factory=list, max_length=1000)
     _check_currency = field_validator("currency")(_not_blank)
 
@@ -163,19 +176,19 @@ class CartUpdate(Body):
 
 
 class TagCreate(Body):
-    name: str = Field(max_length=100)
+    name: str = Field(max_length=100, json_schema_extra=NOT_BLANK)
     _check_name = field_validator("name")(_not_blank)
 
 
 class PresenceCreate(Body):
-    user_id: str
+    user_id: str = Field(json_schema_extra=UUID_FIELD)
     exclusive: bool = False
 
 
 class MessageCreate(Body):
-    sender_id: str
-    message: str
-    type: str = "msg"
+    sender_id: str = Field(json_schema_extra=UUID_FIELD)
+    message: str = Field(json_schema_extra=MESSAGE_RULE)
+    type: str = Field(default="msg", json_schema_extra=POSTABLE)
     page_url: str | None = Field(default=None, max_length=4096)
     page_title: str | None = Field(default=None, max_length=1024)
 
@@ -187,6 +200,37 @@ class MessageCreate(Body):
         if value not in POSTABLE_TYPES:
             raise ValueError("Must be 'msg' or 'autosuggest'.")
         return value
+
+
+class JwtKeySpec(Body):
+    kid: str = Field(min_length=1, max_length=MAX_KID_LENGTH)
+    algorithm: Literal["HS256", "RS256", "ES256"]
+    # an HS256 shared secret (at least 32 bytes) or a PEM public key
+    key: str = Field(min_length=1, max_length=16_384)
+
+
+class JwtKeysPut(Body):
+    """An org's verification keys, replacing the ones it had (an empty list removes
+    them). The body may also be the bare list."""
+
+    keys: list[JwtKeySpec] = Field(max_length=MAX_KEYS)
+
+
+def parse_jwt_keys(raw: bytes, content_type: str | None) -> list[tuple[str, str, str]]:
+    """``[{"kid", "algorithm", "key"}, ...]`` or ``{"keys": [...]}``."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if raw.strip() and mime != "application/json":
+        raise errors.UnsupportedMediaType("The body must be application/json.")
+    try:
+        data = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        raise errors.InvalidJson("The body is not valid JSON.") from None
+    if isinstance(data, list):
+        data = {"keys": data}
+    if not isinstance(data, dict):
+        raise errors.InvalidBody("The body must be a JSON array of {kid, algorithm, key}.")
+    body = validate(JwtKeysPut, data)
+    return [(item.kid, item.algorithm, item.key) for item in body.keys]
 
 
 def parse_json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
@@ -202,6 +246,17 @@ def parse_json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidBody("The body must be a JSON object.")
     return data
+
+
+API_DATA_BODY: dict[str, Any] = {
+    "title": "ApiDataBody",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "value"],
+        "properties": {"name": {"type": "string"}, "value": {}},
+    },
+}
 
 
 def parse_api_data(raw: bytes, content_type: str | None) -> list[tuple[str, object]]:
@@ -227,6 +282,29 @@ def parse_api_data(raw: bytes, content_type: str | None) -> list[tuple[str, obje
             )
         items.append((item["name"], item["value"]))
     return items
+
+
+def query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A query parameter as /openapi.json states it (``Route.query``)."""
+    return {"name": name, "required": False, "description": description, "schema": schema}
+
+
+BOOL_PARAM: dict[str, Any] = {"type": "string", "enum": ["true", "false", "1", "0"]}
+TIME_PARAM: dict[str, Any] = {
+    "type": "string",
+    "description": "UTC with milliseconds: 2026-12-05T07:30:00.042, also with Z or +00:00.",
+}
+WAITING_QUERY = (
+    query_param("is_waiting_response", BOOL_PARAM, "Only chats waiting (or not) for an answer."),
+)
+AUTO_RESUME_QUERY = (
+    query_param(
+        "auto_resume",
+        {"type": "string", "format": "uuid"},
+        "A user id: join that user to the visitor's recent chat, or to a new one "
+        "(wins over the body's auto_resume).",
+    ),
+)
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:
@@ -288,6 +366,32 @@ def parse_time(args: Any, name: str) -> int | None:
         return parse_ms(value)
     except ValueError as error:
         raise errors.invalid_field(name, str(error)) from None
+
+
+REPORT_QUERY = (
+    query_param(
+        "ordering",
+        {"type": "string", "enum": list(ORDERINGS), "default": "start_time"},
+        "Order of the chats; ties by creation order.",
+    ),
+    query_param("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number."),
+    query_param(
+        "page_size",
+        {"type": "integer", "minimum": 1, "default": DEFAULT_PAGE_SIZE},
+        f"Chats a page (above {MAX_PAGE_SIZE}: {MAX_PAGE_SIZE}).",
+    ),
+    query_param("since_id", {"type": "string", "format": "uuid"}, "Chats created after this one."),
+    query_param("start_time", TIME_PARAM, "Chats started at or after this time."),
+    query_param("end_time", TIME_PARAM, "Chats ended before this time."),
+    query_param("has_sales", BOOL_PARAM, "Chats with (or without) a locked cart."),
+    query_param("is_real_conversation", BOOL_PARAM, "Chats where both sides wrote (or not)."),
+    query_param("room_id", {"type": "string", "format": "uuid"}, "Chats of this room."),
+    query_param("tag", {"type": "string", "pattern": r"\S"}, "Chats with this tag."),
+    query_param(
+        "min_message_count", {"type": "integer", "minimum": 0}, "Chats with this many messages."
+    ),
+    query_param("only_ended", BOOL_PARAM, "true: ended chats only (false: as if absent)."),
+)
 
 
 def parse_report_query(args: Any, chats: Mapping[str, ChatState], org_id: str) -> ReportQuery:

@@ -20,7 +20,9 @@ dropped without a close frame.
 Every session is its own failure domain: an unexpected error in its handshake, its
 reader, its own task or the flusher's writing of it is logged and counted
 (``gateway.failures``) and closes that session only, with 1011. A session whose token
-stops working (a visitor re-keyed by its org) is closed with 4001.
+stops working (a visitor re-keyed by its org, an org's or a user's token rotated) is
+closed with 4001; so is one opened with a signed token (JWT) when the token expires
+(a timer on trio's clock) or when its org removes or replaces the key that verified it.
 
 The front door (``gateway/frontdoor.py``) hands each ``GET /ws`` connection here as a
 plain socket; ``gateway/wsconn.py`` speaks the WebSocket protocol on it.
@@ -50,7 +52,8 @@ from engine.reachability import counts_for_reachability
 from engine.realtime import protocol
 from engine.realtime.protocol import JSON, MSGPACK
 from engine.state import limited_per_token
-from gateway.auth import ADMIN, Principal, principal_for_token
+from engine.tokens import key_still_valid
+from gateway.auth import ADMIN, Principal, bearer, principal_for_token
 from gateway.failures import connection_failed
 from gateway.forwarded import Forwarded, parse_address
 from gateway.web import error_body
@@ -147,6 +150,7 @@ class Session:
     close_reason: str = "server shutting down"
     revoked: bool = False  # its token stopped working: 4001 at once
     restarting: bool = False  # the node reloaded its state: 1012 at once, resume with since
+    revoked_reason: str = "the token is no longer valid"
     ready: bool = False  # on the flusher's list
     blocked: bool = False  # the kernel's buffer is full: the session's task is flushing
     broken: bool = False
@@ -206,8 +210,10 @@ class Session:
             self.close_code, self.close_reason = code, reason
         self._trouble.set()
 
-    def revoke(self) -> None:
+    def revoke(self, reason: str | None = None) -> None:
         """Its token stopped working: nothing more is written, it closes with 4001."""
+        if reason is not None and not self.revoked:
+            self.revoked_reason = reason
         self.revoked = True
         self.overflowed = True  # so nothing more is queued (4001 goes first)
         self._discard()
@@ -337,10 +343,20 @@ class WsGateway:
         # working; the directory tells (State.token_revoked)
         self._by_token: dict[str, set[Session]] = {}
         engine.state.token_revoked.append(self._token_revoked)
+        engine.state.jwt_keys_changed.append(self._jwt_keys_changed)
 
     def _token_revoked(self, token_hash: str) -> None:
         for session in self._by_token.pop(token_hash, ()):
             session.revoke()
+
+    def _jwt_keys_changed(self, org_id: str) -> None:
+        """An org's keys were replaced: close the sessions whose key is gone or changed
+        (a rare call: it looks at every session)."""
+        state = self.engine.state
+        for session in self.sessions:
+            key = session.principal.jwt_key
+            if key is not None and key.org_id == org_id and not key_still_valid(state, key):
+                session.revoke("the key that verified the token was removed or replaced")
 
     def _on_ready(self, session: Session) -> None:
         self._ready.append(session)
@@ -421,7 +437,9 @@ class WsGateway:
                 # per token and address for visitors and users; admin and org tokens
                 # count in the total only (gateway/wsquota.py says why)
                 counted = limited_per_token(principal.kind)
-                quota_token = token_hash if counted else None
+                # a signed token counts for its principal: fresh tokens add no sessions
+                quota_key = token_hash if principal.jwt_key is None else f"jwt:{principal.id}"
+                quota_token = quota_key if counted else None
                 address = self._client_address(peer, request) if counted else None
                 refusal = self.quota.refusal(quota_token, address)
                 if refusal is not None:
@@ -472,14 +490,15 @@ class WsGateway:
         for name, value in request.extra_headers:
             if name.lower() == b"authorization":
                 header = value.decode("latin-1")
-        if header.startswith("Token "):
-            token = header[6:].strip()
-        else:
+        token = bearer(header)
+        if token is None:
             query = parse_qs(urlsplit(request.target).query)
             token = query.get("token", [""])[0]
         if not token:
             raise errors.NotAuthenticated("Authentication credentials were not provided.")
-        principal = principal_for_token(self.engine.state, token, self.admin_token_hash)
+        principal = principal_for_token(
+            self.engine.state, token, self.admin_token_hash, now_ms=self.engine.now()
+        )
         return principal, hash_token(token)
 
     async def _serve(
@@ -499,14 +518,20 @@ class WsGateway:
         self.sessions.add(session)
         self.budget.sessions += 1
         self._by_token.setdefault(token_hash, set()).add(session)
-        if principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
-            session.revoke()  # it stopped working while the upgrade was answered
+        # it may have stopped working while the upgrade was answered
+        if principal.jwt_key is not None:
+            if not key_still_valid(self.engine.state, principal.jwt_key):
+                session.revoke("the key that verified the token was removed or replaced")
+        elif principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
+            session.revoke()
         reachability = self.engine.reachability
         if counts_for_reachability(principal.kind):
             reachability.session_opened(principal.id)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, session, transport, nursery.cancel_scope)
+                if principal.expires_ms is not None:
+                    nursery.start_soon(self._expire, session, principal.expires_ms)
                 if await self._tend(session, transport):
                     # we sent a close frame: the reader waits (a while) for the peer's
                     nursery.cancel_scope.deadline = trio.current_time() + self.limits.close_timeout
@@ -524,6 +549,13 @@ class WsGateway:
             self.engine.realtime.drop(session, session.subscriptions)
             if counts_for_reachability(principal.kind):
                 reachability.session_closed(principal.id)
+
+    async def _expire(self, session: Session, expires_ms: int) -> None:
+        """A session opened with a signed token ends (4001) when the token expires: the
+        client reconnects with a fresh one. The wait runs on trio's clock, from the
+        engine's clock now to the token's ``exp``."""
+        await trio.sleep(max(0.0, (expires_ms - self.engine.now()) / 1000))
+        session.revoke("the token has expired")
 
     async def _tend(self, session: Session, transport: RawWebSocket) -> bool:
         """What the flusher leaves to the session's own task; True when the session
@@ -549,7 +581,7 @@ class WsGateway:
                     return True
                 if session.revoked:
                     self.revoked_closes += 1
-                    await transport.close(CLOSE_NOT_AUTHENTICATED, "the token is no longer valid")
+                    await transport.close(CLOSE_NOT_AUTHENTICATED, session.revoked_reason)
                     return True
                 if session.overflowed:
                     self.slow_consumer_closes += 1

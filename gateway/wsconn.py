@@ -63,7 +63,7 @@ class WsLimits:
 
 
 def data_frame(opcode: int, payload: bytes) -> bytes:
-    """One unfragmented, unmasked server frame (RFC 6455 §5.2)."""
+    """One unfragmented, unmasked server frame (RFC 6455, section 5.2)."""
     length = len(payload)
     if length < 126:
         return bytes((0x80 | opcode, length)) + payload

@@ -74,6 +74,10 @@ def encode_state(state: State) -> dict[str, Any]:
     return {
         "seq": state.seq,
         "orgs": [_row(org) for org in state.orgs.values()],
+        "jwt_keys": [
+            [org_id, [[key.kid, key.algorithm, key.key] for key in keys.values()]]
+            for org_id, keys in state.jwt_keys.items()
+        ],
         "rooms": [
             [*_row(room, ("shared_with",)), sorted(room.shared_with)]
             for room in state.rooms.values()
@@ -122,6 +126,9 @@ def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = N
             for row in value:
                 row[0] = shared(row[0])
                 state.restore_org(Org(*row))
+        elif key == "jwt_keys":
+            for org_id, keys in value:
+                state.restore_jwt_keys(org_id, (tuple(key) for key in keys))
         elif key == "rooms":
             for row in value:
                 row[0], row[2] = shared(row[0]), shared(row[2])

@@ -31,7 +31,7 @@ def frame(
     mask: bytes | None = b"\x00\x00\x00\x00",
     length: int | None = None,
 ) -> bytes:
-    """One client frame (RFC 6455 §5.2). ``mask=None`` sends it unmasked (a protocol
+    """One client frame (RFC 6455, section 5.2). ``mask=None`` sends it unmasked (a protocol
     error from a client); ``length`` may lie about the payload's size."""
     size = len(payload) if length is None else length
     head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode & 0xF])

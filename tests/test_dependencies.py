@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = {"engine", "gateway", "persistence", "bench", "tests"}
+FIRST_PARTY = {"engine", "gateway", "persistence", "bench", "tests", "chat_engine_client"}
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -77,6 +77,11 @@ def test_the_server_imports_only_runtime_dependencies() -> None:
     assert problems == []
 
 
+def test_the_python_client_imports_only_runtime_dependencies() -> None:
+    # chat_engine_client is installed with the server, so with its runtime group only.
+    assert _undeclared("chat_engine_client", RUNTIME) == []
+
+
 def test_the_bench_imports_only_runtime_and_bench_dependencies() -> None:
     assert _undeclared("bench", BENCH) == []
 
@@ -86,10 +91,11 @@ def test_the_tests_import_only_declared_dependencies() -> None:
 
 
 def test_every_runtime_dependency_is_imported_by_the_server() -> None:
-    # A runtime dependency nothing in the server imports is installed on every deployment
-    # for no reason (it belongs to the group that uses it).
+    # A runtime dependency nothing in the server (or the client installed with it)
+    # imports is installed on every deployment for no reason (it belongs to the group
+    # that uses it).
     imported: set[str] = set()
-    for pkg in ("engine", "gateway", "persistence"):
+    for pkg in ("engine", "gateway", "persistence", "chat_engine_client"):
         for _, module in _third_party_imports(pkg):
             imported |= PROVIDERS.get(module, set())
     assert sorted(RUNTIME - imported) == []

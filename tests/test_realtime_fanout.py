@@ -58,7 +58,7 @@ class Scene:
         names += [f"{self.current(u)}/{chat}/presences" for u in (self.a, self.b, self.z)]
         return names
 
-    # expected event sets, from the §7 table
+    # expected event sets, from the table of docs/protocol.md ("What each change sends")
     def chat_event(
         self,
         chat: str,

@@ -167,10 +167,10 @@ async def test_an_unexpected_error_ends_only_its_own_session_with_1011(
             raise RuntimeError("injected: a bug in the flusher's path")
         return real_pack(items, encoding)
 
-    def principal(state: Any, token: str, admin_hash: str) -> Any:
+    def principal(state: Any, token: str, admin_hash: str, **options: Any) -> Any:
         if token == "handshake-trap":
             raise RuntimeError("injected: a bug in the handshake's path")
-        return real_principal(state, token, admin_hash)
+        return real_principal(state, token, admin_hash, **options)
 
     monkeypatch.setattr(ws_module.channels, "subscribe_refusal", refusal)
     monkeypatch.setattr(ws_module, "principal_for_token", principal)

@@ -79,14 +79,18 @@ class WsClient:
 
 @asynccontextmanager
 async def ws_connect(
-    base_url: str, token: str | None, encoding: str = "json", query_token: bool = False
+    base_url: str,
+    token: str | None,
+    encoding: str = "json",
+    query_token: bool = False,
+    scheme: str = "Token",
 ) -> AsyncIterator[WsClient]:
     url = base_url.replace("http://", "ws://") + "/ws"
     headers = []
     if token and query_token:
         url += f"?token={token}"
     elif token:
-        headers.append(("Authorization", f"Token {token}"))
+        headers.append(("Authorization", f"{scheme} {token}"))
     protocols = [f"chatengine.v1.{encoding}"]
     async with open_websocket_url(
         url,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine import directory
+from engine import directory, tokens
 from engine.chat import ChatState
 from engine.facts import ApiDataSet, OrgCreated, UserCreated, VisitorRegistered
-from engine.model import Org, Room, User, Visitor
+from engine.model import JwtKey, Org, Room, User, Visitor
 from engine.resume import choose_chat, require_resumer
 
 if TYPE_CHECKING:
@@ -87,6 +87,25 @@ class DirectoryActor:
             await self._engine.commit([issued.fact])
             visitor = self._engine.state.visitors[issued.fact.visitor_id]
             return created, visitor, issued.token
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def rotate_token(self, principal_kind: str, principal_id: str) -> str:
+        """A new token for an org or a user; the old one stops working once this
+        returns (its WebSocket sessions are closed with 4001)."""
+
+        async def work() -> str:
+            issued = directory.rotate_token(principal_kind, principal_id, at=self._engine.now())
+            await self._engine.commit([issued.fact])
+            return issued.token
+
+        return await self._engine.pool.run(DIRECTORY, work)
+
+    async def set_jwt_keys(self, org_id: str, keys: list[tuple[str, str, str]]) -> list[JwtKey]:
+        async def work() -> list[JwtKey]:
+            fact = tokens.jwt_keys_fact(org_id, keys, at=self._engine.now())
+            await self._engine.commit([fact])
+            return list(self._engine.state.jwt_keys.get(org_id, {}).values())
 
         return await self._engine.pool.run(DIRECTORY, work)
 

@@ -3,7 +3,7 @@ products."""
 
 from __future__ import annotations
 
-from engine import views
+from engine import shapes, views
 from gateway import validation as v
 from gateway.auth import require_org, visible_chat
 from gateway.routes.context import Context, Route, principal, read_body
@@ -51,8 +51,23 @@ async def delete_product(
 
 CARTS = "/api/v5/orgs/{org_id}/chats/{chat_id}/shopping_carts"
 ROUTES = [
-    Route("POST", CARTS, create_cart, "Open a shopping cart.", body=v.CartCreate, status=201),
-    Route("PATCH", CARTS + "/{cart_id}", update_cart, "Lock (purchase) a cart.", body=v.CartUpdate),
+    Route(
+        "POST",
+        CARTS,
+        create_cart,
+        "Open a shopping cart.",
+        body=v.CartCreate,
+        status=201,
+        response=shapes.ref("Cart"),
+    ),
+    Route(
+        "PATCH",
+        CARTS + "/{cart_id}",
+        update_cart,
+        "Lock (purchase) a cart.",
+        body=v.CartUpdate,
+        response=shapes.ref("Cart"),
+    ),
     Route(
         "POST",
         CARTS + "/{cart_id}/products",
@@ -60,6 +75,7 @@ ROUTES = [
         "Add a product to a cart.",
         body=v.ProductCreate,
         status=201,
+        response=shapes.ref("Product"),
     ),
     Route(
         "DELETE",

@@ -4,7 +4,7 @@ participations."""
 
 from __future__ import annotations
 
-from engine import errors, views
+from engine import errors, shapes, views
 from engine.access import visitor_usable_in_room
 from engine.ids import is_visitor_id
 from gateway import validation as v
@@ -107,18 +107,22 @@ ROUTES = [
         ORG + "/rooms/{room_id}/chats",
         room_chats,
         "The room's open chats, oldest first.",
+        query=v.WAITING_QUERY,
+        response=shapes.cursor_page("ChatCollection"),
     ),
     Route(
         "GET",
         ORG + "/users/{user_id}/chats",
         user_chats,
         "Chats the user participates or was present in.",
+        response=shapes.cursor_page("ChatCollection"),
     ),
     Route(
         "GET",
         ORG + "/users/{user_id}/current_chats",
         current_chats,
         "Chats the user is present in, by join time.",
+        response=shapes.cursor_page("ChatCollection"),
     ),
     Route(
         "POST",
@@ -127,6 +131,9 @@ ROUTES = [
         "Create a chat, or resume one with auto_resume.",
         body=v.ChatCreate,
         status=201,
+        also=(200,),
+        query=v.AUTO_RESUME_QUERY,
+        response=shapes.ref("ChatCollection"),
     ),
     Route(
         "POST",
@@ -135,6 +142,7 @@ ROUTES = [
         "Tag a chat (idempotent).",
         body=v.TagCreate,
         status=201,
+        response=shapes.ref("Tag"),
     ),
     Route(
         "DELETE",
@@ -143,12 +151,20 @@ ROUTES = [
         "Remove a tag (idempotent).",
         status=204,
     ),
-    Route("GET", CHAT, get_chat, "A chat in rich form."),
-    Route("PATCH", CHAT, update_chat, "End a chat and/or set is_private.", body=v.ChatUpdate),
+    Route("GET", CHAT, get_chat, "A chat in rich form.", response=shapes.ref("ChatRich")),
+    Route(
+        "PATCH",
+        CHAT,
+        update_chat,
+        "End a chat and/or set is_private.",
+        body=v.ChatUpdate,
+        response=shapes.ref("ChatRich"),
+    ),
     Route(
         "GET",
         ORG + "/users/{user_id}/chats/{chat_id}/participations",
         participations,
         "The chat's participations.",
+        response=shapes.cursor_page("Participation"),
     ),
 ]

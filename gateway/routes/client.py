@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from engine import errors, views
+from engine import errors, shapes, views
 from engine.access import visitor_may_use_room
 from engine.model import SENDER_VISITOR
 from gateway import validation as v
@@ -108,8 +108,16 @@ ROUTES = [
         open_registration,
         "Open visitor registration (rate limited).",
         status=201,
+        response=shapes.ref("VisitorCredentials"),
+        token=False,
     ),
-    Route("GET", VISITOR + "/chats", visitor_chats, "The visitor's chats, oldest first."),
+    Route(
+        "GET",
+        VISITOR + "/chats",
+        visitor_chats,
+        "The visitor's chats, oldest first.",
+        response=shapes.cursor_page("ChatCollection"),
+    ),
     Route(
         "POST",
         VISITOR + "/rooms/{room_id}/chats",
@@ -117,23 +125,45 @@ ROUTES = [
         "Resume the visitor's recent chat in a room, or start one.",
         body=v.VisitorChatCreate,
         status=201,
+        also=(200,),
+        response=shapes.ref("ChatCollection"),
     ),
-    Route("GET", CHAT, visitor_get_chat, "One of the visitor's chats."),
+    Route(
+        "GET",
+        CHAT,
+        visitor_get_chat,
+        "One of the visitor's chats.",
+        response=shapes.ref("ChatCollection"),
+    ),
     Route(
         "PATCH",
         CHAT,
         visitor_update_chat,
         "End the chat (is_ended only).",
         body=v.VisitorChatUpdate,
+        response=shapes.ref("ChatCollection"),
     ),
     Route(
         "GET",
         CHAT + "/presences",
         visitor_presences,
         "Users present, by join time (visitor view).",
+        response=shapes.cursor_page("VisitorPresence"),
     ),
-    Route("GET", CHAT + "/participations", visitor_participations, "The chat's participations."),
-    Route("GET", CHAT + "/messages", visitor_history, "The chat history (visitor view)."),
+    Route(
+        "GET",
+        CHAT + "/participations",
+        visitor_participations,
+        "The chat's participations.",
+        response=shapes.cursor_page("Participation"),
+    ),
+    Route(
+        "GET",
+        CHAT + "/messages",
+        visitor_history,
+        "The chat history (visitor view).",
+        response=shapes.cursor_page("VisitorMessage"),
+    ),
     Route(
         "POST",
         CHAT + "/messages",
@@ -141,5 +171,6 @@ ROUTES = [
         "Post a message as the visitor.",
         body=v.VisitorMessageCreate,
         status=201,
+        response=shapes.ref("VisitorMessage"),
     ),
 ]

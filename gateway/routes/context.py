@@ -48,8 +48,16 @@ class Route:
     path: str
     handler: Callable[..., Awaitable[Response]]  # (Context, Request, **path parameters)
     summary: str | None = None  # None: an operations route, left out of /openapi.json
-    body: type[BaseModel] | None = None
+    # the request body: its validating model, or a JSON Schema (with a "title") for a body
+    # a model does not read
+    body: type[BaseModel] | dict[str, Any] | None = None
     status: int = 200
+    # the answer's JSON Schema, from engine.shapes (ref, cursor_page, report_page); None:
+    # no body (204). A cursor page gets the cursor and page_size parameters by itself.
+    response: dict[str, Any] | None = None
+    also: tuple[int, ...] = ()  # other success statuses answering the same shape
+    query: tuple[dict[str, Any], ...] = ()  # OpenAPI query parameters ("in" is added)
+    token: bool = True  # False: callable without a token
 
 
 def admit(ctx: Context, req: Request) -> None:
@@ -67,7 +75,10 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
     answers 401."""
     try:
         caller = authenticate(
-            ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash
+            ctx.state,
+            req.header(b"authorization"),
+            ctx.settings.admin_token_hash,
+            now_ms=ctx.engine.now(),
         )
     except errors.NotAuthenticated:
         return
@@ -78,7 +89,12 @@ def charge_write(ctx: Context, req: Request, writes: RateLimiter) -> None:
 
 
 def principal(ctx: Context, req: Request) -> Principal:
-    caller = authenticate(ctx.state, req.header(b"authorization"), ctx.settings.admin_token_hash)
+    caller = authenticate(
+        ctx.state,
+        req.header(b"authorization"),
+        ctx.settings.admin_token_hash,
+        now_ms=ctx.engine.now(),
+    )
     if counts_for_reachability(caller.kind):
         ctx.engine.reachability.touch(caller.id)  # a request keeps its presences alive
     return caller

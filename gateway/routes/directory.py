@@ -3,7 +3,7 @@ and api_data)."""
 
 from __future__ import annotations
 
-from engine import errors, views
+from engine import errors, shapes, views
 from engine.access import may_set_api_data, may_share_room
 from engine.ids import is_visitor_id
 from gateway import validation as v
@@ -17,6 +17,11 @@ async def create_org(ctx: Context, req: Request) -> Response:
     data = read_body(req, v.OrgCreate)
     org, token = await ctx.engine.directory.create_org(data.name)
     return json_response(views.org_view(org, token), 201)
+
+
+async def list_orgs(ctx: Context, req: Request) -> Response:
+    require_admin(principal(ctx, req))
+    return page(ctx, req, ctx.state.all_orgs(), views.org_view)
 
 
 async def get_org(ctx: Context, req: Request, org_id: str) -> Response:
@@ -60,6 +65,11 @@ async def create_user(ctx: Context, req: Request, org_id: str) -> Response:
     return json_response(views.user_view(user, token), 201)
 
 
+async def list_users(ctx: Context, req: Request, org_id: str) -> Response:
+    require_org(ctx.state, principal(ctx, req), org_id)
+    return page(ctx, req, ctx.state.users_of_org(org_id), views.user_view)
+
+
 async def get_user(ctx: Context, req: Request, org_id: str, user_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id)
     return json_response(views.user_view(org_user(ctx.state, org_id, user_id)))
@@ -92,10 +102,32 @@ ROUTES = [
         "Create an organization (admin).",
         body=v.OrgCreate,
         status=201,
+        response=shapes.ref("Org"),
     ),
-    Route("GET", ORG, get_org, "Get an organization."),
-    Route("POST", ORG + "/rooms", create_room, "Create a room.", body=v.RoomCreate, status=201),
-    Route("GET", ORG + "/rooms", list_rooms, "List the org's own and shared rooms."),
+    Route("GET", ORG, get_org, "Get an organization.", response=shapes.ref("Org")),
+    Route(
+        "POST",
+        ORG + "/rooms",
+        create_room,
+        "Create a room.",
+        body=v.RoomCreate,
+        status=201,
+        response=shapes.ref("Room"),
+    ),
+    Route(
+        "GET",
+        ORG + "/rooms",
+        list_rooms,
+        "List the org's own and shared rooms.",
+        response=shapes.cursor_page("Room"),
+    ),
+    Route(
+        "GET",
+        "/api/v5/orgs",
+        list_orgs,
+        "List every organization, oldest first (admin).",
+        response=shapes.cursor_page("Org"),
+    ),
     Route(
         "POST",
         ORG + "/rooms/{room_id}/shares",
@@ -103,6 +135,7 @@ ROUTES = [
         "Share a room with another org.",
         body=v.ShareCreate,
         status=201,
+        response=shapes.ref("Share"),
     ),
     Route(
         "POST",
@@ -111,8 +144,16 @@ ROUTES = [
         "Create a user (operator).",
         body=v.UserCreate,
         status=201,
+        response=shapes.ref("User"),
     ),
-    Route("GET", ORG + "/users/{user_id}", get_user, "Get a user."),
+    Route(
+        "GET",
+        ORG + "/users",
+        list_users,
+        "List the org's users, oldest first (no tokens).",
+        response=shapes.cursor_page("User"),
+    ),
+    Route("GET", ORG + "/users/{user_id}", get_user, "Get a user.", response=shapes.ref("User")),
     Route(
         "POST",
         ORG + "/visitors",
@@ -120,11 +161,15 @@ ROUTES = [
         "Register (or re-key) a visitor of the org.",
         body=v.VisitorCreate,
         status=201,
+        also=(200,),
+        response=shapes.ref("VisitorCredentials"),
     ),
     Route(
         "PUT",
         ORG + "/visitors/{visitor_id}/api_data",
         put_api_data,
         "Replace the visitor's api_data.",
+        body=v.API_DATA_BODY,
+        response=shapes.ref("ApiData"),
     ),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from engine import views
+from engine import shapes, views
 from engine.model import SENDER_USER
 from gateway import validation as v
 from gateway.auth import named_user, require_org, require_self, visible_chat
@@ -43,7 +43,13 @@ async def post_message(ctx: Context, req: Request, org_id: str, chat_id: str) ->
 
 MESSAGES = "/api/v5/orgs/{org_id}/chats/{chat_id}/messages"
 ROUTES = [
-    Route("GET", MESSAGES, history, "The chat history, oldest first."),
+    Route(
+        "GET",
+        MESSAGES,
+        history,
+        "The chat history, oldest first.",
+        response=shapes.cursor_page("Message"),
+    ),
     Route(
         "POST",
         MESSAGES,
@@ -51,5 +57,6 @@ ROUTES = [
         "Post a message as a user.",
         body=v.MessageCreate,
         status=201,
+        response=shapes.ref("Message"),
     ),
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import views
+from engine import shapes, views
 from gateway import validation as v
 from gateway.auth import named_user, org_user, require_org, require_self, visible_chat
 from gateway.routes.context import Context, Route, page, principal, read_body
@@ -45,7 +45,13 @@ async def leave(ctx: Context, req: Request, org_id: str, chat_id: str, user_id: 
 
 PRESENCES = "/api/v5/orgs/{org_id}/chats/{chat_id}/presences"
 ROUTES = [
-    Route("GET", PRESENCES, list_presences, "Users present in the chat, by join time."),
+    Route(
+        "GET",
+        PRESENCES,
+        list_presences,
+        "Users present in the chat, by join time.",
+        response=shapes.cursor_page("Presence"),
+    ),
     Route(
         "POST",
         PRESENCES,
@@ -53,6 +59,8 @@ ROUTES = [
         "Join a user to the chat.",
         body=v.PresenceCreate,
         status=201,
+        also=(200,),
+        response=shapes.ref("Presence"),
     ),
     Route(
         "DELETE",

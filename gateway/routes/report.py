@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from engine import views
+from engine import shapes, views
 from engine.report import run_report
 from gateway import validation as v
 from gateway.auth import require_org
@@ -31,5 +31,7 @@ ROUTES = [
         "/api/v5/orgs/{org_id}/chats",
         chat_report,
         "The org's chat report: filters, orderings, pages.",
+        query=v.REPORT_QUERY,
+        response=shapes.report_page("ChatRich"),
     ),
 ]
