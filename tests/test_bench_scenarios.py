@@ -32,10 +32,11 @@ import trio.testing
 
 from bench.__main__ import parse
 from bench.client import loopback
+from bench.cluster import start_cluster
 from bench.compare_scenario import _met
 from bench.deployment import redact
 from bench.fanout_scenario import PUBLISH_GRACE_SECONDS, _publish
-from bench.server import free_port
+from bench.server import ADMIN_TOKEN, free_port
 from bench.summary import summarize
 from gateway.cli import version
 from tests.redisproc import redis_binary
@@ -668,3 +669,31 @@ def test_summary_judges_the_cluster_ratios_and_never_a_deployment(tmp_path: Path
     assert (redis["figure"], redis["verdict"]) == ("0.90", "met")
     joins = rows[("storm", "joins: p99 ≤ 100 ms")]
     assert joins["verdict"] == "not judged" and "(a deployment at --url)" in joins["figure"]
+
+
+def test_fanout_on_a_running_cluster_names_each_node_s_role(tmp_path: Path) -> None:
+    """A cluster the test starts (Redis, a primary, two replicas), measured as a user
+    would theirs: the replicas as --url, the primary as --write-url. The report names
+    each node's role, the sessions are on the replicas only, and every message reached
+    both replicas' probes."""
+    redis_binary()
+    cluster = start_cluster(2, "--in-memory")
+    try:
+        replicas = [replica.base_url for replica in cluster.replicas]
+        report = run_bench(
+            tmp_path,
+            *("fanout", "--url", ",".join(replicas), "--write-url", cluster.primary.base_url),
+            *("--sessions", "4", "--ladder", "5", "--seconds", "1"),
+            token=ADMIN_TOKEN,
+        )
+    finally:
+        cluster.stop()
+    check_target(report, *replicas, write=cluster.primary.base_url)
+    roles = {node["url"]: node["role"] for node in report["target"]["nodes"]}
+    assert roles == {**dict.fromkeys(replicas, "replica"), cluster.primary.base_url: "primary"}
+    run = report["result"]["by_sessions"]["4"]
+    assert list(run["sessions_by_url"].values()) == [2, 2, 0]
+    for step in [*run["steps"], run["half_rate"]]:
+        assert step["delivery_ratio"] == 1.0
+        lag = step["replication_lag"]
+        assert lag["samples"] == 2 * step["posted"] and lag["missing"] == 0
