@@ -318,6 +318,8 @@ async def _serve(
         # written, and the engine's actors stop.
         await http_done.wait()
         await engine.drain()
+        if shipper is not None:
+            await shipper.finish()
         log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
         nursery.cancel_scope.cancel()
 
@@ -348,7 +350,7 @@ async def primary_shipper(options: argparse.Namespace, engine: Engine) -> Shippe
         None if options.in_memory else Path(options.data_dir),
     )
     if engine.store is not None:  # segments stay until shipped
-        engine.store.retain = lambda: shipper.shipped
+        engine.store.holds.append(shipper.hold)
     return shipper
 
 

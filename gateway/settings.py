@@ -466,8 +466,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--redis",
         redis_url,
         None,
-        "run as a cluster's primary: ship every log record to this Redis (7 or later) "
-        "for replicas (docs/cluster.md)",
+        "the cluster's Redis (7 or later): `serve` ships its log there as the primary, "
+        "`replica` follows it (docs/cluster.md)",
         metavar="URL",
     ),
     Option(

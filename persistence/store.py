@@ -43,9 +43,6 @@ log = logging.getLogger("chat_engine.store")
 # "Figures behind choices in the code").
 DEFAULT_SNAPSHOT_RECORDS = 25_000
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-# The most records a reader of the log (the cluster's shipper) may hold back beyond what
-# the snapshots need: past it, segments go anyway and that reader finds a gap.
-RETAIN_RECORDS = 1_000_000
 # Tests only: a smaller log segment, so that a test server writes several of them.
 TEST_SEGMENT_BYTES_ENV = "TEST_CHAT_ENGINE_SEGMENT_BYTES"
 
@@ -87,9 +84,10 @@ class Store:
         self.max_snapshot_pause = 0.0
         self.snapshots_taken = 0
         self._new_epoch: str | None = None  # made up by epoch(), written by recover()
-        # The newest position a reader of the log still needs (the shipper's shipped
-        # position): segments after it are kept, within RETAIN_RECORDS.
-        self.retain: Callable[[], int] | None = None
+        # Followers of the log (webhook delivery) that still need records: each answers
+        # the last position it is done with (None: it holds nothing back), and segments
+        # after the lowest are kept even once a snapshot covers them.
+        self.holds: list[Callable[[], int | None]] = []
 
     def epoch(self) -> str:
         """The directory's epoch; a new one is only written by a recovery that succeeds
@@ -159,12 +157,14 @@ class Store:
         recovered.snapshot_seconds = snapshot_seconds
         return recovered
 
-    def _removable(self, covered: int) -> int:
-        """Segments up to this position may go: the snapshots cover them and every
-        reader of the log has read them (or fell more than RETAIN_RECORDS behind)."""
-        if self.retain is None:
-            return covered
-        return max(min(covered, self.retain()), covered - RETAIN_RECORDS)
+    def removable_up_to(self, covered: int) -> int:
+        """The last position whose segment may go: covered by the kept snapshots and
+        done with by every follower that holds the log back."""
+        for hold in self.holds:
+            held = hold()
+            if held is not None:
+                covered = min(covered, held)
+        return covered
 
     async def take_snapshot(
         self, lsn: int, state: State, histories: Callable[[], dict[str, Any]]
@@ -179,7 +179,7 @@ class Store:
         self.max_snapshot_pause = max(self.max_snapshot_pause, pause)
         self.snapshots_taken += 1
         kept = snapshot.remove_old(self.data_dir)
-        removed = self.wal.remove_segments_before(self._removable(kept[0])) if kept else 0
+        removed = self.wal.remove_segments_before(self.removable_up_to(kept[0])) if kept else 0
         log.info(
             "snapshot taken",
             extra={

@@ -22,6 +22,7 @@ from trio_websocket import ConnectionClosed
 
 from bench.server import ADMIN_TOKEN, free_port
 from tests.clusterproc import (
+    ADMIN,
     Cluster,
     converged,
     make_scene,
@@ -286,3 +287,33 @@ async def test_an_in_memory_primary_serves_while_redis_is_down_and_ships_the_bac
     finally:
         made.stop()
         redis.stop()
+
+
+async def test_a_new_primary_history_makes_the_replicas_reload(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    made = start_cluster(redis, f"epoch-{free_port()}", tmp_path / "first", replicas=1)
+    try:
+        primary, replica = made.nodes
+        async with httpx.AsyncClient(timeout=30) as client:
+            scene = await make_scene(client, primary.base_url)
+            before = await converged(client, made.nodes)
+            async with ws_connect(replica.base_url, ADMIN_TOKEN) as session:
+                answer = await session.subscribe(scene.messages_channel)
+                assert answer["type"] == "subscribed"
+                # a clean stop gives the lease up: a primary on another data directory
+                # (another history, another epoch) starts at once on the same prefix
+                assert primary.stop() == 0
+                made.data_dir = tmp_path / "second"
+                made.primary = made.start_primary(port=primary.port)
+                await make_scene(client, made.primary.base_url)
+                with trio.fail_after(30), pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        session.inbox += await session.receive_frame()
+                assert closed.value.reason.code == 1012
+            after = await converged(client, made.nodes)
+            assert after["epoch"] != before["epoch"]
+            orgs = await client.get(replica.base_url + "/api/v5/orgs", headers=ADMIN)
+            assert len(orgs.json()["results"]) == 1  # the new history's only
+    finally:
+        made.stop()

@@ -15,6 +15,7 @@ from engine.facts import Fact
 from engine.model import SENDER_USER
 from engine.realtime.history import Histories
 from engine.state import State
+from gateway.cluster.shipper import Shipper
 from persistence import snapshot
 from persistence.follow import LogFollower, LogGap, decode, encode
 from persistence.replication import digest, load_snapshot
@@ -180,12 +181,22 @@ async def test_a_position_whose_segment_was_removed_is_a_gap(tmp_path: Path) -> 
     log.close()
 
 
-def test_segments_are_kept_until_shipped_within_the_bound(tmp_path: Path) -> None:
+def test_segments_are_kept_for_every_reader_that_holds_the_log_back(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    assert store._removable(500) == 500
-    store.retain = lambda: 120  # a reader has read up to 120
-    assert store._removable(500) == 120
-    store.retain = lambda: 900
-    assert store._removable(500) == 500
-    store.retain = lambda: 0
-    assert store._removable(2_000_000) == 1_000_000  # RETAIN_RECORDS behind at most
+    assert store.removable_up_to(500) == 500
+    store.holds.append(lambda: 120)  # a reader is done up to 120
+    assert store.removable_up_to(500) == 120
+    store.holds.append(lambda: None)  # one that holds nothing back
+    store.holds.append(lambda: 80)
+    assert store.removable_up_to(500) == 80
+    store.holds[:] = [lambda: 900]
+    assert store.removable_up_to(500) == 500
+
+
+def test_the_shippers_hold_keeps_unshipped_records_within_its_bound() -> None:
+    engine = Engine()
+    shipper = Shipper(engine, "redis://127.0.0.1:1/0", "p", 1000, Path("unused"))
+    engine.applied_lsn, shipper.shipped = 5000, 1200
+    assert shipper.hold() == 1200  # everything not shipped stays
+    engine.applied_lsn = 1_000_000 + 3000
+    assert shipper.hold() == 3000  # but no more than RETAIN_RECORDS of it

@@ -6,7 +6,7 @@ the shipper reads them back from the write-ahead log (``persistence.follow``), s
 Redis that is slow, away or restarted costs nothing but lag: on (re)connecting it reads
 the stream's head and ships the backlog from the log on disk. Entry IDs are the log
 positions, so Redis refuses a position already on the stream. Log segments are kept
-until shipped (``Store.retain``, bounded by ``RETAIN_RECORDS``).
+until shipped (``Store.holds``, bounded by ``RETAIN_RECORDS``).
 
 With ``--in-memory`` there is no log to read back: the shipper keeps the newest
 records (as many as the stream keeps) in memory; after an outage longer than that the
@@ -35,6 +35,10 @@ from persistence.follow import LogFollower, LogGap, encode
 log = logging.getLogger("chat_engine.cluster")
 
 BATCH = 500  # records per pipeline
+# The most records the shipper keeps in the log beyond what the snapshots need: a Redis
+# outage longer than this lets the segments go, and the stream then has a gap (replicas
+# reload a snapshot) rather than the disk filling up.
+RETAIN_RECORDS = 1_000_000
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -63,6 +67,11 @@ class Shipper:
         )
         self._wake = trio.Event()
         engine.record_listeners.append(self._applied)
+
+    def hold(self) -> int:
+        """The last position the shipper is done with, for ``Store.holds``: the log's
+        segments after it stay, within ``RETAIN_RECORDS`` of the newest record."""
+        return max(self.shipped, self.engine.applied_lsn - RETAIN_RECORDS)
 
     @property
     def epoch(self) -> str:
@@ -93,6 +102,14 @@ class Shipper:
                 self.lease_held = False
             await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
             failures = 0 if self.connected else failures + 1
+
+    async def finish(self, timeout: float = 2.0) -> None:
+        """A clean stop: let what was applied reach the stream (for up to ``timeout``
+        seconds), then give up the lease."""
+        with trio.move_on_after(timeout):
+            while self.connected and self.shipped < self.engine.applied_lsn:
+                await trio.sleep(0.01)
+        await redislog.release(self.url, self.prefix, self.epoch)
 
     async def _renew(self, redis: coredis.Redis[bytes]) -> None:
         while True:
