@@ -14,6 +14,13 @@ Subscribers live in separate processes (``--generators``), each holding its shar
 the sessions on one epoll loop (``bench/subscriber.py``); the publisher posts from this
 process over a few keep-alive connections, open loop (on schedule, not waiting for
 answers). ``python -m bench compare`` runs the same ladder against two peer servers.
+
+With ``--url`` the ladder runs against a deployment (sessions dealt to its URLs, posts to
+``--write-url``); with ``--replicas K`` against a cluster it starts (``run_cluster``).
+Where the posts go to a node that holds no subscriber (a cluster's primary), probe
+sessions on every node time each message's arrival on the others: the replication lag.
+The end-to-end latency then compares clocks of this machine only if the nodes run on it
+too; the lag never does (both arrivals are timed here).
 """
 
 from __future__ import annotations
