@@ -19,8 +19,8 @@ With ``--url`` the ladder runs against a deployment (sessions dealt to its URLs,
 ``--write-url``); with ``--replicas K`` against a cluster it starts (``run_cluster``).
 Where the posts go to a node that holds no subscriber (a cluster's primary), probe
 sessions on every node time each message's arrival on the others: the replication lag.
-The end-to-end latency then compares clocks of this machine only if the nodes run on it
-too; the lag never does (both arrivals are timed here).
+Latency and lag are both read on this machine's clock (the publisher, the subscribers
+and the probes all run here), whichever machines the nodes are on.
 """
 
 from __future__ import annotations
