@@ -637,8 +637,9 @@ def test_http_with_redis_gives_the_primary_s_post_ratio(tmp_path: Path) -> None:
 
 def test_summary_judges_the_cluster_ratios_and_never_a_deployment(tmp_path: Path) -> None:
     """The cluster's two targets (a shipping primary's POSTs, a replica's fan-out at 500
-    sessions, each ≥ 0.8 of the lone figure) are judged; a run against a deployment at
-    --url is listed but never judged: it measured someone else's machine."""
+    sessions, each ≥ 0.8 of the lone figure) are judged, each target on the newest run
+    that measured it; a run against a deployment at --url is listed but never judged:
+    it measured someone else's machine."""
     best = {"offered_msgs_per_s": 40.0, "delivered_events_per_s": 20_000.0}
     lag = {"p50_ms": 3.0, "p99_ms": 12.0, "missing": 0}
     write_report(
@@ -659,6 +660,8 @@ def test_summary_judges_the_cluster_ratios_and_never_a_deployment(tmp_path: Path
     write_report(
         tmp_path, "http-20261205-100000", {"comparisons": {"post_always_redis_over_alone": 0.9}}
     )
+    # an older run of the other variant: the newer --redis run does not hide its figure
+    write_report(tmp_path, "http-20261204-100000", {"comparisons": {"post_always_over_off": 0.93}})
     (tmp_path / "storm-20261205-100000.json").write_bytes(
         orjson.dumps({"target": {"started_by_bench": False}, "result": storm_result(1000, 95.0)})
     )
@@ -667,6 +670,8 @@ def test_summary_judges_the_cluster_ratios_and_never_a_deployment(tmp_path: Path
     assert rows[("fanout", "500: replication lag p99")]["figure"] == "12 ms"
     redis = rows[("http", "POST always: --redis/alone ≥ 0.8")]
     assert (redis["figure"], redis["verdict"]) == ("0.90", "met")
+    fsync = rows[("http", "POST fsync always/off ≥ 0.5")]
+    assert (fsync["figure"], fsync["source"]) == ("0.93", "http-20261204-100000 (abcdef0)")
     joins = rows[("storm", "joins: p99 ≤ 100 ms")]
     assert joins["verdict"] == "not judged" and "(a deployment at --url)" in joins["figure"]
 
