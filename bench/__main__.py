@@ -3,7 +3,8 @@
 Each scenario starts its own server on 127.0.0.1 (a free port, a temporary data dir),
 drives it from separate load-generator processes, stops it, and writes JSON + PNG, with
 the command that produced them, to a results folder outside the repository (--out).
-Every loop is bounded in count and time.
+With --url (and --admin-token), http, fanout, storm and conns measure a running
+deployment instead. Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from types import ModuleType
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import (
     common,
     compare_scenario,
     conns_scenario,
+    deployment,
     fanout_scenario,
     http_scenario,
     recovery_scenario,
     storm_scenario,
     summary,
 )
+from bench.server import BenchError
 
 # This module only dispatches: each scenario module owns its options (add_options and,
 # where options depend on each other, check_options), its run, its plot and its table.
@@ -58,11 +61,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parents = [] if module is summary else [out]
         parsers[name] = commands.add_parser(name, help=module.HELP, parents=parents)
         module.add_options(parsers[name])
+        if module is not summary:
+            deployment.add_options(parsers[name])
     options = parser.parse_args(argv)
     module = summary if options.scenario == "summary" else SCENARIOS[options.scenario]
+    error = parsers[options.scenario].error
+    if module is not summary:
+        # a scenario that must own its server says why in OWNS_SERVER
+        owns = getattr(module, "OWNS_SERVER", None)
+        deployment.check_options(options, error, scenario=options.scenario, owns_server=owns)
+        options.deployment = None  # filled in by main when --url is given
     check = getattr(module, "check_options", None)
     if check is not None:
-        check(options, parsers[options.scenario].error)
+        check(options, error)
     return options
 
 
@@ -74,14 +85,31 @@ def main(argv: list[str] | None = None) -> None:
     common.raise_open_file_limit()
     module = SCENARIOS[options.scenario]
     console = Console()
-    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        result = module.run(options, progress)
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m bench " + shlex.join(deployment.redact(given))
+    try:
+        if options.url is not None:
+            options.deployment = deployment.Deployment.of_options(options)
+            options.deployment.verify()
+            target = options.deployment.describe()
+        else:
+            target = {"started_by_bench": True}
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            result = module.run(options, progress)
+    except BenchError as error:
+        print(f"python -m bench {options.scenario}: {error}", file=sys.stderr)
+        sys.exit(1)
     report = {
         "scenario": options.scenario,
         "command": command,
+        # what was measured: servers the bench started, or the deployment at --url
+        "target": target,
         "machine": common.machine(),
         # server settings given through the environment (tokens left out)
         "server_env": {
@@ -98,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     stem.with_suffix(".json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     module.plot(report, str(stem.with_suffix(".png")))
     console.print(module.table(result, command))
+    if not target["started_by_bench"]:
+        console.print(deployment.summary_line(target), markup=False)
     console.print(f"written: {stem}.json, {stem}.png")
 
 

@@ -5,7 +5,8 @@ sends its next request when its answer arrived), the last two with epoll and no 
 A general-purpose client (httpx) spends more CPU per request than the server under
 test on this 2-core machine, which would make the generator the bottleneck. These do
 only what the bench needs: one request at a time per connection, Content-Length
-bodies, 127.0.0.1 only.
+bodies, plain http:// (a scenario's own server on 127.0.0.1, or the addresses of a
+deployment given with ``--url``).
 """
 
 from __future__ import annotations
@@ -14,26 +15,54 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import trio
 
 LOOPBACK = "127.0.0.1"
 
 
+class Address(NamedTuple):
+    """Where a server listens: a host name or IP, and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        """The Host header's value."""
+        return self.url.removeprefix("http://")
+
+
+def loopback(port: int) -> Address:
+    return Address(LOOPBACK, port)
+
+
+def connect(address: Address, timeout: float = 30) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class HttpConnection:
-    def __init__(self, stream: trio.SocketStream, port: int, token: str | None) -> None:
+    def __init__(self, stream: trio.SocketStream, address: Address, token: str | None) -> None:
         self._stream = stream
         self._buffer = b""
-        self._port = port
+        self._address = address
         self._token = token
 
     @classmethod
-    async def open(cls, port: int, token: str | None = None) -> HttpConnection:
-        stream = await trio.open_tcp_stream(LOOPBACK, port)
-        return cls(stream, port, token)
+    async def open(cls, address: Address, token: str | None = None) -> HttpConnection:
+        stream = await trio.open_tcp_stream(*address)
+        return cls(stream, address, token)
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        await self._stream.send_all(request_bytes(method, path, body, self._port, self._token))
+        await self._stream.send_all(request_bytes(method, path, body, self._address, self._token))
         while (answer := _complete_answer(self._buffer)) is None:
             chunk = await self._stream.receive_some(65536)
             if not chunk:
@@ -48,9 +77,9 @@ class HttpConnection:
 
 
 def request_bytes(
-    method: str, path: str, body: bytes | None, port: int, token: str | None = None
+    method: str, path: str, body: bytes | None, address: Address, token: str | None = None
 ) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {address.authority}\r\n"
     if token:
         head += f"Authorization: Token {token}\r\n"
     if body is not None:
@@ -65,12 +94,9 @@ class Burst:
     about as much CPU as the server spent answering, on a machine where both share two
     cores (docs/benchmarks.md, storm)."""
 
-    def __init__(self, port: int, count: int) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(count):
-            sock = socket.create_connection((LOOPBACK, port), timeout=30)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sockets.append(sock)
+    def __init__(self, addresses: list[Address]) -> None:
+        """One connection per address given (an address may come many times)."""
+        self.sockets = [connect(address) for address in addresses]
 
     def fire(self, requests: list[bytes], timeout: float) -> list[tuple[int, bytes, float]]:
         """(status, body, milliseconds from this request's write to its answer's end)."""
@@ -115,72 +141,83 @@ class Burst:
 
 
 def closed_loop(
-    port: int,
-    connections: int,
+    addresses: list[Address],
+    slots: int,
     seconds: float,
-    next_request: Callable[[], tuple[str, bytes]],
+    next_request: Callable[[int], tuple[str, int, bytes]],
     *,
     max_requests: int = 10_000_000,
 ) -> tuple[list[tuple[str, float]], int]:
-    """``connections`` keep-alive connections, each sending its next request (``(kind,
-    bytes)`` from ``next_request``) as soon as the previous answer arrived, for
-    ``seconds`` (and at most ``max_requests`` in all). Returns ``(kind, milliseconds)``
-    per answer and the count of answers with a status of 400 or more. One epoll loop,
-    no task per connection: a trio task per connection cost the generator about what a
-    ``GET /healthz`` costs the server."""
-    sockets = []
-    for _ in range(connections):
-        sock = socket.create_connection((LOOPBACK, port), timeout=30)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sockets.append(sock)
-    poller = select.epoll(connections)
-    by_fd = {sock.fileno(): index for index, sock in enumerate(sockets)}
-    buffers = [b""] * connections
-    pending: list[tuple[str, float]] = [("", 0.0)] * connections
+    """``slots`` clients, each sending its next request as soon as the previous answer
+    arrived, for ``seconds`` (and at most ``max_requests`` in all). ``next_request(slot)``
+    gives ``(kind, index into addresses, bytes)``; a slot keeps one keep-alive connection
+    per address it sent to (opened on first use, the connect not timed), so that a
+    request can go where it must (a write to the write URL, a read anywhere). Returns
+    ``(kind, milliseconds)`` per answer and the count of answers with a status of 400 or
+    more. One epoll loop, no task per connection: a trio task per connection cost the
+    generator about what a ``GET /healthz`` costs the server."""
+    poller = select.epoll()
+    opened: dict[tuple[int, int], socket.socket] = {}
+    owner: dict[int, tuple[int, socket.socket]] = {}  # fd -> (slot, its connection)
+    buffers: dict[int, bytes] = {}
+    pending: list[tuple[str, float]] = [("", 0.0)] * slots
+    waiting_on: list[socket.socket | None] = [None] * slots  # each slot's request's socket
     samples: list[tuple[str, float]] = []
     errors = 0
     sent = 0
     deadline = time.perf_counter() + seconds
 
-    def send(index: int) -> None:
+    def send(slot: int) -> None:
         nonlocal sent
-        kind, request = next_request()
-        pending[index] = (kind, time.perf_counter())
-        sockets[index].sendall(request)  # small: the socket buffer takes it at once
+        kind, target, request = next_request(slot)
+        sock = opened.get((slot, target))
+        if sock is None:
+            sock = opened[(slot, target)] = connect(addresses[target])
+            owner[sock.fileno()] = (slot, sock)
+            buffers[sock.fileno()] = b""
+            poller.register(sock.fileno(), select.EPOLLIN)
+        pending[slot] = (kind, time.perf_counter())
+        waiting_on[slot] = sock
+        sock.sendall(request)  # small: the socket buffer takes it at once
         sent += 1
 
     try:
-        for index, sock in enumerate(sockets):
-            send(index)
-            poller.register(sock.fileno(), select.EPOLLIN)
-        open_connections = connections
-        while open_connections:
+        for slot in range(slots):
+            send(slot)
+        busy = slots
+        while busy:
             for fd, _ in poller.poll(max(0.0, deadline - time.perf_counter()) + 30):
-                index = by_fd[fd]
-                chunk = sockets[index].recv(65536)
+                slot, sock = owner[fd]
+                chunk = sock.recv(65536)
+                if not chunk and waiting_on[slot] is not sock:
+                    # an idle keep-alive connection the server timed out: reopened if used
+                    poller.unregister(fd)
+                    del owner[fd], opened[next(k for k, v in opened.items() if v is sock)]
+                    sock.close()
+                    continue
                 if not chunk:
                     raise ConnectionError("the server closed a connection")
-                buffers[index] += chunk
-                answer = _complete_answer(buffers[index])
+                buffers[fd] += chunk
+                answer = _complete_answer(buffers[fd])
                 if answer is None:
                     continue
                 status, _, used = answer
-                buffers[index] = buffers[index][used:]
-                kind, started = pending[index]
+                buffers[fd] = buffers[fd][used:]
+                kind, started = pending[slot]
                 now = time.perf_counter()
                 samples.append((kind, (now - started) * 1000))
                 if status >= 400:
                     errors += 1
+                waiting_on[slot] = None
                 if now < deadline and sent < max_requests:
-                    send(index)
+                    send(slot)
                 else:
-                    poller.unregister(fd)
-                    open_connections -= 1
+                    busy -= 1
             if time.perf_counter() > deadline + 30:
                 raise TimeoutError("answers missing 30 s after the end of the phase")
     finally:
         poller.close()
-        for sock in sockets:
+        for sock in opened.values():
             sock.close()
     return samples, errors
 

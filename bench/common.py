@@ -100,14 +100,22 @@ def add_ladder_options(
     parser.add_argument(
         "--session-queue",
         type=bounded(int, 1, 1_000_000),
-        default=5000,
-        help="the server's --session-queue",
+        default=None,
+        help=f"the --session-queue of the servers it starts (default {SESSION_QUEUE}; "
+        "not with --url)",
     )
+
+
+SESSION_QUEUE = 5000
 
 
 def check_ladder(options: argparse.Namespace, error: Error) -> None:
     if not any(rate <= options.max_rate for rate in options.ladder):
         error("every --ladder rate is above --max-rate")
+    if options.session_queue is not None and options.url is not None:
+        error("--session-queue sets a server the bench starts; not with --url")
+    if options.session_queue is None:
+        options.session_queue = SESSION_QUEUE
 
 
 def table(title: str, columns: tuple[str, ...], *, left: int = 0) -> Table:
@@ -124,6 +132,12 @@ def table(title: str, columns: tuple[str, ...], *, left: int = 0) -> Table:
     for index, column in enumerate(columns):
         result.add_column(column, justify="left" if index < left else "right")
     return result
+
+
+def figure(value: float | None, spec: str) -> str:
+    """A table cell: the number, or "–" where the figure was unavailable (a deployment
+    whose process metrics could not be read)."""
+    return "–" if value is None else format(value, spec)
 
 
 def machine() -> dict[str, object]:

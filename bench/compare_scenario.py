@@ -27,7 +27,9 @@ from typing import Any
 from rich.table import Table
 
 from bench import common
+from bench.client import loopback
 from bench.common import Error, add_ladder_options, check_ladder
+from bench.deployment import Deployment
 from bench.fanout_scenario import Target, engine_target, run_ladder
 from bench.server import free_port, start_server
 
@@ -120,7 +122,7 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 server = start_server("--in-memory", "--session-queue", str(options.session_queue))
                 try:
                     runs[kind] = run_ladder(
-                        engine_target(server),
+                        engine_target(Deployment.of_server(server)),
                         sessions,
                         options.generators,
                         ladder,
@@ -135,7 +137,9 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 process, port = start_peer(kind)
                 try:
                     runs[kind] = run_ladder(
-                        Target(kind, port, process.pid),
+                        Target(
+                            kind, Deployment([loopback(port)], loopback(port), "", [process.pid])
+                        ),
                         sessions,
                         options.generators,
                         ladder,
@@ -210,6 +214,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+OWNS_SERVER = "it starts the engine and its two peers side by side on this machine"
 HELP = "fanout against python-socketio and a bare websockets server"
 
 

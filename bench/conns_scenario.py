@@ -11,6 +11,12 @@ and subscribed, and times that broadcast).
 
 The open-file limit is raised to its hard limit by ``python -m bench`` before
 anything starts; the server and the generators inherit it.
+
+With ``--url`` the sessions are spread over the deployment's addresses and authenticate
+with the admin token instead of operators' tokens: a deployment limits the sessions of
+one user token and of one client address (all of the bench's come from one), and those
+limits are not what this measures. The RSS figures are then the deployment's
+``process_resident_memory_bytes`` (summed over its addresses), or unavailable.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from rich.table import Table
 
 from bench import common, subscriber
 from bench.common import Error, bounded
+from bench.deployment import Deployment
 from bench.fanout_scenario import _percentile, collect_reports
-from bench.server import ADMIN_TOKEN, bootstrap, cpu_seconds, rss_bytes, start_server
+from bench.server import admin_headers, bootstrap, start_server
 from engine import channels
 
 RSS_TARGET_BYTES = 40 * 1024
@@ -37,18 +44,22 @@ SESSIONS_PER_GENERATOR = 2500
 
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
-    server = start_server("--in-memory", "--session-queue", "200")
+    server = None
+    deployment = options.deployment
+    if deployment is None:
+        server = start_server("--in-memory", "--session-queue", "200")
+        deployment = Deployment.of_server(server)
     pipes: list[Connection] = []
     processes: list[Any] = []
     try:
-        world = bootstrap(server, chats=1, users=8)
+        world = bootstrap(deployment, chats=1, users=8, name=deployment.name("Conns"))
         org_id, room_id = world["org"]["id"], world["room"]["id"]
         chat_id, sender_id = world["chats"][0]
         base = f"/api/v5/orgs/{org_id}"
         # channel names come from the engine's one definition of them
         messages = channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages")
         time.sleep(1.0)  # let the server settle before the baseline
-        baseline = rss_bytes(server.process.pid)
+        baseline = deployment.rss_bytes()
         context = multiprocessing.get_context("spawn")
         per_step = options.sessions // options.steps
         steps = []
@@ -58,17 +69,21 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         for number in range(options.steps):
             batch = per_step if number < options.steps - 1 else options.sessions - opened
             batch_pipes = []
-            cpu_before = cpu_seconds(server.process.pid)
+            cpu_before = deployment.cpu_seconds()
             batch_started = time.perf_counter()
             remaining = batch
             while remaining:
                 share = min(remaining, SESSIONS_PER_GENERATOR)
                 user = world["users"][len(processes) % len(world["users"])]
                 subscribed = (messages, channels.current_chats(org_id, user["id"]))
+                token = user["token"] if server is not None else deployment.token
+                addresses = [
+                    deployment.spread(opened + batch - remaining + n) for n in range(share)
+                ]
                 parent, child = context.Pipe()
                 process = context.Process(
                     target=subscriber.process_main,
-                    args=(server.port, "engine", user["token"], subscribed, share, child),
+                    args=(addresses, "engine", token, subscribed, share, child),
                 )
                 process.start()
                 pipes.append(parent)
@@ -85,26 +100,28 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             opened += batch
             progress.update(task, completed=opened)
             time.sleep(0.5)
-            rss = rss_bytes(server.process.pid)
+            rss = deployment.rss_bytes()
+            cpu_after = deployment.cpu_seconds()
             steps.append(
                 {
                     "sessions": opened,
                     "batch": batch,
                     "batch_seconds": seconds,
                     "connect_rate_per_s": batch / seconds,
-                    "server_cpu_ms_per_session": 1000
-                    * (cpu_seconds(server.process.pid) - cpu_before)
-                    / batch,
+                    # None: unavailable (a deployment's /metrics without process_*)
+                    "server_cpu_ms_per_session": None
+                    if cpu_before is None or cpu_after is None
+                    else 1000 * (cpu_after - cpu_before) / batch,
                     "server_rss_bytes": rss,
-                    "rss_bytes_per_session": (rss - baseline) / opened,
+                    "rss_bytes_per_session": None
+                    if rss is None or baseline is None
+                    else (rss - baseline) / opened,
                 }
             )
         total_seconds = time.perf_counter() - started
         # every session alive and subscribed: one message reaches all of them
         with httpx.Client(
-            base_url=server.base_url,
-            headers={"Authorization": f"Token {ADMIN_TOKEN}"},
-            timeout=30,
+            base_url=deployment.base_url, headers=admin_headers(deployment), timeout=30
         ) as client:
             response = client.post(
                 f"{base}/chats/{chat_id}/messages",
@@ -134,9 +151,11 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             },
             "session_closes": len(closes),
             "subscribe_errors": errors[:10],
-            "passed": last["rss_bytes_per_session"] <= RSS_TARGET_BYTES
+            "passed": last["rss_bytes_per_session"] is not None
+            and last["rss_bytes_per_session"] <= RSS_TARGET_BYTES
             and received == options.sessions,
-            "server_args": server.args[1:],
+            "session_token": "user" if server is not None else "admin",
+            "server_args": server.args[1:] if server is not None else None,
         }
     finally:
         for pipe in pipes:
@@ -148,7 +167,8 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def plot(report: dict[str, Any], path: str) -> None:
@@ -161,7 +181,8 @@ def plot(report: dict[str, Any], path: str) -> None:
     steps = result["steps"]
     xs = [step["sessions"] for step in steps]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    left.plot(xs, [step["rss_bytes_per_session"] / 1024 for step in steps], "o-")
+    per_session = [_kib(step["rss_bytes_per_session"]) for step in steps]
+    left.plot(xs, [math.nan if kib is None else kib for kib in per_session], "o-")
     left.axhline(RSS_TARGET_BYTES / 1024, color="red", linestyle=":", label="40 KiB target")
     left.set_xlabel("sessions")
     left.set_ylabel("KiB of server RSS per session")
@@ -177,6 +198,20 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _kib(value: float | None) -> float | None:
+    return None if value is None else value / 1024
+
+
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _verdict(per_session: float | None, target: float) -> str:
+    if per_session is None:
+        return "unavailable (no process metrics)"
+    return "met" if per_session <= target else "MISSED"
 
 
 HELP = "N idle sessions, 2 subscriptions each"
@@ -207,13 +242,13 @@ def table(result: dict[str, Any], command: str) -> Table:
         shown.add_row(
             f"{step['sessions']:,}",
             f"{step['connect_rate_per_s']:.0f}",
-            f"{step['server_rss_bytes'] / 2**20:.0f}",
-            f"{step['rss_bytes_per_session'] / 1024:.1f} KiB",
+            common.figure(_mib(step["server_rss_bytes"]), ".0f"),
+            common.figure(_kib(step["rss_bytes_per_session"]), ".1f") + " KiB",
         )
     broadcast = result["broadcast"]
     shown.caption = (
         f"target ≤ {result['rss_target_bytes'] / 1024:.0f} KiB per session: "
-        f"{'met' if result['rss_bytes_per_session'] <= result['rss_target_bytes'] else 'MISSED'}; "
+        f"{_verdict(result['rss_bytes_per_session'], result['rss_target_bytes'])}; "
         f"one message reached {broadcast['received']:,} of {broadcast['expected']:,} sessions "
         f"(p50 {broadcast['p50_ms']:.0f} ms, p99 {broadcast['p99_ms']:.0f} ms); "
         f"{result['session_closes']} closes"

@@ -14,6 +14,13 @@ Subscribers live in separate processes (``--generators``), each holding its shar
 the sessions on one epoll loop (``bench/subscriber.py``); the publisher posts from this
 process over a few keep-alive connections, open loop (on schedule, not waiting for
 answers). ``python -m bench compare`` runs the same ladder against two peer servers.
+
+With ``--url`` the ladder runs against a deployment (sessions dealt to its URLs, posts to
+``--write-url``); with ``--replicas K`` against a cluster it starts (``run_cluster``).
+Where the posts go to a node that holds no subscriber (a cluster's primary), probe
+sessions on every node time each message's arrival on the others: the replication lag.
+Latency and lag are both read on this machine's clock (the publisher, the subscribers
+and the probes all run here), whichever machines the nodes are on.
 """
 
 from __future__ import annotations
@@ -26,28 +33,23 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import httpx
 import orjson
 import trio
 from rich.table import Table
 
 from bench import common, subscriber
-from bench.client import HttpConnection
-from bench.common import Error, add_ladder_options, check_ladder
-from bench.server import (
-    ADMIN_TOKEN,
-    ServerProcess,
-    bootstrap,
-    cpu_seconds,
-    rss_bytes,
-    start_server,
-)
+from bench.client import Address, HttpConnection, loopback
+from bench.cluster import start_cluster
+from bench.common import Error, add_ladder_options, bounded, check_ladder
+from bench.deployment import Deployment, scrape
+from bench.server import ADMIN_TOKEN, BenchError, bootstrap, cpu_seconds, start_server
 from bench.subscriber import (
-    LOOPBACK,
+    OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
     Adapter,
+    Tally,
     client_frame,
     parse_frames,
     upgrade_request,
@@ -77,13 +79,17 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float:
 
 
 async def _publish(
-    port: int, path: str, user_id: str, step: int, rate: float, seconds: float
+    address: Address,
+    path: str,
+    user_id: str,
+    step: int,
+    rate: float,
+    seconds: float,
+    token: str = ADMIN_TOKEN,
 ) -> int:
     """Post ``rate`` messages a second for ``seconds``, on schedule; returns how many."""
     total = max(1, int(rate * seconds))
-    connections = [
-        await HttpConnection.open(port, ADMIN_TOKEN) for _ in range(PUBLISHER_CONNECTIONS)
-    ]
+    connections = [await HttpConnection.open(address, token) for _ in range(PUBLISHER_CONNECTIONS)]
     start = trio.current_time()
     posted = 0
 
@@ -107,12 +113,12 @@ async def _publish(
     return posted
 
 
-async def _publish_ws(port: int, kind: str, step: int, rate: float, seconds: float) -> int:
+async def _publish_ws(address: Address, kind: str, step: int, rate: float, seconds: float) -> int:
     """The same schedule over one WebSocket connection (socketio / websockets peers)."""
     total = max(1, int(rate * seconds))
-    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    stream = await trio.open_tcp_stream(*address)
     buffer = bytearray()
-    await stream.send_all(upgrade_request(Adapter(kind).path(), port))
+    await stream.send_all(upgrade_request(Adapter(kind).path(), address))
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         buffer += await stream.receive_some(65536)
     assert buffer[9:12] == b"101", bytes(buffer[:200])
@@ -159,51 +165,195 @@ async def _publish_ws(port: int, kind: str, step: int, rate: float, seconds: flo
     return posted
 
 
+WRITE_COUNTERS = ("chat_engine_ws_write_passes_total", "chat_engine_ws_write_seconds_total")
+FRAMES_COUNTER = "chat_engine_ws_frames_total"
+
+
 @dataclass
 class Target:
-    """A server under test: how to subscribe to it and how to publish to it."""
+    """A server under test: how to subscribe to it and how to publish to it. Its
+    ``deployment`` says where the subscribers connect (spread over its addresses), where
+    the publisher posts (its write address), and where the server's CPU and memory are
+    read (the pids the bench started, or /metrics)."""
 
     kind: str  # engine | socketio | websockets
-    port: int
-    pid: int
-    token: str = ""
+    deployment: Deployment
     channels: tuple[str, ...] = ()
     message_path: str = ""
     sender_id: str = ""
+    # a cluster's primary then its replicas: one probe session on each times every
+    # message's arrival, for the replication lag (``fanout --replicas``)
+    probes: tuple[Address, ...] = ()
+
+    @property
+    def token(self) -> str:
+        return self.deployment.token
 
     def write_stats(self) -> dict[str, float] | None:
         """The engine's write-pass counters from /metrics (None for the peers)."""
         if self.kind != "engine":
             return None
-        response = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
-        response.raise_for_status()
-        found = {}
-        for line in response.text.splitlines():
-            for name in ("passes", "seconds", "frames"):
-                metric = (
-                    "chat_engine_ws_write_" + name if name != "frames" else "chat_engine_ws_frames"
-                )
-                if line.startswith(metric + "_total "):
-                    found[name] = float(line.split()[1])
+        found = self.deployment.counters((*WRITE_COUNTERS, FRAMES_COUNTER))
+        if found is None:
+            return None
+        return {
+            "passes": found[WRITE_COUNTERS[0]],
+            "seconds": found[WRITE_COUNTERS[1]],
+            "frames": found[FRAMES_COUNTER],
+        }
+
+    def sessions_by_url(self) -> dict[str, float | None] | None:
+        """Each node's open sessions (its /metrics), once the subscribers are ready:
+        where they went. None for the peers."""
+        if self.kind != "engine":
+            return None
+        found: dict[str, float | None] = {}
+        for address in self.deployment.everywhere:
+            samples = scrape(address) or {}
+            found[address.url] = samples.get("chat_engine_ws_sessions")
         return found
 
-    def publish(self, step: int, rate: float, seconds: float) -> int:
+    def publish(self, step: int, rate: float, seconds: float) -> tuple[int, float, Any]:
+        """Publish one step, then let it drain for ``DRAIN_SECONDS``: (messages posted,
+        seconds spent posting, the replication lag figures or None)."""
+        if self.probes:
+            return trio.run(self._publish_probed, step, rate, seconds)
+        started = time.perf_counter()
         if self.kind == "engine":
-            return trio.run(
-                _publish, self.port, self.message_path, self.sender_id, step, rate, seconds
+            posted = trio.run(
+                _publish,
+                self.deployment.write,
+                self.message_path,
+                self.sender_id,
+                step,
+                rate,
+                seconds,
+                self.token,
             )
-        return trio.run(_publish_ws, self.port, self.kind, step, rate, seconds)
+        else:
+            posted = trio.run(_publish_ws, self.deployment.write, self.kind, step, rate, seconds)
+        sending = time.perf_counter() - started
+        time.sleep(DRAIN_SECONDS)
+        return posted, sending, None
+
+    async def _publish_probed(
+        self, step: int, rate: float, seconds: float
+    ) -> tuple[int, float, dict[str, Any]]:
+        arrivals = [Arrivals() for _ in self.probes]
+        async with trio.open_nursery() as nursery:
+            for address, seen in zip(self.probes, arrivals, strict=True):
+                with trio.fail_after(PROBE_CONNECT_SECONDS):
+                    await nursery.start(_probe, address, self.token, self.channels[0], seen)
+            started = time.perf_counter()
+            posted = await _publish(
+                self.deployment.write,
+                self.message_path,
+                self.sender_id,
+                step,
+                rate,
+                seconds,
+                self.token,
+            )
+            sending = time.perf_counter() - started
+            await trio.sleep(DRAIN_SECONDS)
+            nursery.cancel_scope.cancel()
+        return posted, sending, replication_lag(arrivals[0], arrivals[1:])
 
 
-def engine_target(server: ServerProcess) -> Target:
-    world = bootstrap(server, chats=1, users=1)
+PROBE_CONNECT_SECONDS = 30.0
+
+
+class Arrivals(Tally):
+    """When each of the bench's messages reached one probe session (first arrival)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: dict[str, float] = {}
+
+    def record(self, text: str, now: float) -> None:
+        self.times.setdefault(text, now)
+
+
+async def _probe(
+    address: Address,
+    token: str,
+    channel: str,
+    arrivals: Arrivals,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One session on ``address`` subscribed to ``channel``, noting when each message
+    arrives; started once the subscription is answered."""
+    adapter = Adapter("engine", token, (channel,))
+    stream = await trio.open_tcp_stream(*address)
+    try:
+        buffer = bytearray()
+        await stream.send_all(upgrade_request(adapter.path(), address))
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise BenchError(f"{address.url}: the probe's upgrade got no answer")
+            buffer += data
+        if buffer[9:12] != b"101":
+            raise BenchError(f"{address.url}: the probe's upgrade answered {bytes(buffer[9:12])!r}")
+        del buffer[: end + 4]
+        await stream.send_all(adapter.on_open())
+        subscribed = False
+        while True:
+            for first, payload in parse_frames(buffer):
+                opcode = first & 0x0F
+                if opcode == OP_PING:
+                    await stream.send_all(client_frame(OP_PONG, payload))
+                elif opcode == OP_CLOSE:
+                    return
+                elif opcode == OP_TEXT:
+                    _, acks = adapter.on_payload(payload, arrivals, time.time())
+                    if acks and not subscribed:
+                        subscribed = True
+                        task_status.started()
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buffer.extend(data)
+    finally:
+        await stream.aclose()
+
+
+def replication_lag(primary: Arrivals, replicas: list[Arrivals]) -> dict[str, Any]:
+    """Per message and replica: its arrival on the replica less its arrival on the
+    primary (both probe sessions in this process, one clock), in ms; messages the
+    primary's probe saw that a replica's never did are counted as missing."""
+    lags: list[float] = []
+    missing = 0
+    for text, seen in primary.times.items():
+        for replica in replicas:
+            arrived = replica.times.get(text)
+            if arrived is None:
+                missing += 1
+            else:
+                lags.append((arrived - seen) * 1000)
+    lags.sort()
+
+    def at(fraction: float) -> float | None:
+        return lags[min(len(lags) - 1, math.ceil(fraction * len(lags)) - 1)] if lags else None
+
+    return {
+        "messages": len(primary.times),
+        "samples": len(lags),
+        "missing": missing,
+        "p50_ms": at(0.50),
+        "p99_ms": at(0.99),
+        "max_ms": lags[-1] if lags else None,
+    }
+
+
+def engine_target(deployment: Deployment) -> Target:
+    """A fresh org with one chat (an operator present) whose messages are fanned out."""
+    world = bootstrap(deployment, chats=1, users=1, name=deployment.name("Fanout"))
     chat_id, user_id = world["chats"][0]
     org_id, room_id = world["org"]["id"], world["room"]["id"]
     return Target(
         "engine",
-        server.port,
-        server.process.pid,
-        token=ADMIN_TOKEN,
+        deployment,
         channels=(channels.sub(channels.room_chats(org_id, room_id), chat_id, "messages"),),
         message_path=f"/api/v5/orgs/{org_id}/chats/{chat_id}/messages",
         sender_id=user_id,
@@ -243,12 +393,15 @@ class Generators:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes: list[Any] = []
+        first = 0  # sessions are spread over the addresses round-robin, across processes
         for index in range(count):
             share = sessions // count + (1 if index < sessions % count else 0)
+            addresses = [target.deployment.spread(first + number) for number in range(share)]
+            first += share
             parent, child = context.Pipe()
             process = context.Process(
                 target=subscriber.process_main,
-                args=(target.port, target.kind, target.token, target.channels, share, child),
+                args=(addresses, target.kind, target.token, target.channels, share, child),
             )
             process.start()
             self.pipes.append(parent)
@@ -286,18 +439,19 @@ def run_step(
     target: Target, generators: Generators, number: int, rate: float, seconds: float, sessions: int
 ) -> dict[str, Any]:
     writes_before = target.write_stats()
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = target.deployment.cpu_seconds()
+    by_process_before = target.deployment.cpu_by_process()
     generator_cpu_before = generators.cpu()
-    started = time.perf_counter()
-    posted = target.publish(number, rate, seconds)
-    sending = time.perf_counter() - started
-    time.sleep(DRAIN_SECONDS)
-    server_cpu = cpu_seconds(target.pid) - cpu_before
+    posted, sending, lag = target.publish(number, rate, seconds)
+    cpu_after = target.deployment.cpu_seconds()
+    by_process_after = target.deployment.cpu_by_process()
+    # None: not readable (a deployment whose /metrics has no process_* series)
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     writes_after = target.write_stats()
     generator_cpu = generators.cpu() - generator_cpu_before
     received, histogram, closes = generators.report(number)
     expected = posted * sessions
-    step = {
+    step: dict[str, Any] = {
         "offered_msgs_per_s": rate,
         "posted": posted,
         "posted_per_s": posted / sending,
@@ -309,12 +463,21 @@ def run_step(
         "p95_ms": _percentile(histogram, 0.95),
         "p99_ms": _percentile(histogram, 0.99),
         "server_cpu_s": server_cpu,
-        "server_cpu_ms_per_1000_events": 1000 * 1000 * server_cpu / max(1, received),
-        "server_cpu_share": server_cpu / (sending + DRAIN_SECONDS),
+        "server_cpu_ms_per_1000_events": None
+        if server_cpu is None
+        else 1000 * 1000 * server_cpu / max(1, received),
+        "server_cpu_share": None if server_cpu is None else server_cpu / (sending + DRAIN_SECONDS),
         "generator_cpu_s": generator_cpu,
-        "server_rss_bytes": rss_bytes(target.pid),
+        "server_rss_bytes": target.deployment.rss_bytes(),
         "session_closes": len(closes),
     }
+    if lag is not None:
+        step["replication_lag"] = lag
+    if by_process_before:  # a cluster: each process's share of the work
+        step["cpu_ms_per_1000_events_by_process"] = {
+            name: 1000 * 1000 * (by_process_after[name] - before) / max(1, received)
+            for name, before in by_process_before.items()
+        }
     if writes_before and writes_after:  # the engine's write passes (its /metrics)
         passes = writes_after["passes"] - writes_before["passes"]
         writing = writes_after["seconds"] - writes_before["seconds"]
@@ -350,6 +513,7 @@ def run_ladder(
     generators = Generators(target, sessions, generator_count)
     try:
         generators.wait_ready(progress, connect)
+        spread = target.sessions_by_url()
         steps = []
         task = progress.add_task(f"{label}: rate ladder", total=len(ladder))
         for number, rate in enumerate(ladder, start=1):
@@ -374,6 +538,7 @@ def run_ladder(
             "steps": steps,
             "best": best,
             "half_rate": half,
+            "sessions_by_url": spread,
         }
     finally:
         generators.stop()
@@ -381,14 +546,28 @@ def run_ladder(
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
     """The ladder once per session count, each on a fresh server (no history carried
-    over from the count before), then at half the best rate (the latency target)."""
+    over from the count before), then at half the best rate (the latency target). With
+    ``--url`` each count gets a fresh org and chat on the deployment instead; with
+    ``--replicas K``, a fresh cluster (``run_cluster``)."""
     ladder = [rate for rate in options.ladder if rate <= options.max_rate]
     by_sessions: dict[str, Any] = {}
     for sessions in options.sessions:
-        server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+        if options.replicas:
+            by_sessions[str(sessions)] = run_cluster(options, progress, ladder, sessions)
+            continue
+        server = None
+        deployment = options.deployment
+        if deployment is None:
+            server = start_server("--in-memory", "--session-queue", str(options.session_queue))
+            deployment = Deployment.of_server(server)
+        target = engine_target(deployment)
+        if deployment.write not in deployment.addresses:
+            # the posts go to a node no subscriber is on (a cluster's primary, with the
+            # sessions on its replicas): probe the lag from it to each of the others
+            target.probes = (deployment.write, *dict.fromkeys(deployment.addresses))
         try:
             result = run_ladder(
-                engine_target(server),
+                target,
                 sessions,
                 options.generators,
                 ladder,
@@ -397,20 +576,80 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 f"fanout × {sessions}",
                 half_rate_check=True,
             )
-            result["server_args"] = server.args[1:]
-            result["top_of_ladder"] = bool(result["best"]) and (
-                result["best"]["offered_msgs_per_s"] >= ladder[-1]
-            )
+            if server is not None:
+                result["server_args"] = server.args[1:]
+            result["top_of_ladder"] = _top(result, ladder)
             by_sessions[str(sessions)] = result
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
     return {
         "sessions": options.sessions,
         "ladder": ladder,
         "generators": options.generators,
         "step_seconds": options.seconds,
+        "replicas": options.replicas,
         "by_sessions": by_sessions,
     }
+
+
+def _top(result: dict[str, Any], ladder: list[float]) -> bool:
+    return bool(result["best"]) and result["best"]["offered_msgs_per_s"] >= ladder[-1]
+
+
+def _best_events(result: dict[str, Any]) -> float:
+    return result["best"]["delivered_events_per_s"] if result["best"] else 0.0
+
+
+def run_cluster(options: Any, progress: Any, ladder: list[float], sessions: int) -> dict[str, Any]:
+    """A fresh cluster (Redis, a primary, ``--replicas`` replicas, all in memory): the
+    ladder first with the subscribers on the primary (its own fan-out, the baseline),
+    then with them spread over the replicas while the posts still go to the primary.
+    During the replicas' steps one probe session on the primary and one on each replica
+    time every message: the replication lag. The figures: each ladder's best delivered
+    events/s and their ratio (replicas over primary), and the lag's p50/p99."""
+    queue = ("--session-queue", str(options.session_queue))
+    task = progress.add_task(f"fanout × {sessions}: starting a cluster", total=None)
+    cluster = start_cluster(options.replicas, "--in-memory", *queue, replica_flags=queue)
+    progress.remove_task(task)
+    try:
+        primary = run_ladder(
+            engine_target(cluster.on_primary()),
+            sessions,
+            options.generators,
+            ladder,
+            options.seconds,
+            progress,
+            f"fanout × {sessions} on the primary",
+        )
+        primary["top_of_ladder"] = _top(primary, ladder)
+        target = engine_target(cluster.on_replicas())
+        target.probes = tuple(loopback(node.port) for node in cluster.nodes)
+        result = run_ladder(
+            target,
+            sessions,
+            options.generators,
+            ladder,
+            options.seconds,
+            progress,
+            f"fanout × {sessions} on {options.replicas} replicas",
+            half_rate_check=True,
+        )
+    finally:
+        cluster.stop()
+    result["top_of_ladder"] = _top(result, ladder)
+    result["server_args"] = cluster.primary.args[1:]
+    result["replica_args"] = [replica.args[1:] for replica in cluster.replicas]
+    result["on_primary"] = primary
+    baseline = _best_events(primary)
+    result["replicas_over_primary"] = _best_events(result) / baseline if baseline else None
+    lags = [step["replication_lag"] for step in result["steps"] if "replication_lag" in step]
+    best = result["best"]
+    result["replication_lag_at_best"] = best["replication_lag"] if best else None
+    result["replication_lag_p99_ms_max"] = max(
+        (lag["p99_ms"] for lag in lags if lag["p99_ms"] is not None), default=None
+    )
+    return result
 
 
 def _process_cpu(pid: int) -> float:
@@ -512,10 +751,22 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         sessions_help="comma-separated subscriber counts (up to 4, each 1-10,000), "
         "each on a fresh server",
     )
+    parser.add_argument(
+        "--replicas",
+        type=bounded(int, 1, 8),
+        default=None,
+        metavar="K",
+        help="start a cluster instead (redis-server from PATH, a primary, K replicas, 1-8): "
+        "the ladder on the primary's own sessions, then with the sessions spread over the "
+        "replicas and the posts on the primary; reports both, their ratio and the "
+        "replication lag",
+    )
 
 
 def check_options(options: argparse.Namespace, error: Error) -> None:
     check_ladder(options, error)
+    if options.replicas and options.url is not None:
+        error("--replicas starts its own cluster; not with --url")
 
 
 def table(result: dict[str, Any], command: str) -> Table:
@@ -537,20 +788,27 @@ def table(result: dict[str, Any], command: str) -> Table:
     )
     captions = []
     for sessions, run in result["by_sessions"].items():
-        for index, step in enumerate(run["steps"]):
-            shown.add_row(
-                sessions if index == 0 else "",
-                f"{step['offered_msgs_per_s']:g}",
-                f"{step['delivered_events_per_s']:,.0f}",
-                f"{100 * step['delivery_ratio']:.2f}%",
-                f"{step['p50_ms']:.0f}/{step['p99_ms']:.0f}",
-                f"{step['server_cpu_ms_per_1000_events']:.1f}",
-                f"{100 * step['server_cpu_share']:.0f}%",
-                f"{step['generator_cpu_s']:.1f}",
-                f"{step['write_pass_ms']:.1f}" if "write_pass_ms" in step else "",
-                "yes" if step["passed"] else "NO",
-                end_section=index == len(run["steps"]) - 1,
-            )
+        # with --replicas: the primary's own ladder first, then the replicas'
+        ladders = [(sessions, run)]
+        if "on_primary" in run:
+            ladders = [(f"{sessions} P", run["on_primary"]), (f"{sessions} R", run)]
+        for label, ladder in ladders:
+            for index, step in enumerate(ladder["steps"]):
+                shown.add_row(
+                    label if index == 0 else "",
+                    f"{step['offered_msgs_per_s']:g}",
+                    f"{step['delivered_events_per_s']:,.0f}",
+                    f"{100 * step['delivery_ratio']:.2f}%",
+                    f"{step['p50_ms']:.0f}/{step['p99_ms']:.0f}",
+                    common.figure(step["server_cpu_ms_per_1000_events"], ".1f"),
+                    "–"
+                    if step["server_cpu_share"] is None
+                    else f"{100 * step['server_cpu_share']:.0f}%",
+                    f"{step['generator_cpu_s']:.1f}",
+                    f"{step['write_pass_ms']:.1f}" if "write_pass_ms" in step else "",
+                    "yes" if step["passed"] else "NO",
+                    end_section=index == len(ladder["steps"]) - 1,
+                )
         best, half = run["best"], run["half_rate"]
         if best is None:
             captions.append(f"{sessions} sessions: no rate passed")
@@ -561,5 +819,14 @@ def table(result: dict[str, Any], command: str) -> Table:
             f"{best['delivered_events_per_s']:,.0f} events/s; at half that rate p99 "
             + ("-" if half is None else f"{half['p99_ms']:.0f} ms")
         )
+        if "on_primary" in run:
+            ratio = run["replicas_over_primary"]
+            lag = run["replication_lag_at_best"] or {}
+            captions.append(
+                f"{sessions}: P = on the primary, R = on {result['replicas']} replica(s); "
+                f"R/P best events/s = {common.figure(ratio, '.2f')}; replication lag at "
+                f"R's best: p50 {common.figure(lag.get('p50_ms'), '.1f')} / p99 "
+                f"{common.figure(lag.get('p99_ms'), '.1f')} ms, {lag.get('missing', 0)} missing"
+            )
     shown.caption = "\n".join(captions)
     return shown

@@ -335,6 +335,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+OWNS_SERVER = "it stops, kills and restarts its own server and reads its data dir"
 HELP = "restart time, RSS and snapshot pause with a large store"
 
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -181,27 +181,59 @@ def start_replica(
     raise RuntimeError("replica did not become ready")
 
 
-def bootstrap(server: ServerProcess, *, chats: int, users: int = 4) -> dict[str, Any]:
+class BenchError(RuntimeError):
+    """A run that cannot go on, said in one line (``python -m bench`` exits 1 with it)."""
+
+
+def created(response: httpx.Response) -> Any:
+    """The JSON of a setup call's answer; a refusal stops the run, naming the call."""
+    if not response.is_success:
+        request = response.request
+        raise BenchError(
+            f"{request.method} {request.url} answered {response.status_code}: {response.text[:200]}"
+        )
+    return response.json()
+
+
+class Writable(Protocol):
+    """Where a scenario's setup writes go: a server it started, or a deployment."""
+
+    @property
+    def base_url(self) -> str: ...
+
+
+def admin_headers(target: Writable) -> dict[str, str]:
+    return {"Authorization": f"Token {getattr(target, 'token', ADMIN_TOKEN)}"}
+
+
+def bootstrap(
+    target: Writable, *, chats: int, users: int = 4, name: str = "Bench"
+) -> dict[str, Any]:
     """An org, a room, some operators, and ``chats`` chats each with one operator present."""
-    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
-    with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
-        org = client.post("/api/v5/orgs", json={"name": "Bench"}).json()
+    with httpx.Client(
+        base_url=target.base_url, headers=admin_headers(target), timeout=30
+    ) as client:
+        org = created(client.post("/api/v5/orgs", json={"name": name}))
         base = f"/api/v5/orgs/{org['id']}"
-        room = client.post(f"{base}/rooms", json={"name": "Bench room"}).json()
+        room = created(client.post(f"{base}/rooms", json={"name": "Bench room"}))
         made = [
-            client.post(
-                f"{base}/users",
-                json={"first_name": f"Op{i}", "last_name": "Bench", "alias": f"op{i}"},
-            ).json()
+            created(
+                client.post(
+                    f"{base}/users",
+                    json={"first_name": f"Op{i}", "last_name": "Bench", "alias": f"op{i}"},
+                )
+            )
             for i in range(users)
         ]
         chat_ids = []
         for index in range(chats):
-            visitor = client.post(f"{base}/visitors", json={}).json()
+            visitor = created(client.post(f"{base}/visitors", json={}))
             user = made[index % users]
-            chat = client.post(
-                f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
-                params={"auto_resume": user["id"]},
-            ).json()
+            chat = created(
+                client.post(
+                    f"{base}/rooms/{room['id']}/visitors/{visitor['id']}/chats",
+                    params={"auto_resume": user["id"]},
+                )
+            )
             chat_ids.append((chat["id"], user["id"]))
     return {"org": org, "room": room, "users": made, "chats": chat_ids}

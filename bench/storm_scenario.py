@@ -38,26 +38,34 @@ import orjson
 from rich.table import Table
 
 from bench import common
-from bench.client import Burst, request_bytes
+from bench.client import Address, Burst, loopback, request_bytes
 from bench.common import GENERATORS, Error, bounded
 from bench.compare_scenario import start_peer, stop_peer
-from bench.server import ADMIN_TOKEN, cpu_seconds, start_server
+from bench.deployment import Deployment
+from bench.server import ADMIN_TOKEN, admin_headers, cpu_seconds, created, start_server
 
 P99_TARGET_MS = 100.0
 Call = tuple[str, str, bytes | None, str]  # method, path, body, key (chat or visitor)
 
 
-def _generator(port: int, calls: list[Call], control: Connection) -> None:
-    """Open one connection per call, say 'ready', fire all on 'go', send the results."""
+def _generator(
+    addresses: list[Address], calls: list[Call], token: str, control: Connection
+) -> None:
+    """Open one connection per call (to its address), say 'ready', fire all on 'go',
+    send the results."""
     requests = [
-        request_bytes(method, path, body, port, ADMIN_TOKEN) for method, path, body, _ in calls
+        request_bytes(method, path, body, address, token)
+        for (method, path, body, _), address in zip(calls, addresses, strict=True)
     ]
-    burst = Burst(port, len(calls))
+    burst = Burst(addresses)
     try:
         # each connection carries one request first, so that the server has accepted
         # it and is waiting on it like on any keep-alive connection of a client's pool:
         # a burst then times the calls, not the server accepting 1,000 connections
-        burst.fire([request_bytes("GET", "/healthz", None, port)] * len(calls), timeout=60)
+        burst.fire(
+            [request_bytes("GET", "/healthz", None, address) for address in addresses],
+            timeout=60,
+        )
         control.send("ready")
         assert control.recv() == "go"
         answers = burst.fire(requests, timeout=120)
@@ -72,13 +80,26 @@ def _generator(port: int, calls: list[Call], control: Connection) -> None:
 
 
 def _burst(
-    port: int, calls: list[Call], generators: int, server_pid: int
-) -> tuple[list[tuple[str, int, bytes, float]], dict[str, float]]:
+    deployment: Deployment, calls: list[Call], generators: int, *, writes: bool
+) -> tuple[list[tuple[str, int, bytes, float]], dict[str, float | None]]:
+    """Fire ``calls`` at once; writes go to the deployment's write address, reads are
+    spread over its addresses."""
+    addresses = [
+        deployment.write if writes else deployment.spread(number) for number in range(len(calls))
+    ]
     context = multiprocessing.get_context("spawn")
     pipes, processes = [], []
     for index in range(generators):
         parent, child = context.Pipe()
-        process = context.Process(target=_generator, args=(port, calls[index::generators], child))
+        process = context.Process(
+            target=_generator,
+            args=(
+                addresses[index::generators],
+                calls[index::generators],
+                deployment.token,
+                child,
+            ),
+        )
         process.start()
         pipes.append(parent)
         processes.append(process)
@@ -86,7 +107,7 @@ def _burst(
         for pipe in pipes:
             if not pipe.poll(120) or pipe.recv() != "ready":
                 raise RuntimeError("a generator did not open its connections in 120 s")
-        cpu_before = cpu_seconds(server_pid)
+        cpu_before = deployment.cpu_seconds()
         generator_before = sum(cpu_seconds(p.pid) for p in processes)
         started = time.perf_counter()
         for pipe in pipes:
@@ -97,9 +118,13 @@ def _burst(
                 raise RuntimeError("a generator did not finish its burst in 180 s")
             results += pipe.recv()
         wall = time.perf_counter() - started
+        cpu_after = deployment.cpu_seconds()
         usage = {
             "wall_s": wall,
-            "server_cpu_s": cpu_seconds(server_pid) - cpu_before,
+            # None: unavailable (a deployment's /metrics without process_*)
+            "server_cpu_s": None
+            if cpu_before is None or cpu_after is None
+            else cpu_after - cpu_before,
             "generator_cpu_s": sum(cpu_seconds(p.pid) for p in processes) - generator_before,
         }
         return results, usage
@@ -119,38 +144,45 @@ def _latencies(results: list[tuple[str, int, bytes, float]]) -> dict[str, float]
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": values[-1]}
 
 
-def _bootstrap(client: httpx.Client, options: Any) -> dict[str, Any]:
-    org = client.post("/api/v5/orgs", json={"name": "Storm"}).json()
+def _bootstrap(client: httpx.Client, options: Any, name: str) -> dict[str, Any]:
+    org = created(client.post("/api/v5/orgs", json={"name": name}))
     base = f"/api/v5/orgs/{org['id']}"
-    room = client.post(f"{base}/rooms", json={"name": "Storm room"}).json()
+    room = created(client.post(f"{base}/rooms", json={"name": "Storm room"}))
     per_chat = math.ceil(options.joins / options.chats)
     per_visitor = math.ceil(options.resumes / options.visitors)
     users = [
-        client.post(
-            f"{base}/users", json={"first_name": f"Op{i}", "last_name": "Storm", "alias": f"op{i}"}
-        ).json()["id"]
+        created(
+            client.post(
+                f"{base}/users",
+                json={"first_name": f"Op{i}", "last_name": "Storm", "alias": f"op{i}"},
+            )
+        )["id"]
         for i in range(max(per_chat, per_visitor))
     ]
     chats = []
     for _ in range(options.chats):
-        visitor = client.post(f"{base}/visitors", json={}).json()["id"]
+        visitor = created(client.post(f"{base}/visitors", json={}))["id"]
         chats.append(
-            client.post(f"{base}/rooms/{room['id']}/visitors/{visitor}/chats").json()["id"]
+            created(client.post(f"{base}/rooms/{room['id']}/visitors/{visitor}/chats"))["id"]
         )
     visitors = [
-        client.post(f"{base}/visitors", json={}).json()["id"] for _ in range(options.visitors)
+        created(client.post(f"{base}/visitors", json={}))["id"] for _ in range(options.visitors)
     ]
     return {"base": base, "room": room["id"], "users": users, "chats": chats, "visitors": visitors}
 
 
 def run(options: Any, progress: Any) -> dict[str, Any]:
-    flags = ["--in-memory"] if options.in_memory else []
-    server = start_server(*flags)
+    server = None
+    deployment = options.deployment
+    if deployment is None:
+        server = start_server(*(["--in-memory"] if options.in_memory else []))
+        deployment = Deployment.of_server(server)
     try:
         task = progress.add_task("storm: bootstrap", total=5)
-        admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
-        with httpx.Client(base_url=server.base_url, headers=admin, timeout=30) as client:
-            world = _bootstrap(client, options)
+        with httpx.Client(
+            base_url=deployment.base_url, headers=admin_headers(deployment), timeout=30
+        ) as client:
+            world = _bootstrap(client, options, deployment.name("Storm"))
             progress.advance(task)
             base, users = world["base"], world["users"]
             joins: list[Call] = []
@@ -159,13 +191,13 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 user = users[number // options.chats % len(users)]
                 body = orjson.dumps({"user_id": user, "exclusive": True})
                 joins.append(("POST", f"{base}/chats/{chat}/presences", body, chat))
-            progress.update(task, description=f"storm: {options.joins} calls to a bare server")
-            floor = _floor(joins, options.generators)
+            floor = None
+            if server is not None:  # a bare server on this machine says nothing of a remote one
+                progress.update(task, description=f"storm: {options.joins} calls to a bare server")
+                floor = _floor(joins, options.generators)
             progress.advance(task)
             progress.update(task, description=f"storm: {options.joins} exclusive joins")
-            join_results, join_usage = _burst(
-                server.port, joins, options.generators, server.process.pid
-            )
+            join_results, join_usage = _burst(deployment, joins, options.generators, writes=True)
             progress.advance(task)
             resumes: list[Call] = []
             for number in range(options.resumes):
@@ -175,17 +207,14 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
                 resumes.append(("POST", path, None, visitor))
             progress.update(task, description=f"storm: {options.resumes} auto_resume calls")
             resume_results, resume_usage = _burst(
-                server.port, resumes, options.generators, server.process.pid
+                deployment, resumes, options.generators, writes=True
             )
             progress.advance(task)
             # last, so that it is not the first burst a fresh server meets (the graded
             # bursts take that cost, as they always did)
             progress.update(task, description=f"storm: {options.joins} GET /healthz")
             healthz = _baseline(
-                server.port,
-                [("GET", "/healthz", None, "")] * options.joins,
-                options.generators,
-                server.process.pid,
+                deployment, [("GET", "/healthz", None, "")] * options.joins, options.generators
             )
             progress.advance(task)
             joins_check = _check_joins(client, base, join_results)
@@ -208,21 +237,27 @@ def run(options: Any, progress: Any) -> dict[str, Any]:
         }
         for burst in bursts.values():
             burst["passed"] = burst["correct"] and burst["p99_ms"] <= P99_TARGET_MS
-            burst["p99_vs_bare_server"] = burst["p99_ms"] / floor["p99_ms"]
+            burst["p99_vs_bare_server"] = (
+                None if floor is None else burst["p99_ms"] / floor["p99_ms"]
+            )
             burst["p99_vs_healthz"] = burst["p99_ms"] / healthz["p99_ms"]
+        baselines = (
+            {"healthz": healthz} if floor is None else {"bare_server": floor, "healthz": healthz}
+        )
         return {
             "generators": options.generators,
-            "server_args": server.args[1:],
+            "server_args": None if server is None else server.args[1:],
             "p99_target_ms": P99_TARGET_MS,
             "bursts": bursts,
-            "baselines": {"bare_server": floor, "healthz": healthz},
+            "baselines": baselines,
         }
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
-def _baseline(port: int, calls: list[Call], generators: int, pid: int) -> dict[str, Any]:
-    results, usage = _burst(port, calls, generators, pid)
+def _baseline(deployment: Deployment, calls: list[Call], generators: int) -> dict[str, Any]:
+    results, usage = _burst(deployment, calls, generators, writes=False)
     statuses = Counter(str(result[1]) for result in results)
     return {"calls": len(calls), **_latencies(results), **usage, "statuses": dict(statuses)}
 
@@ -231,7 +266,10 @@ def _floor(calls: list[Call], generators: int) -> dict[str, Any]:
     """The same requests, fired the same way, at a server that does nothing with them."""
     process, port = start_peer("bare_http")
     try:
-        return _baseline(port, calls, generators, process.pid)
+        peer = Deployment([loopback(port)], loopback(port), ADMIN_TOKEN, [process.pid])
+        results, usage = _burst(peer, calls, generators, writes=True)
+        statuses = Counter(str(result[1]) for result in results)
+        return {"calls": len(calls), **_latencies(results), **usage, "statuses": dict(statuses)}
     finally:
         stop_peer(process)
 
@@ -363,6 +401,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_options(options: argparse.Namespace, error: Error) -> None:
+    if options.in_memory and options.url is not None:
+        error("--in-memory sets a server the bench starts; not with --url")
     if options.chats > options.joins:
         error("--chats must be at most --joins")
     if options.visitors > options.resumes:
@@ -395,7 +435,7 @@ def table(result: dict[str, Any], command: str) -> Table:
             f"{baseline['p95_ms']:.0f}",
             f"{baseline['p99_ms']:.0f}",
             f"{baseline['wall_s']:.2f}",
-            f"{baseline['server_cpu_s']:.2f}",
+            common.figure(baseline["server_cpu_s"], ".2f"),
             f"{baseline['generator_cpu_s']:.2f}",
             "–",
         )
@@ -408,15 +448,20 @@ def table(result: dict[str, Any], command: str) -> Table:
             f"{burst['p95_ms']:.0f}",
             f"{burst['p99_ms']:.0f}",
             f"{burst['wall_s']:.2f}",
-            f"{burst['server_cpu_s']:.2f}",
+            common.figure(burst["server_cpu_s"], ".2f"),
             f"{burst['generator_cpu_s']:.2f}",
             "yes" if burst["passed"] else "NO",
         )
     ratios = "; ".join(
-        f"{name} p99 = {burst['p99_vs_bare_server']:.1f}× the bare server's, "
-        f"{burst['p99_vs_healthz']:.1f}× healthz"
+        f"{name} p99 = "
+        + (
+            ""
+            if burst.get("p99_vs_bare_server") is None
+            else f"{burst['p99_vs_bare_server']:.1f}× the bare server's, "
+        )
+        + f"{burst['p99_vs_healthz']:.1f}× healthz"
         for name, burst in result["bursts"].items()
-        if "p99_vs_bare_server" in burst
+        if "p99_vs_healthz" in burst
     )
     shown.caption = (
         f"target: exact correctness, p99 ≤ {result['p99_target_ms']:g} ms per call. {ratios}"

@@ -13,8 +13,9 @@ drive all three servers of ``python -m bench compare``; only the adapter differs
 - ``websockets``: every text frame is one message.
 
 A message's text is ``"<step>:<unix time>"``; the receiver counts it for that step and
-files its latency in 1 ms buckets. Only 127.0.0.1 is contacted; connecting is bounded
-in time, and the loop stops on the parent's ``stop``.
+files its latency in 1 ms buckets. Each session connects to the address it is given (the
+scenario's own server on 127.0.0.1, or one of a deployment's ``--url`` addresses);
+connecting is bounded in time, and the loop stops on the parent's ``stop``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 
 import orjson
 
-LOOPBACK = "127.0.0.1"
+from bench.client import Address, connect
+
 MAX_LATENCY_BUCKET_MS = 60_000
 CONNECT_TIMEOUT = 60.0
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -73,9 +75,9 @@ def parse_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
     return frames
 
 
-def upgrade_request(path: str, port: int) -> bytes:
+def upgrade_request(path: str, address: Address) -> bytes:
     return (
-        f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {address.authority}\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
@@ -217,10 +219,9 @@ class Subscriber:
         self.parts: list[bytes] = []
 
 
-def _connect(port: int, adapter: Adapter) -> Subscriber:
-    sock = socket.create_connection((LOOPBACK, port), timeout=CONNECT_TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(upgrade_request(adapter.path(), port))
+def _connect(address: Address, adapter: Adapter) -> Subscriber:
+    sock = connect(address, timeout=CONNECT_TIMEOUT)
+    sock.sendall(upgrade_request(adapter.path(), address))
     sock.setblocking(False)
     return Subscriber(sock)
 
@@ -265,14 +266,15 @@ def _process(sub: Subscriber, adapter: Adapter, tally: Tally, now: float) -> boo
     return True
 
 
-def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None:
-    """Hold ``sessions`` sessions; answer '<step>' with that step's counts, 'stop' ends."""
+def run(addresses: list[Address], adapter: Adapter, sessions: int, control: Connection) -> None:
+    """Hold ``sessions`` sessions, the n-th on ``addresses[n % len(addresses)]``; answer
+    '<step>' with that step's counts, 'stop' ends."""
     tally = Tally()
     poller = select.epoll()
     subs: dict[int, Subscriber] = {}
     deadline = time.monotonic() + CONNECT_TIMEOUT
-    for _ in range(sessions):
-        sub = _connect(port, adapter)
+    for number in range(sessions):
+        sub = _connect(Address(*addresses[number % len(addresses)]), adapter)
         subs[sub.sock.fileno()] = sub
         poller.register(sub.sock.fileno(), select.EPOLLIN)
     # one buffer for every recv: a fresh 256 KiB bytes object per call costs an
@@ -322,8 +324,13 @@ def run(port: int, adapter: Adapter, sessions: int, control: Connection) -> None
 
 
 def process_main(
-    port: int, kind: str, token: str, channels: tuple[str, ...], sessions: int, control: Any
+    addresses: list[Address],
+    kind: str,
+    token: str,
+    channels: tuple[str, ...],
+    sessions: int,
+    control: Any,
 ) -> None:
     """Entry point of a generator process (spawned by the scenario)."""
-    run(port, Adapter(kind, token, channels), sessions, control)
+    run(addresses, Adapter(kind, token, channels), sessions, control)
     control.send("stopped")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -172,6 +174,13 @@ class EngineCollector(Collector):
         )
 
 
+def _version() -> str:
+    try:
+        return metadata.version("chat-engine")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def fsync_histogram(wal: WriteAheadLog) -> HistogramMetricFamily:
     """The log's fsync latency, from the counts its committer keeps per bucket (an
     increment in the worker thread that already timed the fsync; no lock, no call)."""
@@ -196,6 +205,11 @@ class Metrics:
         # from /proc at scrape time; python_info (the interpreter's version)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        # chat_engine_build_info{version=...}: which release a scrape (or a load test
+        # run with `python -m bench ... --url`) talked to
+        Info("chat_engine_build", "The running chat-engine release.", registry=self.registry).info(
+            {"version": _version()}
+        )
         self.http_latency = Histogram(
             "chat_engine_http_request_seconds",
             "HTTP request latency by route and status.",

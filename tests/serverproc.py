@@ -52,7 +52,7 @@ def launch(
     port: int | None = None,
     env: dict[str, str] | None = None,
     umask: int = -1,
-    admin_token: bool = True,
+    admin_token: bool | str = True,  # a string: that token instead of the bench's
     stderr_path: Path | None = None,
     timeout: float = 30.0,
 ) -> Outcome:
@@ -61,7 +61,8 @@ def launch(
     environment = dict(os.environ, **(env or {}))
     environment.pop("CHAT_ENGINE_ADMIN_TOKEN", None)
     if admin_token:
-        environment["CHAT_ENGINE_ADMIN_TOKEN"] = ADMIN_TOKEN
+        token = admin_token if isinstance(admin_token, str) else ADMIN_TOKEN
+        environment["CHAT_ENGINE_ADMIN_TOKEN"] = token
     stderr_path = stderr_path or data_dir.with_name(data_dir.name + ".stderr")
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
