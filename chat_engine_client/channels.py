@@ -377,9 +377,10 @@ class ChannelClient:
                 if progressed:
                     attempt = 0
                 if code == SLOW_CONSUMER and not progressed:
-                    # Nothing got through: the replay of what was missed is itself over
-                    # the session's queue bound, so resuming would fail the same way
-                    # each time. Subscribe afresh instead: on_reset, then live events.
+                    # Nothing got through: this reader cannot keep up even with a
+                    # replay the server paces to its queue (or the server predates
+                    # paced replays), so resuming again would fail the same way.
+                    # Subscribe afresh instead: on_reset, then live events.
                     for subscription in self._unanswered:
                         subscription._fresh = True
                     delay = 0.0 if attempt == 0 else self.backoff.delay(attempt)
