@@ -1398,7 +1398,8 @@ export class ChatEngineHttp {
   }
 
   /**
-   * Join a user to a chat; `exclusive` takes it (the others present leave).
+   * Join a user to a chat; with `exclusive`, only if no other user is present (else 400
+   * `chat_already_taken`).
    * @param {string} orgId
    * @param {string} chatId
    * @param {string} userId
