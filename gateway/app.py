@@ -20,7 +20,17 @@ from gateway.forwarded import Forwarded
 from gateway.metrics import Metrics
 from gateway.openapi import OpenApi
 from gateway.ratelimit import RateLimiter
-from gateway.routes import carts, chats, client, directory, messages, ops, presences, report
+from gateway.routes import (
+    carts,
+    chats,
+    client,
+    console,
+    directory,
+    messages,
+    ops,
+    presences,
+    report,
+)
 from gateway.routes.context import Context, Route, admit
 from gateway.settings import (
     DEFAULT_RATE_LIMIT,
@@ -42,6 +52,7 @@ ROUTES: tuple[Route, ...] = (
     *carts.ROUTES,
     *messages.ROUTES,
     *client.ROUTES,
+    *console.ROUTES,
 )
 
 

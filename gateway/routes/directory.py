@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine import errors, views
 from engine.access import may_set_api_data, may_share_room
 from engine.ids import is_visitor_id
+from engine.state import PRINCIPAL_USER
 from gateway import validation as v
 from gateway.auth import org_user, require_admin, require_org, visible_room
 from gateway.routes.context import Context, Route, page, principal, read_body
@@ -65,6 +66,21 @@ async def get_user(ctx: Context, req: Request, org_id: str, user_id: str) -> Res
     return json_response(views.user_view(org_user(ctx.state, org_id, user_id)))
 
 
+async def whoami(ctx: Context, req: Request) -> Response:
+    """Who the token is: what a page that holds only a token (the console) reads first,
+    to know the org and user its paths and channels name."""
+    caller = principal(ctx, req)
+    user = ctx.state.users.get(caller.id) if caller.kind == PRINCIPAL_USER else None
+    return json_response(
+        {
+            "kind": caller.kind,
+            "id": caller.id,
+            "organization_id": caller.org_id,
+            "user": None if user is None else views.user_view(user),
+        }
+    )
+
+
 async def register_visitor(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     data = read_body(req, v.VisitorCreate)
@@ -93,6 +109,7 @@ ROUTES = [
         body=v.OrgCreate,
         status=201,
     ),
+    Route("GET", "/api/v5/me", whoami, "Who the token belongs to (any valid token)."),
     Route("GET", ORG, get_org, "Get an organization."),
     Route("POST", ORG + "/rooms", create_room, "Create a room.", body=v.RoomCreate, status=201),
     Route("GET", ORG + "/rooms", list_rooms, "List the org's own and shared rooms."),
