@@ -307,7 +307,7 @@ function chatRow(chat) {
     " ",
     h("span", {
       className: "muted",
-      text: `${chat.message_count} messages · started ${clock(chat.start_time)}`,
+      text: `${chat.message_count} message${chat.message_count === 1 ? "" : "s"} · started ${clock(chat.start_time)}`,
     }),
   );
   button.addEventListener("click", () => openChatView(chat.id, chat.room_id, true));
