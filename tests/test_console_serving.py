@@ -5,6 +5,11 @@ folder), the redirects to /console/, and that they stay out of /openapi.json. Al
 
 from __future__ import annotations
 
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -196,3 +201,37 @@ def test_pages_load_only_their_own_scripts_and_styles(name: str) -> None:
     assert "<script>" not in text and "style=" not in text and "<style" not in text
     assert "http://" not in text and "https://" not in text
     assert '<script type="module" src="' in text
+
+
+def test_a_wheel_carries_the_pages_and_the_client_as_files(tmp_path: Path) -> None:
+    """The client is one file in the repository (clients/js) and a link in the package;
+    a wheel built from the tree holds it as a file, beside the pages."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
+    for package in ("engine", "gateway", "persistence", "bench"):
+        shutil.copytree(
+            ROOT / package,
+            tree / package,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "results"),
+        )
+    (tree / "clients" / "js").mkdir(parents=True)
+    shutil.copy2(ROOT / "clients" / "js" / "chat-engine.js", tree / "clients" / "js")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("chat_engine-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        inside = {info.filename: info for info in archive.infolist()}
+        client = archive.read("gateway/static/chat-engine.js")
+        assert client == (ROOT / "clients" / "js" / "chat-engine.js").read_bytes()
+        for path in STATIC.iterdir():
+            info = inside[f"gateway/static/{path.name}"]
+            assert stat.S_ISREG(info.external_attr >> 16), path.name  # a file, not a link
+            assert archive.read(info) == path.read_bytes(), path.name
