@@ -207,6 +207,7 @@ def test_operators_and_a_visitor_hold_a_conversation_and_a_take_shows_in_both_co
         expect(page.locator(f'#rooms [data-room-id="{site.room["id"]}"]')).to_contain_text(
             "1 waiting · 1 open"
         )
+        expect(page).to_have_title("(1) Operator console · chat engine")
 
     open_chat(first, chat_id)
     expect_messages(first, ["Hello, is anyone there?"])
@@ -367,3 +368,23 @@ def test_a_room_of_a_thousand_open_chats_is_shown_a_page_at_a_time_and_stays_liv
     expect(operator.locator(f'#rooms [data-room-id="{room_id}"]')).to_contain_text(
         "1 waiting · 1000 open"
     )
+
+
+def test_a_visitor_page_whose_token_stops_working_says_so_and_asks_for_a_new_one(
+    browser: Browser, site: Site
+) -> None:
+    visitor = visitor_page(browser, site)
+    send(visitor, "Your message", "hello")
+    visitor_id = visitor.evaluate("sessionStorage.getItem('chat-engine.visitor.id')")
+    with site.http(site.org["token"]) as org:  # the org re-keys its visitor
+        answer = org.post(f"/api/v5/orgs/{site.org['id']}/visitors", json={"id": visitor_id})
+        assert answer.status_code == 200, answer.text
+        fresh = answer.json()["token"]
+    expect(visitor.locator("#notice")).to_contain_text("This visitor token stopped working")
+    expect(visitor.get_by_label("Visitor token")).to_be_visible()
+    assert visitor.evaluate("sessionStorage.getItem('chat-engine.visitor.token')") is None
+    visitor.get_by_label("Visitor token").fill(fresh)
+    visitor.get_by_role("button", name="Use this token", exact=True).click()
+    expect(visitor.locator("#connection")).to_have_text("Live")
+    visitor.get_by_role("button", name="Start chat", exact=True).click()
+    expect_messages(visitor, ["hello"])  # the same chat, resumed

@@ -195,6 +195,7 @@ function showSignIn() {
  */
 function roomChanged(roomId, events) {
   schedule(drawRooms);
+  schedule(drawCurrent); // a chat of mine may have turned waiting
   if (roomId === selectedRoom) schedule(drawRoomChats);
   const view = chatView;
   if (view && view.roomId === roomId) {
@@ -213,6 +214,9 @@ function waitingCount(chats) {
 function drawRooms() {
   const list = byId("rooms");
   const items = [];
+  let waiting = 0;
+  for (const chats of roomChats.values()) waiting += waitingCount(chats);
+  document.title = `${waiting ? `(${waiting}) ` : ""}Operator console · chat engine`;
   for (const room of rooms.values()) {
     const chats = roomChats.get(room.id);
     const counts = chats?.loaded
@@ -329,6 +333,8 @@ function drawCurrent() {
   const items = [];
   for (const chat of current.items.values()) {
     const room = rooms.get(chat.room_id);
+    // the current chats channel says only joins and leaves; the room's says the rest
+    const live = roomChats.get(chat.room_id)?.items.get(chat.id) ?? chat;
     const button = h(
       "button",
       {
@@ -338,6 +344,7 @@ function drawCurrent() {
       },
       h("span", { className: "name", text: `Chat ${shortId(chat.id)}` }),
       " ",
+      live.is_waiting_response ? h("span", { className: "badge waiting", text: "Waiting" }) : "",
       h("span", { className: "muted", text: room ? room.name : "another room" }),
     );
     button.addEventListener("click", () => openChatView(chat.id, chat.room_id, true));
@@ -575,13 +582,15 @@ function closeChatView() {
  * Run an action of the open chat with its button disabled meanwhile; a refusal is shown.
  * @param {HTMLButtonElement} button
  * @param {(view: ChatView) => Promise<unknown>} action
+ * @param {string} [focusAfter] the id of the element to focus once it is done
  */
-async function act(button, action) {
+async function act(button, action, focusAfter = "") {
   const view = chatView;
   if (!view) return;
   button.disabled = true;
   try {
     await action(view);
+    if (focusAfter) byId(focusAfter).focus(); // the button may now be disabled
   } catch (error) {
     if (error instanceof Error && "code" in error && error.code === "chat_already_taken") {
       notify("Another operator has this chat: you can join it, not take it.");
@@ -621,15 +630,15 @@ function wire() {
   });
   const join = /** @type {HTMLButtonElement} */ (byId("join"));
   join.addEventListener("click", () =>
-    act(join, (view) => http.join(orgId, view.chatId, me.id)),
+    act(join, (view) => http.join(orgId, view.chatId, me.id), "message"),
   );
   const take = /** @type {HTMLButtonElement} */ (byId("take"));
   take.addEventListener("click", () =>
-    act(take, (view) => http.join(orgId, view.chatId, me.id, { exclusive: true })),
+    act(take, (view) => http.join(orgId, view.chatId, me.id, { exclusive: true }), "message"),
   );
   const leave = /** @type {HTMLButtonElement} */ (byId("leave"));
   leave.addEventListener("click", () =>
-    act(leave, (view) => http.leave(orgId, view.chatId, me.id)),
+    act(leave, (view) => http.leave(orgId, view.chatId, me.id), "chat-heading"),
   );
   const end = /** @type {HTMLButtonElement} */ (byId("end"));
   end.addEventListener("click", () => {
