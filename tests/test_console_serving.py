@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import ADMIN_TOKEN, Server, World
+from tests.conftest import ADMIN_TOKEN, Server, World, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "gateway" / "static"
@@ -235,3 +235,29 @@ def test_a_wheel_carries_the_pages_and_the_client_as_files(tmp_path: Path) -> No
             info = inside[f"gateway/static/{path.name}"]
             assert stat.S_ISREG(info.external_attr >> 16), path.name  # a file, not a link
             assert archive.read(info) == path.read_bytes(), path.name
+
+
+async def test_hypercorn_serves_the_same_files_and_headers(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_ENGINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    builtin = await start_server(nursery)
+    hypercorn = await start_server(nursery, "--http1-server", "hypercorn")
+    kept = ("content-type", "etag", "cache-control", "content-security-policy", "location")
+    seen = []
+    for server in (builtin, hypercorn):
+        answers = []
+        async with server.client() as http:
+            for path in ("/console/", "/console/operator.js", "/console/console.css", "/"):
+                answer = await http.get(path)
+                answers.append(
+                    (answer.status_code, answer.content, {k: answer.headers.get(k) for k in kept})
+                )
+            etag = answers[0][2]["etag"]
+            again = await http.get("/console/", headers={"If-None-Match": etag})
+            answers.append((again.status_code, again.content, {}))
+            missing = await http.get("/console/nope.js")
+            answers.append((missing.status_code, missing.content, {}))
+        seen.append(answers)
+    assert seen[0] == seen[1]
+    assert [status for status, _, _ in seen[0]] == [200, 200, 200, 302, 304, 404]
