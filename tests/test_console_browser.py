@@ -388,3 +388,62 @@ def test_a_visitor_page_whose_token_stops_working_says_so_and_asks_for_a_new_one
     expect(visitor.locator("#connection")).to_have_text("Live")
     visitor.get_by_role("button", name="Start chat", exact=True).click()
     expect_messages(visitor, ["hello"])  # the same chat, resumed
+
+
+LIVE_SCENARIO = """
+async () => {
+  const { LiveCollection } = await import("./live.js");
+  const handlers = {};
+  const client = {
+    subscribe(channel, given) {
+      Object.assign(handlers, given);
+      return { ready: Promise.resolve({ seq: 7 }), unsubscribe() {} };
+    },
+  };
+  const reads = [];
+  const changes = [];
+  const live = new LiveCollection({
+    client,
+    channel: "/c",
+    load: () => new Promise((resolve) => reads.push(resolve)),
+    onChange: (events) => changes.push(events === null ? "read" : events.length),
+  });
+  const started = live.start();
+  while (reads.length < 1) await new Promise((r) => setTimeout(r, 1));
+  const ev = (seq, action, id, resource) =>
+    handlers.onEvent({ channel: "/c", seq, action, resource_id: id, resource });
+  // arrive while the read is under way; the read already reflects the first three
+  ev(8, "changed", "a", { id: "a", n: 3 });
+  ev(9, "changed", "a", { id: "a", n: 4 });
+  ev(10, "removed", "gone");
+  ev(11, "added", "c", { id: "c", n: 1 });
+  reads[0]([{ id: "a", n: 4, name: "A" }, { id: "b", n: 0, name: "B" }]);
+  await started;
+  const first = [...live.items.values()];
+  ev(12, "changed", "b", { id: "b", n: 5 });
+  // a reset: read again; what comes meanwhile is applied over the new read
+  handlers.onReset({ channel: "/c" });
+  ev(20, "changed", "b", { id: "b", n: 9 });
+  while (reads.length < 2) await new Promise((r) => setTimeout(r, 1));
+  reads[1]([{ id: "b", n: 6, name: "B" }]);
+  while (changes.length < 3) await new Promise((r) => setTimeout(r, 1));
+  return { first, second: [...live.items.values()], changes };
+}
+"""
+
+
+def test_a_live_collection_applies_what_came_during_its_read_over_the_read(
+    browser: Browser, site: Site
+) -> None:
+    """The subscribe-then-read merge, with a client whose events the test sends: events
+    older than the read change nothing in the end, newer ones apply, a reset reads again."""
+    page = site.page(browser, 800)
+    page.goto(f"{site.base_url}/console/visitor.html")
+    outcome = page.evaluate(LIVE_SCENARIO)
+    assert outcome["first"] == [
+        {"id": "a", "n": 4, "name": "A"},
+        {"id": "b", "n": 0, "name": "B"},
+        {"id": "c", "n": 1},
+    ]
+    assert outcome["second"] == [{"id": "b", "n": 9, "name": "B"}]
+    assert outcome["changes"] == ["read", 1, "read"]

@@ -96,6 +96,9 @@ export class LiveCollection {
       } catch (error) {
         if (this.#stopped || generation !== this.#generation) return;
         this.onError(describe(error));
+        if (error instanceof ChatEngineHttpError && error.status < 500 && error.status !== 429) {
+          return; // refused (gone, not allowed): asking again would not change that
+        }
         const delay = RELOAD_DELAYS[Math.min(attempt, RELOAD_DELAYS.length - 1)];
         await new Promise((resolve) => setTimeout(resolve, delay));
         if (this.#stopped || generation !== this.#generation) return;
