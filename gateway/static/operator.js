@@ -287,6 +287,14 @@ function drawRoomChats() {
   /** @type {HTMLButtonElement} */ (byId("page-next")).disabled = page >= pages - 1;
 }
 
+/** @param {number} by */
+function turnPage(by) {
+  page = Math.max(0, page + by);
+  drawRoomChats();
+  const section = byId("room-chats").closest("section");
+  if (section) section.scrollTop = 0;
+}
+
 /** @param {Item} chat */
 function chatRow(chat) {
   const taken = chat.currently_present_user_count > 0;
@@ -620,14 +628,8 @@ function wire() {
       schedule(drawRoomChats);
     });
   }
-  byId("page-previous").addEventListener("click", () => {
-    page = Math.max(0, page - 1);
-    drawRoomChats();
-  });
-  byId("page-next").addEventListener("click", () => {
-    page += 1;
-    drawRoomChats();
-  });
+  byId("page-previous").addEventListener("click", () => turnPage(-1));
+  byId("page-next").addEventListener("click", () => turnPage(1));
   const join = /** @type {HTMLButtonElement} */ (byId("join"));
   join.addEventListener("click", () =>
     act(join, (view) => http.join(orgId, view.chatId, me.id), "message"),
