@@ -548,7 +548,7 @@ class ChatView {
     /** @type {HTMLButtonElement} */ (byId("leave")).disabled = !present;
     /** @type {HTMLButtonElement} */ (byId("end")).disabled = ended;
     const compose = /** @type {HTMLFormElement} */ (byId("compose"));
-    for (const control of compose.elements) {
+    for (const control of Array.from(compose.elements)) {
       /** @type {HTMLInputElement} */ (control).disabled = ended;
     }
   }
@@ -621,7 +621,7 @@ function wire() {
     if (token) void signIn(token);
   });
   byId("sign-out").addEventListener("click", () => signOut(true));
-  for (const radio of document.querySelectorAll('input[name="filter"]')) {
+  for (const radio of Array.from(document.querySelectorAll('input[name="filter"]'))) {
     radio.addEventListener("change", () => {
       filter = /** @type {HTMLInputElement} */ (radio).value;
       page = 0;

@@ -150,7 +150,7 @@ function drawStatus() {
       ? `With you: ${aliases.join(", ")}`
       : "Waiting for an operator…";
   const compose = /** @type {HTMLFormElement} */ (byId("compose"));
-  for (const control of compose.elements) {
+  for (const control of Array.from(compose.elements)) {
     /** @type {HTMLInputElement} */ (control).disabled = ended;
   }
   /** @type {HTMLButtonElement} */ (byId("end")).disabled = ended;
