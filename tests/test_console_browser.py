@@ -447,3 +447,40 @@ def test_a_live_collection_applies_what_came_during_its_read_over_the_read(
     ]
     assert outcome["second"] == [{"id": "b", "n": 9, "name": "B"}]
     assert outcome["changes"] == ["read", 1, "read"]
+
+
+def test_the_token_stays_in_its_tab_and_wrong_tokens_are_refused_with_a_reason(
+    browser: Browser, site: Site
+) -> None:
+    ada = site.users[0]
+    page = site.page(browser, 1280)
+    page.goto(f"{site.base_url}/console/")
+    expect(page.get_by_label("Operator token")).to_be_focused()
+    page.get_by_label("Operator token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.locator("#notice")).to_contain_text("This token is not valid")
+    with site.http(site.org["token"]) as org:
+        visitor = org.post(f"/api/v5/orgs/{site.org['id']}/visitors", json={}).json()
+    for token, reason in (
+        (visitor["token"], "That is a visitor's token"),
+        (site.org["token"], "sign in with a user's own token"),
+    ):
+        page.get_by_label("Operator token").fill(token)
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page.locator("#notice")).to_contain_text(reason)
+        expect(page.get_by_label("Operator token")).to_be_visible()
+
+    page.get_by_label("Operator token").fill(ada["token"])
+    page.get_by_label("Operator token").press("Enter")
+    expect(page.locator("#connection")).to_have_text("Live")
+    assert page.evaluate("localStorage.length") == 0  # the tab's storage only
+    page.reload()  # the same tab keeps it
+    expect(page.get_by_text("Signed in as Ada Lovelace")).to_be_visible()
+    other_tab = page.context.new_page()  # another tab does not
+    other_tab.goto(f"{site.base_url}/console/")
+    expect(other_tab.get_by_label("Operator token")).to_be_visible()
+    other_tab.close()
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    expect(page.get_by_label("Operator token")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    expect(page.locator("#connection")).to_have_text("Not connected")
