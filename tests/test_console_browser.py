@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,13 +334,29 @@ def test_a_room_of_a_thousand_open_chats_is_shown_a_page_at_a_time_and_stays_liv
 ) -> None:
     org_id, room_id = site.org["id"], site.room["id"]
     with site.http(site.org["token"]) as org:
-        visitor = org.post(f"/api/v5/orgs/{org_id}/visitors", json={}).json()
+        visitors = [org.post(f"/api/v5/orgs/{org_id}/visitors", json={}).json() for _ in range(8)]
+
+    def start_chats(visitor: dict[str, Any]) -> None:  # 125 chats of one visitor
         path = f"/api/v5/orgs/{org_id}/rooms/{room_id}/visitors/{visitor['id']}/chats"
-        chats = []
-        for _ in range(1000):
-            answer = org.post(path)
-            assert answer.status_code == 201, answer.text
-            chats.append(answer.json()["id"])
+        with site.http(site.org["token"]) as org:
+            for _ in range(125):
+                answer = org.post(path)
+                assert answer.status_code == 201, answer.text
+
+    with ThreadPoolExecutor(len(visitors)) as pool:  # eight visitors' chats at once
+        list(pool.map(start_chats, visitors))
+    with site.http(site.org["token"]) as org:  # the room's order: oldest first
+        chats: list[str] = []
+        owners: dict[str, str] = {}
+        link: str | None = f"/api/v5/orgs/{org_id}/rooms/{room_id}/chats?page_size=100"
+        while link:
+            listed = org.get(link).json()
+            for chat in listed["results"]:
+                chats.append(chat["id"])
+                owners[chat["id"]] = chat["visitor_id"]
+            link = listed["next"]
+    assert len(chats) == 1000
+    visitor = next(v for v in visitors if v["id"] == owners[chats[-1]])
     operator = operator_page(browser, site, site.users[0])
     expect(operator.locator("#room-summary")).to_have_text("0 waiting of 1000 open")
     expect(operator.locator("#room-chats li")).to_have_count(0)

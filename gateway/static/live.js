@@ -12,6 +12,13 @@ import { applyEvent, ChatEngineHttpError } from "./chat-engine.js";
 const RELOAD_DELAYS = [500, 1000, 2000, 5000, 10000];
 
 /**
+ * The pages' reconnection delays (ms; each drawn at random below the current bound):
+ * an operator waits at most a few seconds once the server is back, and a server's
+ * handful of console pages reconnecting that often costs it little.
+ */
+export const RECONNECT = { initialDelay: 250, maxDelay: 4000 };
+
+/**
  * A collection read over HTTP and kept current by its channel.
  *
  * The order that never misses nor doubles an item: subscribe first; once the server

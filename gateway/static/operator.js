@@ -7,6 +7,7 @@
 import { ChatEngineClient, ChatEngineHttp, channels } from "./chat-engine.js";
 import {
   LiveCollection,
+  RECONNECT,
   byId,
   clock,
   connectionBadge,
@@ -115,6 +116,7 @@ async function signIn(token) {
   const live = client = new ChatEngineClient({
     url: http.wsUrl(),
     token,
+    backoff: RECONNECT,
     onStateChange: connectionBadge(byId("connection")),
     onAuthError: () => {
       notify("Your token stopped working. Sign in again with the new one.", 60);

@@ -5,6 +5,7 @@
 import { ChatEngineClient, ChatEngineHttp, channels } from "./chat-engine.js";
 import {
   LiveCollection,
+  RECONNECT,
   byId,
   clock,
   connectionBadge,
@@ -52,6 +53,7 @@ function enter(token, id) {
   const live = client = new ChatEngineClient({
     url: http.wsUrl(),
     token,
+    backoff: RECONNECT,
     onStateChange: connectionBadge(byId("connection")),
     onAuthError: () => {
       notify("This visitor token stopped working.", 60);
