@@ -149,6 +149,7 @@ async def test_the_root_and_the_bare_prefix_redirect_to_the_console(server: Serv
             answer = await http.get(path)
             assert answer.status_code == 302, path
             assert answer.headers["location"] == "/console/"
+            assert answer.json() == {"location": "/console/"}
         followed = await http.get("/", follow_redirects=True)
         assert followed.status_code == 200
         assert followed.content == (STATIC / "index.html").read_bytes()

@@ -23,9 +23,11 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
+import orjson
+
 from engine import errors
 from gateway.routes.context import Context, Route
-from gateway.web import Request, Response
+from gateway.web import JSON, Request, Response
 
 PACKAGE = "gateway"
 FOLDER = "static"
@@ -98,7 +100,10 @@ def serve_file(req: Request, name: str) -> Response:
 
 
 def redirect(location: str) -> Response:
-    return Response(b"", 302, None, [("Location", location), ("Cache-Control", CACHE_CONTROL)])
+    """A 302 with a JSON body naming the place, as every other answer of the server that
+    has a body is JSON (a client that does not follow redirects still reads one)."""
+    headers = [("Location", location), ("Cache-Control", CACHE_CONTROL)]
+    return Response(orjson.dumps({"location": location}), 302, JSON, headers)
 
 
 async def root(ctx: Context, req: Request) -> Response:
