@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check unit install bench clean test-py312
+.PHONY: serve test check unit install bench clean test-py312 check-js test-js
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,34 @@ check: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: check unit
+test: check unit check-js test-js
+
+# The JavaScript client (clients/js): typed with JSDoc, checked by TypeScript (pinned in
+# clients/js/package-lock.json), and tested in Node >= 20 against a real server. Without
+# node and npm (or with a Node older than 20) both say SKIPPED and pass, unless
+# CHAT_ENGINE_REQUIRE_NODE=1 (CI sets it): then they fail.
+NODE ?= node
+NPM ?= npm
+JS := clients/js
+NODE_OK = $(NODE) -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null
+define js_missing
+if [ "$$CHAT_ENGINE_REQUIRE_NODE" = 1 ]; then echo "$@: FAILED, $(1) and CHAT_ENGINE_REQUIRE_NODE=1"; exit 1; fi; \
+echo "$@: SKIPPED, $(1)"; exit 0
+endef
+
+check-js:
+	@if ! $(NODE_OK) || ! command -v $(NPM) >/dev/null 2>&1; then \
+	  $(call js_missing,no node >= 20 and npm found); \
+	fi; \
+	set -e; cd $(JS); \
+	if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+	  $(NPM) ci --no-audit --no-fund --loglevel=error; \
+	fi; \
+	./node_modules/.bin/tsc -p tsconfig.json && echo "check-js: tsc --strict --checkJs clean"
+
+test-js: $(STAMP)
+	@if ! $(NODE_OK); then $(call js_missing,no node >= 20 found); fi; \
+	$(NODE) --experimental-websocket --test $(JS)/test/*.test.js
 
 # The whole suite in a venv of its own (.venv312), on Python 3.12; skipped, saying so,
 # when there is none.

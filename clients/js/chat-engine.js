@@ -362,6 +362,19 @@ export class ChatEngineClient {
     if (options.connect !== false) this.connect();
   }
 
+  /** In a browser: back online, try at once rather than at the end of the back-off. */
+  #onOnline = () => this.reconnectNow();
+
+  /** @param {boolean} on */
+  #listenForOnline(on) {
+    const target = /** @type {any} */ (globalThis);
+    if (typeof target.addEventListener !== "function" || typeof target.navigator !== "object") {
+      return;
+    }
+    if (on) target.addEventListener("online", this.#onOnline);
+    else target.removeEventListener("online", this.#onOnline);
+  }
+
   /** The connection's state: "connecting", "open", "reconnecting" or "closed". */
   get state() {
     return this.#state;
@@ -383,6 +396,7 @@ export class ChatEngineClient {
     this.#authStopped = false;
     this.#attempt = 0;
     this.#setState("connecting", {});
+    this.#listenForOnline(true);
     void this.#open();
   }
 
@@ -394,6 +408,18 @@ export class ChatEngineClient {
   setToken(token) {
     this.#token = token;
     if (this.#authStopped) this.connect();
+  }
+
+  /**
+   * While waiting to reconnect ("reconnecting"), try now instead of at the end of the
+   * back-off (a "retry now" button; browsers' `online` event does the same). Otherwise
+   * nothing.
+   */
+  reconnectNow() {
+    if (this.#stopped || this.#reconnectTimer === null) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    void this.#open();
   }
 
   /**
@@ -457,6 +483,7 @@ export class ChatEngineClient {
   close() {
     this.#stopped = true;
     this.#authStopped = false;
+    this.#listenForOnline(false);
     this.#clearTimers();
     this.#generation += 1;
     const ws = this.#ws;
@@ -675,6 +702,7 @@ export class ChatEngineClient {
   #stopForAuth(closed) {
     this.#stopped = true;
     this.#authStopped = true;
+    this.#listenForOnline(false);
     this.#clearTimers();
     this.#setState("closed", { ...closed, authFailed: true });
   }
@@ -979,14 +1007,16 @@ function positive(value, fallback) {
 }
 
 /**
- * The /ws URL with `token` as its `token` query parameter.
+ * The /ws URL with `token` as its `token` query parameter (a relative or http(s) URL is
+ * made absolute, ws(s)).
  * @param {string} url
  * @param {string | null} token
  */
 function withToken(url, token) {
-  if (token === null || token === "") return url;
   const parsed = new URL(url, globalThis.location?.href);
-  parsed.searchParams.set("token", token);
+  if (parsed.protocol === "http:") parsed.protocol = "ws:";
+  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  if (token !== null && token !== "") parsed.searchParams.set("token", token);
   return parsed.toString();
 }
 
