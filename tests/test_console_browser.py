@@ -313,6 +313,7 @@ def test_both_pages_carry_on_after_the_server_is_killed_and_restarted(
     for page in (visitor, operator):
         assert page.locator("#connection").get_attribute("data-state") != "open"
         expect_messages(page, before)
+        expect(page.get_by_role("button", name="Reconnect now", exact=True)).to_be_visible()
     for context in site.contexts:
         context.set_offline(False)
     for page in (visitor, operator):

@@ -158,14 +158,19 @@ const STATE_TEXT = {
 };
 
 /**
- * An `onStateChange` that shows the session's state in `element`.
+ * An `onStateChange` that shows the session's state in `element`, and while the page
+ * waits to reconnect, `button` to try at once (`client()` is the page's client).
  * @param {HTMLElement} element
+ * @param {HTMLElement} button
+ * @param {() => ChatEngineClient | null} client
  * @returns {(state: "connecting" | "open" | "reconnecting" | "closed") => void}
  */
-export function connectionBadge(element) {
+export function connectionBadge(element, button, client) {
+  button.onclick = () => client()?.reconnectNow();
   return (state) => {
     element.dataset.state = state;
     element.textContent = STATE_TEXT[state] ?? state;
+    button.hidden = state !== "reconnecting";
   };
 }
 

@@ -117,7 +117,7 @@ async function signIn(token) {
     url: http.wsUrl(),
     token,
     backoff: RECONNECT,
-    onStateChange: connectionBadge(byId("connection")),
+    onStateChange: connectionBadge(byId("connection"), byId("reconnect"), () => client),
     onAuthError: () => {
       notify("Your token stopped working. Sign in again with the new one.", 60);
       signOut(false);

@@ -54,7 +54,7 @@ function enter(token, id) {
     url: http.wsUrl(),
     token,
     backoff: RECONNECT,
-    onStateChange: connectionBadge(byId("connection")),
+    onStateChange: connectionBadge(byId("connection"), byId("reconnect"), () => client),
     onAuthError: () => {
       notify("This visitor token stopped working.", 60);
       forget(false);
