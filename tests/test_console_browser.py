@@ -185,6 +185,21 @@ def waiting_chat(site: Site, text: str) -> str:
     return str(chat["id"])
 
 
+def history_reads(*pages: Page) -> dict[Page, list[str]]:
+    """From now on, each page's HTTP reads of a chat's history."""
+    reads: dict[Page, list[str]] = {page: [] for page in pages}
+    for page in pages:
+        page.on(
+            "request",
+            lambda request, page=page: (
+                reads[page].append(request.url)
+                if request.method == "GET" and request.url.split("?")[0].endswith("/messages")
+                else None
+            ),
+        )
+    return reads
+
+
 def open_chat(page: Page, chat_id: str) -> None:
     page.locator(f'#room-chats li[data-chat-id="{chat_id}"] button').click()
     expect(page.locator("#chat-heading")).to_have_text(f"Chat {chat_id[:8]}")
@@ -314,6 +329,7 @@ def test_both_pages_carry_on_after_the_server_is_killed_and_restarted(
         assert page.locator("#connection").get_attribute("data-state") != "open"
         expect_messages(page, before)
         expect(page.get_by_role("button", name="Reconnect now", exact=True)).to_be_visible()
+    reads = history_reads(visitor, operator)
     for context in site.contexts:
         context.set_offline(False)
     for page in (visitor, operator):
@@ -324,6 +340,7 @@ def test_both_pages_carry_on_after_the_server_is_killed_and_restarted(
     everything = [*before, "while away 1", "while away 2", "after 1", "after 2", "after 3"]
     expect_messages(visitor, everything)
     expect_messages(operator, everything)
+    assert reads == {visitor: [], operator: []}  # replayed by the channels, not read again
     # the presence and the operator's current chats came through the restart as well
     expect(operator.locator("#presences")).to_have_text("Ada Lovelace (you)")
     expect(operator.locator(f'#current-chats li[data-chat-id="{chat_id}"]')).to_be_visible()
@@ -502,3 +519,51 @@ def test_the_token_stays_in_its_tab_and_wrong_tokens_are_refused_with_a_reason(
     expect(page.get_by_label("Operator token")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
     expect(page.locator("#connection")).to_have_text("Not connected")
+
+
+def test_pages_that_missed_more_than_the_server_keeps_read_the_chat_again(
+    browser: Browser, site: Site
+) -> None:
+    """Pages away (a restart, then offline) while more happened than a channel's history
+    keeps: the server answers their resume with resumed: false, and they read the
+    collections again over HTTP, ending with every message once."""
+    site.server.stop()
+    site.server = launch(site.data_dir, "--history-limit", "5", port=site.server.port)
+    assert site.server.ready, site.server.stderr
+    ada = site.users[0]
+    visitor = visitor_page(browser, site)
+    chat_id = chat_id_of(visitor)
+    send(visitor, "Your message", "first")
+    operator = operator_page(browser, site, ada)
+    open_chat(operator, chat_id)
+    expect_messages(operator, ["first"])
+    # offline emulation stops new connections only: a restart ends the open ones
+    for context in site.contexts:
+        context.set_offline(True)
+    site.server.kill()
+    for page in (visitor, operator):
+        expect(page.locator("#connection")).to_have_attribute(
+            "data-state", re.compile("reconnecting|connecting")
+        )
+    site.server = launch(site.data_dir, "--history-limit", "5", port=site.server.port)
+    assert site.server.ready, site.server.stderr
+    token = visitor.evaluate("sessionStorage.getItem('chat-engine.visitor.token')")
+    visitor_id = visitor.evaluate("sessionStorage.getItem('chat-engine.visitor.id')")
+    missed = [f"missed {number}" for number in range(1, 9)]  # more than the 5 kept
+    with site.http(token) as http:
+        for text in missed:
+            answer = http.post(
+                f"/api/v5/client/visitors/{visitor_id}/chats/{chat_id}/messages",
+                json={"message": text},
+            )
+            assert answer.status_code == 201, answer.text
+    reads = history_reads(visitor, operator)
+    for context in site.contexts:
+        context.set_offline(False)
+    for page in (visitor, operator):
+        expect(page.locator("#connection")).to_have_text("Live", timeout=RESTART_WAIT_MS)
+        expect_messages(page, ["first", *missed])
+    assert reads[visitor] and reads[operator]  # read again, not replayed
+    send(operator, "Your answer", "and after")
+    for page in (visitor, operator):
+        expect_messages(page, ["first", *missed, "and after"])
