@@ -279,6 +279,15 @@ SCHEMAS: dict[str, Schema] = {
     ),
     # views.product_view
     "Product": _PRODUCT,
+    # views.me_view: who a token belongs to (GET /api/v5/me)
+    "Me": obj(
+        {
+            "kind": {"type": "string", "enum": ["admin", "org", "user", "visitor"]},
+            "id": {"type": ["string", "null"]},
+            "organization_id": UUID_OR_NULL,
+            "user": {"anyOf": [{"$ref": COMPONENTS + "User"}, {"type": "null"}]},
+        }
+    ),
     # views.jwt_key_view: an HS256 shared secret is never shown back, a public key is
     "JwtKey": obj(
         {"kid": STRING, "algorithm": {"type": "string", "enum": list(ALGORITHMS)}, "key": STRING},

@@ -63,6 +63,19 @@ def user_view(user: User, token: str | None = None) -> dict[str, Any]:
     return view
 
 
+def me_view(
+    kind: str, principal_id: str | None, org_id: str | None, user: User | None
+) -> dict[str, Any]:
+    """Who a token belongs to: what a page holding only a token (the console) reads
+    first, to know the org and the user its paths and channels name."""
+    return {
+        "kind": kind,
+        "id": principal_id,
+        "organization_id": org_id,
+        "user": None if user is None else user_view(user),
+    }
+
+
 def jwt_key_view(key: JwtKey) -> dict[str, Any]:
     """A verification key as the API shows it: a shared (HS256) secret is never shown,
     a public key is."""

@@ -26,6 +26,7 @@ from gateway.routes import (
     carts,
     chats,
     client,
+    console,
     directory,
     internal,
     messages,
@@ -60,6 +61,7 @@ ROUTES: tuple[Route, ...] = (
     *client.ROUTES,
     *internal.ROUTES,
     *webhooks.ROUTES,
+    *console.ROUTES,
 )
 
 

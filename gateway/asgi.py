@@ -26,6 +26,15 @@ HTTP_ERRORS = {
 }
 
 
+def origin_path(path: str) -> str:
+    """The path as the built-in server reads a request target (``http1.split_target``):
+    the asterisk form (``*``) and the absolute form (``http://host/p``) name the origin's
+    ``/`` and ``/p``, so that both transports route them alike."""
+    if path.startswith("/"):
+        return path
+    return "/" + path.split("://", 1)[-1].partition("/")[2]
+
+
 def asgi_app(web: WebApp) -> QuartTrio:
     """quart-trio as the ASGI layer of ``web``: one catch-all route hands every request
     to the same pipeline the built-in server calls (quart reads the body and enforces
@@ -42,7 +51,7 @@ def asgi_app(web: WebApp) -> QuartTrio:
         answer = await web.handle(
             Request(
                 incoming.method,
-                scope["path"],
+                origin_path(scope["path"]),
                 scope["query_string"],
                 [(name.lower(), value) for name, value in scope["headers"]],
                 body,

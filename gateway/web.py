@@ -195,7 +195,9 @@ class Router:
         if method not in ROUTE_METHODS:
             raise ValueError(f"{method} {template}: a route takes {', '.join(ROUTE_METHODS)}")
         node = self._root
-        for segment in template.strip("/").split("/") if template != "/" else []:
+        # "/console/" ends in an empty segment, so it is a path of its own, apart from
+        # "/console"
+        for segment in template[1:].split("/") if template != "/" else []:
             if segment.startswith("{") and segment.endswith("}"):
                 name = segment[1:-1]
                 if node.param_node is None:

@@ -119,6 +119,8 @@ async def test_every_route_answers_as_openapi_json_describes(world: World) -> No
         other = await make_org(client, "Other")
     await walk.call(admin, "POST", orgs, expect=201, json={"name": "Initech"})
     await walk.call(org_token, "GET", org, expect=200, **ids)
+    await walk.call(ada["token"], "GET", "/api/v5/me", expect=200)
+    await walk.call(visitor["token"], "GET", "/api/v5/me", expect=200)
     room = await walk.call(
         org_token, "POST", org + "/rooms", expect=201, json={"name": "Support"}, **ids
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine import errors, shapes, views
 from engine.access import may_set_api_data, may_share_room
 from engine.ids import is_visitor_id
+from engine.state import PRINCIPAL_USER
 from gateway import validation as v
 from gateway.auth import org_user, require_admin, require_org, visible_room
 from gateway.routes.context import Context, Route, page, principal, read_body
@@ -75,6 +76,12 @@ async def get_user(ctx: Context, req: Request, org_id: str, user_id: str) -> Res
     return json_response(views.user_view(org_user(ctx.state, org_id, user_id)))
 
 
+async def whoami(ctx: Context, req: Request) -> Response:
+    caller = principal(ctx, req)
+    user = ctx.state.users.get(caller.id) if caller.kind == PRINCIPAL_USER else None
+    return json_response(views.me_view(caller.kind, caller.id, caller.org_id, user))
+
+
 async def register_visitor(ctx: Context, req: Request, org_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     data = read_body(req, v.VisitorCreate)
@@ -127,6 +134,13 @@ ROUTES = [
         list_orgs,
         "List every organization, oldest first (admin).",
         response=shapes.cursor_page("Org"),
+    ),
+    Route(
+        "GET",
+        "/api/v5/me",
+        whoami,
+        "Who the token belongs to (any valid token).",
+        response=shapes.ref("Me"),
     ),
     Route(
         "POST",
