@@ -11,7 +11,7 @@ import orjson
 from bench.subscriber import Adapter, Tally
 from engine.channels import key_of
 from engine.fanout import Payload, Publication
-from engine.realtime.core import Realtime
+from engine.realtime.core import Realtime, Replays
 from engine.realtime.protocol import JSON
 from engine.realtime.protocol import batch as pack_frame
 
@@ -23,6 +23,7 @@ class Collector:
 
     def __init__(self) -> None:
         self.items: list[bytes] = []
+        self.replays = Replays()  # what a subscriber of the realtime core carries
 
     def push(self, item: bytes) -> None:
         self.items.append(item)
