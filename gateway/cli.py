@@ -341,13 +341,17 @@ async def primary_shipper(options: argparse.Namespace, engine: Engine) -> Shippe
     shipper that will send every record to the stream."""
     if not options.redis:
         return None
-    await redislog.claim_at_start(options.redis, options.redis_prefix, engine.realtime.epoch)
+    data_dir = None if options.in_memory else Path(options.data_dir)
+    instance = redislog.instance_id(data_dir)
+    holder = redislog.holder(engine.realtime.epoch, instance)
+    await redislog.claim_at_start(options.redis, options.redis_prefix, holder)
     shipper = Shipper(
         engine,
         options.redis,
         options.redis_prefix,
         options.redis_log_length,
-        None if options.in_memory else Path(options.data_dir),
+        data_dir,
+        instance,
     )
     if engine.store is not None:  # segments stay until shipped
         engine.store.holds.append(shipper.hold)
@@ -365,7 +369,9 @@ def gateway_settings(
         registration_rate_limit=options.registration_rate_limit,
         cors_origins=options.cors_origins,
         forwarded_allow_ips=options.forwarded_allow_ips,
-        position_header=bool(getattr(options, "redis", None)),
+        # the primary's own answers only: a replica passes the primary's header on
+        position_header=getattr(options, "command", "serve") == "serve"
+        and bool(getattr(options, "redis", None)),
         ws=WsSettings(
             queue_limit=options.session_queue,
             queue_bytes=options.session_queue_bytes,
