@@ -24,8 +24,14 @@ from bench.server import ADMIN_TOKEN, free_port, start_server
 from engine.actors.supervisor import Engine, EngineConfig
 from gateway.cluster import redislog
 from gateway.cluster.replica import Replica
-from persistence.follow import LogFollower
-from tests.clusterproc import Cluster, converged, make_scene, post_message, start_cluster
+from tests.clusterproc import (
+    Cluster,
+    converged,
+    make_scene,
+    post_message,
+    start_cluster,
+    stream_equals_log,
+)
 from tests.redisproc import RedisProcess, redis_binary
 
 
@@ -50,19 +56,6 @@ async def metric(client: httpx.AsyncClient, base_url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no metric {name}")
-
-
-async def stream_equals_log(redis_url: str, prefix: str, data_dir: Path) -> list[int]:
-    """Every stream entry is the primary's log record at its position, byte for byte,
-    in order, with no gap; returns the positions."""
-    async with redislog.client(redis_url) as client:
-        entries = await client.xrange(redislog.stream_key(prefix))
-    positions = [redislog.lsn_of(entry.identifier) for entry in entries]
-    assert positions == list(range(positions[0], positions[0] + len(positions))), positions
-    records = dict(LogFollower(data_dir).read(positions[0] - 1, positions[-1], len(positions)))
-    for entry, lsn in zip(entries, positions, strict=True):
-        assert entry.field_values[redislog.RECORD] == records[lsn], lsn
-    return positions
 
 
 async def test_a_primary_that_loses_the_lease_takes_no_writes_and_leaves_the_stream(
