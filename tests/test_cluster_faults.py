@@ -25,6 +25,7 @@ from engine.actors.supervisor import Engine, EngineConfig
 from gateway.cluster import redislog
 from gateway.cluster.replica import Replica
 from tests.clusterproc import (
+    ADMIN,
     Cluster,
     converged,
     make_scene,
@@ -207,20 +208,30 @@ async def test_a_replica_that_never_read_the_stream_is_not_ready(cluster: Cluste
 async def test_a_report_of_thousands_of_reachable_users_reaches_the_primary(
     cluster: Cluster,
 ) -> None:
+    primary, replica_node = cluster.nodes
     engine = Engine(EngineConfig(presence_timeout=60, replica=True))
     replica = Replica(
         engine,
         redis_url=cluster.redis.url,
         prefix=cluster.prefix,
-        primary=cluster.primary.base_url,
+        primary=primary.base_url,
         admin_token=ADMIN_TOKEN,
         max_lag=100,
     )
-    users = [str(uuid.uuid4()) for _ in range(2500)]  # well over one 64 KiB body
+    ages = {str(uuid.uuid4()): 12.5 for _ in range(2500)}  # well over one 64 KiB body
     try:
-        assert await replica.report(users) == len(users)
+        assert await replica.report(ages) == len(ages)  # every body taken
     finally:
         await replica.aclose()
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, primary.base_url)
+        route = "/internal/v1/reachability"
+        body = {"users": {scene.user["id"]: 0, "x" * 60_000: 0, str(uuid.uuid4()): 1}}
+        answer = await client.post(primary.base_url + route, json=body, headers=ADMIN)
+        assert answer.status_code == 200 and answer.json() == {"users": 1}  # known ids only
+        # a replica takes no reports: only the primary expires presences
+        answer = await client.post(replica_node.base_url + route, json=body, headers=ADMIN)
+        assert answer.status_code == 403
 
 
 def test_the_coredis_logger_says_no_traceback_per_retry() -> None:

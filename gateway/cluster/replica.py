@@ -424,15 +424,17 @@ class Replica(ClusterNode):
     async def _report_reachability(self) -> None:
         interval = report_interval(self.engine.config.presence_timeout)
         while True:
-            await self.report(self.engine.reachability.reachable_users(), max(interval, 1.0))
+            await self.report(self.engine.reachability.reachable_ages(), max(interval, 1.0))
             await trio.sleep(interval)
 
-    async def report(self, users: list[str], timeout: float = 5.0) -> int:
-        """Report ``users`` reachable here to the primary, in bodies well under its
-        64 KiB cap; how many it took. A refusal is logged as a warning."""
+    async def report(self, ages: dict[str, float], timeout: float = 5.0) -> int:
+        """Report the users reachable here, each with the seconds since it was seen
+        here, to the primary, in bodies well under its 64 KiB cap; how many it took
+        (it ignores ids it does not know). A refusal is logged as a warning."""
         taken = 0
+        users = [(user_id, round(age, 1)) for user_id, age in ages.items()]
         for start in range(0, max(len(users), 1), REPORT_CHUNK):
-            chunk = users[start : start + REPORT_CHUNK]
+            chunk = dict(users[start : start + REPORT_CHUNK])
             try:
                 answer = await self._http.post(
                     self.primary + "/internal/v1/reachability",
