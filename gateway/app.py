@@ -161,6 +161,7 @@ class PositionHeader:
     def leave(self, request: Request, response: Response) -> None:
         if request.method in WRITES:
             response.headers.append((internal.POSITION_HEADER, str(self._engine.applied_lsn)))
+            response.headers.append((internal.EPOCH_HEADER, self._engine.realtime.epoch))
 
 
 def hooks(settings: GatewaySettings, engine: Engine) -> list[Hook]:

@@ -240,3 +240,28 @@ def test_the_coredis_logger_says_no_traceback_per_retry() -> None:
     assert redislog.log.name == "chat_engine.cluster"
     assert logging.getLogger("coredis").getEffectiveLevel() > logging.ERROR
     assert coredis is not None
+
+
+async def test_a_write_through_a_replica_after_the_primary_changed_history_reads_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    primary, replica = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as client:
+        await make_scene(client, primary.base_url)
+        await converged(client, cluster.nodes)
+        # a clean stop gives the lease up; a new data directory is a new history whose
+        # positions start again below the replica's
+        assert primary.stop() == 0
+        cluster.data_dir = tmp_path / "replaced"
+        cluster.primary = cluster.start_primary(port=primary.port)
+        made = await client.post(
+            replica.base_url + "/api/v5/orgs", json={"name": "New"}, headers=ADMIN
+        )
+        assert made.status_code == 201, made.text
+        assert len(made.headers.get_list("chat-engine-epoch")) == 1
+        # read back on the replica at once: the new history, not the old one
+        read = await client.get(
+            replica.base_url + f"/api/v5/orgs/{made.json()['id']}", headers=ADMIN
+        )
+        assert read.status_code == 200
+        await converged(client, cluster.nodes)

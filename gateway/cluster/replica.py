@@ -54,7 +54,13 @@ CONTACT_SECONDS = 3 * redislog.BLOCK_MS / 1000
 # Answers that say a request never reached the primary: a retry cannot duplicate it.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # The answer headers of the primary a forwarded write passes on.
-PASSED_HEADERS = ("retry-after", "location", "allow", POSITION_HEADER.lower())
+PASSED_HEADERS = (
+    "retry-after",
+    "location",
+    "allow",
+    POSITION_HEADER.lower(),
+    EPOCH_HEADER.lower(),
+)
 
 
 def _shipped_at(entry: Any) -> float | None:
@@ -201,7 +207,7 @@ class Replica(ClusterNode):
             if answer is not None:
                 position = answer.headers.get(POSITION_HEADER)
                 if position is not None and position.isdigit():
-                    await self.wait_for(int(position))
+                    await self.wait_for(int(position), answer.headers.get(EPOCH_HEADER))
         if answer is None:
             return error_response(
                 errors.Unavailable(
@@ -211,7 +217,7 @@ class Replica(ClusterNode):
             )
         position = answer.headers.get(POSITION_HEADER)
         if position is not None and position.isdigit():
-            if self.engine.applied_lsn < int(position):
+            if not self.shows(int(position), answer.headers.get(EPOCH_HEADER)):
                 return error_response(
                     errors.Unavailable("The write was made, but this node does not show it yet.")
                 )
@@ -220,8 +226,19 @@ class Replica(ClusterNode):
             answer.content, answer.status_code, answer.headers.get("content-type"), passed
         )
 
-    async def wait_for(self, position: int) -> None:
-        while self.engine.applied_lsn < position:
+    def shows(self, position: int, epoch: str | None = None) -> bool:
+        """Whether this replica applied ``position`` of the primary's history ``epoch``."""
+        engine = self.engine
+        if epoch is not None and epoch != engine.realtime.epoch:
+            return False
+        return engine.applied_lsn >= position
+
+    async def wait_for(self, position: int, epoch: str | None = None) -> None:
+        """Until this node shows ``position`` (of ``epoch``: the primary's history,
+        which changes when its data directory is replaced; then this node reloads)."""
+        while not self.shows(position, epoch):
+            if epoch is not None and epoch != self.engine.realtime.epoch:
+                self._lost = True  # another history: the follower loads a snapshot
             await self._progress.wait()
 
     # -- running --------------------------------------------------------------------------
