@@ -108,6 +108,7 @@ class Replica(ClusterNode):
         self.next_shipped_at: float | None = None  # wall clock (s) of the oldest unapplied
         self.reload_streak = 0  # reloads lost again before a record applied
         self.apply_failure: str | None = None
+        self.primary_presence_timeout: float | None = None  # as the primary last said
         self._lost = False
         self._progress = trio.Event()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
@@ -439,10 +440,32 @@ class Replica(ClusterNode):
             await trio.sleep(HEAD_INTERVAL)
 
     async def _report_reachability(self) -> None:
-        interval = report_interval(self.engine.config.presence_timeout)
         while True:
+            interval = report_interval(self.presence_timeout())
             await self.report(self.engine.reachability.reachable_ages(), max(interval, 1.0))
             await trio.sleep(interval)
+
+    def presence_timeout(self) -> float:
+        """The smaller of this replica's ``--presence-timeout`` and the primary's (as its
+        last reachability answer said): reports must come often enough for both."""
+        own = self.engine.config.presence_timeout
+        theirs = self.primary_presence_timeout
+        return own if theirs is None else min(own, theirs)
+
+    def _heard_timeout(self, answer: httpx.Response) -> None:
+        try:
+            theirs = answer.json().get("presence_timeout")
+        except ValueError:
+            return
+        if not isinstance(theirs, int | float) or isinstance(theirs, bool) or theirs <= 0:
+            return
+        own = self.engine.config.presence_timeout
+        if theirs != own and theirs != self.primary_presence_timeout:
+            log.warning(
+                "--presence-timeout differs from the primary's; give every node the same",
+                extra={"fields": {"replica": own, "primary": theirs}},
+            )
+        self.primary_presence_timeout = float(theirs)
 
     async def report(self, ages: dict[str, float], timeout: float = 5.0) -> int:
         """Report the users reachable here, each with the seconds since it was seen
@@ -469,6 +492,7 @@ class Replica(ClusterNode):
                 )
                 return taken
             taken += len(chunk)
+            self._heard_timeout(answer)
         return taken
 
     async def aclose(self) -> None:

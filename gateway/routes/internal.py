@@ -90,7 +90,9 @@ async def reachability(ctx: Context, req: Request) -> Response:
     }
     ctx.engine.reachability.reported(known)
     await trio.lowlevel.checkpoint()
-    return json_response({"users": len(known)})
+    # the replicas report every fifth of the smaller of theirs and this timeout
+    timeout = ctx.engine.config.presence_timeout
+    return json_response({"users": len(known), "presence_timeout": timeout})
 
 
 ROUTES = [
