@@ -130,7 +130,8 @@ async def test_a_write_sent_to_a_replica_is_answered_once_that_replica_shows_it(
         # the primary's own answer names the position that carries a write
         direct = await post_message(client, primary.base_url, scene, "direct")
         position = int(direct.headers["Chat-Engine-Position"])
-        assert position == (await status(client, primary))["position"]
+        # (a presence expiring meanwhile may add a record after it)
+        assert position <= (await status(client, primary))["position"]
         # errors come back as the primary gave them
         refused = await client.post(
             a.base_url + scene.messages, json={"message": "x"}, headers=scene.org_headers

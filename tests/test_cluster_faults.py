@@ -269,3 +269,36 @@ async def test_a_write_through_a_replica_after_the_primary_changed_history_reads
         )
         assert read.status_code == 200
         await converged(client, cluster.nodes)
+
+
+async def test_after_redis_comes_back_empty_only_what_the_stream_keeps_is_shipped(
+    tmp_path: Path,
+) -> None:
+    redis = RedisProcess(tmp_path / "redis")  # no persistence: a restart loses the stream
+    redis.directory.mkdir()
+    redis.start()
+    made = start_cluster(
+        redis,
+        "empty",
+        tmp_path / "primary",
+        replicas=1,
+        primary_flags=("--redis-log-length", "100"),
+    )
+    try:
+        primary, replica = made.nodes
+        async with httpx.AsyncClient(timeout=30) as client:
+            scene = await make_scene(client, primary.base_url)
+            for index in range(250):
+                assert (await post_message(client, primary.base_url, scene, f"m{index}")).is_success
+            before = await converged(client, made.nodes)
+            redis.kill()
+            redis.start()  # empty
+            assert (await post_message(client, primary.base_url, scene, "after")).is_success
+            final = await converged(client, made.nodes)
+            assert final["position"] == before["position"] + 1
+            positions = await stream_equals_log(redis.url, "empty", made.data_dir)
+            # the last 100 or so, not the whole log again from position 1
+            assert positions[0] >= before["position"] - 100, positions[:3]
+    finally:
+        made.stop()
+        redis.stop()
