@@ -16,6 +16,7 @@ stream has a gap, and replicas load a fresh snapshot.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,10 +49,11 @@ class Shipper:
         prefix: str,
         log_length: int,
         data_dir: Path | None,
-        instance: str,
+        instance: str | None = None,
     ) -> None:
         self.engine = engine
-        self.instance = instance
+        # the lease's id of this primary (``redislog.instance_id``; none given: its own)
+        self.instance = instance or uuid.uuid4().hex
         self.url = url
         self.prefix = prefix
         self.stream = redislog.stream_key(prefix)
