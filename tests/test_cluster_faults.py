@@ -252,12 +252,16 @@ async def test_a_write_through_a_replica_after_the_primary_changed_history_reads
     primary, replica = cluster.nodes
     async with httpx.AsyncClient(timeout=30) as client:
         await make_scene(client, primary.base_url)
-        await converged(client, cluster.nodes)
+        old = await converged(client, cluster.nodes)
         # a clean stop gives the lease up; a new data directory is a new history whose
         # positions start again below the replica's
         assert primary.stop() == 0
         cluster.data_dir = tmp_path / "replaced"
         cluster.primary = cluster.start_primary(port=primary.port)
+        stream = redislog.stream_key(cluster.prefix)
+        with trio.fail_after(30):  # the new primary started the stream over
+            while old["epoch"].encode() in cluster.redis.command("XRANGE", stream, "-", "+"):
+                await trio.sleep(0.1)
         made = await client.post(
             replica.base_url + "/api/v5/orgs", json={"name": "New"}, headers=ADMIN
         )
