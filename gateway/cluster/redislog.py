@@ -146,7 +146,9 @@ def _instance_from(path: Path, place: str) -> str:
         return lines[1]
     fresh = uuid.uuid4().hex
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(f"{place}\n{fresh}\n")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as written:
+        written.write(f"{place}\n{fresh}\n")
     os.replace(temporary, path)
     return fresh
 
