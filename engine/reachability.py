@@ -8,9 +8,12 @@ server's start. Org and admin tokens (and their sessions) never make a user reac
 unreachable user is removed as a DELETE would remove it.
 
 In a cluster a user may be reachable through another node: replicas report the users
-reachable there (``reachable_users``) to the primary at least every quarter of the
-timeout, and a report counts as a sign of life of each user it names (``reported``),
-so the primary expires a presence only when no node saw its user within the timeout.
+reachable there (``reachable_ages``: each with how long ago it was last seen there, 0
+for an open session) to the primary at least every quarter of the timeout, and a report
+counts as a sign of life of each user it names at the time it was seen (``reported``),
+so the primary expires a presence once no node saw its user within the timeout, not a
+timeout after the last report. Users not seen within the timeout are forgotten
+(``forget``), so the ledger holds only users seen lately.
 
 Every time is passed in (the runtime uses trio's clock), so the rule is tested without
 a clock at all; ``engine.actors.presence`` only sweeps.
@@ -18,7 +21,7 @@ a clock at all; ``engine.actors.presence`` only sweeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from engine.state import PRINCIPAL_USER
 
@@ -75,18 +78,41 @@ class ReachabilityLedger:
         last = self._last_seen.get(user_id, self.started_at)
         return now - last < self.timeout
 
-    def reported(self, user_ids: Iterable[str], at: float) -> None:
-        """Another node reports these users reachable there now."""
-        for user_id in user_ids:
-            self._last_seen[user_id] = at
+    def reported(self, ages: Mapping[str, float] | Iterable[str], at: float) -> None:
+        """Another node reports these users seen there ``age`` seconds before ``at``
+        (a plain list: seen at ``at``); a user's newest sign of life counts."""
+        pairs = ages.items() if isinstance(ages, Mapping) else ((user, 0.0) for user in ages)
+        for user_id, age in pairs:
+            seen = at - min(max(age, 0.0), self.timeout)
+            if seen > self._last_seen.get(user_id, seen - 1):
+                self._last_seen[user_id] = seen
+
+    def reachable_ages(self, now: float) -> dict[str, float]:
+        """Every user reachable through this node at ``now``, with the seconds since it
+        was last seen here (0: an open session); what a replica reports."""
+        found = {
+            user_id: now - last
+            for user_id, last in self._last_seen.items()
+            if now - last < self.timeout
+        }
+        found.update((user_id, 0.0) for user_id in self._sessions)
+        return found
 
     def reachable_users(self, now: float) -> list[str]:
-        """Every user reachable through this node at ``now`` (what a replica reports)."""
-        found = set(self._sessions)
-        found.update(
-            user_id for user_id, last in self._last_seen.items() if now - last < self.timeout
-        )
-        return sorted(found)
+        """Every user reachable through this node at ``now``."""
+        return sorted(self.reachable_ages(now))
+
+    def forget(self, now: float) -> int:
+        """Drop the users last seen a timeout ago or more with no open session (they
+        are unreachable either way); returns how many."""
+        stale = [
+            user_id
+            for user_id, last in self._last_seen.items()
+            if now - last >= self.timeout and user_id not in self._sessions
+        ]
+        for user_id in stale:
+            del self._last_seen[user_id]
+        return len(stale)
 
     def expired(self, present_users: Iterable[str], now: float) -> list[str]:
         """Those of ``present_users`` (users with at least one presence) whose

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 from quart_trio import QuartTrio
 
+from engine import errors
 from engine.actors.supervisor import Engine
 from engine.webhooks import Allow
 from gateway.asgi import asgi_app
@@ -133,6 +135,8 @@ def route_table(ctx: Context) -> Router:
     for route in ROUTES:
         if ctx.node.forwards_writes and route.method in WRITES and route.path.startswith("/api/"):
             router.add(route.method, route.path, partial(forward, ctx))
+        elif route.method in WRITES and route.path.startswith("/api/"):
+            router.add(route.method, route.path, partial(unless_refused, ctx, route.handler))
         else:
             router.add(route.method, route.path, partial(route.handler, ctx))
         if route.summary is not None:
@@ -143,6 +147,16 @@ def route_table(ctx: Context) -> Router:
 async def forward(ctx: Context, req: Request, **_: str) -> Response:
     """A replica's write: the primary's answer, once this node shows the write."""
     return await ctx.node.forward(req)
+
+
+async def unless_refused(ctx: Context, handler: Any, req: Request, **params: str) -> Response:
+    """A write, unless this node refuses writes now (a primary whose cluster lease
+    another primary holds)."""
+    refusal = ctx.node.write_refusal()
+    if refusal is not None:
+        raise errors.Unavailable(refusal)
+    response: Response = await handler(ctx, req, **params)
+    return response
 
 
 class PositionHeader:
@@ -158,6 +172,7 @@ class PositionHeader:
     def leave(self, request: Request, response: Response) -> None:
         if request.method in WRITES:
             response.headers.append((internal.POSITION_HEADER, str(self._engine.applied_lsn)))
+            response.headers.append((internal.EPOCH_HEADER, self._engine.realtime.epoch))
 
 
 def hooks(settings: GatewaySettings, engine: Engine) -> list[Hook]:

@@ -343,13 +343,17 @@ async def primary_shipper(options: argparse.Namespace, engine: Engine) -> Shippe
     shipper that will send every record to the stream."""
     if not options.redis:
         return None
-    await redislog.claim_at_start(options.redis, options.redis_prefix, engine.realtime.epoch)
+    data_dir = None if options.in_memory else Path(options.data_dir)
+    instance = redislog.instance_id(data_dir)
+    holder = redislog.holder(engine.realtime.epoch, instance)
+    await redislog.claim_at_start(options.redis, options.redis_prefix, holder)
     shipper = Shipper(
         engine,
         options.redis,
         options.redis_prefix,
         options.redis_log_length,
-        None if options.in_memory else Path(options.data_dir),
+        data_dir,
+        instance,
     )
     if engine.store is not None:  # segments stay until shipped
         engine.store.holds.append(shipper.hold)

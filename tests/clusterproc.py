@@ -12,6 +12,8 @@ import httpx
 import trio
 
 from bench.server import ADMIN_TOKEN, ServerProcess, start_replica, start_server
+from gateway.cluster import redislog
+from persistence.follow import LogFollower, LogGap
 from tests.redisproc import RedisProcess
 
 ADMIN = {"Authorization": f"Token {ADMIN_TOKEN}"}
@@ -173,3 +175,27 @@ async def post_message(
         json={"sender_id": scene.user["id"], "message": text},
         headers=scene.org_headers,
     )
+
+
+async def stream_equals_log(redis_url: str, prefix: str, data_dir: Path) -> list[int]:
+    """Every entry of the cluster's Redis stream is the primary's log record at its
+    position, byte for byte, in order, with no gap and no duplicate (where the log still
+    holds the position); returns the stream's positions."""
+    async with redislog.client(redis_url) as client:
+        entries = await client.xrange(redislog.stream_key(prefix))
+    positions = [redislog.lsn_of(entry.identifier) for entry in entries]
+    assert positions, "the stream is empty"
+    assert positions == list(range(positions[0], positions[0] + len(positions))), positions
+    follower = LogFollower(data_dir)
+    try:
+        records = dict(follower.read(positions[0] - 1, positions[-1], len(positions)))
+    except LogGap as gap:  # the oldest entries' segments are gone: compare the rest
+        assert gap.first is not None
+        records = dict(follower.read(gap.first - 1, positions[-1], len(positions)))
+    assert records, "the log holds none of the stream's positions"
+    for entry, lsn in zip(entries, positions, strict=True):
+        if lsn in records:
+            assert entry.field_values[redislog.RECORD] == records[lsn], f"entry {lsn} differs"
+        else:
+            assert lsn < min(records), f"the log lacks {lsn}"
+    return positions

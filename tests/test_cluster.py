@@ -130,7 +130,8 @@ async def test_a_write_sent_to_a_replica_is_answered_once_that_replica_shows_it(
         # the primary's own answer names the position that carries a write
         direct = await post_message(client, primary.base_url, scene, "direct")
         position = int(direct.headers["Chat-Engine-Position"])
-        assert position == (await status(client, primary))["position"]
+        # (a presence expiring meanwhile may add a record after it)
+        assert position <= (await status(client, primary))["position"]
         # errors come back as the primary gave them
         refused = await client.post(
             a.base_url + scene.messages, json={"message": "x"}, headers=scene.org_headers
@@ -200,6 +201,7 @@ async def test_a_replica_trimmed_out_of_the_stream_reloads_and_converges(
         await converged(client, cluster.nodes)
         async with ws_connect(b.base_url, ADMIN_TOKEN) as session:
             await session.subscribe(scene.messages_channel)
+            b_position = (await status(client, b))["position"]
             b.process.send_signal(19)  # SIGSTOP: B keeps its place but reads nothing
             try:
                 for index in range(400):
@@ -210,7 +212,8 @@ async def test_a_replica_trimmed_out_of_the_stream_reloads_and_converges(
                 first = cluster.redis.command(
                     "XRANGE", f"{cluster.prefix}:log", "-", "+", "COUNT", "1"
                 )
-                assert b"-0" in first
+                oldest = int(first.split(b"-0\r\n")[0].rsplit(b"\n", 1)[-1])
+                assert oldest > b_position + 1, (oldest, b_position)
             finally:
                 b.process.send_signal(18)  # SIGCONT
             # B's sessions are closed with 1012 (resume with since), and B converges
@@ -221,13 +224,18 @@ async def test_a_replica_trimmed_out_of_the_stream_reloads_and_converges(
         final = await converged(client, cluster.nodes)
         assert final["position"] >= 400
         metrics = (await client.get(b.base_url + "/metrics")).text
-        assert "chat_engine_replica_bootstraps_total 2.0" in metrics
+        reloads = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("chat_engine_replica_bootstraps_total ")
+        ]
+        assert float(reloads[0].split()[1]) >= 2  # the first load, and at least one reload
         assert "chat_engine_replica_lag_records 0.0" in metrics
 
 
 @pytest.mark.parametrize(
     "cluster",
-    [{"primary": ("--presence-timeout", "2"), "replica": ("--presence-timeout", "2")}],
+    [{"primary": ("--presence-timeout", "5"), "replica": ("--presence-timeout", "5")}],
     indirect=True,
 )
 async def test_a_session_on_a_replica_keeps_its_users_presence_and_loses_it_after(
@@ -245,10 +253,13 @@ async def test_a_session_on_a_replica_keeps_its_users_presence_and_loses_it_afte
 
         assert await present()
         async with ws_connect(a.base_url, scene.user["token"]):
-            # well past the timeout, with Ada's only sign of life on the replica
-            await trio.sleep(5)
-            assert await present()
-        # once the session is gone, the presence goes within about the timeout
+            # more than two timeouts, with Ada's only sign of life on the replica: the
+            # presence stays at every look (a report every second, each one enough)
+            for _ in range(12):
+                await trio.sleep(1)
+                assert await present()
+        # once the session is gone, the presence goes a timeout after Ada was last seen
+        # on the replica (not a timeout after its last report); the bound leaves room
         with trio.fail_after(20):
             while await present():
                 await trio.sleep(0.2)

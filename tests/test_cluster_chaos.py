@@ -18,7 +18,15 @@ import pytest
 import trio
 
 from bench.server import ADMIN_TOKEN, ServerProcess, start_replica
-from tests.clusterproc import Cluster, Scene, converged, make_scene, post_message, start_cluster
+from tests.clusterproc import (
+    Cluster,
+    Scene,
+    converged,
+    make_scene,
+    post_message,
+    start_cluster,
+    stream_equals_log,
+)
 from tests.redisproc import RedisProcess, redis_binary
 from tests.wsclient import ws_connect
 
@@ -184,4 +192,7 @@ async def test_kill_9_of_replicas_primary_and_redis_loses_no_acknowledged_write(
             assert watcher.not_resumed == 0
             assert watcher.sessions >= 1
     assert final["position"] > len(acked)
+    # the stream is the primary's log: no gap, no duplicate, no reordering, same bytes
+    positions = await stream_equals_log(cluster.redis.url, cluster.prefix, cluster.data_dir)
+    assert positions[-1] >= final["position"]
     assert set(killed) == {"replica", "primary", "redis"}, killed

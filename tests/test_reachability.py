@@ -133,3 +133,35 @@ def test_what_a_replica_reports_is_every_user_reachable_through_it() -> None:
     assert rule.reachable_users(2000.0) == ["ada", "alan", "grace"]
     assert rule.reachable_users(1950.0 + TIMEOUT) == ["ada", "alan"]
     assert rule.reachable_users(2000.0 + TIMEOUT) == ["ada"]
+
+
+def test_a_reported_user_expires_a_timeout_after_it_was_last_seen_not_after_the_report() -> None:
+    replica, primary = ledger(), ledger()
+    replica.touch("ada", 2000.0)  # Ada's last request on the replica
+    ages = replica.reachable_ages(2000.0 + TIMEOUT - 10)
+    assert ages == {"ada": TIMEOUT - 10}
+    primary.reported(ages, 2000.0 + TIMEOUT - 10)
+    # on the primary she expires when she would have on the replica, not a timeout later
+    assert primary.is_reachable("ada", 2000.0 + TIMEOUT - 0.001)
+    assert not primary.is_reachable("ada", 2000.0 + TIMEOUT)
+    # an older report never takes a newer sign of life back
+    primary.touch("ada", 2100.0)
+    primary.reported({"ada": 50.0}, 2110.0)
+    assert primary.is_reachable("ada", 2100.0 + TIMEOUT - 0.001)
+
+
+def test_an_open_session_is_reported_as_seen_now() -> None:
+    replica = ledger()
+    replica.session_opened("ada")
+    assert replica.reachable_ages(START + 10 * TIMEOUT) == {"ada": 0.0}
+
+
+def test_users_not_seen_within_the_timeout_are_forgotten() -> None:
+    rule = ledger()
+    rule.touch("ada", 2000.0)
+    rule.reported({"alan": 0.0}, 2050.0)
+    rule.session_opened("grace")
+    rule.touch("grace", 1900.0)
+    assert rule.forget(2000.0 + TIMEOUT) == 1  # Ada only
+    assert not rule.is_reachable("ada", 2000.0 + TIMEOUT)
+    assert rule.reachable_users(2000.0 + TIMEOUT) == ["alan", "grace"]

@@ -36,12 +36,15 @@ class Reachability:
     def session_closed(self, user_id: str) -> None:
         self.ledger.session_closed(user_id, trio.current_time())
 
-    def reported(self, user_ids: list[str]) -> None:
-        """Another node reports these users reachable there."""
-        self.ledger.reported(user_ids, trio.current_time())
+    def reported(self, ages: dict[str, float]) -> None:
+        """Another node reports these users seen there, each so many seconds ago."""
+        self.ledger.reported(ages, trio.current_time())
 
     def reachable_users(self) -> list[str]:
         return self.ledger.reachable_users(trio.current_time())
+
+    def reachable_ages(self) -> dict[str, float]:
+        return self.ledger.reachable_ages(trio.current_time())
 
     def is_reachable(self, user_id: str, now: float) -> bool:
         return self.ledger.is_reachable(user_id, now)
@@ -54,6 +57,7 @@ class Reachability:
         """Remove every presence of every unreachable user; returns how many."""
         removed = 0
         engine = self._engine
+        self.ledger.forget(trio.current_time())
         for user_id in self.expired_users(trio.current_time()):
             for chat in list(engine.state.user_current_chats[user_id].values()):
                 try:

@@ -21,6 +21,10 @@ class ClusterNode(Collector):
         """Why ``/readyz`` is 503 beyond the engine's start (None: ready)."""
         return None
 
+    def write_refusal(self) -> str | None:
+        """Why this node refuses the API's writes with 503 (None: it takes them)."""
+        return None
+
     def collect(self) -> Iterator[Metric]:
         """Extra ``/metrics`` families (a prometheus-client collector)."""
         return iter(())

@@ -4,15 +4,22 @@
 Redis itself refuses a position already there, or an older one), its fields the
 epoch (``e``), the record as the log holds it (``r``: msgpack ``[lsn, [facts]]``)
 and the primary's wall clock when it shipped it (``t``, milliseconds).
-``{prefix}:primary`` is the primary's lease: its value is the epoch of the primary's
-data (a restart of the same primary takes it back at once), renewed every few seconds
-and gone ``LEASE_MS`` after its holder died.
+``{prefix}:primary`` is the primary's lease: its value is ``{epoch}:{instance}``, the
+epoch of the primary's data and the id of the data directory's place (``instance_id``:
+a restart on the same directory, on the same machine, takes it back at once; a copy
+elsewhere is another holder), renewed every few seconds and gone ``LEASE_MS`` after its
+holder died. The stream is changed (XADD, DEL) only by scripts that check the lease's
+value first, so a primary that does not hold it never touches the stream.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
+from pathlib import Path
 
 import coredis
 import trio
@@ -20,6 +27,9 @@ import trio
 from persistence.errors import StartupRefused
 
 log = logging.getLogger("chat_engine.cluster")
+# coredis logs a long traceback at "error" on each connection retry; the cluster's own
+# single warning says that Redis is unavailable.
+logging.getLogger("coredis").setLevel(logging.CRITICAL)
 
 EPOCH = b"e"
 RECORD = b"r"
@@ -41,6 +51,33 @@ if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0
 """
+# Appends records to the stream, only while the lease is this holder's. KEYS: lease,
+# stream; ARGV: holder, maxlen, epoch, shipped-at, then (id, record) pairs. Returns -1
+# when the lease is not held, else how many were appended before the first refusal.
+SHIP_SCRIPT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+local added = 0
+for i = 5, #ARGV, 2 do
+  local ok = redis.pcall('xadd', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i],
+                         'e', ARGV[3], 'r', ARGV[i + 1], 't', ARGV[4])
+  if type(ok) == 'table' and ok.err then
+    return added
+  end
+  added = added + 1
+end
+return added
+"""
+# Deletes the stream, only while the lease is this holder's; 1 when deleted.
+RESET_SCRIPT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('del', KEYS[2])
+return 1
+"""
+INSTANCE_FILE = "cluster-instance"
 # Gives the lease up, if it is still this holder's.
 RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -82,6 +119,70 @@ async def hold_lease(redis: coredis.Redis[bytes], prefix: str, holder: str) -> b
     """Take or renew the lease; False when another primary holds it."""
     held = await redis.eval(LEASE_SCRIPT, keys=[lease_key(prefix)], args=[holder, LEASE_MS])
     return bool(held)
+
+
+class LeaseLost(Exception):
+    """The lease is another primary's: the stream was left as it was."""
+
+
+def instance_id(data_dir: Path | None) -> str:
+    """This primary's id in the lease. A data directory keeps the id it was last served
+    with, with the machine and the path it was served at: the same directory restarted
+    in place (which its lock makes the only one) takes its lease back at once, while a
+    copy on another machine or path gets a new id and waits for the lease to expire."""
+    if data_dir is None:
+        return uuid.uuid4().hex
+    place = f"{socket.gethostname()} {Path(data_dir).resolve()}"
+    path = Path(data_dir) / INSTANCE_FILE
+    return _instance_from(path, place)
+
+
+def _instance_from(path: Path, place: str) -> str:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    if len(lines) == 2 and lines[0] == place and lines[1]:
+        return lines[1]
+    fresh = uuid.uuid4().hex
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as written:
+        written.write(f"{place}\n{fresh}\n")
+    os.replace(temporary, path)
+    return fresh
+
+
+def holder(epoch: str, instance: str) -> str:
+    return f"{epoch}:{instance}"
+
+
+async def append(
+    redis: coredis.Redis[bytes],
+    prefix: str,
+    holder: str,
+    epoch: str,
+    log_length: int,
+    records: list[tuple[int, bytes]],
+) -> int:
+    """XADD ``records`` while the lease is ``holder``'s; how many went on (fewer than
+    all: the stream already holds a position). ``LeaseLost`` when not held."""
+    args: list[str | bytes | int] = [holder, log_length, epoch, str(now_ms())]
+    for lsn, payload in records:
+        args += [entry_id(lsn), payload]
+    added = await redis.eval(SHIP_SCRIPT, keys=[lease_key(prefix), stream_key(prefix)], args=args)
+    if not isinstance(added, int) or added < 0:
+        raise LeaseLost
+    return added
+
+
+async def reset(redis: coredis.Redis[bytes], prefix: str, holder: str) -> None:
+    """DEL the stream while the lease is ``holder``'s; ``LeaseLost`` when not held."""
+    done = await redis.eval(
+        RESET_SCRIPT, keys=[lease_key(prefix), stream_key(prefix)], args=[holder]
+    )
+    if not done:
+        raise LeaseLost
 
 
 async def release(url: str, prefix: str, holder: str) -> None:

@@ -16,14 +16,13 @@ stream has a gap, and replicas load a fresh snapshot.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import coredis
 import trio
-from coredis import PureToken
-from coredis.exceptions import ResponseError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engine.actors.supervisor import Engine
@@ -50,8 +49,11 @@ class Shipper:
         prefix: str,
         log_length: int,
         data_dir: Path | None,
+        instance: str | None = None,
     ) -> None:
         self.engine = engine
+        # the lease's id of this primary (``redislog.instance_id``; none given: its own)
+        self.instance = instance or uuid.uuid4().hex
         self.url = url
         self.prefix = prefix
         self.stream = redislog.stream_key(prefix)
@@ -59,6 +61,11 @@ class Shipper:
         self.shipped = 0  # the newest position known to be on the stream
         self.connected = False
         self.lease_held = False
+        # Redis answered that another primary holds the lease: this one is out of the
+        # cluster (not ready, refuses writes) until it takes the lease back.
+        self.lease_elsewhere = False
+        self._lease_known = False  # the first answer is logged whatever it is
+        self._synced = False  # the stream's head was read while holding the lease
         self.entries_shipped = 0
         self.outages = 0
         self._follower = LogFollower(data_dir) if data_dir is not None else None
@@ -76,6 +83,11 @@ class Shipper:
     @property
     def epoch(self) -> str:
         return self.engine.realtime.epoch
+
+    @property
+    def holder(self) -> str:
+        """The lease's value while this primary holds it."""
+        return redislog.holder(self.epoch, self.instance)
 
     def _applied(self, lsn: int, facts: Sequence[Fact]) -> None:
         if self._memory is not None:
@@ -99,7 +111,8 @@ class Shipper:
                     )
                     self.outages += 1
                 self.connected = False
-                self.lease_held = False
+                self.lease_held = False  # lease_elsewhere stays as Redis last said
+                self._synced = False
             await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
             failures = 0 if self.connected else failures + 1
 
@@ -109,35 +122,59 @@ class Shipper:
         with trio.move_on_after(timeout):
             while self.connected and self.shipped < self.engine.applied_lsn:
                 await trio.sleep(0.01)
-        await redislog.release(self.url, self.prefix, self.epoch)
+        await redislog.release(self.url, self.prefix, self.holder)
 
     async def _renew(self, redis: coredis.Redis[bytes]) -> None:
         while True:
-            held = await redislog.hold_lease(redis, self.prefix, self.epoch)
-            if held != self.lease_held:
-                if not held:
-                    log.error(
-                        "another primary holds the Redis prefix; not shipping",
-                        extra={"fields": {"key": redislog.lease_key(self.prefix)}},
-                    )
-                self.lease_held = held
-                self._wake.set()
+            with trio.fail_after(redislog.STREAM_TIMEOUT):
+                held = await redislog.hold_lease(redis, self.prefix, self.holder)
+            self._set_lease(held)
             await trio.sleep(redislog.RENEW_SECONDS)
 
+    def _set_lease(self, held: bool) -> None:
+        if not held and (self.lease_held or not self._lease_known):
+            log.error(
+                "another primary holds the Redis prefix; not shipping, not ready, "
+                "refusing writes until the lease is this primary's again",
+                extra={"fields": {"key": redislog.lease_key(self.prefix)}},
+            )
+        elif held and not self.lease_held and self.lease_elsewhere:
+            log.info("the primary lease is this primary's again; shipping")
+        if not held:
+            self._synced = False
+        self._lease_known = True
+        self.lease_held = held
+        self.lease_elsewhere = not held
+        self._wake.set()
+
+    def write_refusal(self) -> str | None:
+        if self.lease_elsewhere:
+            return "Another primary holds the cluster; this one takes no writes."
+        return None
+
+    def _fresh_start(self) -> int:
+        """Where shipping starts on an empty stream: no further back than the stream
+        keeps (a replica further behind reloads a snapshot anyway)."""
+        return max(0, self.engine.applied_lsn - self.log_length)
+
+    async def _reset(self, redis: coredis.Redis[bytes]) -> None:
+        await redislog.reset(redis, self.prefix, self.holder)
+        self.shipped = self._fresh_start()
+
     async def _sync_head(self, redis: coredis.Redis[bytes]) -> None:
-        """Where the stream is: its newest position, if it is this epoch's and not
-        ahead of this log; otherwise the stream is another history's, and starts over."""
+        """Where the stream is: its newest position, if it is this epoch's, not ahead
+        of this log and byte for byte this log's record; otherwise the stream is another
+        history's (or holds a bad entry), and starts over. Call while holding the lease."""
         entries = await redis.xrevrange(self.stream, count=1)
         if not entries:
             exists = await redis.exists([self.stream])
-            self.shipped = 0
+            self.shipped = self._fresh_start()
             if exists:  # emptied by trimming: its last ID still bars lower ones
                 info = await redis.xinfo_stream(self.stream)
                 last = info.get("last-generated-id")
                 self.shipped = redislog.lsn_of(last) if isinstance(last, bytes | str) else 0
                 if self.shipped > self.engine.applied_lsn:
-                    await redis.delete([self.stream])
-                    self.shipped = 0
+                    await self._reset(redis)
             return
         head = entries[0]
         lsn = redislog.lsn_of(head.identifier)
@@ -147,50 +184,71 @@ class Shipper:
                 "the stream holds another history; starting it over",
                 extra={"fields": {"stream_epoch": epoch, "stream_lsn": lsn}},
             )
-            await redis.delete([self.stream])
-            self.shipped = 0
+            await self._reset(redis)
+        elif not await self._is_ours(lsn, head.field_values.get(redislog.RECORD)):
+            log.error(
+                "the stream's newest entry is not this log's record; starting it over",
+                extra={"fields": {"stream_lsn": lsn}},
+            )
+            await self._reset(redis)
         else:
             self.shipped = lsn
 
+    async def _is_ours(self, lsn: int, payload: object) -> bool:
+        """Whether ``payload`` is this log's record at ``lsn`` (True when the log no
+        longer holds it: nothing to compare with)."""
+        try:
+            records = await self._read_raw(lsn - 1, lsn, 1)
+        except LogGap:
+            return True
+        if not records or records[0][0] != lsn:
+            return True
+        return records[0][1] == payload
+
     async def _ship(self, redis: coredis.Redis[bytes]) -> None:
-        await self._sync_head(redis)
+        # the lease first: a primary that does not hold it never touches the stream
+        with trio.fail_after(redislog.STREAM_TIMEOUT):
+            self._set_lease(await redislog.hold_lease(redis, self.prefix, self.holder))
         self.connected = True
-        log.info("shipping", extra={"fields": {"stream": self.stream, "from": self.shipped}})
         while True:
-            if self.shipped >= self.engine.applied_lsn or not self.lease_held:
+            if not self.lease_held:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            records = await self._read(self.shipped, self.engine.applied_lsn)
-            if not records:
-                continue
             try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    shipped_at = str(redislog.now_ms())
-                    for lsn, payload in records:
-                        pipe.xadd(
-                            self.stream,
-                            {
-                                redislog.EPOCH: self.epoch,
-                                redislog.RECORD: payload,
-                                redislog.SHIPPED_AT: shipped_at,
-                            },
-                            identifier=redislog.entry_id(lsn),
-                            trim_strategy=PureToken.MAXLEN,
-                            threshold=self.log_length,
-                            trim_operator=PureToken.APPROXIMATELY,
-                        )
-            except ResponseError:  # some were there already: read where the stream is
-                await self._sync_head(redis)
+                if not self._synced:
+                    await self._sync_head(redis)
+                    self._synced = True
+                    log.info(
+                        "shipping", extra={"fields": {"stream": self.stream, "from": self.shipped}}
+                    )
+                if self.shipped >= self.engine.applied_lsn:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                records = await self._read(self.shipped, self.engine.applied_lsn)
+                if not records:
+                    continue
+                added = await redislog.append(
+                    redis, self.prefix, self.holder, self.epoch, self.log_length, records
+                )
+            except redislog.LeaseLost:
+                self._set_lease(False)
                 continue
-            self.shipped = records[-1][0]
-            self.entries_shipped += len(records)
+            if added:
+                self.shipped = records[added - 1][0]
+                self.entries_shipped += added
+            if added < len(records):  # the stream holds a position: read where it is
+                self._synced = False
+
+    async def _read_raw(self, after: int, up_to: int, count: int) -> list[tuple[int, bytes]]:
+        if self._follower is not None:
+            return await trio.to_thread.run_sync(self._follower.read, after, up_to, count)
+        return self._from_memory(after, up_to)[:count]
 
     async def _read(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
         try:
-            if self._follower is not None:
-                return await trio.to_thread.run_sync(self._follower.read, after, up_to, BATCH)
-            return self._from_memory(after, up_to)
+            return await self._read_raw(after, up_to, BATCH)
         except LogGap as gap:
             first = gap.first if gap.first is not None else up_to + 1
             log.error(
@@ -224,6 +282,12 @@ class Primary(ClusterNode):
     def __init__(self, shipper: Shipper) -> None:
         self.shipper = shipper
 
+    def not_ready(self) -> str | None:
+        return self.shipper.write_refusal()
+
+    def write_refusal(self) -> str | None:
+        return self.shipper.write_refusal()
+
     def collect(self) -> Iterator[Metric]:
         shipper = self.shipper
         yield GaugeMetricFamily(
@@ -240,6 +304,11 @@ class Primary(ClusterNode):
             "chat_engine_redis_connected",
             "1 while Redis answers the shipper.",
             value=1 if shipper.connected else 0,
+        )
+        yield GaugeMetricFamily(
+            "chat_engine_primary_lease_held",
+            "1 while this primary holds the cluster's lease (Redis said so last).",
+            value=1 if shipper.lease_held else 0,
         )
         yield CounterMetricFamily(
             "chat_engine_redis_outages", "Times the shipper lost Redis.", value=shipper.outages

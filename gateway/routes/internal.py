@@ -4,19 +4,20 @@ docs/cluster.md describes them."""
 
 from __future__ import annotations
 
-import orjson
 import trio
 
 from engine import errors
 from gateway.auth import require_admin
 from gateway.routes.context import Context, Route, principal
+from gateway.validation import parse_json_object
 from gateway.web import Request, Response, json_response
 from persistence.replication import SNAPSHOT_CONTENT_TYPE, digest, snapshot_bytes
 
 POSITION_HEADER = "Chat-Engine-Position"
 EPOCH_HEADER = "Chat-Engine-Epoch"
 HISTORY_LIMIT_HEADER = "Chat-Engine-History-Limit"
-MAX_REPORTED_USERS = 1_000_000
+MAX_REPORTED_USERS = 2_000  # per body: replicas send 1,000 at a time
+MAX_USER_ID_LENGTH = 64
 
 
 async def status(ctx: Context, req: Request) -> Response:
@@ -57,22 +58,41 @@ async def snapshot(ctx: Context, req: Request) -> Response:
     )
 
 
+def _ages(users: object) -> dict[str, float] | None:
+    """``{user id: seconds since seen}`` (or a list of ids, seen now); None: invalid."""
+    if isinstance(users, list):
+        users = dict.fromkeys(users, 0.0) if all(isinstance(u, str) for u in users) else None
+    if not isinstance(users, dict) or len(users) > MAX_REPORTED_USERS:
+        return None
+    ages: dict[str, float] = {}
+    for user_id, age in users.items():
+        if isinstance(age, bool) or not isinstance(age, int | float) or not age >= 0:
+            return None
+        ages[user_id] = float(min(age, 1e9))
+    return ages
+
+
 async def reachability(ctx: Context, req: Request) -> Response:
     require_admin(principal(ctx, req))
-    try:
-        body = orjson.loads(req.body)
-    except orjson.JSONDecodeError:
-        raise errors.InvalidJson("The body is not JSON.") from None
-    users = body.get("users") if isinstance(body, dict) else None
-    if (
-        not isinstance(users, list)
-        or len(users) > MAX_REPORTED_USERS
-        or not all(isinstance(user, str) for user in users)
-    ):
-        raise errors.Invalid("Invalid body.", {"users": ["a list of user ids"]})
-    ctx.engine.reachability.reported(users)
+    if ctx.node.role == "replica":  # only the primary expires presences
+        raise errors.Forbidden("Reachability reports go to the primary.")
+    body = parse_json_object(req.body, req.header(b"content-type"))
+    ages = _ages(body.get("users"))
+    if ages is None:
+        raise errors.Invalid(
+            "Invalid body.", {"users": ["an object of user ids and seconds since seen"]}
+        )
+    users = ctx.engine.state.users  # unknown ids (and over-long ones) are ignored
+    known = {
+        user_id: age
+        for user_id, age in ages.items()
+        if len(user_id) <= MAX_USER_ID_LENGTH and user_id in users
+    }
+    ctx.engine.reachability.reported(known)
     await trio.lowlevel.checkpoint()
-    return json_response({"users": len(users)})
+    # the replicas report every fifth of the smaller of theirs and this timeout
+    timeout = ctx.engine.config.presence_timeout
+    return json_response({"users": len(known), "presence_timeout": timeout})
 
 
 ROUTES = [
