@@ -358,13 +358,15 @@ class Deliverer:
         status: int | None = None
         error: str | None = None
         try:
-            target = await self._target(hook.url)
-            headers = [
-                ("Content-Type", "application/json"),
-                ("User-Agent", "chat-engine-webhooks"),
-                (SIGNATURE_HEADER, signature(hook.secret, self.engine.now() // 1000, body)),
-            ]
+            # the name's resolution too is bounded: a resolver that never answers is a
+            # failed attempt like a receiver that never answers
             with trio.fail_after(self.settings.timeout):
+                target = await self._target(hook.url)
+                headers = [
+                    ("Content-Type", "application/json"),
+                    ("User-Agent", "chat-engine-webhooks"),
+                    (SIGNATURE_HEADER, signature(hook.secret, self.engine.now() // 1000, body)),
+                ]
                 status = await endpoint.connection.post(target, headers, body)
             if not 200 <= status < 300:
                 error = f"answered {status}"
@@ -373,6 +375,16 @@ class Deliverer:
         except trio.TooSlowError:
             await endpoint.connection.aclose()
             error = f"no answer within {self.settings.timeout:g} s"
+        except Exception as unexpected:  # noqa: BLE001 - one endpoint's failure, not the process's
+            # whatever an endpoint's URL or its receiver makes happen is a failed attempt
+            # of that endpoint: it never ends the other endpoints' deliveries or the server
+            await endpoint.connection.aclose()
+            error = f"internal error: {type(unexpected).__name__}"
+            log.error(
+                "webhook attempt failed unexpectedly",
+                exc_info=True,
+                extra={"fields": {"webhook": hook.id, "event": name}},
+            )
         elapsed = trio.current_time() - started
         outcome = "delivered" if error is None else "failed"
         self._note(endpoint, name, kind, attempt, status, elapsed, outcome, error)

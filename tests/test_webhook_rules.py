@@ -120,7 +120,19 @@ def test_registration_rules() -> None:
     with pytest.raises(errors.EngineError) as refused:
         decide_create(registry, "o", "https://h.example/x", ["chat.deleted"], "s" * 16, at=1)
     assert "events" in (refused.value.errors or {})
-    for url in ("ftp://h.example/", "http:///x", "http://user:pw@h.example/", "http://h:99999/"):
+    for url in (
+        "ftp://h.example/",
+        "http:///x",
+        "http://user:pw@h.example/",
+        "http://h:99999/",
+        "http://h:0/",  # was taken for port 80
+        # no request line carries these as they are (a non-ASCII path crashed delivery)
+        "http://h.example/caf\u00e9",
+        "http://h\u00e9.example/",
+        "http://h.example/a b",
+        "http://h.example/a\tb",
+        "http://h.example/\r\nX-Injected: 1",
+    ):
         with pytest.raises(errors.EngineError):
             decide_create(registry, "o", url, ["chat.created"], "s" * 16, at=1)
     for n in range(MAX_PER_ORG):

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 
+from gateway.hookclient import HookConnection, ReceiverError, Target
 from gateway.webhooks import TEST_BACKOFF_ENV
 from tests.conftest import ADMIN_TOKEN, Server, World, build_world, start_server
 from tests.webhook_receiver import Receiver
@@ -298,3 +299,46 @@ async def test_a_removed_endpoint_gets_nothing_more(hooked: Server, nursery: tri
         await kept.wait_for(lambda r: len(r.accepted()) == 2)
     assert [body["data"]["id"] for body in kept.accepted()] == [first, second]
     assert [body["data"]["id"] for body in removed.accepted()] == [first]
+
+
+async def test_a_url_no_request_line_can_carry_is_refused_and_delivery_goes_on(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """A non-ASCII path once got through registration and then ended every endpoint's
+    deliveries, and the server with them, at its first event (and again at each
+    restart)."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    async with world.org_client as client:
+        for url in (target.url + "/caf\u00e9", target.url + "/a b", "http://127.0.0.1:0/hook"):
+            refused = await client.post(
+                world.path("/webhooks"),
+                json={"url": url, "events": ALL_EVENTS, "secret": SECRET},
+            )
+            assert refused.status_code == 400, url
+            assert "url" in refused.json()["errors"]
+    await register(world, target.url + "/%C3%A9?q=%20", ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        sent = await say(world, client, chat_id, "hello")
+        await target.wait_for(lambda r: len(r.accepted()) >= 1)
+        assert target.accepted()[0]["data"]["id"] == sent
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_client_turns_an_unsendable_request_into_a_failed_attempt(
+    nursery: trio.Nursery,
+) -> None:
+    """Behind the registration's check: a path h11 cannot encode is one endpoint's failed
+    attempt (ReceiverError), never an exception that ends the delivery tasks."""
+    target = await receiver(nursery)
+    connection = HookConnection()
+    hook = Target(
+        "http", "127.0.0.1", target.port, "127.0.0.1", f"127.0.0.1:{target.port}", "/\u00e9"
+    )
+    try:
+        with trio.fail_after(10), pytest.raises(ReceiverError):
+            await connection.post(hook, [], b"{}")
+    finally:
+        await connection.aclose()
+    assert target.deliveries == []
