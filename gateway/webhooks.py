@@ -157,7 +157,11 @@ class Deliverer:
                 and now - endpoint.failing_since >= self.settings.horizon_ms
             ):
                 continue
-            cursor = min(cursor, self._saved.get(name, cursor))
+            # never saved yet: after a crash it starts again from its registration
+            saved = self._saved.get(name)
+            if saved is None and endpoint is not None:
+                saved = endpoint.hook.start_lsn
+            cursor = min(cursor, cursor if saved is None else saved)
             held = cursor if held is None else min(held, cursor)
         return held
 

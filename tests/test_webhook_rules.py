@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from engine import errors
+from engine.actors.supervisor import Engine
 from engine.facts import (
     ChatCreated,
     ChatEnded,
@@ -28,6 +29,7 @@ from engine.state import State
 from engine.webhooks import (
     MAX_PER_ORG,
     RETRY_HORIZON_MS,
+    Webhook,
     Webhooks,
     backoff,
     decide_create,
@@ -39,6 +41,7 @@ from engine.webhooks import (
     target_refusal,
     verify,
 )
+from gateway.webhooks import Deliverer, DeliverySettings, Endpoint
 from persistence.codec import decode_state, encode_state
 from persistence.cursors import CursorFile
 from persistence.logread import LogReader
@@ -236,3 +239,16 @@ async def test_cursors_are_saved_whole_and_owner_only(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [cursors.path.name]  # no temporary left
     cursors.path.write_text("{not json")
     assert cursors.load() == {}  # unreadable: start over (the log repeats, loses nothing)
+
+
+def test_an_endpoint_never_saved_holds_the_log_from_its_registration(tmp_path: Path) -> None:
+    """Its cursor on disk is missing until the first save: after a crash it starts again
+    from its registration, so the segments from there on are kept (they were released as
+    far as its position in memory, and a crash then lost the events in between)."""
+    deliverer = Deliverer(Engine(store=Store(tmp_path)), DeliverySettings())
+    hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 5)
+    deliverer.endpoints["w"] = Endpoint(hook, 40, 10)
+    deliverer.cursors["w"] = 40
+    assert deliverer.hold() == 5
+    deliverer._saved = {"w": 30}  # saved once: from there
+    assert deliverer.hold() == 30
