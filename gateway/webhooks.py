@@ -96,12 +96,13 @@ class DeliverySettings:
 class Endpoint:
     """One registered webhook's delivery state (in memory; its cursor also on disk)."""
 
-    def __init__(self, hook: Webhook, cursor: int, kept: int) -> None:
+    def __init__(self, hook: Webhook, cursor: int, kept: int, now: int) -> None:
         self.hook = hook
         self.cursor = cursor
         self.place: Place | None = None  # where the log reader stopped
         self.failures = 0  # failed attempts in a row
         self.failing_since: int | None = None  # wall ms of the first of them
+        self.caught_up_at = now  # wall ms it last had nothing left to send (or began)
         self.attempts: deque[dict[str, Any]] = deque(maxlen=kept)
         self.scope = trio.CancelScope()
         self.connection = HookConnection()  # kept alive between deliveries
@@ -146,15 +147,17 @@ class Deliverer:
     def hold(self) -> int | None:
         """The lowest position an endpoint is done with, as saved on disk (segments
         after it are kept), not counting endpoints failing for longer than the retry
-        horizon."""
+        horizon, nor endpoints that have not caught up for that long (a slow receiver
+        that answers every event, but slower than they come, would otherwise keep the
+        whole log from then on)."""
         now = self.engine.now()
+        horizon = self.settings.horizon_ms
         held: int | None = None
         for name, cursor in self.cursors.items():
             endpoint = self.endpoints.get(name)
-            if (
-                endpoint is not None
-                and endpoint.failing_since is not None
-                and now - endpoint.failing_since >= self.settings.horizon_ms
+            if endpoint is not None and (
+                (endpoint.failing_since is not None and now - endpoint.failing_since >= horizon)
+                or now - endpoint.caught_up_at >= horizon
             ):
                 continue
             # never saved yet: after a crash it starts again from its registration
@@ -213,7 +216,7 @@ class Deliverer:
                 if self.cursors.get(webhook_id) != cursor:
                     self.cursors[webhook_id] = cursor
                     self._dirty = True
-                endpoint = Endpoint(hook, cursor, self.settings.attempts_kept)
+                endpoint = Endpoint(hook, cursor, self.settings.attempts_kept, self.engine.now())
                 self.endpoints[webhook_id] = endpoint
                 nursery.start_soon(self._follow, endpoint)
 
@@ -246,6 +249,7 @@ class Deliverer:
                 woken = self._new_record
                 upto = self.engine.applied_lsn
                 if endpoint.cursor >= upto:
+                    endpoint.caught_up_at = self.engine.now()
                     await woken.wait()
                     continue
                 for lsn, facts in await self._records(endpoint, upto):

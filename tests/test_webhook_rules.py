@@ -245,10 +245,28 @@ def test_an_endpoint_never_saved_holds_the_log_from_its_registration(tmp_path: P
     """Its cursor on disk is missing until the first save: after a crash it starts again
     from its registration, so the segments from there on are kept (they were released as
     far as its position in memory, and a crash then lost the events in between)."""
-    deliverer = Deliverer(Engine(store=Store(tmp_path)), DeliverySettings())
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings())
     hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 5)
-    deliverer.endpoints["w"] = Endpoint(hook, 40, 10)
+    deliverer.endpoints["w"] = Endpoint(hook, 40, 10, engine.now())
     deliverer.cursors["w"] = 40
     assert deliverer.hold() == 5
     deliverer._saved = {"w": 30}  # saved once: from there
     assert deliverer.hold() == 30
+
+
+def test_an_endpoint_behind_for_longer_than_the_horizon_no_longer_holds_the_log(
+    tmp_path: Path,
+) -> None:
+    """A receiver that acknowledges every event, only slower than they come, never
+    fails: without a bound it would keep every log segment from then on."""
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings())
+    hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 5)
+    endpoint = Endpoint(hook, 40, 10, engine.now())
+    deliverer.endpoints["w"] = endpoint
+    deliverer.cursors["w"] = deliverer._saved["w"] = 40
+    endpoint.caught_up_at = engine.now() - RETRY_HORIZON_MS + 60_000
+    assert deliverer.hold() == 40  # behind for less than a day: kept
+    endpoint.caught_up_at = engine.now() - RETRY_HORIZON_MS
+    assert deliverer.hold() is None
