@@ -238,25 +238,43 @@ class Deliverer:
             log.error("webhook cursors not saved", extra={"fields": {"error": str(error)}})
 
     async def _follow(self, endpoint: Endpoint) -> None:
+        """Follow the log for one endpoint until it is removed. An unexpected error
+        (a bug, a log record that does not decode) stops this endpoint for a while, never
+        the other endpoints nor the server: it resumes from its cursor after a pause."""
+        stops = 0
         try:
-            await self._follow_unguarded(endpoint)
+            with endpoint.scope:
+                while True:
+                    try:
+                        await self._follow_unguarded(endpoint)
+                    except Exception:
+                        stops += 1
+                        endpoint.place = None
+                        log.error(
+                            "webhook delivery stopped unexpectedly; resuming",
+                            exc_info=True,
+                            extra={"fields": {"webhook": endpoint.hook.id, "at": endpoint.cursor}},
+                        )
+                        await endpoint.connection.aclose()
+                        await trio.sleep(
+                            backoff(stops, self.settings.backoff_first, self.settings.backoff_max)
+                        )
         finally:
             await endpoint.connection.aclose()
 
     async def _follow_unguarded(self, endpoint: Endpoint) -> None:
-        with endpoint.scope:
-            while True:
-                woken = self._new_record
-                upto = self.engine.applied_lsn
-                if endpoint.cursor >= upto:
-                    endpoint.caught_up_at = self.engine.now()
-                    await woken.wait()
-                    continue
-                for lsn, facts in await self._records(endpoint, upto):
-                    await self._deliver_record(endpoint, lsn, facts)
-                    self._advance(endpoint, lsn)
-                # a batch with nothing for this endpoint sends nothing: still yield
-                await trio.lowlevel.checkpoint()
+        while True:
+            woken = self._new_record
+            upto = self.engine.applied_lsn
+            if endpoint.cursor >= upto:
+                endpoint.caught_up_at = self.engine.now()
+                await woken.wait()
+                continue
+            for lsn, facts in await self._records(endpoint, upto):
+                await self._deliver_record(endpoint, lsn, facts)
+                self._advance(endpoint, lsn)
+            # a batch with nothing for this endpoint sends nothing: still yield
+            await trio.lowlevel.checkpoint()
 
     def _advance(self, endpoint: Endpoint, lsn: int) -> None:
         endpoint.cursor = lsn

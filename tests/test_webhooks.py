@@ -10,6 +10,8 @@ import httpx
 import pytest
 import trio
 
+from engine.facts import WebhookCreated
+from engine.ids import new_uuid
 from gateway.hookclient import HookConnection, ReceiverError, Target
 from gateway.webhooks import TEST_BACKOFF_ENV
 from tests.conftest import ADMIN_TOKEN, Server, World, build_world, start_server
@@ -342,3 +344,31 @@ async def test_the_client_turns_an_unsendable_request_into_a_failed_attempt(
     finally:
         await connection.aclose()
     assert target.deliveries == []
+
+
+async def test_an_endpoint_registered_before_the_url_check_fails_alone(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """A log written before registrations refused non-ASCII URLs may hold one: its
+    attempts fail (shown in its deliveries view) and every other endpoint, and the
+    server, go on."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    engine = hooked.engine
+    old = WebhookCreated(
+        new_uuid(), world.org["id"], target.url + "/caf\u00e9", ("message.created",), SECRET, 1
+    )
+    await engine.commit([old])
+    await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        sent = await say(world, client, chat_id, "hello")
+        await target.wait_for(lambda r: len(r.accepted()) >= 1)
+        assert [body["data"]["id"] for body in target.accepted()] == [sent]
+        path = world.path(f"/webhooks/{old.webhook_id}/deliveries")
+        with trio.fail_after(30):
+            while not (await client.get(path)).json()["results"]:
+                await trio.sleep(0.05)
+        attempt = (await client.get(path)).json()["results"][0]
+        assert attempt["outcome"] == "failed" and "cannot be sent" in attempt["error"]
+        assert (await client.get("/readyz")).status_code == 200
