@@ -67,6 +67,8 @@ from persistence.logread import LogReader, Place
 
 log = logging.getLogger("chat_engine.webhooks")
 
+MAX_ERROR_CHARS = 300  # of an attempt's error in the deliveries view
+
 # Tests only: "FIRST/MOST" seconds of the retry schedule instead of 1 s doubling to 600 s.
 TEST_BACKOFF_ENV = "TEST_CHAT_ENGINE_WEBHOOK_BACKOFF"
 
@@ -451,6 +453,9 @@ class Deliverer:
         error: str | None,
     ) -> None:
         self.outcomes[outcome] += 1
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            # a parser's complaint may quote kilobytes of what the receiver sent
+            error = error[: MAX_ERROR_CHARS - 1] + "\u2026"
         endpoint.attempts.append(
             {
                 "event_id": name,

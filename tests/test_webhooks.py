@@ -372,3 +372,36 @@ async def test_an_endpoint_registered_before_the_url_check_fails_alone(
         attempt = (await client.get(path)).json()["results"][0]
         assert attempt["outcome"] == "failed" and "cannot be sent" in attempt["error"]
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_an_attempts_error_quotes_little_of_what_a_receiver_sent(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """h11's complaint about a malformed answer quotes the offending line, up to 16 kB:
+    the deliveries view keeps 100 attempts per endpoint, so each error is cut short."""
+    world = await build_world(hooked)
+    arrived = trio.Event()
+
+    async def answer_badly(stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(10):
+                await stream.receive_some(65536)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\n" + b"bad header " * 1000 + b"\r\n\r\n")
+                arrived.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, answer_badly, listeners)
+    hook = await register(world, f"http://127.0.0.1:{port}/hook", ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        await say(world, client, chat_id, "hello")
+        path = world.path(f"/webhooks/{hook['id']}/deliveries")
+        with trio.fail_after(30):
+            await arrived.wait()
+            while not (await client.get(path)).json()["results"]:
+                await trio.sleep(0.05)
+        attempt = (await client.get(path)).json()["results"][0]
+    assert attempt["outcome"] == "failed"
+    assert attempt["error"].startswith("RemoteProtocolError: illegal header line")
+    assert len(attempt["error"]) <= 300
