@@ -104,6 +104,7 @@ class Endpoint:
         self.place: Place | None = None  # where the log reader stopped
         self.failures = 0  # failed attempts in a row
         self.failing_since: int | None = None  # wall ms of the first of them
+        self.given_up = 0  # events given up since the last one delivered
         self.caught_up_at = now  # wall ms it last had nothing left to send (or began)
         self.attempts: deque[dict[str, Any]] = deque(maxlen=kept)
         self.scope = trio.CancelScope()
@@ -356,10 +357,20 @@ class Deliverer:
         while True:
             if give_up(endpoint.failing_since, event.at, self.engine.now(), settings.horizon_ms):
                 self._note(endpoint, name, event.type, attempt, None, None, "skipped", "gave up")
-                log.warning(
-                    "webhook event given up",
-                    extra={"fields": {"webhook": endpoint.hook.id, "event": name}},
-                )
+                endpoint.given_up += 1
+                # a dead endpoint's backlog is given up at reading speed: logged at the
+                # 1st, 2nd, 4th, 8th ... of a run, not once per event
+                if endpoint.given_up & (endpoint.given_up - 1) == 0:
+                    log.warning(
+                        "webhook event given up",
+                        extra={
+                            "fields": {
+                                "webhook": endpoint.hook.id,
+                                "event": name,
+                                "given_up_in_a_row": endpoint.given_up,
+                            }
+                        },
+                    )
                 return
             if endpoint.failures and not waited:
                 await trio.sleep(
@@ -371,6 +382,7 @@ class Deliverer:
             attempt += 1
             now = self.engine.now()
             if await self._attempt(endpoint, name, event.type, attempt, body):
+                endpoint.given_up = 0
                 endpoint.failures = 0
                 endpoint.failing_since = None
                 return

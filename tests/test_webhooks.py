@@ -4,6 +4,7 @@ receiver that fails for a while, and a slow receiver that holds back only itself
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -285,6 +286,32 @@ async def test_an_event_failing_for_a_day_is_skipped_and_recorded(
     assert lost not in [body["data"]["id"] for body in target.accepted()]
     skipped = [a for a in attempts["results"] if a["outcome"] == "skipped"]
     assert len(skipped) == 1 and skipped[0]["error"] == "gave up"
+
+
+async def test_a_dead_endpoints_backlog_is_given_up_with_a_few_log_lines(
+    hooked: Server, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a day of failures the backlog behind the stuck event is given up at
+    reading speed: the log says so at the 1st, 2nd, 4th, 8th ... event, not for each."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    target.status = 500
+    hook = await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        lost = [await say(world, client, chat_id, "nobody hears this")]
+        await target.wait_for(lambda r: len(r.deliveries) >= 2)
+        lost += [await say(world, client, chat_id, f"behind it {n}") for n in range(8)]
+        hooked.clock.advance(25 * 3600)
+        target.status = 200
+        with caplog.at_level(logging.WARNING, logger="chat_engine.webhooks"):
+            heard = await say(world, client, chat_id, "this one arrives")
+            await target.wait_for(lambda r: len(r.accepted()) == 1)
+        attempts = (await client.get(world.path(f"/webhooks/{hook['id']}/deliveries"))).json()
+    assert [body["data"]["id"] for body in target.accepted()] == [heard]
+    assert [a["outcome"] for a in attempts["results"]].count("skipped") == len(lost) == 9
+    given_up = [r for r in caplog.records if r.getMessage() == "webhook event given up"]
+    assert [r.fields["given_up_in_a_row"] for r in given_up] == [1, 2, 4, 8]  # type: ignore[attr-defined]
 
 
 async def test_a_removed_endpoint_gets_nothing_more(hooked: Server, nursery: trio.Nursery) -> None:
