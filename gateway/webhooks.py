@@ -534,7 +534,8 @@ async def check_target(url: str, allow: Allow) -> None:
     """A registration's check of its URL against ``--webhook-allow`` (400 naming
     ``url``); each delivery checks the address again."""
     host = target_host(url)
-    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         refusal = target_refusal(
             host, [] if allow.names(host) or not allow else await resolve(host, port), allow
