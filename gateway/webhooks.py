@@ -136,6 +136,10 @@ class Deliverer:
 
     # -- the write path's only part: note the record, wake the tasks ----------------------
     def _on_record(self, lsn: int, facts: Sequence[Fact]) -> None:
+        # not running (a replica never runs it: deliveries are the primary's): no ring
+        # of records nobody reads
+        if self._nursery is None:
+            return
         if self.engine.state.webhooks.by_id:
             recent = self._recent
             if recent and recent[-1][0] != lsn - 1:

@@ -270,3 +270,16 @@ def test_an_endpoint_behind_for_longer_than_the_horizon_no_longer_holds_the_log(
     assert deliverer.hold() == 40  # behind for less than a day: kept
     endpoint.caught_up_at = engine.now() - RETRY_HORIZON_MS
     assert deliverer.hold() is None
+
+
+def test_a_deliverer_that_does_not_run_keeps_no_records() -> None:
+    """A replica builds the deliverer but never runs it (the primary delivers): the
+    records it applies are not kept in the ring of recent records for nobody."""
+    engine = Engine()
+    deliverer = Deliverer(engine, DeliverySettings())
+    engine.state.webhooks.apply(
+        WebhookCreated("w", "o", "http://h/", ("chat.created",), "s" * 16, 1), 1
+    )
+    for lsn in range(2, 10):
+        deliverer._on_record(lsn, [OrgCreated(f"o{lsn}", "Acme", 1, "h")])
+    assert not deliverer._recent
