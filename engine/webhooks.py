@@ -150,12 +150,22 @@ def parse_allow(items: Iterable[str]) -> Allow:
 
 def target_host(url: str) -> str:
     """The host of an endpoint URL; ``Invalid`` naming ``url`` unless it is an absolute
-    http(s) URL with a host, no credentials and no fragment."""
+    http(s) URL with a host, a port from 1 to 65535 if any, no credentials and no
+    fragment, written in printable ASCII with no space (what goes on the request line
+    and in the Host header as it is: a non-ASCII path once crashed every delivery)."""
+    if not all("!" <= char <= "~" for char in url):
+        raise errors.invalid_field(
+            "url",
+            "Must be printable ASCII with no spaces: percent-encode other characters "
+            "and write an international host name in its xn-- form.",
+        )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port
     except ValueError:
         raise errors.invalid_field("url", "Not a valid URL.") from None
+    if port == 0:
+        raise errors.invalid_field("url", "The port must be from 1 to 65535.")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.invalid_field("url", "Must be an http:// or https:// URL with a host.")
     if parts.username is not None or parts.fragment:

@@ -94,15 +94,18 @@ class HookConnection:
     async def _exchange(self, target: Target, headers: list[tuple[str, str]], body: bytes) -> int:
         stream, connection = self._stream, self._h11
         assert stream is not None and connection is not None
-        request = h11.Request(
-            method="POST",
-            target=target.path,
-            headers=[
-                ("Host", target.host_header),
-                ("Content-Length", str(len(body))),
-                *headers,
-            ],
-        )
+        try:
+            request = h11.Request(
+                method="POST",
+                target=target.path,
+                headers=[
+                    ("Host", target.host_header),
+                    ("Content-Length", str(len(body))),
+                    *headers,
+                ],
+            )
+        except (h11.ProtocolError, UnicodeError) as error:  # a URL no request line can carry
+            raise ReceiverError(f"cannot be sent: {error}") from None
         status: int | None = None
         read = 0
         try:

@@ -67,6 +67,8 @@ from persistence.logread import LogReader, Place
 
 log = logging.getLogger("chat_engine.webhooks")
 
+MAX_ERROR_CHARS = 300  # of an attempt's error in the deliveries view
+
 # Tests only: "FIRST/MOST" seconds of the retry schedule instead of 1 s doubling to 600 s.
 TEST_BACKOFF_ENV = "TEST_CHAT_ENGINE_WEBHOOK_BACKOFF"
 
@@ -96,12 +98,14 @@ class DeliverySettings:
 class Endpoint:
     """One registered webhook's delivery state (in memory; its cursor also on disk)."""
 
-    def __init__(self, hook: Webhook, cursor: int, kept: int) -> None:
+    def __init__(self, hook: Webhook, cursor: int, kept: int, now: int) -> None:
         self.hook = hook
         self.cursor = cursor
         self.place: Place | None = None  # where the log reader stopped
         self.failures = 0  # failed attempts in a row
         self.failing_since: int | None = None  # wall ms of the first of them
+        self.given_up = 0  # events given up since the last one delivered
+        self.caught_up_at = now  # wall ms it last had nothing left to send (or began)
         self.attempts: deque[dict[str, Any]] = deque(maxlen=kept)
         self.scope = trio.CancelScope()
         self.connection = HookConnection()  # kept alive between deliveries
@@ -132,6 +136,10 @@ class Deliverer:
 
     # -- the write path's only part: note the record, wake the tasks ----------------------
     def _on_record(self, lsn: int, facts: Sequence[Fact]) -> None:
+        # not running (a replica never runs it: deliveries are the primary's): no ring
+        # of records nobody reads
+        if self._nursery is None:
+            return
         if self.engine.state.webhooks.by_id:
             recent = self._recent
             if recent and recent[-1][0] != lsn - 1:
@@ -146,18 +154,24 @@ class Deliverer:
     def hold(self) -> int | None:
         """The lowest position an endpoint is done with, as saved on disk (segments
         after it are kept), not counting endpoints failing for longer than the retry
-        horizon."""
+        horizon, nor endpoints that have not caught up for that long (a slow receiver
+        that answers every event, but slower than they come, would otherwise keep the
+        whole log from then on)."""
         now = self.engine.now()
+        horizon = self.settings.horizon_ms
         held: int | None = None
         for name, cursor in self.cursors.items():
             endpoint = self.endpoints.get(name)
-            if (
-                endpoint is not None
-                and endpoint.failing_since is not None
-                and now - endpoint.failing_since >= self.settings.horizon_ms
+            if endpoint is not None and (
+                (endpoint.failing_since is not None and now - endpoint.failing_since >= horizon)
+                or now - endpoint.caught_up_at >= horizon
             ):
                 continue
-            cursor = min(cursor, self._saved.get(name, cursor))
+            # never saved yet: after a crash it starts again from its registration
+            saved = self._saved.get(name)
+            if saved is None and endpoint is not None:
+                saved = endpoint.hook.start_lsn
+            cursor = min(cursor, cursor if saved is None else saved)
             held = cursor if held is None else min(held, cursor)
         return held
 
@@ -209,7 +223,7 @@ class Deliverer:
                 if self.cursors.get(webhook_id) != cursor:
                     self.cursors[webhook_id] = cursor
                     self._dirty = True
-                endpoint = Endpoint(hook, cursor, self.settings.attempts_kept)
+                endpoint = Endpoint(hook, cursor, self.settings.attempts_kept, self.engine.now())
                 self.endpoints[webhook_id] = endpoint
                 nursery.start_soon(self._follow, endpoint)
 
@@ -231,24 +245,43 @@ class Deliverer:
             log.error("webhook cursors not saved", extra={"fields": {"error": str(error)}})
 
     async def _follow(self, endpoint: Endpoint) -> None:
+        """Follow the log for one endpoint until it is removed. An unexpected error
+        (a bug, a log record that does not decode) stops this endpoint for a while, never
+        the other endpoints nor the server: it resumes from its cursor after a pause."""
+        stops = 0
         try:
-            await self._follow_unguarded(endpoint)
+            with endpoint.scope:
+                while True:
+                    try:
+                        await self._follow_unguarded(endpoint)
+                    except Exception:
+                        stops += 1
+                        endpoint.place = None
+                        log.error(
+                            "webhook delivery stopped unexpectedly; resuming",
+                            exc_info=True,
+                            extra={"fields": {"webhook": endpoint.hook.id, "at": endpoint.cursor}},
+                        )
+                        await endpoint.connection.aclose()
+                        await trio.sleep(
+                            backoff(stops, self.settings.backoff_first, self.settings.backoff_max)
+                        )
         finally:
             await endpoint.connection.aclose()
 
     async def _follow_unguarded(self, endpoint: Endpoint) -> None:
-        with endpoint.scope:
-            while True:
-                woken = self._new_record
-                upto = self.engine.applied_lsn
-                if endpoint.cursor >= upto:
-                    await woken.wait()
-                    continue
-                for lsn, facts in await self._records(endpoint, upto):
-                    await self._deliver_record(endpoint, lsn, facts)
-                    self._advance(endpoint, lsn)
-                # a batch with nothing for this endpoint sends nothing: still yield
-                await trio.lowlevel.checkpoint()
+        while True:
+            woken = self._new_record
+            upto = self.engine.applied_lsn
+            if endpoint.cursor >= upto:
+                endpoint.caught_up_at = self.engine.now()
+                await woken.wait()
+                continue
+            for lsn, facts in await self._records(endpoint, upto):
+                await self._deliver_record(endpoint, lsn, facts)
+                self._advance(endpoint, lsn)
+            # a batch with nothing for this endpoint sends nothing: still yield
+            await trio.lowlevel.checkpoint()
 
     def _advance(self, endpoint: Endpoint, lsn: int) -> None:
         endpoint.cursor = lsn
@@ -328,10 +361,20 @@ class Deliverer:
         while True:
             if give_up(endpoint.failing_since, event.at, self.engine.now(), settings.horizon_ms):
                 self._note(endpoint, name, event.type, attempt, None, None, "skipped", "gave up")
-                log.warning(
-                    "webhook event given up",
-                    extra={"fields": {"webhook": endpoint.hook.id, "event": name}},
-                )
+                endpoint.given_up += 1
+                # a dead endpoint's backlog is given up at reading speed: logged at the
+                # 1st, 2nd, 4th, 8th ... of a run, not once per event
+                if endpoint.given_up & (endpoint.given_up - 1) == 0:
+                    log.warning(
+                        "webhook event given up",
+                        extra={
+                            "fields": {
+                                "webhook": endpoint.hook.id,
+                                "event": name,
+                                "given_up_in_a_row": endpoint.given_up,
+                            }
+                        },
+                    )
                 return
             if endpoint.failures and not waited:
                 await trio.sleep(
@@ -343,6 +386,7 @@ class Deliverer:
             attempt += 1
             now = self.engine.now()
             if await self._attempt(endpoint, name, event.type, attempt, body):
+                endpoint.given_up = 0
                 endpoint.failures = 0
                 endpoint.failing_since = None
                 return
@@ -358,13 +402,15 @@ class Deliverer:
         status: int | None = None
         error: str | None = None
         try:
-            target = await self._target(hook.url)
-            headers = [
-                ("Content-Type", "application/json"),
-                ("User-Agent", "chat-engine-webhooks"),
-                (SIGNATURE_HEADER, signature(hook.secret, self.engine.now() // 1000, body)),
-            ]
+            # the name's resolution too is bounded: a resolver that never answers is a
+            # failed attempt like a receiver that never answers
             with trio.fail_after(self.settings.timeout):
+                target = await self._target(hook.url)
+                headers = [
+                    ("Content-Type", "application/json"),
+                    ("User-Agent", "chat-engine-webhooks"),
+                    (SIGNATURE_HEADER, signature(hook.secret, self.engine.now() // 1000, body)),
+                ]
                 status = await endpoint.connection.post(target, headers, body)
             if not 200 <= status < 300:
                 error = f"answered {status}"
@@ -373,6 +419,16 @@ class Deliverer:
         except trio.TooSlowError:
             await endpoint.connection.aclose()
             error = f"no answer within {self.settings.timeout:g} s"
+        except Exception as unexpected:  # noqa: BLE001 - one endpoint's failure, not the process's
+            # whatever an endpoint's URL or its receiver makes happen is a failed attempt
+            # of that endpoint: it never ends the other endpoints' deliveries or the server
+            await endpoint.connection.aclose()
+            error = f"internal error: {type(unexpected).__name__}"
+            log.error(
+                "webhook attempt failed unexpectedly",
+                exc_info=True,
+                extra={"fields": {"webhook": hook.id, "event": name}},
+            )
         elapsed = trio.current_time() - started
         outcome = "delivered" if error is None else "failed"
         self._note(endpoint, name, kind, attempt, status, elapsed, outcome, error)
@@ -413,6 +469,9 @@ class Deliverer:
         error: str | None,
     ) -> None:
         self.outcomes[outcome] += 1
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            # a parser's complaint may quote kilobytes of what the receiver sent
+            error = error[: MAX_ERROR_CHARS - 1] + "\u2026"
         endpoint.attempts.append(
             {
                 "event_id": name,
@@ -479,7 +538,8 @@ async def check_target(url: str, allow: Allow) -> None:
     """A registration's check of its URL against ``--webhook-allow`` (400 naming
     ``url``); each delivery checks the address again."""
     host = target_host(url)
-    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         refusal = target_refusal(
             host, [] if allow.names(host) or not allow else await resolve(host, port), allow

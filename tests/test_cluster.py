@@ -31,6 +31,8 @@ from tests.clusterproc import (
     status,
 )
 from tests.redisproc import RedisProcess, redis_binary
+from tests.test_webhooks import SECRET
+from tests.webhook_receiver import Receiver
 from tests.wsclient import ws_connect
 
 
@@ -328,3 +330,42 @@ async def test_a_new_primary_history_makes_the_replicas_reload(
             assert len(orgs.json()["results"]) == 1  # the new history's only
     finally:
         made.stop()
+
+
+@pytest.mark.parametrize(
+    "cluster", [{"primary": ("--webhook-allow", "127.0.0.1", "--rate-limit", "off")}], indirect=True
+)
+async def test_webhooks_registered_on_a_replica_are_delivered_by_the_primary_alone(
+    cluster: Cluster, nursery: trio.Nursery
+) -> None:
+    """A replica forwards the registration to the primary (whose --webhook-allow
+    applies), only the primary delivers (each event arrives once, not once per node),
+    and the deliveries view read on a replica is the primary's."""
+    _, replica, _ = cluster.nodes
+    target = Receiver(SECRET)
+    await nursery.start(target.run)
+    async with httpx.AsyncClient(timeout=30) as client:
+        scene = await make_scene(client, replica.base_url)
+        hook = await client.post(
+            replica.base_url + scene.base + "/webhooks",
+            json={"url": target.url, "events": ["message.created"], "secret": SECRET},
+            headers=scene.org_headers,
+        )
+        assert hook.status_code == 201, hook.text
+        sent = []
+        for index in range(5):
+            response = await post_message(client, replica.base_url, scene, f"hooked {index}")
+            assert response.status_code == 201, response.text
+            sent.append(response.json()["id"])
+        await target.wait_for(lambda r: sent[-1] in [b["data"]["id"] for b in r.accepted()])
+        await converged(client, cluster.nodes)
+        bodies = [body for body in target.accepted() if body["data"]["id"] in sent]
+        assert [body["data"]["id"] for body in bodies] == sent  # once each, in order
+        assert all(d.signature_ok for d in target.deliveries)
+        view = await client.get(
+            f"{replica.base_url}{scene.base}/webhooks/{hook.json()['id']}/deliveries",
+            headers=scene.org_headers,
+        )
+        assert view.status_code == 200, view.text
+        delivered = [a["event_id"] for a in view.json()["results"] if a["outcome"] == "delivered"]
+        assert [body["id"] for body in bodies] == delivered[::-1][-len(sent) :]

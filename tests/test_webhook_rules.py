@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from engine import errors
+from engine.actors.supervisor import Engine
 from engine.facts import (
     ChatCreated,
     ChatEnded,
@@ -28,6 +29,7 @@ from engine.state import State
 from engine.webhooks import (
     MAX_PER_ORG,
     RETRY_HORIZON_MS,
+    Webhook,
     Webhooks,
     backoff,
     decide_create,
@@ -39,6 +41,7 @@ from engine.webhooks import (
     target_refusal,
     verify,
 )
+from gateway.webhooks import Deliverer, DeliverySettings, Endpoint
 from persistence.codec import decode_state, encode_state
 from persistence.cursors import CursorFile
 from persistence.logread import LogReader
@@ -120,7 +123,19 @@ def test_registration_rules() -> None:
     with pytest.raises(errors.EngineError) as refused:
         decide_create(registry, "o", "https://h.example/x", ["chat.deleted"], "s" * 16, at=1)
     assert "events" in (refused.value.errors or {})
-    for url in ("ftp://h.example/", "http:///x", "http://user:pw@h.example/", "http://h:99999/"):
+    for url in (
+        "ftp://h.example/",
+        "http:///x",
+        "http://user:pw@h.example/",
+        "http://h:99999/",
+        "http://h:0/",  # was taken for port 80
+        # no request line carries these as they are (a non-ASCII path crashed delivery)
+        "http://h.example/caf\u00e9",
+        "http://h\u00e9.example/",
+        "http://h.example/a b",
+        "http://h.example/a\tb",
+        "http://h.example/\r\nX-Injected: 1",
+    ):
         with pytest.raises(errors.EngineError):
             decide_create(registry, "o", url, ["chat.created"], "s" * 16, at=1)
     for n in range(MAX_PER_ORG):
@@ -224,3 +239,47 @@ async def test_cursors_are_saved_whole_and_owner_only(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [cursors.path.name]  # no temporary left
     cursors.path.write_text("{not json")
     assert cursors.load() == {}  # unreadable: start over (the log repeats, loses nothing)
+
+
+def test_an_endpoint_never_saved_holds_the_log_from_its_registration(tmp_path: Path) -> None:
+    """Its cursor on disk is missing until the first save: after a crash it starts again
+    from its registration, so the segments from there on are kept (they were released as
+    far as its position in memory, and a crash then lost the events in between)."""
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings())
+    hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 5)
+    deliverer.endpoints["w"] = Endpoint(hook, 40, 10, engine.now())
+    deliverer.cursors["w"] = 40
+    assert deliverer.hold() == 5
+    deliverer._saved = {"w": 30}  # saved once: from there
+    assert deliverer.hold() == 30
+
+
+def test_an_endpoint_behind_for_longer_than_the_horizon_no_longer_holds_the_log(
+    tmp_path: Path,
+) -> None:
+    """A receiver that acknowledges every event, only slower than they come, never
+    fails: without a bound it would keep every log segment from then on."""
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings())
+    hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 5)
+    endpoint = Endpoint(hook, 40, 10, engine.now())
+    deliverer.endpoints["w"] = endpoint
+    deliverer.cursors["w"] = deliverer._saved["w"] = 40
+    endpoint.caught_up_at = engine.now() - RETRY_HORIZON_MS + 60_000
+    assert deliverer.hold() == 40  # behind for less than a day: kept
+    endpoint.caught_up_at = engine.now() - RETRY_HORIZON_MS
+    assert deliverer.hold() is None
+
+
+def test_a_deliverer_that_does_not_run_keeps_no_records() -> None:
+    """A replica builds the deliverer but never runs it (the primary delivers): the
+    records it applies are not kept in the ring of recent records for nobody."""
+    engine = Engine()
+    deliverer = Deliverer(engine, DeliverySettings())
+    engine.state.webhooks.apply(
+        WebhookCreated("w", "o", "http://h/", ("chat.created",), "s" * 16, 1), 1
+    )
+    for lsn in range(2, 10):
+        deliverer._on_record(lsn, [OrgCreated(f"o{lsn}", "Acme", 1, "h")])
+    assert not deliverer._recent

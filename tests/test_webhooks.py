@@ -4,12 +4,16 @@ receiver that fails for a while, and a slow receiver that holds back only itself
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from engine.facts import WebhookCreated
+from engine.ids import new_uuid
+from gateway.hookclient import HookConnection, ReceiverError, Target
 from gateway.webhooks import TEST_BACKOFF_ENV
 from tests.conftest import ADMIN_TOKEN, Server, World, build_world, start_server
 from tests.webhook_receiver import Receiver
@@ -284,6 +288,32 @@ async def test_an_event_failing_for_a_day_is_skipped_and_recorded(
     assert len(skipped) == 1 and skipped[0]["error"] == "gave up"
 
 
+async def test_a_dead_endpoints_backlog_is_given_up_with_a_few_log_lines(
+    hooked: Server, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a day of failures the backlog behind the stuck event is given up at
+    reading speed: the log says so at the 1st, 2nd, 4th, 8th ... event, not for each."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    target.status = 500
+    hook = await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        lost = [await say(world, client, chat_id, "nobody hears this")]
+        await target.wait_for(lambda r: len(r.deliveries) >= 2)
+        lost += [await say(world, client, chat_id, f"behind it {n}") for n in range(8)]
+        hooked.clock.advance(25 * 3600)
+        target.status = 200
+        with caplog.at_level(logging.WARNING, logger="chat_engine.webhooks"):
+            heard = await say(world, client, chat_id, "this one arrives")
+            await target.wait_for(lambda r: len(r.accepted()) == 1)
+        attempts = (await client.get(world.path(f"/webhooks/{hook['id']}/deliveries"))).json()
+    assert [body["data"]["id"] for body in target.accepted()] == [heard]
+    assert [a["outcome"] for a in attempts["results"]].count("skipped") == len(lost) == 9
+    given_up = [r for r in caplog.records if r.getMessage() == "webhook event given up"]
+    assert [r.fields["given_up_in_a_row"] for r in given_up] == [1, 2, 4, 8]  # type: ignore[attr-defined]
+
+
 async def test_a_removed_endpoint_gets_nothing_more(hooked: Server, nursery: trio.Nursery) -> None:
     world = await build_world(hooked)
     removed, kept = await receiver(nursery), await receiver(nursery)
@@ -298,3 +328,107 @@ async def test_a_removed_endpoint_gets_nothing_more(hooked: Server, nursery: tri
         await kept.wait_for(lambda r: len(r.accepted()) == 2)
     assert [body["data"]["id"] for body in kept.accepted()] == [first, second]
     assert [body["data"]["id"] for body in removed.accepted()] == [first]
+
+
+async def test_a_url_no_request_line_can_carry_is_refused_and_delivery_goes_on(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """A non-ASCII path once got through registration and then ended every endpoint's
+    deliveries, and the server with them, at its first event (and again at each
+    restart)."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    async with world.org_client as client:
+        for url in (target.url + "/caf\u00e9", target.url + "/a b", "http://127.0.0.1:0/hook"):
+            refused = await client.post(
+                world.path("/webhooks"),
+                json={"url": url, "events": ALL_EVENTS, "secret": SECRET},
+            )
+            assert refused.status_code == 400, url
+            assert "url" in refused.json()["errors"]
+    await register(world, target.url + "/%C3%A9?q=%20", ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        sent = await say(world, client, chat_id, "hello")
+        await target.wait_for(lambda r: len(r.accepted()) >= 1)
+        assert target.accepted()[0]["data"]["id"] == sent
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_client_turns_an_unsendable_request_into_a_failed_attempt(
+    nursery: trio.Nursery,
+) -> None:
+    """Behind the registration's check: a path h11 cannot encode is one endpoint's failed
+    attempt (ReceiverError), never an exception that ends the delivery tasks."""
+    target = await receiver(nursery)
+    connection = HookConnection()
+    hook = Target(
+        "http", "127.0.0.1", target.port, "127.0.0.1", f"127.0.0.1:{target.port}", "/\u00e9"
+    )
+    try:
+        with trio.fail_after(10), pytest.raises(ReceiverError):
+            await connection.post(hook, [], b"{}")
+    finally:
+        await connection.aclose()
+    assert target.deliveries == []
+
+
+async def test_an_endpoint_registered_before_the_url_check_fails_alone(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """A log written before registrations refused non-ASCII URLs may hold one: its
+    attempts fail (shown in its deliveries view) and every other endpoint, and the
+    server, go on."""
+    world = await build_world(hooked)
+    target = await receiver(nursery)
+    engine = hooked.engine
+    old = WebhookCreated(
+        new_uuid(), world.org["id"], target.url + "/caf\u00e9", ("message.created",), SECRET, 1
+    )
+    await engine.commit([old])
+    await register(world, target.url, ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        sent = await say(world, client, chat_id, "hello")
+        await target.wait_for(lambda r: len(r.accepted()) >= 1)
+        assert [body["data"]["id"] for body in target.accepted()] == [sent]
+        path = world.path(f"/webhooks/{old.webhook_id}/deliveries")
+        with trio.fail_after(30):
+            while not (await client.get(path)).json()["results"]:
+                await trio.sleep(0.05)
+        attempt = (await client.get(path)).json()["results"][0]
+        assert attempt["outcome"] == "failed" and "cannot be sent" in attempt["error"]
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_an_attempts_error_quotes_little_of_what_a_receiver_sent(
+    hooked: Server, nursery: trio.Nursery
+) -> None:
+    """h11's complaint about a malformed answer quotes the offending line, up to 16 kB:
+    the deliveries view keeps 100 attempts per endpoint, so each error is cut short."""
+    world = await build_world(hooked)
+    arrived = trio.Event()
+
+    async def answer_badly(stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(10):
+                await stream.receive_some(65536)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\n" + b"bad header " * 1000 + b"\r\n\r\n")
+                arrived.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, answer_badly, listeners)
+    hook = await register(world, f"http://127.0.0.1:{port}/hook", ["message.created"])
+    async with world.org_client as client:
+        chat_id = await new_chat(world, client)
+        await say(world, client, chat_id, "hello")
+        path = world.path(f"/webhooks/{hook['id']}/deliveries")
+        with trio.fail_after(30):
+            await arrived.wait()
+            while not (await client.get(path)).json()["results"]:
+                await trio.sleep(0.05)
+        attempt = (await client.get(path)).json()["results"][0]
+    assert attempt["outcome"] == "failed"
+    assert attempt["error"].startswith("RemoteProtocolError: illegal header line")
+    assert len(attempt["error"]) <= 300

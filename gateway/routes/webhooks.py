@@ -47,6 +47,10 @@ async def delete_webhook(ctx: Context, req: Request, org_id: str, webhook_id: st
 async def deliveries(ctx: Context, req: Request, org_id: str, webhook_id: str) -> Response:
     require_org(ctx.state, principal(ctx, req), org_id, users_too=False)
     hook = _hook(ctx, org_id, webhook_id)
+    if ctx.node.forwards_writes:
+        # attempts are made, and remembered, on the primary only: a replica's own view
+        # would show none
+        return await ctx.node.forward(req)
     deliverer = ctx.webhooks
     attempts = deliverer.attempts(hook.id) if deliverer is not None else []
     status = deliverer.status(hook.id) if deliverer is not None else {}
