@@ -40,7 +40,27 @@ class Ledger:
     # that joined a chat this worker did not know of when it asked (created meanwhile),
     # so joins and leaves of that pair may have been applied on either side of it
     uncertain: set[tuple[str, str]] = field(default_factory=set)
+    # pairs with two requests in flight at once since the last one sent alone: the
+    # server applies them in its own order, and their answers may be read in the other
+    # (a join applied before a leave, its answer read after it), so the last answer
+    # read does not tell the outcome; the next request sent alone does
+    overlapped: set[tuple[str, str]] = field(default_factory=set)
     acknowledged: int = 0
+
+    def sent(self, pair: tuple[str, str]) -> None:
+        if self.in_flight[pair]:
+            self.overlapped.add(pair)
+        else:
+            self.overlapped.discard(pair)
+        self.in_flight[pair] += 1
+        self.presence.pop(pair, None)
+
+    def answered(self, pair: tuple[str, str]) -> bool:
+        """Whether this answer, the last in flight, tells the pair's presence."""
+        self.in_flight[pair] -= 1
+        return (
+            self.in_flight[pair] == 0 and pair not in self.uncertain and pair not in self.overlapped
+        )
 
 
 async def bootstrap(client: httpx.AsyncClient, ledger: Ledger) -> None:
@@ -77,8 +97,7 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
                 ledger.acknowledged += 1
         elif roll < 0.9:
             pair = (chat, user)
-            ledger.in_flight[pair] += 1
-            ledger.presence.pop(pair, None)
+            ledger.sent(pair)
             joining = roll < 0.75
             if joining:
                 response = await client.post(
@@ -88,8 +107,7 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
             else:
                 response = await client.delete(f"{base}/chats/{chat}/presences/{user}")
                 ok = response.status_code in (204, 404)
-            ledger.in_flight[pair] -= 1
-            if ok and ledger.in_flight[pair] == 0 and pair not in ledger.uncertain:
+            if ledger.answered(pair) and ok:
                 ledger.presence[pair] = joining
                 ledger.acknowledged += 1
         else:
@@ -103,13 +121,11 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
                 else []
             )
             for pair in touched:
-                ledger.in_flight[pair] += 1
-                ledger.presence.pop(pair, None)
+                ledger.sent(pair)
             response = await client.post(
                 f"{base}/rooms/{ledger.room}/visitors/{visitor}/chats", params=params
             )
-            for pair in touched:
-                ledger.in_flight[pair] -= 1
+            tells = {pair: ledger.answered(pair) for pair in touched}
             if response.status_code in (200, 201):
                 chat_id = response.json()["id"]
                 known = chat_id in ledger.chats  # others may have joined or left it already
@@ -119,7 +135,10 @@ async def worker(client: httpx.AsyncClient, ledger: Ledger, rng: random.Random) 
                 pair = (chat_id, user)
                 if not resume:
                     pass
-                elif (response.status_code == 201 and not known) or pair in touched:
+                elif pair in touched:
+                    if tells[pair]:
+                        ledger.presence[pair] = True
+                elif response.status_code == 201 and not known:  # a chat nobody else knew
                     if ledger.in_flight[pair] == 0 and pair not in ledger.uncertain:
                         ledger.presence[pair] = True
                 else:  # a chat others may have joined or left while this call was in flight
