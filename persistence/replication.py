@@ -85,7 +85,10 @@ def digest(state: State, histories: Histories) -> str:
     for row in _sorted_rows(chats):
         hasher.update(row)
     hasher.update(pack("channels"))
-    channels = histories.export()["channels"]
+    exported_histories = histories.export()
+    channels = exported_histories["channels"]
     for row in _sorted_rows(channels):
         hasher.update(row)
+    # which events go first once the total history limit is reached
+    hasher.update(pack(["order", [channels[row][0] for row in exported_histories["order"]]]))
     return hasher.hexdigest()

@@ -170,6 +170,8 @@ def _read(payload: bytes, state: State, histories: Histories) -> int:
             if key == "channels":
                 for _ in range(unpacker.read_array_header()):
                     restoring.channel(unpacker.unpack())
+            elif key == "order":
+                restoring.order(unpacker.unpack())
             else:
                 unpacker.skip()  # the epoch: the data directory's file names it
         restoring.done()

@@ -200,3 +200,30 @@ def test_the_shippers_hold_keeps_unshipped_records_within_its_bound() -> None:
     assert shipper.hold() == 1200  # everything not shipped stays
     engine.applied_lsn = 1_000_000 + 3000
     assert shipper.hold() == 3000  # but no more than RETAIN_RECORDS of it
+
+
+def test_a_snapshot_keeps_which_events_go_first_past_the_total_history_limit() -> None:
+    """A replica loads the primary's snapshot and applies the same records: once the
+    total history limit is reached it must drop the same events (digest included)."""
+    from engine.channels import key_of
+    from engine.fanout import Publication
+
+    def batches(start: int, count: int) -> list[list[Publication]]:
+        names = ["/api/v5/orgs/o1/rooms", "/api/v5/orgs/o1/users", "/api/v5/orgs/o1/rooms/r1/chats"]
+        return [
+            [Publication([key_of(names[number % 3])], "changed", f"x{number}", None)]
+            for number in range(start, start + count)
+        ]
+
+    primary = Histories(epoch="e1", total_history_limit=10)
+    for batch in batches(0, 9):
+        primary.append(batch)
+    data = snapshot.encode(9, State(), primary.export())
+    replica = Histories(epoch="e1", total_history_limit=10)
+    assert load_snapshot(data, State(), replica) == 9
+    assert digest(State(), replica) == digest(State(), primary)
+    for batch in batches(9, 7):  # past the limit: 6 of the oldest go
+        primary.append(batch)
+        replica.append(batch)
+    assert replica.export() == primary.export()
+    assert digest(State(), replica) == digest(State(), primary)

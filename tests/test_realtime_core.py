@@ -162,9 +162,11 @@ def test_a_restored_history_keeps_to_the_total_cap() -> None:
     publish_three(realtime)
     restored = Realtime(epoch="e1", total_history_limit=4)
     restored.histories.restore(realtime.histories.export())
+    # published CHANNEL 1, OTHER 1, CHANNEL 2, OTHER 2, ...: the oldest two go
     assert resumes(restored, CHANNEL, since=0) is None
-    assert resumes(restored, CHANNEL, since=2) == [3]
-    assert resumes(restored, OTHER, since=0) == [1, 2, 3]
+    assert resumes(restored, CHANNEL, since=1) == [2, 3]
+    assert resumes(restored, OTHER, since=0) is None
+    assert resumes(restored, OTHER, since=1) == [2, 3]
 
 
 def test_the_history_caps_match_a_plain_model_under_random_traffic() -> None:
@@ -189,6 +191,41 @@ def test_the_history_caps_match_a_plain_model_under_random_traffic() -> None:
             channel = realtime.histories.channels.get(name)
             actual = [seq for seq, _ in channel.held()] if channel else []
             assert actual == [seq for event in newest if event in held[name] for seq in event[1:]]
+
+
+def test_a_restore_drops_the_same_events_as_the_node_it_came_from() -> None:
+    """Past ``total_history_limit`` the oldest event goes first, whatever its channel: a
+    history restored from an export (a snapshot, a replica's bootstrap) must keep that
+    order, or the same records applied afterwards drop other events on each side."""
+    rng = random.Random(11)
+    names = [f"/api/v5/orgs/o1/rooms/r{number}/chats" for number in range(5)]
+    live = Realtime(epoch="e1", history_limit=6, total_history_limit=15)
+    copies: list[Realtime] = []
+    for step in range(600):
+        batch = rng.choices(names, [30, 10, 5, 1, 1], k=rng.randint(1, 3))
+        publications = [Publication([key_of(n)], "changed", "c1", Payload({})) for n in batch]
+        for realtime in (live, *copies):
+            realtime.publish(publications)
+        for copy in copies:  # equal after every batch (the restored events go first)
+            assert copy.histories.export() == live.histories.export()
+        if step % 150 == 75:  # a restore through the snapshot's encoding
+            copy = Realtime(epoch="e1", history_limit=6, total_history_limit=15)
+            copy.histories.restore(msgpack.unpackb(msgpack.packb(live.histories.export())))
+            copies.append(copy)
+    assert len(copies) == 4
+    assert all(copy.stats.history_events_dropped > 0 for copy in copies)
+
+
+def test_a_snapshot_without_an_eviction_order_still_restores() -> None:
+    """Snapshots written before the order was kept: channel by channel, as then."""
+    realtime = Realtime(epoch="e1")
+    publish_three(realtime)
+    exported = realtime.histories.export()
+    del exported["order"]
+    restored = Realtime(epoch="e1")
+    restored.histories.restore(exported)
+    assert resumes(restored, CHANNEL, since=0) == [1, 2, 3]
+    assert resumes(restored, OTHER, since=0) == [1, 2, 3]
 
 
 def test_channel_keys_give_back_the_exact_name() -> None:

@@ -22,7 +22,7 @@ answers ``seq`` 0 and creates nothing, so probing random channels grows nothing.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,12 @@ class Histories:
         return channel.seq - len(channel.events) + 1, channel.events
 
     def export(self) -> dict[str, Any]:
-        """Every channel's ``seq`` and history as plain data, for a snapshot."""
+        """Every channel's ``seq`` and history as plain data, for a snapshot, and the
+        order in which the held events go when ``total_history_limit`` is reached:
+        ``order`` lists, oldest first, the row in ``channels`` of each held event (a
+        restore that rebuilt it channel by channel would drop other events than the
+        node it came from, and a replica's histories would part from the primary's)."""
+        exported = [channel for channel in self.channels.values() if channel.seq]
         return {
             "epoch": self.epoch,
             "channels": [
@@ -165,16 +170,35 @@ class Histories:
                         for seq, (action, resource_id, payload) in channel.held()
                     ],
                 ]
-                for channel in self.channels.values()
-                if channel.seq
+                for channel in exported
             ],
+            "order": self.eviction_order(exported),
         }
+
+    def eviction_order(self, rows: list[ChannelHistory]) -> list[int]:
+        """The index in ``rows`` of the channel of each held event, oldest first."""
+        index = {id(channel): row for row, channel in enumerate(rows)}
+        stale: dict[int, int] = {}  # a channel's entries still to skip as stale
+        order: list[int] = []
+        for channel in self._eviction:
+            key = id(channel)
+            left = stale.get(key)
+            if left is None:
+                left = channel.queued - len(channel.events)
+            if left > 0:
+                stale[key] = left - 1
+                continue
+            stale[key] = 0
+            order.append(index[key])
+        return order
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load ``export``'s output."""
         restoring = self.restoring()
         for row in data["channels"]:
             restoring.channel(row)
+        if "order" in data:
+            restoring.order(data["order"])
         restoring.done()
 
     def restoring(self) -> Restoring:
@@ -239,6 +263,8 @@ class Restoring:
         self.histories = histories
         self.items: dict[tuple[str, str, bytes | None], Item] = {}
         self.payloads: dict[bytes, Payload] = {}
+        self.rows: list[ChannelHistory] = []  # every channel restored, in row order
+        self._order: list[int] | None = None
 
     def channel(self, row: list[Any]) -> None:
         # ~500,000 calls when a large store restarts: kept to plain local operations
@@ -248,6 +274,7 @@ class Restoring:
         channel = histories.channels.get(key)
         if channel is None:
             channel = histories.channels[key] = ChannelHistory(key)
+        self.rows.append(channel)
         channel.seq = seq
         if not history:
             return
@@ -283,7 +310,30 @@ class Restoring:
         channel.queued = len(events)
         histories._eviction.extend([channel] * len(events))
 
+    def order(self, order: list[int]) -> None:
+        """The export's eviction order (a snapshot without one keeps the channels'
+        order, as written before it was kept)."""
+        self._order = order
+
     def done(self) -> None:
         self.items.clear()
         self.payloads.clear()
-        self.histories._evict()
+        histories = self.histories
+        order = self._order
+        if order is not None:
+            rows = self.rows
+            held = sum(len(channel.events) for channel in rows)
+            try:
+                queue = deque([rows[row] for row in order])
+            except (IndexError, TypeError):
+                queue = None
+            # the order must name each held event once: otherwise keep the channels'
+            if queue is not None and len(queue) == held and self._counts_match(queue):
+                histories._eviction = queue
+        self.rows = []
+        histories._evict()
+
+    def _counts_match(self, queue: deque[ChannelHistory]) -> bool:
+        channels = {id(channel): channel for channel in self.rows}
+        counts = Counter(map(id, queue))
+        return all(len(channels[key].events) == count for key, count in counts.items())
