@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.actors.supervisor import Engine
-from engine.facts import Fact
 from engine.realtime.history import Histories
 from engine.state import State
 from gateway.settings import add_options, pick
 from persistence import datadir, scan, snapshot
 from persistence.errors import StartupRefused
-from persistence.store import Store
+from persistence.store import Store, lost_to_snapshots
 from persistence.wal import frame, segments
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -96,6 +95,7 @@ def check(path: Path, out: Any = None) -> int:
     base: int | None = None  # the position of the snapshot start-up would load
     print(f"data directory {path}", file=out)
     found = snapshot.snapshots(path)
+    unreadable: list[tuple[Path, str]] = []
     if not found:
         print("no snapshot: start-up replays the log from its start", file=out)
     for _, snapshot_path in reversed(found):
@@ -103,6 +103,7 @@ def check(path: Path, out: Any = None) -> int:
             loaded = snapshot.load_file(snapshot_path, State(), _histories())
         except Exception as error:
             sound = False
+            unreadable.append((snapshot_path, str(error) or type(error).__name__))
             print(f"{snapshot_path.name}: UNREADABLE ({error})", file=out)
             continue
         print(f"{snapshot_path.name}: lsn {loaded}, loads", file=out)
@@ -118,10 +119,22 @@ def check(path: Path, out: Any = None) -> int:
             verdict = "start-up cuts it"
         elif problem.harmless:
             verdict = f"harmless: the snapshot at lsn {base} covers it"
+        elif problem.kind == "missing":
+            verdict = (
+                "start-up refuses: these records are needed and no longer here ('chat-engine "
+                "repair' cannot bring them back; restore from a backup, or put back what held them)"
+            )
         else:
             verdict = "start-up refuses: these records are needed ('chat-engine repair' drops them)"
         print(f"DAMAGE: {problem.describe()} -> {verdict}", file=out)
-    if report.harmful:
+    lost = lost_to_snapshots(unreadable, report.last_lsn)
+    if lost is not None:
+        print(
+            f"DAMAGE: {lost} -> start-up refuses: restore from a backup (or put back a sound "
+            "copy of that snapshot, or the log segments that held those records)",
+            file=out,
+        )
+    if report.harmful or lost is not None:
         print("start-up would refuse", file=out)
     else:
         print(
@@ -262,14 +275,13 @@ def _replay(directory: Path) -> set[int]:
     store = Store(directory)
     engine = Engine(store=store)
     failed: set[int] = set()
-
-    def apply(lsn: int, facts: list[Fact]) -> None:
+    recovery = store.recover(engine.state, engine.realtime.histories)
+    for lsn, facts in recovery:
         try:
             engine.apply_record(lsn, facts)  # the server's own apply path
         except Exception:
             failed.add(lsn)
-
-    store.recover(engine.state, engine.realtime.histories, apply)
+    recovery.finish()
     return failed
 
 

@@ -26,6 +26,8 @@ CURSORS_FILE = "webhook-cursors.json"
 class CursorFile:
     def __init__(self, directory: Path) -> None:
         self.path = directory / CURSORS_FILE
+        # written first, then renamed into place (datadir.TEMPORARY_FILES names it)
+        self.temporary = self.path.with_name(f".{self.path.name}.tmp")
 
     def load(self) -> dict[str, int]:
         """The saved positions (none if the file is missing or unreadable: a follower
@@ -50,7 +52,7 @@ class CursorFile:
 
     def save(self, positions: Mapping[str, int]) -> None:
         """Blocking (a worker thread): replace the file with ``positions``."""
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary = self.temporary
         data = json.dumps(dict(positions), sort_keys=True).encode()
         try:
             with open(create_private(temporary), "wb") as handle:

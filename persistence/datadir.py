@@ -25,6 +25,16 @@ LOCK_NAME = "lock"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
+# Every file a writer in the data directory puts down before renaming it into place,
+# which a process killed mid-write leaves behind: the one list start-up removes
+# (``remove_temporary``), once recovery succeeded. docs/durability.md lists them too.
+TEMPORARY_FILES = (
+    ".snapshot-*.msgpack.tmp",  # persistence.snapshot.write_file
+    ".webhook-cursors.json.tmp",  # persistence.cursors.CursorFile.save
+    "cluster-instance.tmp",  # the cluster's instance id (gateway/cluster/redislog.py)
+    ".wal-*.log.repair",  # a segment being rewritten by chat-engine repair
+)
+
 
 def create_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
     """``os.open`` for a file in the data directory: mode 0600 whatever the umask."""
@@ -128,6 +138,18 @@ def claim_to_read(path: Path) -> DataDirLock:
         raise StartupRefused(f"data directory {path} is unusable: {error}") from None
     _lock(path, fd)
     return DataDirLock(path, fd)
+
+
+def remove_temporary(path: Path) -> list[str]:
+    """Remove every temporary file of ``TEMPORARY_FILES`` left in ``path``; their names.
+    Only while no writer runs: at start-up, under the lock, before anything is served
+    (the snapshot writer cleans up its own when it fails)."""
+    removed = []
+    for pattern in TEMPORARY_FILES:
+        for stray in sorted(path.glob(pattern)):
+            stray.unlink(missing_ok=True)
+            removed.append(stray.name)
+    return removed
 
 
 def tighten_files(path: Path) -> None:

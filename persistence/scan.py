@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,14 @@ log = logging.getLogger("chat_engine.wal")
 # Looking for the next readable record only checks a CRC where these two bytes fit.
 RECORD_START = 0x92
 LSN_MARKERS = frozenset(range(0x80)) | {0xCC, 0xCD, 0xCE, 0xCF}
+
+# The log's records after a position, as ``records`` hands them back: (lsn, facts).
+Records = Generator[tuple[int, list[Fact]], None, None]
+
+# What a refusal says was changed (docs/durability.md, "What a refused start leaves").
+UNCHANGED = (
+    "Nothing on disk was changed but the lock file (and loose modes, tightened to owner-only)"
+)
 
 
 @dataclass(slots=True)
@@ -116,7 +124,7 @@ class SegmentInfo:
 class LogScan:
     after_lsn: int  # the loaded snapshot's position
     last_lsn: int = 0  # the last readable record (or ``after_lsn``)
-    count: int = 0  # records after ``after_lsn`` handed to ``apply`` (or collected)
+    count: int = 0  # records after ``after_lsn`` handed back (or collected)
     readable: int = 0  # readable records in the whole log
     readable_after_damage: int = 0  # of which after the first harmful problem
     truncated_bytes: int = 0  # a torn tail's, once cut
@@ -140,25 +148,31 @@ class RecordFailed(StartupRefused):
         super().__init__(
             f"refusing to start: the log record at lsn {lsn} ({segment.name} at byte "
             f"{offset}, after lsn {lsn - 1}) reads back whole but cannot be applied: "
-            f"{error!r}. Nothing on disk was changed but the lock file (and loose modes, "
-            "tightened to owner-only). Restore the data directory from a backup, or run "
+            f"{error!r}. {UNCHANGED}. Restore the data directory from a backup, or run "
             f"'chat-engine repair --data-dir {segment.parent}' to drop this record (and "
             "any that depend on it) and keep the rest"
         )
         self.lsn = lsn
 
 
-def scan(
-    directory: Path,
-    after_lsn: int,
-    apply: Callable[[int, list[Fact]], object] | None = None,
-    *,
-    collect: bool = True,
-) -> LogScan:
+def scan(directory: Path, after_lsn: int, *, collect: bool = True) -> LogScan:
     """Read the whole log without changing it. Every record with ``lsn > after_lsn`` is
-    handed to ``apply`` as it is read (else collected in ``records`` when ``collect``),
-    until the first harmful problem; the rest is still read, to report it."""
+    decoded (and collected in ``records`` when ``collect``) until the first harmful
+    problem; the rest is still read, to report it."""
     result = LogScan(after_lsn=after_lsn, last_lsn=after_lsn)
+    for record in records(directory, result):
+        if collect:
+            result.records.append(record)
+    return result
+
+
+def records(directory: Path, result: LogScan) -> Records:
+    """Read the whole log without changing it, into ``result`` (its segments, problems,
+    counts), and hand back each record with ``lsn > result.after_lsn``, decoded, as it
+    is read, until the first harmful problem; the rest is still read, to report it. An
+    exception thrown in where a record was handed back (``generator.throw``: the
+    caller could not apply it) comes out as ``RecordFailed``, naming that record."""
+    after_lsn = result.after_lsn
     found = segments(directory)
     last: int | None = None
     regions: list[Region] = []
@@ -220,11 +234,11 @@ def scan(
                 result.count += 1
                 try:
                     facts = [decode_fact(fact) for fact in raw_facts]
-                    if apply is not None:
-                        apply(lsn, facts)
-                    elif collect:
-                        result.records.append((lsn, facts))
                 except Exception as error:
+                    raise RecordFailed(lsn, path, offset, error) from error
+                try:
+                    yield lsn, facts
+                except Exception as error:  # the caller could not apply it
                     raise RecordFailed(lsn, path, offset, error) from error
             offset = end
     if regions:  # unreadable bytes with nothing readable after them
@@ -238,33 +252,49 @@ def scan(
         result.problems.append(problem)
     if last is not None:
         result.last_lsn = max(after_lsn, last)
+
+
+def read_log(directory: Path, after_lsn: int, *, context: str = "") -> LogScan:
+    """``scan`` (collecting every record), then ``refuse_damage`` and ``settle``."""
+    result = scan(directory, after_lsn)
+    refuse_damage(directory, result, context=context)
+    settle(result)
     return result
 
 
-def read_log(
-    directory: Path,
-    after_lsn: int,
-    apply: Callable[[int, list[Fact]], object] | None = None,
-    *,
-    context: str = "",
-) -> LogScan:
-    """Recovery's read: ``scan``, then refuse (``StartupRefused``, nothing changed) on
-    damage that hides needed records, cut a torn tail, and log what was skipped.
-    ``context`` (which snapshots were unreadable) is added to a refusal."""
-    result = scan(directory, after_lsn, apply)
+def refuse_damage(directory: Path, result: LogScan, *, context: str = "") -> None:
+    """Raise ``StartupRefused`` (nothing changed) if damage hides needed records.
+    ``context`` (which snapshots were unreadable) is added to the refusal."""
     harmful = result.harmful
-    if harmful:
-        problem = harmful[0]
-        more = f" ({len(harmful) - 1} more problem(s) after it)" if len(harmful) > 1 else ""
-        raise StartupRefused(
-            f"refusing to start: the log is damaged: {problem.describe()}{more}; "
-            f"{result.readable_after_damage} readable record(s) follow, up to lsn "
-            f"{result.last_lsn}; the loaded snapshot covers lsn {after_lsn}{context}. "
-            "Nothing on disk was changed but the lock file (and loose modes, tightened "
-            "to owner-only). Restore the data directory from a backup, or "
+    if not harmful:
+        return
+    problem = harmful[0]
+    more = f" ({len(harmful) - 1} more problem(s) after it)" if len(harmful) > 1 else ""
+    if any(found.kind == "missing" for found in harmful):
+        # nothing of them is left to keep: repair refuses this, only a copy can help
+        advice = (
+            "Those records are not in the data directory, and 'chat-engine repair' cannot "
+            "bring them back: restore the data directory from a backup, or put back the "
+            "log segments (or a sound copy of the snapshot) that held them "
+            f"('chat-engine check --data-dir {directory}' lists what is there)"
+        )
+    else:
+        advice = (
+            "Restore the data directory from a backup, or "
             f"run 'chat-engine repair --data-dir {directory}' to drop the damaged records "
             f"and keep the rest ('chat-engine check --data-dir {directory}' lists them)"
         )
+    raise StartupRefused(
+        f"refusing to start: the log is damaged: {problem.describe()}{more}; "
+        f"{result.readable_after_damage} readable record(s) follow, up to lsn "
+        f"{result.last_lsn}; the loaded snapshot covers lsn {result.after_lsn}{context}. "
+        f"{UNCHANGED}. {advice}"
+    )
+
+
+def settle(result: LogScan) -> None:
+    """Once the start is sure: cut a torn tail, and log what was skipped."""
+    after_lsn = result.after_lsn
     for problem in result.problems:
         if problem.harmless:
             log.warning(
@@ -291,7 +321,6 @@ def read_log(
                 }
             },
         )
-    return result
 
 
 def parse(data: bytes, offset: int) -> tuple[int, list[Any], int] | None:

@@ -49,13 +49,20 @@ def snapshot_name(lsn: int) -> str:
     return f"snapshot-{lsn:020d}.msgpack"
 
 
+def position(path: Path) -> int | None:
+    """The log position a snapshot file's name says it covers."""
+    try:
+        return int(path.stem[9:])
+    except ValueError:
+        return None
+
+
 def snapshots(directory: Path) -> list[tuple[int, Path]]:
     found = []
     for path in directory.glob("snapshot-*.msgpack"):
-        try:
-            found.append((int(path.stem[9:]), path))
-        except ValueError:
-            continue
+        lsn = position(path)
+        if lsn is not None:
+            found.append((lsn, path))
     return sorted(found)
 
 
@@ -226,8 +233,9 @@ def move_aside(directory: Path, path: Path) -> Path:
 
 
 def remove_temporary(directory: Path) -> int:
-    """Remove half-written snapshots (a writer killed, or a full disk). Only while no
-    writer runs: at start-up, under the data directory's lock, or after a writer ended."""
+    """Remove half-written snapshots (a full disk, a writer that failed). Only while no
+    writer runs: after a writer ended (start-up removes those of a killed one, with the
+    directory's other temporary files: ``datadir.remove_temporary``)."""
     removed = 0
     for stray in directory.glob(".snapshot-*.tmp"):
         stray.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ import pytest
 from engine.facts import ChatCreated, MessagePosted
 from persistence import scan, snapshot
 from persistence.codec import decode_fact, pack
+from persistence.cursors import CursorFile
 from persistence.store import TEST_SEGMENT_BYTES_ENV
 from persistence.wal import HEADER, frame, segments
 from tests.serverproc import HEADERS, files, launch
@@ -190,9 +191,16 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
     data = bytearray(segment.read_bytes())
     data[case.position] ^= case.xor
     segment.write_bytes(bytes(data))
+    half_written = [
+        directory / f".{snapshot.snapshot_name(1)}.tmp",
+        CursorFile(directory).temporary,
+    ]
     if case.real_server:
         (directory / "epoch").unlink()
         (directory / "admin.token").unlink(missing_ok=True)
+        for path in half_written:  # what writers killed mid-write leave
+            path.write_bytes(b"half")
+            path.chmod(0o600)
     before = files(directory)
     if case.real_server:
         outcome = launch(directory, admin_token=False)
@@ -201,6 +209,7 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
             # made once recovery succeeded, and it works
             token = (directory / "admin.token").read_text().strip()
             assert (directory / "epoch").exists()
+            assert not any(path.exists() for path in half_written)  # removed once sure
             try:
                 found = texts(outcome.base_url, world, {"Authorization": f"Token {token}"})
             finally:
@@ -225,6 +234,8 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert case.segment in lines[0] and "at byte" in lines[0], lines[0]
     assert files(directory) == before, f"{case.name}: a refusal changed files"
+    if case.real_server:  # a refusal removes nothing, half-written files included
+        assert all(path.exists() for path in half_written), case.name
     assert case.must_start is not True, f"{case.name}: refused damage the snapshot covers"
     return "refused"
 
@@ -270,16 +281,107 @@ def test_only_snapshots_corrupt_and_their_log_pruned_is_a_one_line_refusal(
     shutil.copytree(world.directory, directory)
     assert segments(directory)[0][0] > 1, "the first segments were pruned"
     for _, path in snapshot.snapshots(directory):
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0x55
-        path.write_bytes(bytes(data))
+        corrupt(path)
     before = files(directory)
-    outcome = launch(directory)
-    assert outcome.returncode == 2
     # the snapshots' errors are logged (JSON lines) before the refusal's own line
-    (line,) = [x for x in outcome.stderr.strip().splitlines() if not x.startswith("{")]
-    assert "Traceback" not in outcome.stderr
+    line = refusal_line(launch(directory))
     assert "missing" in line and "unreadable (checksum mismatch)" in line, line
+    assert "restore the data directory from a backup" in line, line
+    assert "to drop the damaged records" not in line, line
+    assert files(directory) == before
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def refusal_line(outcome: Any) -> str:
+    """The refusal's one line (the structured log lines before it are JSON)."""
+    if outcome.ready:
+        outcome.kill()
+        raise AssertionError("started instead of refusing")
+    assert outcome.returncode == 2, outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    (line,) = [x for x in outcome.stderr.strip().splitlines() if not x.startswith("{")]
+    return line
+
+
+def test_a_corrupt_snapshot_with_no_log_left_refuses_instead_of_starting_empty(
+    world: World, tmp_path: Path
+) -> None:
+    """One snapshot, its log pruned and gone (a copy of the snapshot alone, say), and the
+    snapshot corrupt: an empty start would serve nothing and reuse its positions."""
+    directory = tmp_path / "snapshot-only"
+    shutil.copytree(world.directory, directory)
+    *older, (lsn, kept) = snapshot.snapshots(directory)
+    for _, path in older:
+        path.unlink()
+    for _, path in segments(directory):
+        path.unlink()
+    corrupt(kept)
+    before = files(directory)
+    line = refusal_line(launch(directory))
+    assert f"{kept.name} (lsn {lsn}) is unreadable (checksum mismatch)" in line, line
+    assert f"records 1..{lsn} are nowhere else: no log record is left" in line, line
+    assert "restore the data directory from a backup" in line.lower(), line
+    assert files(directory) == before, "a refusal changed files"
+    report = maintenance("check", directory)
+    assert report.returncode == 1
+    assert f"DAMAGE: {kept.name} (lsn {lsn}) is unreadable" in report.stdout, report.stdout
+    assert "start-up would refuse" in report.stdout, report.stdout
+    assert "start-up would load" not in report.stdout, report.stdout
+    assert files(directory) == before
+
+
+def test_a_log_that_ends_below_an_unreadable_snapshot_refuses(world: World, tmp_path: Path) -> None:
+    """The older snapshot loads, but the log after it stops before the newer (corrupt)
+    snapshot's position: the records in between are in no readable file."""
+    directory = tmp_path / "short-log"
+    shutil.copytree(world.directory, directory)
+    (older, _), (newer, newest) = snapshot.snapshots(directory)
+    found = segments(directory)
+    holding = max(first for first, _ in found if first <= older + 1)
+    for first, path in found:
+        if first > holding:
+            path.unlink()
+    ends = records(directory)[-1].lsn
+    assert older < ends < newer, "the kept log ends between the two snapshots"
+    corrupt(newest)
+    before = files(directory)
+    line = refusal_line(launch(directory))
+    assert f"{newest.name} (lsn {newer}) is unreadable" in line, line
+    assert f"records {ends + 1}..{newer} are nowhere else: the log ends at lsn {ends}" in line
+    assert files(directory) == before, "a refusal changed files"
+    report = maintenance("check", directory)
+    assert report.returncode == 1 and "start-up would refuse" in report.stdout, report.stdout
+
+
+def test_missing_records_are_refused_with_a_backup_not_repair_as_the_way_out(
+    world: World, tmp_path: Path
+) -> None:
+    """A log segment deleted above the snapshot: nothing of its records is left, so
+    repair (which only drops unreadable records) cannot help; the advice says so."""
+    directory = tmp_path / "deleted-segment"
+    shutil.copytree(world.directory, directory)
+    # one with a segment after it (a deleted newest segment leaves no trace at all)
+    newest = segments(directory)[-1][1]
+    needed = next(
+        r.segment for r in records(directory) if r.lsn > world.snapshot_lsn and r.segment != newest
+    )
+    needed.unlink()
+    before = files(directory)
+    line = refusal_line(launch(directory))
+    assert "missing" in line and "restore the data directory from a backup" in line, line
+    assert "'chat-engine repair' cannot bring them back" in line, line
+    assert "to drop the damaged records" not in line, line
+    assert files(directory) == before
+    report = maintenance("check", directory)
+    assert report.returncode == 1
+    assert "'chat-engine repair' cannot bring them back" in report.stdout, report.stdout
+    assert "drops them" not in report.stdout, report.stdout
+    assert maintenance("repair", directory).returncode == 1  # as the advice says
     assert files(directory) == before
 
 

@@ -4,6 +4,7 @@ and a snapshot writer that neither outlives the server nor keeps its sockets."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import signal
 import stat
@@ -13,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from persistence import snapshot
+from gateway.cluster.redislog import INSTANCE_FILE
+from persistence import datadir, snapshot
+from persistence.cursors import CursorFile
 from persistence.scan import scan
 from persistence.snapshot import TEST_DELAY_ENV
 from tests.serverproc import HEADERS, launch
@@ -144,6 +147,35 @@ def test_kill_9_during_a_snapshot_then_an_immediate_restart_on_the_same_port(
             assert restarted.stop() == 0
         if writer is not None and not gone(writer):  # a failed test leaves no writer
             os.kill(writer, signal.SIGKILL)
+
+
+def test_a_start_removes_every_half_written_file_and_only_those(tmp_path: Path) -> None:
+    """Each writer that renames a file into place leaves its temporary file if killed
+    mid-write (kill -9 during a save); the next start removes every one of them."""
+    data_dir = tmp_path / "data"
+    server = launch(data_dir)
+    assert server.ready, server.stderr
+    assert server.stop() == 0
+    half_written = [
+        data_dir / f".{snapshot.snapshot_name(99)}.tmp",
+        CursorFile(data_dir).temporary,
+        (data_dir / INSTANCE_FILE).with_suffix(".tmp"),  # as redislog writes it
+        data_dir / ".wal-00000000000000000001.log.repair",
+    ]
+    for path in half_written:  # the one list start-up removes names each of them
+        assert any(fnmatch.fnmatch(path.name, p) for p in datadir.TEMPORARY_FILES), path
+        path.write_bytes(b"half")
+    kept = data_dir / "notes.tmp"  # not the server's: left alone
+    kept.write_text("mine\n")
+    restarted = launch(data_dir)
+    try:
+        assert restarted.ready, restarted.stderr
+        assert [path.name for path in half_written if path.exists()] == []
+        assert kept.read_text() == "mine\n"
+        assert '"half-written files removed"' in restarted.stderr
+        assert all(path.name in restarted.stderr for path in half_written)
+    finally:
+        assert restarted.stop() == 0
 
 
 def test_an_unusable_data_dir_is_a_one_line_refusal(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class Engine:
 
     def apply_record(self, lsn: int, facts: Sequence[Fact]) -> list[ChangeSet]:
         """Apply one durable log record and fan its events out: the one apply path, for
-        records just committed, records replayed at start-up and ``chat-engine check``."""
+        records just committed, records replayed at start-up and by ``chat-engine repair``."""
         changes = []
         publications = []
         self.state.position = lsn
@@ -171,16 +171,19 @@ class Engine:
                 gc.enable()
 
     def _recover_unguarded(self) -> None:
+        """The store loads the snapshot and reads the log back; the engine applies each
+        record after it through ``apply_record``, as if just committed. A record that
+        cannot be applied refuses the start, naming it (``Recovery.refuse``)."""
         assert self.store is not None
-
-        def loaded(lsn: int) -> None:
-            self.applied_lsn = lsn
-
-        recovered = self.store.recover(
-            self.state, self.realtime.histories, self.apply_record, loaded=loaded
-        )
-        self.applied_lsn = recovered.last_lsn
-        self.recovery = recovered
+        recovery = self.store.recover(self.state, self.realtime.histories)
+        self.applied_lsn = recovery.snapshot_lsn
+        for lsn, facts in recovery:
+            try:
+                self.apply_record(lsn, facts)
+            except Exception as error:
+                recovery.refuse(error)
+        self.recovery = recovery.finish()
+        self.applied_lsn = self.recovery.last_lsn
 
     async def _snapshot_periodically(self) -> None:
         assert self.store is not None
