@@ -1,6 +1,7 @@
 """A real process that does exactly what `chat-engine serve` does with its data
 directory before it answers (claim it, recover the engine from it) and then, instead of
-serving, prints every chat's message texts as JSON. A refusal is handled as by the CLI:
+serving, prints every chat's message texts and the digest of the whole state
+(persistence/replication.py) as JSON. A refusal is handled as by the CLI:
 one line on stderr, exit status 2. The damage tests run it for their many seeded cases,
 where a whole server (HTTP stack included) per case would cost seconds each.
 
@@ -18,6 +19,7 @@ import trio
 from engine.actors.supervisor import Engine
 from persistence import datadir
 from persistence.errors import refusal_in
+from persistence.replication import digest
 from persistence.store import Store
 
 
@@ -42,7 +44,8 @@ def main(path: Path) -> None:
         chat.id: [m.message for m in chat.messages if m.type == "msg"]
         for chat in engine.state.chats.values()
     }
-    sys.stdout.write(orjson.dumps(chats).decode())
+    state = digest(engine.state, engine.realtime.histories)
+    sys.stdout.write(orjson.dumps({"chats": chats, "digest": state}).decode())
     lock.release()
 
 

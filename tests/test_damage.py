@@ -42,6 +42,7 @@ class World:
     base: str
     chats: dict[str, list[str]]  # chat id -> acknowledged message texts, in order
     snapshot_lsn: int
+    digest: str = ""  # of the whole state a sound start recovers (the recovery probe's)
 
 
 @dataclass
@@ -102,7 +103,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
                 post(client, world, second, f"second chat message {index}", user)
     server.kill()  # the last records are only in the log
     world.snapshot_lsn = snapshot.snapshots(directory)[-1][0]
+    sound = probe(tmp_path_factory.mktemp("damage") / "sound", world)
+    assert sound.returncode == 0, sound.stderr
+    recovered = orjson.loads(sound.stdout)
+    assert recovered["chats"] == world.chats
+    world.digest = recovered["digest"]
     return world
+
+
+def probe(directory: Path, world: World) -> subprocess.CompletedProcess[str]:
+    """The recovery probe on ``directory`` (a copy of the world's, if not there yet)."""
+    if not directory.exists():
+        shutil.copytree(world.directory, directory)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.recovery_probe", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def records(directory: Path) -> list[Record]:
@@ -216,15 +234,13 @@ def run_case(world: World, numbered: tuple[int, Case], root: Path) -> str:
                 outcome.kill()
         stderr = outcome.stderr
     else:
-        probe = subprocess.run(
-            [sys.executable, "-m", "tests.recovery_probe", str(directory)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        started, code, stderr = probe.returncode == 0, probe.returncode, probe.stderr
+        probed = probe(directory, world)
+        started, code, stderr = probed.returncode == 0, probed.returncode, probed.stderr
         if started:
-            found = orjson.loads(probe.stdout)
+            recovered = orjson.loads(probed.stdout)
+            found = recovered["chats"]
+            # not only the messages: the whole state and every channel's history
+            assert recovered["digest"] == world.digest, f"{case.name}: another state"
     if started:
         assert found == world.chats, f"{case.name}: started without every acknowledged write"
         assert case.must_start is not False, f"{case.name}: started on needed damage"
