@@ -129,7 +129,7 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
 
     Every frame a session sends allocates a few objects; with the default thresholds
     (700, 10, 10) that triggers collections whose older passes rescan a heap that grows
-    with every session; these thresholds cut the fan-out's p99 by about half
+    with every session; these thresholds cut the fan-out's tail latency markedly
     (docs/benchmarks.md, "Figures behind choices in the code"). ``gc.freeze()`` showed
     no measurable effect on top, so it is not used.
     """

@@ -159,8 +159,9 @@ class Engine:
         """Blocking (a worker thread): nothing else touches the state until started."""
         assert self.store is not None
         # Recovery allocates millions of objects that all live on; the cyclic GC would
-        # rescan the growing heap again and again (half of a 100,000-message recovery).
-        # Off meanwhile; afterwards everything recovered is frozen out of its scans.
+        # rescan the growing heap again and again, a large part of recovery's time
+        # (docs/benchmarks.md, "Figures behind choices in the code"). Off meanwhile;
+        # afterwards everything recovered is frozen out of its scans.
         collecting = gc.isenabled()
         gc.disable()
         try:
