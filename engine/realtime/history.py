@@ -33,6 +33,11 @@ from engine.fanout import Payload, Publication
 from engine.model import shared
 from engine.realtime.protocol import Item
 
+# The limits' defaults, in this one place: ``Realtime`` and ``EngineConfig`` (and so
+# ``--history-limit``, through ``gateway.settings.default_of``) start from them.
+DEFAULT_HISTORY_LIMIT = 1000  # events kept per channel
+DEFAULT_TOTAL_HISTORY_LIMIT = 500_000  # events kept across channels
+
 _NO_EVENTS: tuple[()] = ()
 
 
@@ -77,8 +82,8 @@ class Histories:
         self,
         *,
         epoch: str,
-        history_limit: int = 1000,
-        total_history_limit: int = 500_000,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        total_history_limit: int = DEFAULT_TOTAL_HISTORY_LIMIT,
         stats: RealtimeStats | None = None,
     ) -> None:
         self.epoch = epoch
