@@ -100,8 +100,8 @@ class ChatState:
     messages: list[Message] = field(default_factory=list)
     presences: dict[str, Presence] = field(default_factory=dict)  # in join order
     user_participants: list[str] = field(default_factory=list)  # by first message
-    # every user ever present, each once, in no meaningful order (a list: 64 B where a
-    # set is 216)
+    # every user ever present, each once, in no meaningful order (a list: a fraction of a
+    # set's size)
     ever_present: list[str] = field(default_factory=list)
     message_count: int = 0
     user_message_count: int = 0
@@ -115,7 +115,7 @@ class ChatState:
     visitor_has_posted: bool = False
     first_visitor_message_url: str | None = None
     first_visitor_message_url_title: str | None = None
-    # most chats have neither: the shared empty tuple (an empty list is 56 B), and a
+    # most chats have neither: the shared empty tuple (not an empty list each), and a
     # new list on each change
     tags: Sequence[str] = ()
     carts: Sequence[Cart] = ()

@@ -6,7 +6,8 @@ leaving user still hears its own leave), and **Orgs** is O and every org R is sh
 with. Visitor channels get the visitor view of messages and presences.
 
 Resources are rendered once per view and shared by every channel that carries them
-(``Payload``); encoding happens later, once per event and encoding, in the router.
+(``Payload``); encoding happens later, in the realtime core (``engine/realtime/``): a
+live event once per channel and encoding (``hub.py``), a replayed one per session.
 """
 
 from __future__ import annotations

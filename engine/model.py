@@ -14,9 +14,9 @@ from types import MappingProxyType
 
 # The ids that many records repeat (an org's, a room's, a user's, a visitor's) and the
 # few words a message's type and sender type can be: every record that keeps one keeps
-# the one shared string (``sys.intern``), not its own copy. With 1,000,000 stored
-# messages that is ~200 bytes a message (a request or a decoded snapshot would otherwise
-# hand each message its own copies).
+# the one shared string (``sys.intern``), not its own copy, which a request or a decoded
+# snapshot would otherwise hand each message: a saving on every stored message
+# (docs/benchmarks.md, "Figures behind choices in the code").
 shared = sys.intern
 
 MSG = "msg"
@@ -88,7 +88,7 @@ class Visitor:
     created_at: int
     token_hash: str
     # api_data is per org (each org sees only what it set): org id -> [{"name", "value"}]; replaced whole
-    # on each change, so visitors without any share one empty mapping (64 B each)
+    # on each change, so visitors without any share one empty mapping (not an empty dict each)
     api_data: Mapping[str, list[dict[str, object]]] = field(default_factory=lambda: NO_API_DATA)
 
 

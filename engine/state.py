@@ -56,8 +56,9 @@ _IndexEntry = tuple[dict[Any, SortedDict], Any, Any]  # (index, key, position)
 
 
 def _bucket(mapping: dict[Any, SortedDict], key: Any) -> SortedDict:
-    """``mapping.setdefault(key, SortedDict())`` without building a SortedDict (~15 µs)
-    on every call: that was a fifth of a restart, and paid on every message post."""
+    """``mapping.setdefault(key, SortedDict())`` without building a SortedDict on every
+    call: building one is dear, and this runs for every message posted and every record a
+    restart replays (docs/benchmarks.md, "Figures behind choices in the code")."""
     found = mapping.get(key)
     if found is None:
         found = mapping[key] = SortedDict()
@@ -361,7 +362,8 @@ class State:
     def restore_chats(self, chats: Iterable[ChatState]) -> None:
         """Index restored chats, which must come in creation (``seq``) order. Each
         ordered index is collected aside and sorted into its ``SortedDict`` once at the
-        end: inserting 800,000 positions one by one was a sixth of a restart."""
+        end: inserting the positions one by one was a large part of a restart
+        (docs/benchmarks.md, "Figures behind choices in the code")."""
         collected: dict[tuple[int, Any], tuple[dict[Any, SortedDict], Any, list[Any]]] = {}
         for chat in chats:
             self.chats[chat.id] = chat

@@ -10,10 +10,8 @@ A bad value, a port in use or an unusable data dir is one line on stderr and exi
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.cluster import redislog
 from gateway.cluster.shipper import Primary, Shipper
 from gateway.http1 import Http1Server
+from gateway.lifecycle import StartupError, only, reason, serve_node
 from gateway.settings import (
     ENV_PREFIX,
     REPLICA_OPTIONS,
@@ -57,10 +56,6 @@ HYPERCORN_READ_TIMEOUT = 30  # seconds
 # Variables read directly rather than through the option table: a secret is not a flag
 # (a command line is visible to every user of the machine in ps).
 ENV_ONLY = (ENV_PREFIX + "ADMIN_TOKEN",)
-
-
-class StartupError(Exception):
-    """The server cannot start (a port in use, an unusable data dir): one line, exit 2."""
 
 
 # What main() reports as one line and exit status 2 instead of a traceback.
@@ -237,69 +232,19 @@ async def _serve(
 ) -> None:
     try:
         token = admin_token(options)
+        running = engine if engine is not None else create_engine(options)
     except OSError as error:
         raise StartupError(data_dir_unusable(options.data_dir, error)) from None
-    if engine is None:
-        try:
-            engine = create_engine(options)
-        except OSError as error:
-            raise StartupError(data_dir_unusable(options.data_dir, error)) from None
-    shipper = await primary_shipper(options, engine)
+    shipper = await primary_shipper(options, running)
     gateway = create_app(
-        engine,
+        running,
         gateway_settings(options, token.hash, ws_limits),
         None if shipper is None else Primary(shipper),
     )
-    config, http1 = http_servers(options, gateway)
-    ws_gateway = gateway.ws
 
-    async def shutdown_trigger() -> None:
-        await stopping.wait()
-        ws_gateway.shutdown()  # sessions flush their queues and close with 1001
-
-    stopping = trio.Event()
-
-    async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-            async for signum in received:
-                log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-                stopping.set()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        http_done = trio.Event()
-
-        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await frontdoor.serve(
-                    gateway.asgi,
-                    config,
-                    options.host,
-                    options.port,
-                    ws_gateway.handle_connection,
-                    shutdown_trigger=shutdown_trigger,
-                    http1=http1,
-                    max_connections=options.max_connections,
-                    task_status=task_status,
-                )
-            finally:
-                http_done.set()
-
-        await nursery.start(ws_gateway.run_flusher)
-        # Listen first: /healthz answers and /readyz says 503 while recovery runs.
+    async def start(nursery: trio.Nursery) -> None:
         try:
-            binds = await nursery.start(serve_http)
-        except (OSError, BaseExceptionGroup) as error:
-            failure = only(error, OSError)
-            if not isinstance(failure, OSError):
-                raise
-            raise StartupError(
-                f"cannot listen on {options.host}:{options.port}: {reason(failure)}"
-            ) from None
-        log.info("listening", extra={"fields": {"binds": binds, "in_memory": options.in_memory}})
-        try:
-            await nursery.start(engine.run)
+            await nursery.start(running.run)  # recovery: /readyz says 503 until it is done
         except (OSError, BaseExceptionGroup) as error:
             failure = only(error, OSError)
             if not isinstance(failure, OSError):
@@ -312,18 +257,25 @@ async def _serve(
             token.store()
         except OSError as error:
             raise StartupError(data_dir_unusable(options.data_dir, error)) from None
-        await announce(options, engine, token.printed)
-        tune_gc(options.gc_thresholds)
-        task_status.started(binds)
-        # hypercorn returns once its shutdown trigger fired (sessions closed with 1001)
-        # and in-flight requests finished; then the log is flushed, a final snapshot is
-        # written, and the engine's actors stop.
-        await http_done.wait()
-        await engine.drain()
+        await announce(options, running, token.printed)
+
+    async def finish() -> None:
+        # The HTTP servers returned (sessions closed with 1001, in-flight requests
+        # answered): the log is flushed, a final snapshot is written, the actors stop.
+        await running.drain()
         if shipper is not None:
             await shipper.finish()
-        log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
-        nursery.cancel_scope.cancel()
+
+    await serve_node(
+        options,
+        running,
+        gateway,
+        http_servers(options, gateway),
+        start=start,
+        finish=finish,
+        listening={"in_memory": options.in_memory},
+        task_status=task_status,
+    )
 
 
 async def announce(options: argparse.Namespace, engine: Engine, printed: str | None) -> None:
@@ -414,45 +366,12 @@ def http_servers(
     return config, http1
 
 
-def reason(error: OSError) -> str:
-    return error.strerror or str(error) or type(error).__name__
-
-
 def data_dir_unusable(data_dir: str, error: OSError) -> str:
     path = Path(data_dir)
     if path.exists() and not path.is_dir():
         return f"cannot use the data dir {data_dir}: it is not a directory"
     where = f" ({error.filename})" if error.filename and error.filename != data_dir else ""
     return f"cannot use the data dir {data_dir}: {reason(error)}{where}"
-
-
-def only(
-    error: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
-) -> BaseException | None:
-    """``error`` if it is one of ``kinds``, or the first exception of an exception group
-    (trio nests one per nursery) made of nothing else; None otherwise."""
-    if isinstance(error, kinds):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        matched, rest = error.split(kinds)
-        if matched is not None and rest is None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            return leaf
-    return None
-
-
-def tune_gc(thresholds: tuple[int, int, int]) -> None:
-    """Keep the cyclic GC off the hot path.
-
-    Every frame a session sends allocates a few objects; with the default thresholds
-    (700, 10, 10) that triggers collections whose older passes rescan a heap that grows
-    with every session; these thresholds cut the fan-out's p99 by about half
-    (docs/benchmarks.md, "Figures behind choices in the code"). ``gc.freeze()`` showed
-    no measurable effect on top, so it is not used.
-    """
-    gc.set_threshold(*thresholds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

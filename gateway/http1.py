@@ -336,7 +336,7 @@ class Connection:
         except h11.RemoteProtocolError as error:
             # h11 raises from inside its own except block, so the error's traceback
             # holds a frame that holds the error: a cycle (with the connection's
-            # buffer in it) that only the cyclic GC would free, and cli.tune_gc makes
+            # buffer in it) that only the cyclic GC would free, and lifecycle.tune_gc makes
             # that rare. Dropping the traceback frees it now.
             error.__traceback__ = None
             await self._refuse(_refused_by_h11(error))

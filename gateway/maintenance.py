@@ -177,6 +177,27 @@ def repair(path: Path) -> int:
             file=sys.stderr,
         )
         return 1
+    for segment, changes in _cuts(harmful, dropped).items():
+        _rewrite(path, segment, changes, stamp, copied)
+    if not _replay_until_clean(path, stamp, copied, dropped):
+        return 1
+    if not dropped:
+        print("nothing to repair: start-up reads everything it needs")
+        return 0
+    for line in dropped:
+        print(f"dropped {line}")
+    for segment in sorted(copied):
+        print(f"copied aside before changing: {segment}")
+    print("repaired: the server starts with every other record")
+    return 0
+
+
+def _cuts(
+    harmful: list[scan.Problem], dropped: list[str]
+) -> dict[Path, list[tuple[int, int, bytes]]]:
+    """The byte ranges to replace in each segment, (start, end, replacement), for each
+    unreadable stretch of the log: empty records in place of lost ones that later
+    records follow, nothing otherwise. Says what it drops in ``dropped``."""
     edits: dict[Path, list[tuple[int, int, bytes]]] = {}
     for problem in harmful:
         first, *rest = problem.regions
@@ -197,8 +218,13 @@ def repair(path: Path) -> int:
         for region in rest:
             edits.setdefault(region.segment, []).append((region.offset, region.end, b""))
         dropped.append(f"{what}: unreadable ({problem.describe()})")
-    for segment, changes in edits.items():
-        _rewrite(path, segment, changes, stamp, copied)
+    return edits
+
+
+def _replay_until_clean(path: Path, stamp: str, copied: set[Path], dropped: list[str]) -> bool:
+    """Replay the log, dropping the records that cannot be applied, until a replay is
+    clean (True) or the rounds run out or start-up would refuse (False, said on
+    stderr). Says what it drops in ``dropped``."""
     for round_ in range(REPLAY_ROUNDS):
         why = "cannot be applied" + (" without the dropped records" if dropped else "")
         try:
@@ -207,25 +233,15 @@ def repair(path: Path) -> int:
             failed, why = {refusal.lsn}, "reads back whole but cannot be applied"
         except StartupRefused as refusal:
             print(f"chat-engine: repair could not finish: {refusal}", file=sys.stderr)
-            return 1
+            return False
         if not failed:
-            break
+            return True
         _drop(path, failed, stamp, copied)
         dropped.append(
             f"lsn {', '.join(str(lsn) for lsn in sorted(failed))}: {why} (round {round_ + 1})"
         )
-    else:
-        print("chat-engine: repair could not reach a clean replay", file=sys.stderr)
-        return 1
-    if not dropped:
-        print("nothing to repair: start-up reads everything it needs")
-        return 0
-    for line in dropped:
-        print(f"dropped {line}")
-    for segment in sorted(copied):
-        print(f"copied aside before changing: {segment}")
-    print("repaired: the server starts with every other record")
-    return 0
+    print("chat-engine: repair could not reach a clean replay", file=sys.stderr)
+    return False
 
 
 def _drop(directory: Path, lsns: set[int], stamp: str, copied: set[Path]) -> None:

@@ -1,6 +1,6 @@
 """``/metrics`` in Prometheus text format (prometheus-client).
 
-Counters that the engine already keeps (router statistics, session closes) are read at
+Counters that the engine already keeps (the realtime core's statistics, session closes) are read at
 scrape time by a collector rather than mirrored on every event, so the hot path pays
 nothing for them. Only the HTTP latency histogram is observed per request. The process
 itself (memory, CPU, file descriptors) is prometheus-client's process collector, also

@@ -474,7 +474,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         choice("builtin", "hypercorn"),
         "builtin",
         "what serves HTTP/1.x: `builtin` (gateway/http1.py, which calls the routes "
-        "directly) or `hypercorn` (through quart-trio, ~4x the CPU a request); HTTP/2 "
+        "directly) or `hypercorn` (through quart-trio, several times the CPU a request); HTTP/2 "
         "is always hypercorn's",
     ),
     Option(

@@ -55,7 +55,7 @@ from engine.ids import hash_token
 from engine.reachability import counts_for_reachability
 from engine.realtime import protocol
 from engine.realtime.core import Realtime, Replays
-from engine.realtime.protocol import JSON, MSGPACK
+from engine.realtime.protocol import JSON, MSGPACK, Close
 from engine.state import limited_per_token
 from engine.tokens import key_still_valid
 from gateway.auth import ADMIN, Principal, bearer, principal_for_token
@@ -71,12 +71,6 @@ if TYPE_CHECKING:  # at run time settings imports this module's users
 log = logging.getLogger("chat_engine.ws")
 
 SUBPROTOCOLS = {"chatengine.v1.json": JSON, "chatengine.v1.msgpack": MSGPACK}
-CLOSE_GOING_AWAY = 1001
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_NOT_AUTHENTICATED = 4001
-CLOSE_SLOW_CONSUMER = 4008
 BAD_FRAME_LIMIT = 20  # per BAD_FRAME_WINDOW seconds; one more closes with 1008
 BAD_FRAME_WINDOW = 60.0
 MAX_ITEMS_PER_FRAME = 512
@@ -157,12 +151,11 @@ class Session:
     replays: Replays = field(default_factory=Replays)
     subscriptions: set[str] = field(default_factory=set)
     overflowed: bool = False
-    closing: bool = False  # close_code once the queue is flushed
-    close_code: int = CLOSE_GOING_AWAY
-    close_reason: str = "server shutting down"
-    revoked: bool = False  # its token stopped working: 4001 at once
+    closing: bool = False  # closed with ``close`` once the queue is flushed
+    close: Close = protocol.GOING_AWAY
+    revoked: bool = False  # its token stopped working: ``revoked_close`` (4001) at once
     restarting: bool = False  # the node reloaded its state: 1012 at once, resume with since
-    revoked_reason: str = "the token is no longer valid"
+    revoked_close: Close = protocol.TOKEN_REVOKED
     ready: bool = False  # on the flusher's list
     blocked: bool = False  # the kernel's buffer is full: the session's task is flushing
     broken: bool = False
@@ -242,19 +235,18 @@ class Session:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def close_soon(
-        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
-    ) -> None:
-        """Close with ``code`` once everything queued so far is written."""
+    def close_soon(self, close: Close = protocol.GOING_AWAY) -> None:
+        """Close with ``close`` once everything queued so far is written."""
         if not self.closing:
             self.closing = True
-            self.close_code, self.close_reason = code, reason
+            self.close = close
         self._trouble.set()
 
-    def revoke(self, reason: str | None = None) -> None:
-        """Its token stopped working: nothing more is written, it closes with 4001."""
-        if reason is not None and not self.revoked:
-            self.revoked_reason = reason
+    def revoke(self, close: Close = protocol.TOKEN_REVOKED) -> None:
+        """Its token stopped working: nothing more is written, it closes with 4001 (the
+        reason of the first revocation)."""
+        if not self.revoked:
+            self.revoked_close = close
         self.revoked = True
         self.overflowed = True  # so nothing more is queued (4001 goes first)
         self._discard()
@@ -415,7 +407,7 @@ class WsGateway:
         for session in self._by_jwt_org.get(org_id, ()):
             key = session.principal.jwt_key
             if key is not None and not key_still_valid(state, key):
-                session.revoke("the key that verified the token was removed or replaced")
+                session.revoke(protocol.KEY_REMOVED)
 
     def _on_ready(self, session: Session) -> None:
         self._ready.append(session)
@@ -525,7 +517,7 @@ class WsGateway:
         except Exception as error:  # noqa: BLE001 - the boundary: this session only
             connection_failed("ws", peer, described, _single(error))
             if transport.handshake_done:
-                transport.close_at_once(CLOSE_INTERNAL_ERROR, "internal error")
+                transport.close_at_once(*protocol.INTERNAL_ERROR)
         finally:
             transport.abort()
 
@@ -587,7 +579,7 @@ class WsGateway:
         # it may have stopped working while the upgrade was answered
         if principal.jwt_key is not None:
             if not key_still_valid(self.engine.state, principal.jwt_key):
-                session.revoke("the key that verified the token was removed or replaced")
+                session.revoke(protocol.KEY_REMOVED)
         elif principal.kind != ADMIN and self.engine.state.principal(token_hash) is None:
             session.revoke()
         reachability = self.engine.reachability
@@ -627,7 +619,7 @@ class WsGateway:
         client reconnects with a fresh one. The wait runs on trio's clock, from the
         engine's clock now to the token's ``exp``."""
         await trio.sleep(max(0.0, (expires_ms - self.engine.now()) / 1000))
-        session.revoke("the token has expired")
+        session.revoke(protocol.TOKEN_EXPIRED)
 
     async def _tend(self, session: Session, transport: RawWebSocket) -> bool:
         """What the flusher leaves to the session's own task; True when the session
@@ -647,17 +639,15 @@ class WsGateway:
                 if session.broken:
                     return False
                 if session.restarting:
-                    await transport.close(
-                        CLOSE_SERVICE_RESTART, "state reloaded: resume with since"
-                    )
+                    await transport.close(*protocol.STATE_RELOADED)
                     return True
                 if session.revoked:
                     self.revoked_closes += 1
-                    await transport.close(CLOSE_NOT_AUTHENTICATED, session.revoked_reason)
+                    await transport.close(*session.revoked_close)
                     return True
                 if session.overflowed:
                     self.slow_consumer_closes += 1
-                    await transport.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
+                    await transport.close(*protocol.SLOW_CONSUMER)
                     return True
                 if session.blocked:
                     await transport.flush(deadline())
@@ -677,7 +667,7 @@ class WsGateway:
                     if session.broken:
                         return False
                     await transport.flush(deadline())
-                await transport.close(session.close_code, session.close_reason)
+                await transport.close(*session.close)
                 return True
         except Disconnected:
             return False
@@ -704,7 +694,7 @@ class WsGateway:
                     if len(bad_frames) > BAD_FRAME_LIMIT:
                         # after the answers queued so far, this one included
                         self.bad_frame_closes += 1
-                        session.close_soon(CLOSE_POLICY, "too many invalid frames")
+                        session.close_soon(protocol.TOO_MANY_BAD_FRAMES)
                 await trio.lowlevel.checkpoint()  # one turn per frame, however many wait
         except Disconnected:
             pass

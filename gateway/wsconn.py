@@ -40,12 +40,12 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from engine import errors
+from engine.realtime.protocol import MESSAGE_TOO_BIG
 from gateway.sockets import receive
 from gateway.web import error_body
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
-CLOSE_TOO_BIG = 1009
 NOTSENT_LOWAT = 16384
 MAX_HEAD = 16384  # bytes of request head before the upgrade is refused
 # Where a head ends, as h11 (under wsproto) finds it: the first empty line, CRLF or LF.
@@ -276,7 +276,7 @@ class RawWebSocket:
         if isinstance(event, (TextMessage, BytesMessage)):
             self._size += len(event.data)
             if self._size > self.limits.max_message:
-                await self.close(CLOSE_TOO_BIG, "message too big")
+                await self.close(*MESSAGE_TOO_BIG)
                 raise Disconnected("message too big")
             if event.data:  # an empty continuation frame adds nothing to keep
                 self._parts.append(

@@ -116,9 +116,9 @@ def decode_state(data: Mapping[str, Any], state: State | None = None) -> State:
 def decode_state_items(items: Iterable[tuple[str, Any]], state: State | None = None) -> State:
     """``decode_state`` from ``encode_state``'s entries in their written order, where a
     collection may be an iterator (``persistence.snapshot`` streams the chats one at a
-    time, so a chat's decoded rows are freed before the next is read: a 1,000,000-message
-    snapshot then leaves no hundreds of MB of freed rows scattered among the live
-    objects). Repeated ids are shared strings (``engine.model.shared``)."""
+    time, so a chat's decoded rows are freed before the next is read: a large snapshot
+    then leaves no freed rows scattered among the live objects, docs/benchmarks.md,
+    "Figures behind choices in the code"). Repeated ids are shared strings (``engine.model.shared``)."""
     state = state if state is not None else State()
     seq = None
     for key, value in items:

@@ -152,8 +152,9 @@ def _read(payload: bytes, state: State, histories: Histories) -> int:
     """Decode a snapshot's payload into ``state`` and ``histories``, streaming its chats
     and its channels one by one (``codec.decode_state_items``, ``histories.restoring``);
     returns its log position. What one chat or channel decodes to is freed before the
-    next is read: decoded whole, a 1,000,000-message snapshot left hundreds of MB of
-    freed blocks scattered among the objects that live on."""
+    next is read: decoded whole, a large snapshot left much of the process's memory in
+    freed blocks scattered among the objects that live on (docs/benchmarks.md, "Figures
+    behind choices in the code")."""
     unpacker = msgpack.Unpacker(
         io.BytesIO(payload),
         raw=False,

@@ -41,7 +41,7 @@ log = logging.getLogger("chat_engine.store")
 
 
 # A snapshot is due once this many records were logged since the last: it bounds the log a
-# restart replays (a replayed record costs over ten times one loaded from a snapshot), and
+# restart replays (a replayed record costs far more than one loaded from a snapshot), and
 # costs a fork plus the child's encoding, on another core (figures in docs/benchmarks.md,
 # "Figures behind choices in the code").
 DEFAULT_SNAPSHOT_RECORDS = 25_000

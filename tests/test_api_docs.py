@@ -1,5 +1,6 @@
 """The documentation stands alone: docs/api.md has a section for every API route (and none
-for a route that does not exist), and no file of the repository sends its reader to a
+for a route that does not exist), docs/protocol.md's table of close codes lists every
+code the server closes a WebSocket session with (and no other), and no file of the repository sends its reader to a
 document outside it."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from engine.realtime import protocol
 from gateway.app import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,29 @@ def test_docs_api_md_describes_every_api_route_and_only_those() -> None:
     documented = documented_routes()
     assert not routes - documented, f"routes missing from docs/api.md: {routes - documented}"
     assert not documented - routes, f"docs/api.md describes no such route: {documented - routes}"
+
+
+def documented_close_codes() -> set[int]:
+    """The codes of the rows of docs/protocol.md's close-code table."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    table = text.split("| code | meaning | what the client should do |", 1)[1]
+    rows = table.split("\n\n", 1)[0]
+    return {int(code) for code in re.findall(r"^\| (\d{4}) \|", rows, re.M)}
+
+
+def test_docs_protocol_md_lists_every_close_code_and_only_those() -> None:
+    codes = set(protocol.CLOSE_CODES)
+    documented = documented_close_codes()
+    assert not codes - documented, (
+        f"close codes missing from docs/protocol.md: {codes - documented}"
+    )
+    assert not documented - codes, (
+        f"docs/protocol.md lists codes the server never sends: {documented - codes}"
+    )
+    # each reason the docs quote is the one the server gives
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    for quoted in re.findall(r'\(reason "([^"]+)"\)', text):
+        assert quoted in {close.reason for close in protocol.CLOSES}, quoted
 
 
 def test_no_file_points_outside_the_repository() -> None:

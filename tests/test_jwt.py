@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from engine.actors.supervisor import Engine
+from engine.realtime.protocol import Close
 from gateway.ws import WsGateway, WsSettings
 from tests.conftest import ADMIN_TOKEN, World, make_org, make_room, make_user
 from tests.serverproc import HEADERS, launch
@@ -458,8 +459,8 @@ async def test_the_expiry_timer_runs_on_trios_clock(autojump_clock: trio.testing
     reasons: list[str | None] = []
 
     class Probe:
-        def revoke(self, reason: str | None = None) -> None:
-            reasons.append(reason)
+        def revoke(self, close: Close | None = None) -> None:
+            reasons.append(None if close is None else close.reason)
 
     started = trio.current_time()
     await gateway._expire(Probe(), now_ms + 3_600_000)  # type: ignore[arg-type]

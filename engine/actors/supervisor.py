@@ -27,7 +27,11 @@ from engine.facts import Fact
 from engine.fanout import fan_out
 from engine.ids import new_secret
 from engine.realtime.core import Realtime
-from engine.realtime.history import Histories
+from engine.realtime.history import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_TOTAL_HISTORY_LIMIT,
+    Histories,
+)
 from engine.state import State
 from persistence.store import Recovered, Store
 
@@ -45,8 +49,8 @@ class EngineConfig:
     mailbox_capacity: int = 64
     actor_idle_timeout: float = 30.0
     send_timeout: float = 10.0
-    history_limit: int = 1000  # events kept per channel
-    total_history_limit: int = 500_000  # events kept across channels
+    history_limit: int = DEFAULT_HISTORY_LIMIT  # events kept per channel
+    total_history_limit: int = DEFAULT_TOTAL_HISTORY_LIMIT  # events kept across channels
     # A replica: its state only changes by the primary's records (``apply_record``), so
     # it commits nothing and leaves presence expiry to the primary.
     replica: bool = False
@@ -159,8 +163,9 @@ class Engine:
         """Blocking (a worker thread): nothing else touches the state until started."""
         assert self.store is not None
         # Recovery allocates millions of objects that all live on; the cyclic GC would
-        # rescan the growing heap again and again (half of a 100,000-message recovery).
-        # Off meanwhile; afterwards everything recovered is frozen out of its scans.
+        # rescan the growing heap again and again, a large part of recovery's time
+        # (docs/benchmarks.md, "Figures behind choices in the code"). Off meanwhile;
+        # afterwards everything recovered is frozen out of its scans.
         collecting = gc.isenabled()
         gc.disable()
         try:

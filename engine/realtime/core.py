@@ -28,7 +28,12 @@ from typing import Protocol
 from engine.channels import ChannelKey, key_of, name_of
 from engine.fanout import Publication
 from engine.realtime import protocol
-from engine.realtime.history import Histories, RealtimeStats
+from engine.realtime.history import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_TOTAL_HISTORY_LIMIT,
+    Histories,
+    RealtimeStats,
+)
 from engine.realtime.hub import Hub
 from engine.realtime.hub import Subscriber as HubSubscriber
 
@@ -87,8 +92,8 @@ class Realtime:
         self,
         *,
         epoch: str,
-        history_limit: int = 1000,
-        total_history_limit: int = 500_000,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        total_history_limit: int = DEFAULT_TOTAL_HISTORY_LIMIT,
     ) -> None:
         self.stats = RealtimeStats()
         self.histories = Histories(

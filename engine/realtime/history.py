@@ -15,8 +15,8 @@ Memory: each channel keeps its last ``history_limit`` events; across channels at
 ``total_history_limit`` events are kept, the oldest dropped first, whatever their
 channel (its ``seq`` goes on; a client asking for a dropped range is told
 ``resumed: false``). The eviction queue holds one reference to the channel per event
-kept, 8 bytes, where a per-channel LRU cost ~60 bytes per channel and a reordering on
-every publish. Only channels that ever had an event are kept: asking about any other
+kept, less than a per-channel LRU's entry for every channel, and it needs no reordering
+on every publish (docs/benchmarks.md, "Figures behind choices in the code"). Only channels that ever had an event are kept: asking about any other
 answers ``seq`` 0 and creates nothing, so probing random channels grows nothing.
 """
 
@@ -32,6 +32,11 @@ from engine.channels import ChannelKey, key_of, name_of
 from engine.fanout import Payload, Publication
 from engine.model import shared
 from engine.realtime.protocol import Item
+
+# The limits' defaults, in this one place: ``Realtime`` and ``EngineConfig`` (and so
+# ``--history-limit``, through ``gateway.settings.default_of``) start from them.
+DEFAULT_HISTORY_LIMIT = 1000  # events kept per channel
+DEFAULT_TOTAL_HISTORY_LIMIT = 500_000  # events kept across channels
 
 _NO_EVENTS: tuple[()] = ()
 
@@ -49,7 +54,8 @@ class ChannelHistory:
     __slots__ = ("key", "seq", "events", "queued")
 
     # A store with 100,000 chats has ~600,000 channels, most with a handful of events:
-    # a list (not a 64-slot deque block) keeps that ~900 B a channel cheaper.
+    # a list, not a deque (which allocates a 64-slot block), keeps each of them small
+    # (docs/benchmarks.md, "Figures behind choices in the code").
     def __init__(self, key: ChannelKey) -> None:
         self.key = key  # channels.key_of(its name)
         self.seq = 0
@@ -76,8 +82,8 @@ class Histories:
         self,
         *,
         epoch: str,
-        history_limit: int = 1000,
-        total_history_limit: int = 500_000,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        total_history_limit: int = DEFAULT_TOTAL_HISTORY_LIMIT,
         stats: RealtimeStats | None = None,
     ) -> None:
         self.epoch = epoch

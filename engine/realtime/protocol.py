@@ -6,11 +6,15 @@ A session speaks one encoding for its whole life (its subprotocol): JSON
 carries a resource that is already serialised once per batch (``fanout.Payload``), so it
 is spliced in rather than encoded again: ``orjson.Fragment`` for JSON, and for msgpack a
 map written with the library's own header call followed by the packed resource.
+
+How a session ends is here too: each close code the server sends, with its reason
+(``Close``; wsproto writes the close frame). docs/protocol.md lists every code, and a
+test holds the two to the same list.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import orjson
@@ -26,6 +30,40 @@ ENCODINGS = (JSON, MSGPACK)
 Item = tuple[str, str, Payload | None]
 
 _packer = msgpack.Packer()
+
+
+class Close(NamedTuple):
+    """A close code the server ends a session with, and the reason it gives."""
+
+    code: int
+    reason: str
+
+
+GOING_AWAY = Close(1001, "server shutting down")
+TOO_MANY_BAD_FRAMES = Close(1008, "too many invalid frames")
+MESSAGE_TOO_BIG = Close(1009, "message too big")
+INTERNAL_ERROR = Close(1011, "internal error")
+STATE_RELOADED = Close(1012, "state reloaded: resume with since")
+TOKEN_REVOKED = Close(4001, "the token is no longer valid")
+TOKEN_EXPIRED = Close(4001, "the token has expired")
+KEY_REMOVED = Close(4001, "the key that verified the token was removed or replaced")
+SLOW_CONSUMER = Close(4008, "slow consumer: resume with since")
+CLOSES = (
+    GOING_AWAY,
+    TOO_MANY_BAD_FRAMES,
+    MESSAGE_TOO_BIG,
+    INTERNAL_ERROR,
+    STATE_RELOADED,
+    TOKEN_REVOKED,
+    TOKEN_EXPIRED,
+    KEY_REMOVED,
+    SLOW_CONSUMER,
+)
+# Codes wsproto sends on its own, named so that the list of codes is whole: the answer
+# to a client's close that carried no code, a broken WebSocket framing, a text frame
+# that is not UTF-8. (Any other close the client starts is answered with its own code.)
+WSPROTO_CODES = (1000, 1002, 1007)
+CLOSE_CODES = frozenset(close.code for close in CLOSES) | frozenset(WSPROTO_CODES)
 
 
 def encode(frame: dict[str, Any], encoding: str) -> bytes:

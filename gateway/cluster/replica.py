@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from engine import errors
 from engine.actors.supervisor import Engine
 from engine.reachability import report_interval
+from engine.realtime.history import DEFAULT_HISTORY_LIMIT
 from engine.state import State
 from gateway.cluster import redislog
 from gateway.cluster.node import ClusterNode
@@ -272,7 +273,8 @@ class Replica(ClusterNode):
             await self._check_stream_epoch(redis, epoch)
         histories = self.engine.realtime.histories.empty_copy()
         histories.epoch = epoch
-        histories.history_limit = int(answer.headers.get(HISTORY_LIMIT_HEADER, "1000"))
+        limit = answer.headers.get(HISTORY_LIMIT_HEADER)
+        histories.history_limit = DEFAULT_HISTORY_LIMIT if limit is None else int(limit)
         self.engine.realtime.histories.history_limit = histories.history_limit
         state = State()
         lsn = await trio.to_thread.run_sync(load_snapshot, answer.content, state, histories)

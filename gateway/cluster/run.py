@@ -10,24 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 
 import trio
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token
-from gateway import frontdoor, openfiles
+from gateway import openfiles
 from gateway.app import create_app
-from gateway.cli import (
-    ENV_ONLY,
-    StartupError,
-    gateway_settings,
-    http_servers,
-    only,
-    reason,
-    tune_gc,
-)
+from gateway.cli import ENV_ONLY, gateway_settings, http_servers
 from gateway.cluster.replica import Replica
+from gateway.lifecycle import StartupError, serve_node
 from gateway.settings import ENV_PREFIX, REPLICA_OPTIONS, unknown_variables
 
 log = logging.getLogger("chat_engine")
@@ -73,57 +65,19 @@ async def serve_replica(
     )
     gateway = create_app(engine, gateway_settings(options, hash_token(token), None), replica)
     replica.ws = gateway.ws
-    config, http1 = http_servers(options, gateway)
-    stopping = trio.Event()
 
-    async def shutdown_trigger() -> None:
-        await stopping.wait()
-        gateway.ws.shutdown()
-
-    async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-            async for signum in received:
-                log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-                stopping.set()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        http_done = trio.Event()
-
-        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await frontdoor.serve(
-                    gateway.asgi,
-                    config,
-                    options.host,
-                    options.port,
-                    gateway.ws.handle_connection,
-                    shutdown_trigger=shutdown_trigger,
-                    http1=http1,
-                    max_connections=options.max_connections,
-                    task_status=task_status,
-                )
-            finally:
-                http_done.set()
-
-        await nursery.start(gateway.ws.run_flusher)
-        try:
-            binds = await nursery.start(serve_http)
-        except (OSError, BaseExceptionGroup) as error:
-            failure = only(error, OSError)
-            if not isinstance(failure, OSError):
-                raise
-            raise StartupError(
-                f"cannot listen on {options.host}:{options.port}: {reason(failure)}"
-            ) from None
-        log.info("listening", extra={"fields": {"binds": binds, "role": "replica"}})
+    async def start(nursery: trio.Nursery) -> None:
         await replica.bootstrap()
         await nursery.start(engine.run)
         await nursery.start(replica.run)
-        tune_gc(options.gc_thresholds)
-        task_status.started(binds)
-        await http_done.wait()
-        await replica.aclose()
-        log.info("stopped", extra={"fields": {"lsn": engine.applied_lsn}})
-        nursery.cancel_scope.cancel()
+
+    await serve_node(
+        options,
+        engine,
+        gateway,
+        http_servers(options, gateway),
+        start=start,
+        finish=replica.aclose,
+        listening={"role": "replica"},
+        task_status=task_status,
+    )
