@@ -466,7 +466,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--access-log",
         boolean,
         None,
-        "log a line per HTTP answer (`chat_engine.access`)",
+        "log a line per HTTP answer and refused WebSocket upgrade (`chat_engine.access`)",
         switch=True,
     ),
     Option(

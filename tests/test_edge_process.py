@@ -1,12 +1,17 @@
-"""The write rate limit, CORS and the 1008 close against a real ``chat-engine serve``
-process (their other tests run the server in the test's own trio loop): what a client
-of the running binary sees, with a normal client's latency asserted during the flood."""
+"""The write rate limit, CORS, forwarded headers, the 1008 and 4001 closes, upgrades
+with undecodable headers and the per-address connection cap against a real
+``chat-engine serve`` process (their other tests run the server in the test's own trio
+loop): what a client of the running binary sees, with a normal client's latency
+asserted during the floods."""
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +20,7 @@ import pytest
 
 from bench.server import ADMIN_TOKEN, ServerProcess, start_server
 from tests.rawws import OP_TEXT, frame, open_raw
+from tests.test_http_edge import read_answer
 
 SHOP = "https://shop.example"
 # seconds: a normal client's worst /healthz while the flood runs; the freeze this guards against lasted 12 s, and a bound of 1 s
@@ -114,3 +120,77 @@ async def test_a_1008_session_first_receives_its_bad_frames(server: ServerProces
     assert [(item["type"], item["code"]) for item in got] == [("error", "bad_frame")] * 21
     assert [item["id"] for item in got] == list(range(1, 22))
     await peer.aclose()
+
+
+def metric(server: ServerProcess, sample: str) -> float:
+    """One sample of the server's /metrics, by its name and labels as written there."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, f"no {sample} in /metrics"
+    return float(found.group(1))
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+WS_ERRORS = 'chat_engine_connection_errors_total{kind="ws"}'
+
+
+def upgrade_head(**replaced: bytes) -> bytes:
+    """A well-formed ``GET /ws`` upgrade head (without a token), with the values of the
+    headers named (``Sec_WebSocket_Protocol=...``) replaced."""
+    headers = {
+        "Host": b"127.0.0.1",
+        "Upgrade": b"websocket",
+        "Connection": b"Upgrade",
+        "Sec-WebSocket-Key": b"dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": b"13",
+        "Sec-WebSocket-Protocol": b"chatengine.v1.json",
+    }
+    headers.update({name.replace("_", "-"): value for name, value in replaced.items()})
+    lines = b"".join(b"%s: %s\r\n" % (name.encode(), value) for name, value in headers.items())
+    return b"GET /ws HTTP/1.1\r\n" + lines + b"\r\n"
+
+
+UNDECODABLE_HEADS = [
+    {"Sec_WebSocket_Protocol": b"chatengine.v1.json, \xff"},
+    {"Sec_WebSocket_Extensions": b"permessage-deflate; \xe9"},
+    {"Connection": b"Upgrade, \xe9t\xe9"},
+    {"Host": b"caf\xe9.example"},
+    {"Host": b"xn--zz.example"},  # ASCII, but bad punycode: IDNA refuses it too
+]
+
+
+def test_an_upgrade_header_that_does_not_decode_is_answered_400_not_counted_as_a_bug(
+    tmp_path: Path,
+) -> None:
+    """A byte past ASCII in an upgrade's Connection, Sec-WebSocket-* or Host header (or a
+    Host that is no host name): the upgrade is answered 400 with the JSON error body and
+    logged as a refusal, whether it opens the connection or follows a request on a
+    kept-alive one; no error line, no traceback, no count of server errors."""
+    log = tmp_path / "server.log"
+    server = start_server("--in-memory", "--access-log", log_path=log)
+    try:
+        before = metric(server, WS_ERRORS)
+        for replaced in UNDECODABLE_HEADS:
+            for kept_alive in (False, True):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    if kept_alive:
+                        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                        assert read_answer(sock)[0] == 200
+                    sock.sendall(upgrade_head(**replaced))
+                    status, headers, body = read_answer(sock)
+                assert (status, headers[b"content-type"]) == (400, b"application/json"), replaced
+                assert orjson.loads(body)["code"] == "invalid"
+        assert metric(server, WS_ERRORS) == before
+        assert httpx.get(f"{server.base_url}/healthz", timeout=10).status_code == 200
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+    lines = log_lines(log)
+    assert not [line for line in lines if line["level"] in ("error", "critical") or "exc" in line]
+    refused = [line for line in lines if line["msg"] == "refused" and line.get("path") == "/ws"]
+    assert len(refused) == 2 * len(UNDECODABLE_HEADS)
+    assert all(line["status"] == 400 for line in refused)
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", line["client"]) for line in refused)
