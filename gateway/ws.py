@@ -57,6 +57,7 @@ from engine.realtime.core import Realtime, Replays
 from engine.realtime.protocol import JSON, MSGPACK
 from engine.state import limited_per_token
 from engine.tokens import key_still_valid
+from gateway import connquota
 from gateway.auth import ADMIN, Principal, bearer, principal_for_token
 from gateway.failures import connection_failed
 from gateway.forwarded import Forwarded, parse_address
@@ -515,6 +516,8 @@ class WsGateway:
                 return
             # counted from here, before any await, so two upgrades cannot both pass
             self.quota.take(quota_token, address)
+            # a session now: it leaves the front door's count of connections per address
+            connquota.became_session()
             try:
                 described += f" ({principal.kind} {principal.id})"
                 chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)

@@ -7,6 +7,7 @@ asserted during the floods."""
 from __future__ import annotations
 
 import re
+import select
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from bench.server import ADMIN_TOKEN, ServerProcess, start_server
-from tests.rawws import OP_TEXT, frame, open_raw
+from tests.rawws import OP_TEXT, frame, open_raw, upgrade_request
 from tests.test_http_edge import read_answer
 
 SHOP = "https://shop.example"
@@ -194,3 +195,87 @@ def test_an_upgrade_header_that_does_not_decode_is_answered_400_not_counted_as_a
     assert len(refused) == 2 * len(UNDECODABLE_HEADS)
     assert all(line["status"] == 400 for line in refused)
     assert all(re.fullmatch(r"127\.0\.0\.1:\d+", line["client"]) for line in refused)
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    """A connection to the server on 127.0.0.1 from ``source`` (any 127.0.0.0/8 address
+    is this host's on Linux's loopback)."""
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_one_address_cannot_take_every_connection_slot(tmp_path: Path) -> None:
+    """From 127.0.0.2, as many connections as the whole cap, each sending a body slowly:
+    the first 20 are held (the per-address cap), every later one is answered 429 at once
+    and closed; clients from other addresses are served quickly meanwhile. WebSocket
+    sessions leave the count once admitted, and a slot given back is taken again."""
+    cap, per_address = 60, 20
+    log = tmp_path / "server.log"
+    server = start_server(
+        "--in-memory",
+        "--max-connections",
+        str(cap),
+        "--http-connections-per-address",
+        str(per_address),
+        log_path=log,
+    )
+    held: list[socket.socket] = []
+    sessions: list[socket.socket] = []
+    try:
+        # admitted sessions leave the count: 25 from 127.0.0.2, open through what follows
+        for _ in range(25):
+            sock = connect_from("127.0.0.2", server.port)
+            held.append(sock)
+            sock.sendall(upgrade_request(ADMIN_TOKEN))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+        sessions, held = held, []
+        for _ in range(per_address):
+            sock = connect_from("127.0.0.2", server.port)
+            sock.sendall(
+                b"POST /api/v5/client/visitors HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            held.append(sock)
+        # connections are accepted in order: each one past the 20 finds them counted
+        for _ in range(cap - per_address):
+            with connect_from("127.0.0.2", server.port) as past:
+                status, headers, body = read_answer(past)
+            assert (status, headers[b"retry-after"]) == (429, b"1")
+            assert orjson.loads(body) == {
+                "code": "rate_limited",
+                "detail": f"Too many connections from this address ({per_address} open); "
+                "try again later.",
+            }
+        for source in ("127.0.0.1", "127.0.0.3"):
+            started = time.monotonic()
+            with connect_from(source, server.port) as normal:
+                normal.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_answer(normal)[0] == 200
+            assert time.monotonic() - started < NORMAL_BOUND
+        # still waiting for their bodies: nothing to read (no answer, no close)
+        assert select.select(held, [], [], 0)[0] == []
+
+        held.pop().close()  # a slot given back is taken again, once the server saw it
+        deadline = time.monotonic() + 10
+        while True:
+            with connect_from("127.0.0.2", server.port) as again:
+                again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                status = read_answer(again)[0]
+            if status == 200:
+                break
+            assert status == 429 and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert server.process.poll() is None
+        assert select.select(sessions, [], [], 0)[0] == []  # the sessions were not touched
+    finally:
+        for sock in held + sessions:
+            sock.close()
+        server.stop()
+    warnings = [
+        line for line in log_lines(log) if line["msg"] == "connection cap per address reached"
+    ]
+    assert warnings[0]["address"] == "127.0.0.2"
+    assert warnings[0]["http_connections_per_address"] == per_address
