@@ -27,6 +27,7 @@ SHOP = "https://shop.example"
 # seconds: a normal client's worst /healthz while the flood runs; the freeze this guards against lasted 12 s, and a bound of 1 s
 # was missed (1.06 s) only on a machine loaded by other jobs
 NORMAL_BOUND = 2.0
+MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_300_rapid_visitor_posts_are_cut_after_the_burst_while_others_are_served
 ) -> None:
     visitor, chat_id = visitor_in_a_chat(server)
     path = f"/api/v5/client/visitors/{visitor['id']}/chats/{chat_id}/messages"
+    rss_before = metric(server, "process_resident_memory_bytes")
     statuses: list[int] = []
     retry_after: set[str] = set()
 
@@ -83,11 +85,18 @@ def test_300_rapid_visitor_posts_are_cut_after_the_burst_while_others_are_served
         worst = max(worst, time.monotonic() - started)
         time.sleep(0.02)
     flooder.join()
-    print(f"rate limit flood: {statuses.count(201)} accepted, worst /healthz {worst * 1000:.1f} ms")
+    grown = metric(server, "process_resident_memory_bytes") - rss_before
+    print(
+        f"rate limit flood: {statuses.count(201)} accepted, worst /healthz "
+        f"{worst * 1000:.1f} ms, RSS {grown / MIB:+.1f} MiB"
+    )
     assert statuses[:99] == [201] * 99  # the burst of 100, less the chat's creation
     assert statuses.count(429) > 0 and set(statuses) == {201, 429}
     assert retry_after and all(int(value) >= 1 for value in retry_after)
     assert worst < NORMAL_BOUND
+    # ~100 messages kept and ~200 refusals: a few hundred KiB; a leak per request (the
+    # connections the normal client opened, the refused writes) would show past this
+    assert grown < 32 * MIB
 
 
 def test_a_preflight_is_answered_for_a_listed_origin_only(server: ServerProcess) -> None:
@@ -279,3 +288,115 @@ def test_one_address_cannot_take_every_connection_slot(tmp_path: Path) -> None:
     ]
     assert warnings[0]["address"] == "127.0.0.2"
     assert warnings[0]["http_connections_per_address"] == per_address
+
+
+async def test_a_token_that_stops_working_closes_its_sessions_with_4001(
+    server: ServerProcess,
+) -> None:
+    """A visitor re-keyed by its org, a user's and the org's rotated tokens: each of their
+    open sessions is closed with 4001, the old tokens are 401 from then on, and another
+    visitor's session carries on."""
+    admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        org = client.post("/api/v5/orgs", json={"name": "Rekey"}, headers=admin).json()
+        as_org = {"Authorization": f"Token {org['token']}"}
+        base = f"/api/v5/orgs/{org['id']}"
+        visitor = client.post(f"{base}/visitors", json={}, headers=as_org).json()
+        other = client.post(f"{base}/visitors", json={}, headers=as_org).json()
+        person = {"first_name": "Ada", "last_name": "L", "alias": "Ada"}
+        user = client.post(f"{base}/users", json=person, headers=as_org).json()
+        before = metric(server, "chat_engine_revoked_token_closes_total")
+        revoked = [
+            await open_raw(server.port, token)
+            for token in (visitor["token"], visitor["token"], user["token"], org["token"])
+        ]
+        bystander = await open_raw(server.port, other["token"])
+        renewed = [
+            client.post(f"{base}/visitors", json={"id": visitor["id"]}, headers=as_org),
+            client.post(f"{base}/users/{user['id']}/token", headers=as_org),
+            client.post(f"{base}/token", headers=as_org),
+        ]
+        assert [answer.status_code for answer in renewed] == [200, 200, 200]
+        for peer in revoked:
+            assert await peer.read_until_closed(10) == 4001
+            await peer.aclose()
+        await bystander.send(frame(OP_TEXT, orjson.dumps({"type": "ping", "id": 7})))
+        assert orjson.loads(await bystander.read_message(10)) == {"type": "pong", "id": 7}
+        await bystander.aclose()
+        for token in (visitor["token"], user["token"], org["token"]):
+            old = client.get("/api/v5/me", headers={"Authorization": f"Token {token}"})
+            assert old.status_code == 401
+        new_visitor = {"Authorization": f"Token {renewed[0].json()['token']}"}
+        assert client.get("/api/v5/me", headers=new_visitor).status_code == 200
+    assert metric(server, "chat_engine_revoked_token_closes_total") == before + 4
+
+
+def test_forwarded_headers_from_a_trusted_peer_feed_links_logs_and_the_address_count(
+    tmp_path: Path,
+) -> None:
+    """With ``--forwarded-allow-ips 127.0.0.1``: a request from 127.0.0.1 carrying
+    ``X-Forwarded-*`` gets links on the forwarded scheme and host and is logged with the
+    forwarded client; the same request from 127.0.0.2 gets the server's own links and is
+    logged with its socket's address. The trusted peer's connections are not counted per
+    address; another peer's are."""
+    log = tmp_path / "server.log"
+    server = start_server(
+        "--in-memory",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+        "--access-log",
+        "--http-connections-per-address",
+        "2",
+        log_path=log,
+    )
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "chat.example",
+        "X-Forwarded-For": "198.51.100.7, 127.0.0.1",
+    }
+    held: list[socket.socket] = []
+    try:
+        admin = {"Authorization": f"Token {ADMIN_TOKEN}"}
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            org = client.post("/api/v5/orgs", json={"name": "Proxied"}, headers=admin).json()
+            for name in ("One", "Two"):
+                room = client.post(
+                    f"/api/v5/orgs/{org['id']}/rooms", json={"name": name}, headers=admin
+                )
+                assert room.status_code == 201
+        path = f"/api/v5/orgs/{org['id']}/rooms"
+        links = {}
+        for source in ("127.0.0.1", "127.0.0.2"):
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(base_url=server.base_url, transport=transport, timeout=10) as peer:
+                page = peer.get(
+                    path,
+                    params={"page_size": 1},
+                    headers={**forwarded, "Authorization": f"Token {org['token']}"},
+                )
+            assert page.status_code == 200
+            links[source] = page.json()["next"]
+        assert links["127.0.0.1"].startswith(f"https://chat.example{path}?")
+        assert links["127.0.0.2"].startswith(f"{server.base_url}{path}?")
+
+        # the proxy holds more connections than the per-address limit; 127.0.0.2 cannot
+        for source, count in (("127.0.0.1", 4), ("127.0.0.2", 2)):
+            for _ in range(count):
+                held.append(connect_from(source, server.port))
+                held[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # half a head
+        with connect_from("127.0.0.2", server.port) as past:
+            assert read_answer(past)[0] == 429
+        with connect_from("127.0.0.1", server.port) as proxy:
+            proxy.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_answer(proxy)[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+    listings = [
+        line["client"]
+        for line in log_lines(log)
+        if line["msg"] == "request" and line.get("path") == path and line["method"] == "GET"
+    ]
+    assert listings[0] == "198.51.100.7:0"
+    assert re.fullmatch(r"127\.0\.0\.2:\d+", listings[1])
