@@ -105,10 +105,13 @@ def start_server(
         # person would: the per-token write limit (docs/edge.md) would refuse them
         "--rate-limit",
         "off",
-        # and open thousands of sessions from 127.0.0.1, often with one token
+        # and open thousands of sessions (and connections) from 127.0.0.1, often with
+        # one token
         "--ws-sessions-per-token",
         "off",
         "--ws-sessions-per-address",
+        "off",
+        "--http-connections-per-address",
         "off",
         *extra,
     ]
@@ -160,6 +163,8 @@ def start_replica(
         "--ws-sessions-per-token",
         "off",
         "--ws-sessions-per-address",
+        "off",
+        "--http-connections-per-address",
         "off",
         *extra,
     ]

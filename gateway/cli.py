@@ -340,6 +340,7 @@ def gateway_settings(
                 options.max_connections or frontdoor.default_max_connections()
             ),
             forwarded_allow_ips=options.forwarded_allow_ips,
+            access_log=logging.getLogger("chat_engine.access") if options.access_log else None,
         ),
     )
 

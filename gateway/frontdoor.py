@@ -29,6 +29,14 @@ little and the ones it already has keep being served; a warning says so, at most
 ``CAP_WARNING_INTERVAL`` seconds, with the count refused since the previous one. Every
 connection runs behind an exception boundary: an unexpected error is logged and
 counted (``gateway.failures``) and ends that connection only.
+
+At most ``per_address`` connections from one peer address until they become WebSocket
+sessions (``gateway/connquota.py``: which address, and why sessions leave the count).
+One more from that address is answered ``429`` (``rate_limited``, JSON, ``Retry-After:
+1``) the same cheap way and closed; other addresses are not affected. 429 rather than
+the cap's 503: the server has room, this client holds its share. A warning
+(``connection cap per address reached``) names the last address refused, at most every
+``CAP_WARNING_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ import logging
 import math
 import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import h11
 import trio
@@ -52,10 +61,14 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from engine import errors
+from gateway import connquota
 from gateway.deadlines import Deadlines
 from gateway.failures import connection_failed
 from gateway.http1 import Http1Server, Upgrade
 from gateway.web import error_body
+
+if TYPE_CHECKING:  # at run time settings imports this module's users
+    from gateway.settings import Network
 
 log = logging.getLogger("chat_engine.frontdoor")
 
@@ -77,6 +90,20 @@ OVERLOADED = (
     % len(_OVERLOADED_BODY)
     + _OVERLOADED_BODY
 )
+
+
+def too_many_from_address(limit: int) -> bytes:
+    """The fixed answer to one connection past ``limit`` from its address."""
+    body = error_body(
+        errors.RateLimited(
+            f"Too many connections from this address ({limit} open); try again later."
+        )
+    )
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n" % len(body) + body
+    )
+
 
 # The WebSocket gateway's handler: the connection's socket, the bytes already read.
 WsHandler = Upgrade
@@ -233,6 +260,7 @@ class _Door:
         ws_handler: WsHandler,
         http1: Http1Server | None,
         cap: int,
+        addresses: connquota.AddressSlots | None = None,
     ) -> None:
         self.listener = listener
         self.config = config
@@ -253,9 +281,17 @@ class _Door:
         self.open_connections = 0
         self.refused = 0  # since the last warning
         self.warned_at = -math.inf
+        self.addresses = addresses or connquota.AddressSlots(None)
+        limit = self.addresses.limit
+        self.too_many_from_address = too_many_from_address(limit) if limit else b""
+        self.refused_per_address = 0  # since the last warning
+        self.warned_per_address_at = -math.inf
 
-    async def connection(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    async def connection(
+        self, conn: socket.socket, peer: tuple[str, int], slot: connquota.Slot | None = None
+    ) -> None:
         kind = "http"
+        connquota.hold(slot)  # this task's: given back here, or once it is a session
         try:
             kind = await self.classified(conn, peer)
         except Exception as error:  # not the peer's to end the server: this one only
@@ -263,6 +299,8 @@ class _Door:
             conn.close()
         finally:
             self.open_connections -= 1
+            if slot is not None:
+                slot.release()
 
     async def classified(self, conn: socket.socket, peer: tuple[str, int]) -> str:
         """Serve one connection; returns its kind ('http' until it is known) unless
@@ -320,18 +358,47 @@ class _Door:
                 if self.open_connections >= self.cap:
                     self.refuse(conn)
                     continue
+                key = self.addresses.key(peer[0])
+                slot = None
+                if key is not None:
+                    if self.addresses.full(key):
+                        self.refuse_per_address(conn, key)
+                        continue
+                    slot = self.addresses.take(key)
                 self.open_connections += 1
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(self.connection, conn, peer)
+                nursery.start_soon(self.connection, conn, peer, slot)
 
-    def refuse(self, conn: socket.socket) -> None:
+    @staticmethod
+    def _answer_and_close(conn: socket.socket, answer: bytes) -> None:
+        """Send ``answer`` if the socket takes it at once, then close: no task, no read."""
         conn.setblocking(False)
         try:
-            conn.send(OVERLOADED)
+            conn.send(answer)
         except OSError:
             pass
         conn.close()
+
+    def refuse_per_address(self, conn: socket.socket, address: str) -> None:
+        self._answer_and_close(conn, self.too_many_from_address)
+        self.refused_per_address += 1
+        now = trio.current_time()
+        if now - self.warned_per_address_at >= CAP_WARNING_INTERVAL:
+            log.warning(
+                "connection cap per address reached",
+                extra={
+                    "fields": {
+                        "http_connections_per_address": self.addresses.limit,
+                        "address": address,
+                        "refused": self.refused_per_address,
+                    }
+                },
+            )
+            self.refused_per_address, self.warned_per_address_at = 0, now
+
+    def refuse(self, conn: socket.socket) -> None:
+        self._answer_and_close(conn, OVERLOADED)
         self.refused += 1
         now = trio.current_time()
         if now - self.warned_at >= CAP_WARNING_INTERVAL:  # a flood must not flood the log
@@ -352,14 +419,22 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     http1: Http1Server | None = None,
     max_connections: int | None = None,
+    per_address: connquota.PerAddress = "auto",
+    forwarded_allow_ips: Sequence[Network] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns. HTTP/1.x connections go to ``http1``
     when given (``gateway/http1.py``), else, like HTTP/2, to hypercorn. At most
-    ``max_connections`` at once (default: ``default_max_connections()``)."""
+    ``max_connections`` at once (default: ``default_max_connections()``), and
+    ``per_address`` from one peer address until they are WebSocket sessions ("auto":
+    ``connquota.per_address_limit``; None: no limit), peers in ``forwarded_allow_ips``
+    excepted."""
     cap = max_connections if max_connections is not None else default_max_connections()
+    addresses = connquota.AddressSlots(
+        connquota.per_address_limit(per_address, cap), forwarded_allow_ips
+    )
     listener = bind(host, port)
-    door = _Door(listener, app, config, ws_handler, http1, cap)
+    door = _Door(listener, app, config, ws_handler, http1, cap, addresses)
     lifespan, context = door.lifespan, door.context
     try:
         async with trio.open_nursery() as lifespan_nursery:

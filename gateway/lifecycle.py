@@ -68,6 +68,8 @@ async def serve_node(
                 shutdown_trigger=shutdown_trigger,
                 http1=http1,
                 max_connections=options.max_connections,
+                per_address=options.http_connections_per_address,
+                forwarded_allow_ips=options.forwarded_allow_ips,
                 task_status=task_status,
             )
         finally:

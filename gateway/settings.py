@@ -30,7 +30,7 @@ import ipaddress
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from engine.actors.supervisor import EngineConfig
@@ -217,6 +217,17 @@ def count_or_off(text: str) -> int | None:
         return integer(1)(value)
     except ValueError:
         raise ValueError(rule) from None
+
+
+def count_off_or_auto(text: str) -> int | Literal["auto"] | None:
+    """A count, ``off`` (None: no limit) or ``auto`` (the default rule of the option)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        return count_or_off(value)
+    except ValueError:
+        raise ValueError("an integer, at least 1, or off, or auto") from None
 
 
 def _items(text: str) -> list[str]:
@@ -407,6 +418,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "to the hard one at start, and a cap above it less 64 is refused)",
     ),
     Option(
+        "--http-connections-per-address",
+        count_off_or_auto,
+        "auto",
+        "connections open at once from one peer address until they are WebSocket sessions "
+        "(HTTP requests, and upgrades not yet admitted); one more is answered 429 "
+        "`rate_limited` with `Retry-After: 1` and closed. Peers in `--forwarded-allow-ips` "
+        "count only in `--max-connections` (`auto`: a tenth of `--max-connections`, at "
+        "least 256 or the cap if smaller; `off`: no limit)",
+        metavar="N",
+    ),
+    Option(
         "--ws-sessions-per-token",
         count_or_off,
         "20",
@@ -466,7 +488,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--access-log",
         boolean,
         None,
-        "log a line per HTTP answer (`chat_engine.access`)",
+        "log a line per HTTP answer and refused WebSocket upgrade (`chat_engine.access`)",
         switch=True,
     ),
     Option(
@@ -624,6 +646,7 @@ REPLICA_OPTIONS: tuple[Option, ...] = (
         "--log-level",
         "--access-log",
         "--max-connections",
+        "--http-connections-per-address",
         "--ws-sessions-per-token",
         "--ws-sessions-per-address",
         "--session-queue",

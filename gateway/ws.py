@@ -40,7 +40,6 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -58,10 +57,10 @@ from engine.realtime.core import Realtime, Replays
 from engine.realtime.protocol import JSON, MSGPACK, Close
 from engine.state import limited_per_token
 from engine.tokens import key_still_valid
+from gateway import connquota
 from gateway.auth import ADMIN, Principal, bearer, principal_for_token
 from gateway.failures import connection_failed
 from gateway.forwarded import Forwarded, parse_address
-from gateway.web import error_body
 from gateway.wsconn import OP_BINARY, OP_TEXT, Disconnected, RawWebSocket, WsLimits
 from gateway.wsquota import SessionQuota
 
@@ -108,6 +107,9 @@ class WsSettings:
     max_sessions: int | None = None
     # proxies whose X-Forwarded-For names the client address the limit counts
     forwarded_allow_ips: tuple[Network, ...] = ()
+    # where a refused upgrade is logged, as the HTTP server logs a refused request
+    # (``--access-log``); None: not logged
+    access_log: logging.Logger | None = None
 
 
 @dataclass(slots=True)
@@ -476,14 +478,16 @@ class WsGateway:
 
         The session's failure boundary: whatever goes wrong in it ends it alone."""
         try:
-            peer: object = conn.getpeername()
+            host, port = conn.getpeername()[:2]
+            peer: str | None = f"{host}:{port}"  # as the logs show it
         except OSError:
-            peer = None
+            host, peer = None, None
         transport = RawWebSocket(conn, self.limits)
         described = "GET /ws"  # what the error log names; never the token
         try:
             request = await transport.handshake(received)
             if request is None:
+                self._log_refusal(peer, transport)
                 return
             described = f"GET {_without_token(request.target)}"
             try:
@@ -494,16 +498,18 @@ class WsGateway:
                 # a signed token counts for its principal: fresh tokens add no sessions
                 quota_key = token_hash if principal.jwt_key is None else f"jwt:{principal.id}"
                 quota_token = quota_key if counted else None
-                address = self._client_address(peer, request) if counted else None
+                address = self._client_address(host, request) if counted else None
                 refusal = self.quota.refusal(quota_token, address)
                 if refusal is not None:
                     raise refusal
             except errors.EngineError as error:
-                phrase = HTTPStatus(error.status).phrase
-                await transport.reject(error.status, phrase, error_body(error))
+                await transport.reject(error)
+                self._log_refusal(peer, transport)
                 return
             # counted from here, before any await, so two upgrades cannot both pass
             self.quota.take(quota_token, address)
+            # a session now: it leaves the front door's count of connections per address
+            connquota.became_session()
             try:
                 described += f" ({principal.kind} {principal.id})"
                 chosen = next((name for name in request.subprotocols if name in SUBPROTOCOLS), None)
@@ -521,12 +527,32 @@ class WsGateway:
         finally:
             transport.abort()
 
-    def _client_address(self, peer: object, request: Request) -> str | None:
+    def _log_refusal(self, peer: str | None, transport: RawWebSocket) -> None:
+        """A refused upgrade, as ``Http1Server.log_refusal`` logs a refused request."""
+        access_log = self.settings.access_log
+        if access_log is None or transport.refused is None:
+            return
+        status, detail, size = transport.refused
+        access_log.info(
+            "refused",
+            extra={
+                "fields": {
+                    "client": peer,
+                    "method": "GET",
+                    "path": "/ws",
+                    "status": status,
+                    "detail": detail,
+                    "bytes": size,
+                }
+            },
+        )
+
+    def _client_address(self, host: str | None, request: Request) -> str | None:
         """The address the per-address limit counts: the peer's, or, from a trusted
         proxy, the client its ``X-Forwarded-For`` names."""
-        if not isinstance(peer, tuple) or not peer:
+        if host is None:
             return None
-        address = parse_address(str(peer[0]))
+        address = parse_address(host)
         if address is None:
             return None
         if self._forwarded.trusts(address):

@@ -25,6 +25,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import trio
 import wsproto
@@ -48,6 +49,13 @@ OP_TEXT = 0x1
 OP_BINARY = 0x2
 NOTSENT_LOWAT = 16384
 MAX_HEAD = 16384  # bytes of request head before the upgrade is refused
+# wsproto decodes the Connection, Sec-WebSocket-Protocol and Sec-WebSocket-Extensions
+# values as ASCII and the Host as a host name (IDNA); a value that does not decode is
+# the peer's error like any other malformed upgrade, not the server's.
+UNDECODABLE = (
+    "GET /ws takes a WebSocket upgrade whose Host is a host name and whose Connection and "
+    "Sec-WebSocket-* headers are ASCII."
+)
 # Where a head ends, as h11 (under wsproto) finds it: the first empty line, CRLF or LF.
 HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -117,12 +125,14 @@ class RawWebSocket:
         # bytes the peer sent after the upgrade's head, before our answer: its first
         # frames, read once the upgrade is accepted
         self._early = b""
+        # the upgrade was refused: (status, detail, body bytes), for the access log
+        self.refused: tuple[int, str, int] | None = None
 
     # -- the handshake -----------------------------------------------------------
     async def handshake(self, received: bytes = b"") -> Request | None:
         """The upgrade request, or None (peer gone, too slow, or not an upgrade; a
-        non-upgrade request has been answered with 400, a head over ``MAX_HEAD`` with
-        431). ``received``: bytes of this connection already read (an HTTP server that
+        non-upgrade request, or one with a header wsproto cannot decode, has been
+        answered with 400, a head over ``MAX_HEAD`` with 431: ``refused`` says so). ``received``: bytes of this connection already read (an HTTP server that
         parsed the upgrade as a later request hands over its head and what followed),
         read first, as if they had just arrived."""
         # The head is measured here, before wsproto sees it: h11 under wsproto bounds
@@ -143,7 +153,7 @@ class RawWebSocket:
                 end = found.end() if found else len(head)
                 if end > MAX_HEAD:
                     refusal = errors.Invalid(f"The request head is over {MAX_HEAD} bytes.")
-                    await self.reject(431, "Request Header Fields Too Large", error_body(refusal))
+                    await self.reject(refusal, 431)
                     return None
                 try:
                     self.protocol.receive_data(data)
@@ -152,13 +162,20 @@ class RawWebSocket:
                             self._early = bytes(head[end:])
                             return event
                 except RemoteProtocolError as error:
-                    refusal = errors.Invalid(f"GET /ws takes a WebSocket upgrade: {error}")
-                    await self.reject(400, "Bad Request", error_body(refusal))
+                    await self.reject(errors.Invalid(f"GET /ws takes a WebSocket upgrade: {error}"))
+                    return None
+                except UnicodeError:  # UnicodeDecodeError, or IDNA's for a bad Host
+                    await self.reject(errors.Invalid(UNDECODABLE))
                     return None
         return None
 
-    async def reject(self, status: int, reason: str, body: bytes) -> None:
-        self.write(http_response(status, reason, body, "application/json"))
+    async def reject(self, error: errors.EngineError, status: int | None = None) -> None:
+        """Answer the upgrade with ``error``'s JSON body (and its status, unless
+        ``status`` is given), then the connection closes."""
+        status = status or error.status
+        body = error_body(error)
+        self.refused = (status, error.detail, len(body))
+        self.write(http_response(status, HTTPStatus(status).phrase, body, "application/json"))
         await self.flush()
 
     async def accept(self, subprotocol: str | None) -> None:

@@ -81,6 +81,7 @@ SAMPLES = {
     "ws_sessions_per_token": "off",
     "ws_sessions_per_address": "5",
     "max_connections": "500",
+    "http_connections_per_address": "off",
     "session_queue": "20",
     "session_queue_bytes": "65536",
     "session_queue_budget": "1048576",
@@ -138,6 +139,9 @@ def test_parsed_values() -> None:
     assert parse("--rate-limit", "OFF").rate_limit is None
     assert parse("--ws-sessions-per-token", "Off").ws_sessions_per_token is None
     assert parse("--ws-sessions-per-address", "7").ws_sessions_per_address == 7
+    assert parse().http_connections_per_address == "auto"
+    assert parse("--http-connections-per-address", "AUTO").http_connections_per_address == "auto"
+    assert parse("--http-connections-per-address", "40").http_connections_per_address == 40
     with pytest.raises(SettingsError, match="an integer, at least 1, or off"):
         parse("--ws-sessions-per-address", "0")
     defaults = parse()

@@ -1,12 +1,14 @@
 """WebSocket sessions at the edge: bursts answered frame by frame, 1008 after the
 queued answers, 4001 for a token that stops working, one session's failure closing it
-alone, and random or hostile frames never touching another session.
+alone, and random or hostile frames, or upgrade heads with random header bytes, never
+touching another session.
 
 A real server, reached over TCP; hostile peers write raw frames (tests/rawws.py).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ import msgpack
 import orjson
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
@@ -279,6 +281,83 @@ def hostile_frames(draw: st.DrawFn, encoding: str) -> bytes:
     return draw(st.binary(min_size=1, max_size=200))  # junk, or a truncated frame
 
 
+HEADER_NAMES = [
+    b"Host",
+    b"Upgrade",
+    b"Connection",
+    b"Sec-WebSocket-Key",
+    b"Sec-WebSocket-Version",
+    b"Sec-WebSocket-Protocol",
+    b"Sec-WebSocket-Extensions",
+    b"Authorization",
+    b"X-Forwarded-For",
+    b"Origin",
+]
+# any byte but CR and LF, so that the head keeps its lines (and ends where it should)
+header_bytes = st.binary(max_size=40).map(lambda value: value.translate(None, b"\r\n"))
+
+
+@st.composite
+def hostile_heads(draw: st.DrawFn, token: str, encoding: str) -> bytes:
+    """An upgrade head for ``GET /ws`` whose headers may each be kept, dropped, doubled
+    or given random bytes (past ASCII too), with a few more headers of random names
+    and values."""
+    headers = [
+        (b"Host", b"127.0.0.1"),
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"Sec-WebSocket-Version", b"13"),
+        (b"Sec-WebSocket-Protocol", f"chatengine.v1.{encoding}".encode()),
+        (b"Authorization", f"Token {token}".encode()),
+    ]
+    lines: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        action = draw(st.sampled_from(["keep"] * 4 + ["drop", "double", "random", "append"]))
+        if action == "keep":
+            lines.append((name, value))
+        elif action == "double":
+            lines += [(name, value), (name, draw(header_bytes))]
+        elif action == "random":
+            lines.append((name, draw(header_bytes)))
+        elif action == "append":
+            lines.append((name, value + b", " + draw(header_bytes)))
+    names = st.sampled_from(HEADER_NAMES) | st.binary(min_size=1, max_size=12).map(
+        lambda name: name.translate(None, b"\r\n:") or b"X"
+    )
+    for name, value in draw(st.lists(st.tuples(names, header_bytes), max_size=3)):
+        lines.insert(draw(st.integers(0, len(lines))), (name, value))
+    return b"GET /ws HTTP/1.1\r\n" + b"".join(b"%s: %s\r\n" % line for line in lines) + b"\r\n"
+
+
+async def answer_to_head(port: int, head: bytes) -> int:
+    """Send ``head`` on a new connection; the status of the server's answer, which must
+    come (a refusal's body the JSON error body)."""
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    async with trio.SocketStream(sock) as stream:
+        await stream.send_all(head)
+        data = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(1 << 16)
+                assert chunk, f"closed with no answer: {data!r}"
+                data += chunk
+            answer, _, body = data.partition(b"\r\n\r\n")
+            status = int(answer.split(b" ", 2)[1])
+            if status == 101:
+                return status
+            length = int(re.search(rb"content-length: (\d+)", answer, re.IGNORECASE)[1])  # type: ignore[index]
+            while len(body) < length:
+                chunk = await stream.receive_some(1 << 16)
+                assert chunk, "closed in the middle of the answer"
+                body += chunk
+    assert 400 <= status < 500, answer
+    assert b"content-type: application/json" in answer.lower()
+    assert set(orjson.loads(body)) >= {"code", "detail"}
+    return status
+
+
 class Observer:
     """A session that must not notice anything: it keeps hearing a chat's messages."""
 
@@ -322,7 +401,11 @@ async def test_random_and_hostile_frames_never_touch_another_session(
         observer = Observer(world, ws, chat_id, channel)
         token = world.users[0]["token"]
 
-        async def case(pieces: list[bytes], chunk: int) -> None:
+        async def case(pieces: list[bytes], chunk: int, head: bytes | None) -> None:
+            if head is not None:  # an upgrade head instead: answered, whatever its bytes
+                await answer_to_head(port, head)
+                await observer.still_served()
+                return
             peer = await open_raw(port, token, protocol=f"chatengine.v1.{encoding}")
             data = b"".join(pieces)
             if len(data) > 5000:
@@ -346,9 +429,17 @@ async def test_random_and_hostile_frames_never_touch_another_session(
         @given(
             st.lists(hostile_frames(encoding), min_size=1, max_size=6),
             st.sampled_from([1, 7, 100, 4096, 1 << 20]),
+            st.none() | hostile_heads(token, encoding),
         )
-        def cases(pieces: list[bytes], chunk: int) -> None:
-            trio.from_thread.run(case, pieces, chunk)
+        @example(  # wsproto decodes this header as ASCII
+            [frame(OP_PING)],
+            1,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Protocol: chatengine.v1.json\xff\r\n\r\n",
+        )
+        def cases(pieces: list[bytes], chunk: int, head: bytes | None) -> None:
+            trio.from_thread.run(case, pieces, chunk, head)
 
         await trio.to_thread.run_sync(cases)
     assert failures.connection_errors["ws"] == before
