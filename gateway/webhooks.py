@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from persistence.logread import LogReader, Place
 log = logging.getLogger("chat_engine.webhooks")
 
 MAX_ERROR_CHARS = 300  # of an attempt's error in the deliveries view
+GIVE_WAY_STEP = 0.005  # seconds between looks at how busy the event loop is
 
 # Tests only: "FIRST/MOST" seconds of the retry schedule instead of 1 s doubling to 600 s.
 TEST_BACKOFF_ENV = "TEST_CHAT_ENGINE_WEBHOOK_BACKOFF"
@@ -84,6 +86,12 @@ class DeliverySettings:
     recent_records: int = 4096  # the ring the caught-up endpoints read from
     cursor_interval: float = 1.0  # seconds between cursor saves
     attempts_kept: int = 100  # per endpoint, for GET .../deliveries
+    # Writes first: while a turn of the event loop takes longer than ``busy_turn``
+    # seconds (the other tasks have that much work queued: it is answering clients as
+    # fast as it can), a delivery waits for a quieter moment, up to
+    # ``give_way_seconds``, before its attempt (0: never waits).
+    busy_turn: float = 0.002
+    give_way_seconds: float = 0.05
 
     @classmethod
     def from_environment(cls, allow: Allow) -> DeliverySettings:
@@ -130,6 +138,7 @@ class Deliverer:
         self._reads = trio.CapacityLimiter(4)  # log reads in worker threads at once
         self._nursery: trio.Nursery | None = None
         self.outcomes = {"delivered": 0, "failed": 0, "skipped": 0}  # attempts, by outcome
+        self.gave_way = 0  # deliveries that waited for the loop to be less busy
         if store is not None:
             store.holds.append(self.hold)
         engine.record_listeners.append(self._on_record)
@@ -383,6 +392,8 @@ class Deliverer:
                 waited = True
                 continue
             waited = False
+            if attempt == 0:
+                await self._give_way()
             attempt += 1
             now = self.engine.now()
             if await self._attempt(endpoint, name, event.type, attempt, body):
@@ -393,6 +404,24 @@ class Deliverer:
             endpoint.failures += 1
             if endpoint.failing_since is None:
                 endpoint.failing_since = now
+
+    async def _give_way(self) -> None:
+        """Writes first: a delivery costs the event loop about what a write does, so
+        while the loop is saturated with clients' requests, deliveries wait (each up to
+        ``give_way_seconds``) and the writes keep their pace; the endpoint falls behind
+        and catches up from the log once the load eases. Without a log (``--in-memory``)
+        falling behind loses events, so there deliveries never wait."""
+        settings = self.settings
+        if self._reader is None or settings.give_way_seconds <= 0:
+            return
+        if not await loop_busy(settings.busy_turn):
+            return
+        self.gave_way += 1
+        until = trio.current_time() + settings.give_way_seconds
+        while trio.current_time() < until:
+            await trio.sleep(min(GIVE_WAY_STEP, until - trio.current_time()))
+            if not await loop_busy(settings.busy_turn):
+                return
 
     async def _attempt(
         self, endpoint: Endpoint, name: str, kind: str, attempt: int, body: bytes
@@ -517,6 +546,19 @@ class WebhookCollector(Collector):
         for outcome, count in deliverer.outcomes.items():
             attempts.add_metric([outcome], count)
         yield attempts
+        yield CounterMetricFamily(
+            "chat_engine_webhook_gave_way",
+            "Webhook deliveries that waited for the event loop to be less busy (writes first).",
+            deliverer.gave_way,
+        )
+
+
+async def loop_busy(turn: float) -> bool:
+    """Whether the event loop's other tasks took longer than ``turn`` seconds to let
+    this one run again (it yields once)."""
+    started = time.perf_counter()
+    await trio.lowlevel.checkpoint()
+    return time.perf_counter() - started > turn
 
 
 async def resolve(host: str, port: int) -> list[Address]:

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ from engine.webhooks import (
     target_refusal,
     verify,
 )
-from gateway.webhooks import Deliverer, DeliverySettings, Endpoint
+from gateway.webhooks import Deliverer, DeliverySettings, Endpoint, loop_busy
 from persistence.codec import decode_state, encode_state
 from persistence.cursors import CursorFile
 from persistence.logread import LogReader
@@ -283,3 +284,61 @@ def test_a_deliverer_that_does_not_run_keeps_no_records() -> None:
     for lsn in range(2, 10):
         deliverer._on_record(lsn, [OrgCreated(f"o{lsn}", "Acme", 1, "h")])
     assert not deliverer._recent
+
+
+async def working(nursery: trio.Nursery, tasks: int, turn: float) -> trio.Event:
+    """``tasks`` tasks that each work ``turn`` seconds at every turn of the event loop
+    (it is saturated) until the event returned is set."""
+    done = trio.Event()
+
+    async def work() -> None:
+        while not done.is_set():
+            until = time.perf_counter() + turn
+            while time.perf_counter() < until:
+                pass
+            await trio.lowlevel.checkpoint()
+
+    for _ in range(tasks):
+        nursery.start_soon(work)
+    await trio.lowlevel.checkpoint()
+    return done
+
+
+async def test_a_saturated_loop_is_seen_busy_and_a_quiet_one_not(nursery: trio.Nursery) -> None:
+    quiet = [await loop_busy(0.002) for _ in range(50)]
+    assert not any(quiet)
+    done = await working(nursery, 20, 0.001)
+    busy = [await loop_busy(0.002) for _ in range(50)]
+    done.set()
+    assert sum(busy) >= 45  # 20 ms of others' work a turn; it is never 2 ms but by chance
+
+
+async def test_a_delivery_gives_way_while_the_loop_is_saturated(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Writes first: while the loop is saturated, a delivery waits (up to its bound)
+    before its attempt; on a quiet loop it goes at once."""
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings(give_way_seconds=0.2))
+    started = trio.current_time()
+    await deliverer._give_way()
+    assert deliverer.gave_way == 0 and trio.current_time() - started < 0.2
+    done = await working(nursery, 20, 0.001)
+    started = trio.current_time()
+    await deliverer._give_way()
+    waited = trio.current_time() - started
+    done.set()
+    assert deliverer.gave_way == 1
+    assert waited >= 0.1  # (its bound, 0.2 s, unless a look at the loop found it quiet)
+    engine.store.wal.close()
+
+
+async def test_without_a_log_a_delivery_never_gives_way(nursery: trio.Nursery) -> None:
+    """In memory an endpoint that falls behind the ring of recent records loses events:
+    there deliveries go at once, however busy the loop."""
+    deliverer = Deliverer(Engine(), DeliverySettings(give_way_seconds=5))
+    done = await working(nursery, 20, 0.001)
+    with trio.fail_after(2):
+        await deliverer._give_way()
+    done.set()
+    assert deliverer.gave_way == 0
