@@ -2,6 +2,11 @@
 serves (HTTP/2, or HTTP/1.1 with ``--http1-server hypercorn``). It routes nothing itself:
 one catch-all route hands every request to the same ``WebApp`` the built-in server
 calls, so both answer alike.
+
+Deadlines: the built-in server's for a body (``http1.BODY_TIMEOUT``, in all, from the
+moment the route asks for it: quart-trio reads it under one ``move_on_after`` and raises
+408, answered here with the JSON body) and for an answer to be handed to hypercorn
+(``http1.WRITE_TIMEOUT``, quart's ``RESPONSE_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import errors
+from gateway import http1
 from gateway import validation as v
 from gateway.frontdoor import HANDOVER_KEY
 from gateway.http1 import WS_ONLY, is_upgrade_target
@@ -41,6 +47,8 @@ def asgi_app(web: WebApp) -> QuartTrio:
     its size; its own routing and errors see only that route)."""
     app = QuartTrio("chat_engine")
     app.config["MAX_CONTENT_LENGTH"] = v.MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = http1.BODY_TIMEOUT
+    app.config["RESPONSE_TIMEOUT"] = http1.WRITE_TIMEOUT
     methods = list(METHODS)
 
     async def forward(path: str = "") -> quart.Response:
@@ -96,12 +104,20 @@ def asgi_app(web: WebApp) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> quart.Response:
-        kind = HTTP_ERRORS.get(error.code or 500)
-        failure = (
-            errors.Invalid(error.description or "Bad request.")
-            if kind is None
-            else kind(error.description or kind.code)
-        )
-        return quart.Response(error_body(failure), failure.status, content_type="application/json")
+        code = error.code or 500
+        kind = HTTP_ERRORS.get(code)
+        if code == 408:  # the body's deadline: code invalid, status 408 (as 431 is)
+            failure: errors.EngineError = errors.Invalid(
+                f"The body did not arrive within {app.config['BODY_TIMEOUT']:g} s."
+            )
+            status = 408
+        else:
+            failure = (
+                errors.Invalid(error.description or "Bad request.")
+                if kind is None
+                else kind(error.description or kind.code)
+            )
+            status = failure.status
+        return quart.Response(error_body(failure), status, content_type="application/json")
 
     return app

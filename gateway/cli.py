@@ -21,12 +21,11 @@ from typing import NoReturn
 
 import orjson
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from engine.actors.supervisor import Engine, EngineConfig
 from engine.ids import hash_token, new_secret
 from engine.webhooks import Allow
-from gateway import frontdoor, logs, maintenance, openfiles, wsquota
+from gateway import frontdoor, hypercorn_edge, logs, maintenance, openfiles, wsquota
 from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.cluster import redislog
 from gateway.cluster.shipper import Primary, Shipper
@@ -347,10 +346,13 @@ def gateway_settings(
 
 def http_servers(
     options: argparse.Namespace, gateway: Gateway
-) -> tuple[HypercornConfig, Http1Server | None]:
+) -> tuple[hypercorn_edge.EdgeConfig, Http1Server | None]:
     """hypercorn's settings, and the built-in HTTP/1.1 server unless hypercorn serves
-    HTTP/1.1 too (``--http1-server``)."""
-    config = HypercornConfig()
+    HTTP/1.1 too (``--http1-server``). hypercorn's own refusals get the JSON body
+    (``gateway/hypercorn_edge.py``)."""
+    hypercorn_edge.install()
+    config = hypercorn_edge.EdgeConfig()
+    config.http2 = options.http2
     config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0

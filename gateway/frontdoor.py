@@ -65,7 +65,7 @@ from gateway import connquota
 from gateway.deadlines import Deadlines
 from gateway.failures import connection_failed
 from gateway.http1 import Http1Server, Upgrade
-from gateway.web import error_body
+from gateway.web import Request, Response, error_body
 
 if TYPE_CHECKING:  # at run time settings imports this module's users
     from gateway.settings import Network
@@ -83,6 +83,7 @@ BACKLOG = 4096
 ACCEPT_BATCH = 256  # accepts between two yields to the connections already in
 FD_RESERVE = 64  # files kept free for the log, snapshots, the listener, accepts
 CAP_WARNING_INTERVAL = 10.0  # seconds, at the least, between two cap warnings
+HTTP2_OFF = "HTTP/2 is turned off on this server (--http2 off)."
 _OVERLOADED_BODY = error_body(errors.Unavailable("Too many connections; try again later."))
 OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
@@ -166,6 +167,12 @@ async def _peek_kind(conn: socket.socket) -> str:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             except OSError:
                 pass
+
+
+async def _http2_off(request: Request) -> Response:
+    """What a connection that opened like HTTP/2 gets with HTTP/2 off, if it was HTTP/1.x
+    after all (``PRI * HTTP/1.1``: the built-in server answers 505 to HTTP/2.0 itself)."""
+    return Response(error_body(errors.Invalid(HTTP2_OFF)), 505)
 
 
 class _Handover:
@@ -274,6 +281,10 @@ class _Door:
         if http1 is not None:  # a later GET /ws on one of its connections comes here too
             http1.upgrade = ws_handler
         self.deadlines = http1.deadlines if http1 is not None else Deadlines()
+        # HTTP/2 turned off (``EdgeConfig.http2``, gateway/hypercorn_edge.py): its
+        # preface, ``PRI * HTTP/2.0``, goes to a built-in server, which answers 505
+        self.http2 = getattr(config, "http2", True)
+        self.no_http2 = http1 or Http1Server(_http2_off, deadlines=self.deadlines)
         self.cap = cap
         self.local = listener.getsockname()[:2]
         # then each connection's own local address
@@ -317,10 +328,13 @@ class _Door:
                 raise
             finally:
                 self.deadlines.clear(scope)
+            addresses = None if self.wildcard else (peer[:2], self.local)
             if kind == "http" and self.http1 is not None:
-                addresses = None if self.wildcard else (peer[:2], self.local)
                 await self.http1.serve_connection(conn, scope, addresses)
                 return kind
+            if kind == "h2" and not self.http2:
+                await self.no_http2.serve_connection(conn, scope, addresses)
+                return "http"
         if scope.cancelled_caught:  # too little sent to tell what it is
             return "http"
         if kind == "ws":

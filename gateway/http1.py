@@ -77,6 +77,12 @@ YIELD_EVERY_PIECES = 32
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 VERSIONS = (b"1.0", b"1.1")
+# Each phase's total deadline (seconds), not moved by reads; the connections hypercorn
+# serves take the body's and the answer's too (gateway/asgi.py).
+KEEP_ALIVE_TIMEOUT = 5.0  # idle between requests
+HEAD_TIMEOUT = 30.0  # for the rest of a head, from its first byte
+BODY_TIMEOUT = 30.0  # for a whole body, from the end of its head
+WRITE_TIMEOUT = 60.0  # for an answer to leave
 
 WS_ONLY = "/ws takes only a WebSocket upgrade: GET /ws with Upgrade: websocket."
 
@@ -114,7 +120,7 @@ def _head_size(event: h11.Request) -> int:
     return size + sum(len(name) + len(value) + 4 for name, value in event.headers)
 
 
-def _refused_by_h11(error: h11.RemoteProtocolError) -> BadRequest:
+def refused_by_h11(error: h11.RemoteProtocolError) -> BadRequest:
     status = error.error_status_hint
     detail = f"Malformed request: {error}"[:300]
     if status == 431:
@@ -339,7 +345,7 @@ class Connection:
             # buffer in it) that only the cyclic GC would free, and lifecycle.tune_gc makes
             # that rare. Dropping the traceback frees it now.
             error.__traceback__ = None
-            await self._refuse(_refused_by_h11(error))
+            await self._refuse(refused_by_h11(error))
             return False
         except BadRequest as error:
             await self._refuse(error)
@@ -461,10 +467,10 @@ class Http1Server:
         self,
         handler: Handler,
         *,
-        keep_alive_timeout: float = 5.0,
-        head_timeout: float = 30.0,  # for the rest of a head, from its first byte
-        body_timeout: float = 30.0,  # for a whole body, from the end of its head
-        write_timeout: float = 60.0,
+        keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
         max_body: int = MAX_BODY_BYTES,
         access_log: logging.Logger | None = None,
         deadlines: Deadlines | None = None,

@@ -500,6 +500,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "is always hypercorn's",
     ),
     Option(
+        "--http2",
+        boolean,
+        "on",
+        "serve HTTP/2 with prior knowledge (hypercorn's); `off`: its preface is answered "
+        "`505` with a JSON body and closed, and `Upgrade: h2c` is ignored",
+    ),
+    Option(
         "--redis",
         redis_url,
         None,
@@ -645,6 +652,7 @@ REPLICA_OPTIONS: tuple[Option, ...] = (
         "--presence-timeout",
         "--log-level",
         "--access-log",
+        "--http2",
         "--max-connections",
         "--http-connections-per-address",
         "--ws-sessions-per-token",

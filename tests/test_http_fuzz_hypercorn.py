@@ -7,9 +7,9 @@ stream must be answered by both, in the same order, with the same statuses.
 Why the sentinel request instead of half-closing: hypercorn takes a half-close for the
 connection's end and cuts its answers (docs/edge.md). Streams that leave a request
 incomplete, or that the built-in server refuses on top of h11 (another HTTP version,
-both framings at once), are skipped; after a refusal the two may differ (hypercorn's
-refusals have empty bodies and statuses of its own), so only the requests before it
-are compared."""
+both framings at once), are skipped; after a refusal the two may differ (hypercorn
+answers bytes after a closing request with a refusal of its own), so only the requests
+before it are compared."""
 
 from __future__ import annotations
 

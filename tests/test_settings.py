@@ -88,6 +88,7 @@ SAMPLES = {
     "flush_interval": "0.01",
     "log_level": "debug",
     "http1_server": "hypercorn",
+    "http2": "off",
     "gc_thresholds": "700,10,10",
     "redis": "redis://10.0.0.5:6379/2",
     "redis_prefix": "shop-chat",
