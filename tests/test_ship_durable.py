@@ -7,7 +7,7 @@ redis-server; the disk's fsync is held back to decide when records become durabl
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,7 @@ from gateway.cluster import redislog
 from gateway.cluster.shipper import Shipper
 from persistence.store import Store
 from persistence.wal import FileOps
-from tests.redisproc import RedisProcess, redis_binary
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    redis_binary()  # skips, or fails when required, without one
-    process = RedisProcess(tmp_path_factory.mktemp("redis"))
-    process.start()
-    yield process
-    process.stop()
+from tests.redisproc import RedisProcess
 
 
 class HeldDisk(FileOps):
