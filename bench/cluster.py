@@ -1,6 +1,6 @@
-"""A cluster for a bench run: a ``redis-server`` (from PATH, on a free port of 127.0.0.1,
-in a temporary directory), a primary (``serve --redis``) and K replicas
-(``chat-engine replica``), each its own process, all stopped at the end.
+"""A cluster for a bench run: a ``redis-server`` (``bench.redisproc``: from PATH, on a
+free port of 127.0.0.1, in a temporary directory), a primary (``serve --redis``) and K
+replicas (``chat-engine replica``), each its own process, all stopped at the end.
 
 Without ``redis-server`` on PATH the run stops with one line naming the package
 (Debian: ``redis-server``).
@@ -8,91 +8,19 @@ Without ``redis-server`` on PATH the run stops with one line naming the package
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bench.client import loopback
 from bench.deployment import Deployment
-from bench.server import (
-    ADMIN_TOKEN,
-    BenchError,
-    ServerProcess,
-    free_port,
-    start_replica,
-    start_server,
-)
+from bench.redisproc import TemporaryRedis, start_redis
+from bench.server import ADMIN_TOKEN, ServerProcess, free_port, start_replica, start_server
 
-REDIS_START_SECONDS = 10.0
 PREFIX = "bench"
 
 
 @dataclass
-class RedisServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    directory: tempfile.TemporaryDirectory[str]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        try:
-            if self.process.poll() is None:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        finally:
-            self.directory.cleanup()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-            probe.sendall(b"PING\r\n")
-            return probe.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis() -> RedisServer:
-    """A throw-away ``redis-server``: no persistence, 127.0.0.1 only."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError(
-            "--replicas needs redis-server on PATH (Debian: apt-get install redis-server)"
-        )
-    directory = tempfile.TemporaryDirectory(prefix="chat-engine-bench-redis-")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory.name]
-    args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    log = open(Path(directory.name) / "redis.log", "ab")  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    server = RedisServer(process, port, directory)
-    deadline = time.monotonic() + REDIS_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            server.stop()
-            raise BenchError(f"redis-server exited with {process.returncode}")
-        if _answers(port):
-            return server
-        time.sleep(0.02)
-    server.stop()
-    raise BenchError(f"redis-server did not answer within {REDIS_START_SECONDS:g} s")
-
-
-@dataclass
 class Cluster:
-    redis: RedisServer
+    redis: TemporaryRedis
     primary: ServerProcess
     replicas: list[ServerProcess] = field(default_factory=list)
 
@@ -102,7 +30,7 @@ class Cluster:
 
     def pids(self) -> list[int]:
         """Every process of the cluster, Redis included (its CPU is the cluster's too)."""
-        return [node.process.pid for node in self.nodes] + [self.redis.process.pid]
+        return [node.process.pid for node in self.nodes] + [self.redis.pid]
 
     def names(self) -> list[str]:
         return ["primary", *(f"replica{n}" for n in range(1, len(self.replicas) + 1)), "redis"]

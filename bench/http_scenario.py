@@ -51,9 +51,9 @@ from rich.table import Table
 
 from bench import common
 from bench.client import Address, closed_loop, request_bytes
-from bench.cluster import start_redis
 from bench.common import GENERATORS, Error, bounded
 from bench.deployment import Deployment
+from bench.redisproc import start_redis
 from bench.server import admin_headers, bootstrap, created, start_server
 
 PHASES = ("healthz", "post", "history", "report", "mix")

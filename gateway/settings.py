@@ -319,7 +319,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         choice(*FSYNC_MODES),
         default_of(Store, "fsync"),
         "`always`: acknowledge after fsync (group commit); `interval`: fsync every 50 ms; "
-        "`off`: never (the last two may lose the last moments in a machine crash)",
+        "`off`: never (the last two may lose the last moments in a machine crash; a "
+        "cluster primary ships only what is fsynced)",
     ),
     Option(
         "--snapshot-interval",

@@ -11,7 +11,7 @@ came after it: delivery is at least once, and receivers deduplicate by the event
 Nothing here sits on the write path. The commit loop only calls ``_on_record``, which
 keeps the record in a bounded ring of recent records and wakes the tasks. An endpoint
 that has caught up reads from that ring; one that is behind (failing, slow, or after a
-restart) reads the log itself (``persistence.logread``), a bounded batch at a time, in a
+restart) reads the log itself (``persistence.follow``), a bounded batch at a time, in a
 worker thread: a backlog is never queued in memory, whatever its length. Segments that
 an endpoint still needs are kept (``Store.holds``), except behind an endpoint that has
 been failing for longer than the retry horizon.
@@ -64,7 +64,7 @@ from engine.webhooks import (
 )
 from gateway.hookclient import HookConnection, ReceiverError, Target
 from persistence.cursors import CursorFile
-from persistence.logread import LogReader, Place
+from persistence.follow import LogFollower, LogGap, decode
 
 log = logging.getLogger("chat_engine.webhooks")
 
@@ -109,7 +109,7 @@ class Endpoint:
     def __init__(self, hook: Webhook, cursor: int, kept: int, now: int) -> None:
         self.hook = hook
         self.cursor = cursor
-        self.place: Place | None = None  # where the log reader stopped
+        self.place: LogFollower | None = None  # its place in the log, once read from disk
         self.failures = 0  # failed attempts in a row
         self.failing_since: int | None = None  # wall ms of the first of them
         self.given_up = 0  # events given up since the last one delivered
@@ -125,7 +125,7 @@ class Deliverer:
         self.settings = settings
         store = engine.store
         self._file = CursorFile(store.data_dir) if store is not None else None
-        self._reader = LogReader(store.data_dir) if store is not None else None
+        self._log_dir = store.data_dir if store is not None else None
         self.cursors: dict[str, int] = self._file.load() if self._file is not None else {}
         # as last written to disk: after a crash delivery resumes from these, so the log
         # is kept from them on, not from the (later) positions in memory
@@ -307,31 +307,30 @@ class Deliverer:
             start = wanted - recent[0][0]
             stop = min(start + self.settings.batch, upto - recent[0][0] + 1)
             return list(itertools.islice(recent, start, stop))
-        if self._reader is None:
+        if self._log_dir is None:
             # in memory: records older than the ring are gone
             first = recent[0][0] if recent else upto + 1
             self._skip(endpoint, wanted, first - 1, "no longer held in memory")
             return []
-        batch = await trio.to_thread.run_sync(
-            self._reader.read,
-            endpoint.cursor,
-            upto,
-            self.settings.batch,
-            endpoint.place,
-            limiter=self._reads,
-        )
-        endpoint.place = batch.place
-        if batch.records:
-            first = batch.records[0][0]
-            if first > wanted:
-                self._skip(endpoint, wanted, first - 1, "no longer in the log")
-            return list(batch.records)
-        first_held = self._reader.first_lsn()
-        if first_held is not None and first_held > wanted:
-            self._skip(endpoint, wanted, first_held - 1, "no longer in the log")
-        else:  # not readable yet (or damaged): look again in a moment
+        if endpoint.place is None:
+            endpoint.place = LogFollower(self._log_dir)
+        try:
+            records = await trio.to_thread.run_sync(
+                endpoint.place.read,
+                endpoint.cursor,
+                upto,
+                self.settings.batch,
+                limiter=self._reads,
+            )
+        except LogGap as gap:
+            if gap.first is not None and gap.first > wanted:
+                self._skip(endpoint, wanted, gap.first - 1, "no longer in the log")
+            else:  # no segment holds it (none at all): look again in a moment
+                await trio.sleep(1.0)
+            return []
+        if not records:  # not readable yet: look again in a moment
             await trio.sleep(1.0)
-        return []
+        return [decode(payload) for _, payload in records]
 
     def _skip(self, endpoint: Endpoint, first: int, last: int, why: str) -> None:
         if last < first:
@@ -412,7 +411,7 @@ class Deliverer:
         and catches up from the log once the load eases. Without a log (``--in-memory``)
         falling behind loses events, so there deliveries never wait."""
         settings = self.settings
-        if self._reader is None or settings.give_way_seconds <= 0:
+        if self._log_dir is None or settings.give_way_seconds <= 0:
             return
         if not await loop_busy(settings.busy_turn):
             return

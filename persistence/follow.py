@@ -1,14 +1,21 @@
-"""Following the write-ahead log: its records after a position, in order, while the
-server goes on writing it.
+"""Following the write-ahead log: its records after a position, in order, a bounded
+batch at a time, while the server goes on writing it.
 
-Whatever ships records elsewhere (the cluster's shipper) reads them here, as the bytes
-the log holds (``[lsn, [facts]]`` in msgpack, checked against their CRC), so nothing is
-encoded twice; ``decode`` turns one back into facts. A reader asks only for records
-the engine already applied (durable: whole on disk), so an unreadable record where one
-should be is damage, not a write in progress.
+Recovery reads the whole log once (``persistence.scan``); a follower of the log (the
+cluster's shipper, each webhook endpoint's delivery) instead asks, again and again, for
+the next records after the position it has reached, up to a position it knows is
+written. It reads them here as the bytes the log holds (``[lsn, [facts]]`` in msgpack,
+checked against their CRC), so nothing is encoded twice to ship it; ``decode`` turns one
+back into facts. A reader asks only for records the log already wrote whole (applied,
+or durable), so an unreadable record where one should be is damage (``ValueError``),
+not a write in progress; bytes past ``up_to`` (the last write, maybe half done) are
+never looked at.
 
 ``LogFollower`` keeps its place (segment and offset), so reading on from where it
-stopped costs one read of the new bytes. Its calls block: run them in a worker thread.
+stopped costs one read of the new bytes, and holds no more than one chunk of a segment
+in memory. A position whose segment was removed (the log keeps only what snapshots and
+its followers need) raises ``LogGap``, naming the oldest position still held; the caller
+decides what that means. Its calls block: run them in a worker thread.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from engine.facts import Fact
 from persistence.codec import decode_fact, encode_fact, pack, unpack
 from persistence.wal import HEADER, MAX_RECORD_BYTES, segments
 
-READ_BYTES = 4 * 1024 * 1024  # at most this much of a segment is read per call
+# At most this much of a segment is read at a time: a batch of a few hundred records
+# (a few hundred bytes each) takes one or two reads, and a longer record is read whole.
+READ_BYTES = 256 * 1024
 
 
 class LogGap(Exception):
@@ -63,12 +72,24 @@ class LogFollower:
         self._offset = 0
         self._next = 0  # the lsn expected at _offset
 
+    def first_lsn(self) -> int | None:
+        """The first position the log's oldest segment holds (None: no segment)."""
+        held = segments(self.directory)
+        return held[0][0] if held else None
+
     def read(self, after_lsn: int, up_to: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Records with ``after_lsn < lsn <= up_to`` (at most ``limit``), in order, as
         ``(lsn, payload)``. Raises ``LogGap`` when ``after_lsn + 1`` is no longer held,
         ``ValueError`` on a record that does not read back whole."""
-        if after_lsn >= up_to:
+        if after_lsn >= up_to or limit <= 0:
             return []
+        try:
+            return self._read(after_lsn, up_to, limit)
+        except BaseException:
+            self._first = self._offset = self._next = 0  # seek again on the next call
+            raise
+
+    def _read(self, after_lsn: int, up_to: int, limit: int) -> list[tuple[int, bytes]]:
         if self._next != after_lsn + 1:
             self._seek(after_lsn + 1)
         found: list[tuple[int, bytes]] = []
@@ -116,8 +137,10 @@ class LogFollower:
             with open(self._path(), "rb") as handle:
                 handle.seek(self._offset)
                 data = handle.read(READ_BYTES)
-        except FileNotFoundError:
-            raise LogGap(self._next, None) from None
+        except FileNotFoundError:  # removed since this follower found it
+            if found:  # hand back what was read; the next call reports the gap
+                return False
+            raise LogGap(self._next, self.first_lsn()) from None
         offset = 0
         while offset + HEADER.size <= len(data) and len(found) < limit and self._next <= up_to:
             length, crc = HEADER.unpack_from(data, offset)
@@ -131,6 +154,8 @@ class LogFollower:
                     with open(self._path(), "rb") as handle:
                         handle.seek(self._offset)
                         data = handle.read(HEADER.size + length)
+                    if len(data) < HEADER.size + length:  # the file ends inside it
+                        break
                     continue
                 break
             payload = data[start : start + length]

@@ -16,6 +16,12 @@ are durable. The log never applies a record: the engine does, once told it is du
 and ``"off"`` never does: both report a batch durable once its bytes are written, and may
 lose the last moments in a machine crash (not in a process crash).
 
+``durable_lsn`` is the last position fsynced, whatever the mode: with ``"always"`` a
+batch's last position once ``append`` returns; with ``"interval"`` it moves at each
+periodic fsync, and with ``"off"`` only when someone asks for it (``sync``). Whoever must
+never hand on a record that a machine crash could take back (the cluster's shipper)
+reads no further, and ``durable_listeners`` tell it when it moves.
+
 A failed write or fsync raises ``OSError`` for the whole batch (none of its records
 counts; their positions are given again), and the segment is cut back to its last good
 length before anything else is written, so a later success never follows garbage.
@@ -30,7 +36,7 @@ import struct
 import time
 import zlib
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -118,6 +124,9 @@ class WriteAheadLog:
         self.segment_bytes = segment_bytes
         self.file_ops = file_ops or FileOps()
         self.next_lsn = 1
+        # the last position fsynced; each listener is called with it when it moves
+        self.durable_lsn = 0
+        self.durable_listeners: list[Callable[[int], None]] = []
         self._fd = -1
         self._segment_first = 0
         self._size = 0  # bytes of the current segment known to be good
@@ -147,7 +156,12 @@ class WriteAheadLog:
             self._segment_first, path = self.next_lsn, self.directory / segment_name(self.next_lsn)
         self._fd = create_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
+        # what a process that died under "interval" or "off" wrote may still be only in
+        # the page cache: on disk before it counts as durable (older segments were
+        # fsynced when the log moved past them)
+        self.file_ops.fsync(self._fd)
         _fsync_dir(self.directory)
+        self.durable_lsn = last_lsn
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -182,7 +196,24 @@ class WriteAheadLog:
         self.stats["batches"] += 1
         self.stats["records"] += len(records)
         self.stats["bytes"] += len(data)
+        if self.fsync_mode == "always":
+            self._set_durable(self.next_lsn - 1)
         return first_lsn
+
+    async def sync(self) -> int:
+        """Fsync what was written, unless it is durable already; returns
+        ``durable_lsn``. Raises ``OSError`` when the fsync fails (nothing moves)."""
+        written = self.next_lsn - 1
+        if written > self.durable_lsn and self._fd >= 0:
+            await trio.to_thread.run_sync(self._timed_fsync)
+            self._set_durable(written)
+        return self.durable_lsn
+
+    def _set_durable(self, lsn: int) -> None:
+        if lsn > self.durable_lsn:
+            self.durable_lsn = lsn
+            for listener in self.durable_listeners:
+                listener(lsn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background fsync of ``fsync="interval"`` (nothing to do otherwise)."""
@@ -242,7 +273,7 @@ class WriteAheadLog:
         while True:
             await trio.sleep(INTERVAL_SECONDS)
             try:
-                await trio.to_thread.run_sync(self._timed_fsync)
+                await self.sync()
             except OSError as error:
                 log.error("periodic fsync failed", extra={"fields": {"error": str(error)}})
 

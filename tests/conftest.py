@@ -7,7 +7,7 @@ HTTP client, exactly as a user would reach it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,6 +19,7 @@ import trio
 from engine.actors.supervisor import Engine, EngineConfig
 from gateway.cli import build_parser, serve
 from gateway.wsconn import WsLimits
+from tests.redisproc import RedisProcess, redis_binary
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -140,3 +141,13 @@ async def build_world(server: Server) -> World:
 @pytest.fixture
 async def world(server: Server) -> World:
     return await build_world(server)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server for a test module's cluster tests (tests/redisproc.py)."""
+    redis_binary()  # skips, or fails when required, without one
+    process = RedisProcess(tmp_path_factory.mktemp("redis"))
+    process.start()
+    yield process
+    process.stop()

@@ -30,19 +30,10 @@ from tests.clusterproc import (
     start_cluster,
     status,
 )
-from tests.redisproc import RedisProcess, redis_binary
+from tests.redisproc import RedisProcess
 from tests.test_webhooks import SECRET
 from tests.webhook_receiver import Receiver
 from tests.wsclient import ws_connect
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    redis_binary()  # skips, or fails when required, without one
-    process = RedisProcess(tmp_path_factory.mktemp("redis"))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")

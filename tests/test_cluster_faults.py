@@ -33,16 +33,7 @@ from tests.clusterproc import (
     start_cluster,
     stream_equals_log,
 )
-from tests.redisproc import RedisProcess, redis_binary
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    redis_binary()  # skips, or fails when required, without one
-    process = RedisProcess(tmp_path_factory.mktemp("redis"))
-    process.start()
-    yield process
-    process.stop()
+from tests.redisproc import RedisProcess
 
 
 @pytest.fixture

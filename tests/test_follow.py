@@ -11,13 +11,13 @@ import pytest
 import trio
 
 from engine.actors.supervisor import Engine
-from engine.facts import Fact
+from engine.facts import Fact, OrgCreated
 from engine.model import SENDER_USER
 from engine.realtime.history import Histories
 from engine.state import State
 from gateway.cluster.shipper import Shipper
 from persistence import snapshot
-from persistence.follow import LogFollower, LogGap, decode, encode
+from persistence.follow import READ_BYTES, LogFollower, LogGap, decode, encode
 from persistence.replication import digest, load_snapshot
 from persistence.store import Store
 from persistence.wal import WriteAheadLog, segments
@@ -174,11 +174,62 @@ async def test_a_position_whose_segment_was_removed_is_a_gap(tmp_path: Path) -> 
     removed = log.remove_segments_before(held[2][0] - 1)
     assert removed == 2
     follower = LogFollower(tmp_path)
+    assert follower.first_lsn() == held[2][0]
     with pytest.raises(LogGap) as gap:
         follower.read(0, 60)
     assert gap.value.first == held[2][0]
     assert follower.read(held[2][0] - 1, held[2][0])[0][0] == held[2][0]
     log.close()
+
+
+async def test_a_segment_removed_under_a_follower_is_a_gap_naming_the_oldest_held(
+    tmp_path: Path,
+) -> None:
+    log = await write_log(tmp_path, 60, segment_bytes=1024)
+    held = segments(tmp_path)
+    follower = LogFollower(tmp_path)
+    assert [lsn for lsn, _ in follower.read(0, 3)] == [1, 2, 3]  # its place: segment 1
+    log.remove_segments_before(held[2][0] - 1)
+    with pytest.raises(LogGap) as gap:
+        follower.read(3, 60)
+    assert gap.value.first == held[2][0]
+    log.close()
+
+
+async def test_reading_stops_before_a_half_written_record_and_damage_is_an_error(
+    tmp_path: Path,
+) -> None:
+    log = await write_log(tmp_path, 10, segment_bytes=1 << 20)
+    log.close()
+    (path,) = [path for _, path in segments(tmp_path)]
+    with open(path, "ab") as handle:  # a write in progress: a header, part of its record
+        handle.write(b"\x00\x00\x01\x00garbage")
+    follower = LogFollower(tmp_path)
+    batch = follower.read(7, 200, 10)
+    assert [lsn for lsn, _ in batch] == [8, 9, 10]
+    fact = decode(batch[0][1])[1][0]
+    assert isinstance(fact, OrgCreated) and fact.name == "Org 7"
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF  # inside the first record
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad CRC"):
+        LogFollower(tmp_path).read(0, 10)
+    with pytest.raises(ValueError, match="bad CRC"):  # and again: it does not skip it
+        follower.read(0, 10)
+
+
+async def test_a_record_longer_than_a_read_is_read_whole(tmp_path: Path) -> None:
+    log = WriteAheadLog(tmp_path, fsync="off")
+    log.open(0)
+    names = ["a" * 10, "b" * (READ_BYTES + 1000), "c" * 10]
+    for name in names:
+        await log.append([[OrgCreated(name, name, 1, "h")]])
+    log.close()
+    follower = LogFollower(tmp_path)
+    read = [decode(payload) for _, payload in follower.read(0, 3)]
+    assert [(lsn, facts) for lsn, facts in read] == [
+        (lsn, [OrgCreated(name, name, 1, "h")]) for lsn, name in enumerate(names, 1)
+    ]
 
 
 def test_segments_are_kept_for_every_reader_that_holds_the_log_back(tmp_path: Path) -> None:

@@ -7,13 +7,15 @@ import os
 import resource
 from pathlib import Path
 
+import pytest
 import trio
 
 from engine.actors.supervisor import Engine
+from engine.facts import OrgCreated
 from persistence import snapshot
 from persistence.scan import scan
 from persistence.store import Store
-from persistence.wal import WriteAheadLog, segments
+from persistence.wal import FileOps, WriteAheadLog, segments
 
 
 async def run_engine(data_dir: Path, work: object) -> Engine:
@@ -111,3 +113,58 @@ async def test_a_failed_rotation_keeps_appending_and_rotates_later(tmp_path: Pat
     read = scan(tmp_path, 0)
     assert not read.problems
     assert [lsn for lsn, _ in read.records] == applied
+
+
+class FailingSync(FileOps):
+    def __init__(self) -> None:
+        self.failing = False
+
+    def fsync(self, fd: int) -> None:
+        if self.failing:
+            raise OSError(errno.EIO, "I/O error")
+        super().fsync(fd)
+
+
+async def test_the_durable_position_moves_only_with_an_fsync(tmp_path: Path) -> None:
+    """What the cluster's shipper may hand on: with "always" each batch once appended;
+    with "interval" at the periodic fsync; with "off" when asked (``sync``); never past
+    an fsync that failed."""
+    facts = [[OrgCreated("o", "Acme", 1, "h")]]
+    moves: list[int] = []
+    always = WriteAheadLog(tmp_path / "always", fsync="always")
+    always.durable_listeners.append(moves.append)
+    always.open(0)
+    await always.append(facts * 3)
+    assert always.durable_lsn == 3 and moves == [3]
+    always.close()
+
+    disk = FailingSync()
+    off = WriteAheadLog(tmp_path / "off", fsync="off", file_ops=disk)
+    off.open(0)
+    await off.append(facts * 2)
+    assert off.durable_lsn == 0
+    disk.failing = True
+    with pytest.raises(OSError):
+        await off.sync()
+    assert off.durable_lsn == 0
+    disk.failing = False
+    assert await off.sync() == 2
+    off.close()
+    reopened = WriteAheadLog(tmp_path / "off", fsync="off")
+    reopened.open(2)  # what recovery read is on disk once the log is open
+    assert reopened.durable_lsn == 2
+    reopened.close()
+
+    interval = WriteAheadLog(tmp_path / "interval", fsync="interval")
+    interval.open(0)
+    synced = trio.Event()
+    interval.durable_listeners.append(lambda lsn: synced.set())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(interval.run)
+        await interval.append(facts * 4)
+        assert interval.durable_lsn == 0  # answered before the fsync
+        with trio.fail_after(10):
+            await synced.wait()
+        assert interval.durable_lsn == 4
+        nursery.cancel_scope.cancel()
+    interval.close()

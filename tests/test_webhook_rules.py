@@ -1,5 +1,5 @@
-"""The pure webhook rules (engine/webhooks.py) and their disk parts (persistence/
-logread.py, cursors.py, the store's hold on segment removal)."""
+"""The pure webhook rules (engine/webhooks.py) and their disk parts (reading the log
+with persistence/follow.py, cursors.py, the store's hold on segment removal)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from engine.webhooks import (
 from gateway.webhooks import Deliverer, DeliverySettings, Endpoint, loop_busy
 from persistence.codec import decode_state, encode_state
 from persistence.cursors import CursorFile
-from persistence.logread import LogReader
+from persistence.follow import LogFollower
 from persistence.store import Store
 from persistence.wal import WriteAheadLog
 
@@ -183,37 +183,29 @@ async def write_log(directory: Path, count: int, segment_bytes: int) -> WriteAhe
     return wal
 
 
-async def test_the_log_is_read_after_a_position_in_bounded_batches(tmp_path: Path) -> None:
-    wal = await write_log(tmp_path, 100, 1000)
-    wal.close()
-    assert len(list(tmp_path.glob("wal-*.log"))) > 3
-    reader = LogReader(tmp_path)
-    seen: list[int] = []
-    after, place = 0, None
-    for _ in range(100):  # bounded
-        batch = reader.read(after, 90, 7, place)
-        if not batch.records:
-            break
-        assert len(batch.records) <= 7
-        seen += [lsn for lsn, _ in batch.records]
-        after, place = batch.records[-1][0], batch.place
-    assert seen == list(range(1, 91))  # never past ``upto``
-    assert reader.read(40, 100, 3).records[0][1][0] == OrgCreated("o40", "x" * 50, 40, "h")
-    # a half-written record at the end is where reading stops
-    last = sorted(tmp_path.glob("wal-*.log"))[-1]
-    with open(last, "ab") as handle:
-        handle.write(b"\x00\x00\x01\x00garbage")
-    assert [lsn for lsn, _ in reader.read(98, 200, 10).records] == [99, 100]
-
-
-async def test_removed_segments_show_as_a_later_first_record(tmp_path: Path) -> None:
+async def test_an_endpoint_whose_records_left_the_log_skips_them_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Segments an endpoint needed were removed (it was behind for longer than the retry
+    horizon): the records they held are skipped, shown as such, and delivery goes on
+    from the oldest record the log still holds, read from disk."""
     wal = await write_log(tmp_path, 60, 1000)
     wal.remove_segments_before(30)
     wal.close()
-    reader = LogReader(tmp_path)
-    first = reader.first_lsn()
+    first = LogFollower(tmp_path).first_lsn()
     assert first is not None and 1 < first <= 31
-    assert reader.read(0, 60, 5).records[0][0] == first
+    engine = Engine(store=Store(tmp_path))
+    deliverer = Deliverer(engine, DeliverySettings(batch=5))
+    hook = Webhook("w", "o", "http://h/", ("chat.created",), "s" * 16, 1, 0)
+    endpoint = Endpoint(hook, 0, 10, engine.now())
+    deliverer.endpoints["w"] = endpoint
+    assert await deliverer._records(endpoint, 60) == []
+    assert endpoint.cursor == first - 1
+    assert [a["outcome"] for a in endpoint.attempts] == ["skipped"]
+    assert endpoint.attempts[0]["error"] == f"records 1..{first - 1} no longer in the log"
+    records = await deliverer._records(endpoint, 60)
+    assert [lsn for lsn, _ in records] == list(range(first, first + 5))
+    assert records[0][1] == [OrgCreated(f"o{first - 1}", "x" * 50, first - 1, "h")]
 
 
 async def test_segments_a_follower_needs_are_kept(tmp_path: Path) -> None:
@@ -223,7 +215,7 @@ async def test_segments_a_follower_needs_are_kept(tmp_path: Path) -> None:
     store.holds.append(lambda: None)  # holds nothing back
     assert store.removable_up_to(70) == 12
     store.wal.remove_segments_before(store.removable_up_to(70))
-    assert LogReader(tmp_path).first_lsn() <= 13
+    assert LogFollower(tmp_path).first_lsn() <= 13
     store.wal.close()
 
 

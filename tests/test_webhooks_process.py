@@ -16,7 +16,7 @@ import trio
 
 from gateway.webhooks import TEST_BACKOFF_ENV
 from persistence.cursors import CURSORS_FILE
-from persistence.logread import LogReader
+from persistence.follow import LogFollower
 from persistence.store import TEST_SEGMENT_BYTES_ENV
 from tests.serverproc import HEADERS, Outcome, launch
 from tests.test_webhooks import SECRET, first_seen, log_order
@@ -123,7 +123,7 @@ async def test_kill_9_mid_delivery_redelivers_what_was_not_acknowledged(
     receiver.hold = None
     assert stat.S_IMODE(cursors.stat().st_mode) == 0o600
     # the segments after the saved cursor were kept, although snapshots cover them
-    assert LogReader(data_dir).first_lsn() <= saved_position(cursors) + 1
+    assert LogFollower(data_dir).first_lsn() <= saved_position(cursors) + 1
     assert len(list(data_dir.glob("snapshot-*.msgpack"))) >= 1
     restarted_at = len(receiver.deliveries)
     server = await start(data_dir)

@@ -1,16 +1,23 @@
-"""The primary's shipper: every log record, once durable and applied, appended in log
+"""The primary's shipper: every log record, once fsynced and applied, appended in log
 order to the Redis stream, never twice, never blocking a write.
 
-The engine tells the shipper (``Engine.record_listeners``) that records were applied;
-the shipper reads them back from the write-ahead log (``persistence.follow``), so a
-Redis that is slow, away or restarted costs nothing but lag: on (re)connecting it reads
-the stream's head and ships the backlog from the log on disk. Entry IDs are the log
+The engine tells the shipper (``Engine.record_listeners``) that records were applied,
+and the log (``WriteAheadLog.durable_listeners``) that they reached the disk; the
+shipper reads them back from the write-ahead log (``persistence.follow``), so a Redis
+that is slow, away or restarted costs nothing but lag: on (re)connecting it reads the
+stream's head and ships the backlog from the log on disk. Entry IDs are the log
 positions, so Redis refuses a position already on the stream. Log segments are kept
 until shipped (``Store.holds``, bounded by ``RETAIN_RECORDS``).
 
-With ``--in-memory`` there is no log to read back: the shipper keeps the newest
-records (as many as the stream keeps) in memory; after an outage longer than that the
-stream has a gap, and replicas load a fresh snapshot.
+Only fsynced records are shipped (``ship_limit``): a replica must never hold a record
+that a machine crash of the primary could take back. With ``--fsync always`` that is
+every record once applied; with ``interval`` records wait for the next periodic fsync
+(at most 50 ms); with ``off``, which never fsyncs for a write, the shipper asks the log
+for one fsync of everything written before each batch it ships (``WriteAheadLog.sync``).
+
+With ``--in-memory`` there is no log to read back: the shipper ships applied records
+and keeps the newest (as many as the stream keeps) in memory; after an outage longer
+than that the stream has a gap, and replicas load a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ class Shipper:
         )
         self._wake = trio.Event()
         engine.record_listeners.append(self._applied)
+        self._wal = engine.store.wal if engine.store is not None else None
+        if self._wal is not None:
+            self._wal.durable_listeners.append(self._durable)
 
     def hold(self) -> int:
         """The last position the shipper is done with, for ``Store.holds``: the log's
@@ -89,10 +99,28 @@ class Shipper:
         """The lease's value while this primary holds it."""
         return redislog.holder(self.epoch, self.instance)
 
+    def ship_limit(self) -> int:
+        """The newest position that may go on the stream: applied, and fsynced when
+        there is a log (``--in-memory``: applied)."""
+        applied = self.engine.applied_lsn
+        return applied if self._wal is None else min(applied, self._wal.durable_lsn)
+
     def _applied(self, lsn: int, facts: Sequence[Fact]) -> None:
         if self._memory is not None:
             self._memory.append((lsn, encode(lsn, facts)))
         self._wake.set()
+
+    def _durable(self, lsn: int) -> None:
+        self._wake.set()
+
+    async def _sync_log(self) -> None:
+        """Fsync what the log wrote (``--fsync off``, or a clean stop); a failure is
+        the log's to report, and shipping waits for the next fsync that works."""
+        assert self._wal is not None
+        try:
+            await self._wal.sync()
+        except OSError as error:
+            log.error("log fsync for shipping failed", extra={"fields": {"error": str(error)}})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -120,7 +148,9 @@ class Shipper:
         """A clean stop: let what was applied reach the stream (for up to ``timeout``
         seconds), then give up the lease."""
         with trio.move_on_after(timeout):
-            while self.connected and self.shipped < self.engine.applied_lsn:
+            if self._wal is not None and self._wal.durable_lsn < self.engine.applied_lsn:
+                await self._sync_log()
+            while self.connected and self.shipped < self.ship_limit():
                 await trio.sleep(0.01)
         await redislog.release(self.url, self.prefix, self.holder)
 
@@ -222,11 +252,20 @@ class Shipper:
                     log.info(
                         "shipping", extra={"fields": {"stream": self.stream, "from": self.shipped}}
                     )
-                if self.shipped >= self.engine.applied_lsn:
+                limit = self.ship_limit()
+                if self.shipped >= limit:
                     self._wake = trio.Event()
+                    if (
+                        self._wal is not None
+                        and self._wal.fsync_mode == "off"
+                        and self.shipped < self.engine.applied_lsn
+                    ):
+                        await self._sync_log()  # nothing else fsyncs: ask for it
+                        if self.ship_limit() > limit:
+                            continue
                     await self._wake.wait()
                     continue
-                records = await self._read(self.shipped, self.engine.applied_lsn)
+                records = await self._read(self.shipped, limit)
                 if not records:
                     continue
                 added = await redislog.append(

@@ -1,0 +1,98 @@
+"""The primary's shipper hands on only what the primary's disk holds: under
+``--fsync interval`` or ``off`` a record is on the Redis stream only once the log has
+fsynced it, so a machine crash of the primary cannot take back a record a replica
+applied. In process (the engine, its log on a real disk, the shipper) against a real
+redis-server; the disk's fsync is held back to decide when records become durable."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.actors.supervisor import Engine
+from gateway.cluster import redislog
+from gateway.cluster.shipper import Shipper
+from persistence.store import Store
+from persistence.wal import FileOps
+from tests.redisproc import RedisProcess
+
+
+class HeldDisk(FileOps):
+    """A disk whose fsyncs wait while ``held`` (a slow disk): ``waiting`` is set once
+    one does."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.released.set()
+        self.waiting = threading.Event()
+
+    def hold(self) -> None:
+        self.waiting.clear()
+        self.released.clear()
+
+    def fsync(self, fd: int) -> None:
+        if not self.released.is_set():
+            self.waiting.set()
+            self.released.wait(timeout=60)
+        super().fsync(fd)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def stream_positions(url: str, prefix: str) -> list[int]:
+    async with redislog.client(url) as client:
+        entries = await client.xrange(redislog.stream_key(prefix))
+    return [redislog.lsn_of(entry.identifier) for entry in entries]
+
+
+@pytest.mark.parametrize("mode", ["interval", "off"])
+async def test_records_reach_the_stream_only_once_fsynced(
+    redis: RedisProcess, tmp_path: Path, mode: str
+) -> None:
+    disk = HeldDisk()
+    store = Store(tmp_path, fsync=mode, file_ops=disk)
+    engine = Engine(store=store)
+    prefix = f"durable-{mode}"
+    shipper = Shipper(engine, redis.url, prefix, 1000, tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await nursery.start(shipper.run)
+            await engine.directory.create_org("Shipped")
+            # fsynced and shipped
+            await until(lambda: store.wal.durable_lsn == shipper.shipped == engine.applied_lsn)
+            durable = store.wal.durable_lsn
+
+            disk.hold()
+            for index in range(5):  # answered: written, not fsynced
+                await engine.directory.create_org(f"Org {index}")
+            assert engine.applied_lsn == durable + 5
+            assert store.wal.durable_lsn == durable
+            # an fsync is on its way: interval's periodic one, or with off the one the
+            # shipper asks for before it ships (nothing else fsyncs)
+            with trio.fail_after(30):
+                await trio.to_thread.run_sync(disk.waiting.wait, 60)
+            if mode == "interval":
+                # the shipper has been round since the last record was applied: it
+                # waits for news again (a new wake-up event, not set yet)
+                await until(lambda: not shipper._wake.is_set())
+            assert shipper.shipped == durable
+            assert (await stream_positions(redis.url, prefix))[-1] == durable
+
+            disk.released.set()  # the fsync completes: the records go
+            await until(lambda: shipper.shipped == engine.applied_lsn)
+            assert store.wal.durable_lsn == engine.applied_lsn
+            positions = await stream_positions(redis.url, prefix)
+            assert positions == list(range(1, engine.applied_lsn + 1))
+            nursery.cancel_scope.cancel()
+    finally:
+        disk.released.set()
+        store.wal.close()
