@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
+from engine.realtime import protocol
 from gateway import failures
 from gateway.auth import Principal
 from gateway.ws import QueueBudget, Session
@@ -65,6 +66,19 @@ async def test_each_invalid_frame_of_a_burst_is_answered_before_the_1008(world: 
     got = answers(peer.messages)
     assert [(a["type"], a["code"]) for a in got] == [("error", "bad_frame")] * 21
     assert [a["id"] for a in got] == list(range(1, 22))  # the 21st closes; the rest: nothing
+    await peer.aclose()
+
+
+async def test_a_close_without_a_code_is_answered_without_one(world: World) -> None:
+    """docs/protocol.md's 1005 row: an empty close frame is answered with an empty one
+    (a WebSocket API reports 1005), and a close with a code with that code."""
+    peer = await open_raw(port_of(world), world.users[0]["token"])
+    await peer.send(frame(OP_CLOSE))
+    assert await peer.read_until_closed(10) == protocol.NO_CODE
+    await peer.aclose()
+    peer = await open_raw(port_of(world), world.users[0]["token"])
+    await peer.send(frame(OP_CLOSE, (4321).to_bytes(2, "big")))
+    assert await peer.read_until_closed(10) == 4321
     await peer.aclose()
 
 

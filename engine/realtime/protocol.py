@@ -59,11 +59,14 @@ CLOSES = (
     KEY_REMOVED,
     SLOW_CONSUMER,
 )
-# Codes wsproto sends on its own, named so that the list of codes is whole: the answer
-# to a client's close that carried no code, a broken WebSocket framing, a text frame
-# that is not UTF-8. (Any other close the client starts is answered with its own code.)
-WSPROTO_CODES = (1000, 1002, 1007)
-CLOSE_CODES = frozenset(close.code for close in CLOSES) | frozenset(WSPROTO_CODES)
+# Codes wsproto sends on its own, named so that the list of codes is whole: a broken
+# WebSocket framing, a text frame that is not UTF-8. (A close the client starts is
+# answered with its own code.)
+WSPROTO_CODES = (1002, 1007)
+# A client's close without a code is answered with a close frame without one, which
+# WebSocket APIs report as 1005 (a code never sent in a frame).
+NO_CODE = 1005
+CLOSE_CODES = frozenset(close.code for close in CLOSES) | frozenset(WSPROTO_CODES) | {NO_CODE}
 
 
 def encode(frame: dict[str, Any], encoding: str) -> bytes:
