@@ -146,7 +146,13 @@ def test_each_probe_is_a_json_refusal_and_the_server_stays_up(
     edge_server: ServerProcess, probe: str
 ) -> None:
     data, status = PROBES[probe]
-    with socket.create_connection(("127.0.0.1", edge_server.port), timeout=10) as sock:
+    assert_json_refusal(edge_server, data, status)
+
+
+def assert_json_refusal(server: ServerProcess, data: bytes, status: int) -> None:
+    """``data`` is answered ``status`` with a JSON error body and the connection closed;
+    the server stays up and answers another client."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(data)
         got, headers, body = read_answer(sock)
         assert got == status
@@ -154,8 +160,8 @@ def test_each_probe_is_a_json_refusal_and_the_server_stays_up(
         assert headers[b"connection"] == b"close"
         assert orjson.loads(body)["code"] == "invalid"
         assert closed_by_server(sock)
-    assert edge_server.process.poll() is None
-    assert healthz_seconds(edge_server.port) < NORMAL_BOUND
+    assert server.process.poll() is None
+    assert healthz_seconds(server.port) < NORMAL_BOUND
 
 
 def test_a_connection_pipelining_as_fast_as_it_can_does_not_hold_the_server(

@@ -27,6 +27,7 @@ from tests.test_http_edge import (
     NORMAL_BOUND,
     PROBES,
     Meter,
+    assert_json_refusal,
     closed_by_server,
     healthz_seconds,
     normal_client_while,
@@ -63,16 +64,7 @@ def test_what_h11_refuses_on_hypercorn_is_a_json_refusal(
     hypercorn_server: ServerProcess, probe: str
 ) -> None:
     data, status = PROBES[probe]
-    with socket.create_connection(("127.0.0.1", hypercorn_server.port), timeout=10) as sock:
-        sock.sendall(data)
-        got, headers, body = read_answer(sock)
-        assert got == status
-        assert headers[b"content-type"] == b"application/json"
-        assert headers[b"connection"] == b"close"
-        assert orjson.loads(body)["code"] == "invalid"
-        assert closed_by_server(sock)
-    assert hypercorn_server.process.poll() is None
-    assert healthz_seconds(hypercorn_server.port) < NORMAL_BOUND
+    assert_json_refusal(hypercorn_server, data, status)
 
 
 def test_a_5000_digit_content_length_on_hypercorn_says_what_the_built_in_server_says(
