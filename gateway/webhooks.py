@@ -90,7 +90,7 @@ class DeliverySettings:
     # seconds (the other tasks have that much work queued: it is answering clients as
     # fast as it can), a delivery waits for a quieter moment, up to
     # ``give_way_seconds``, before its attempt (0: never waits).
-    busy_turn: float = 0.002
+    busy_turn: float = 0.0005
     give_way_seconds: float = 0.05
 
     @classmethod

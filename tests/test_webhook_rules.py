@@ -297,12 +297,13 @@ async def working(nursery: trio.Nursery, tasks: int, turn: float) -> trio.Event:
 
 
 async def test_a_saturated_loop_is_seen_busy_and_a_quiet_one_not(nursery: trio.Nursery) -> None:
-    quiet = [await loop_busy(0.002) for _ in range(50)]
-    assert not any(quiet)
+    turn = DeliverySettings().busy_turn
+    quiet = [await loop_busy(turn) for _ in range(50)]
+    assert sum(quiet) <= 5  # (a busy machine may preempt this process now and then)
     done = await working(nursery, 20, 0.001)
-    busy = [await loop_busy(0.002) for _ in range(50)]
+    busy = [await loop_busy(turn) for _ in range(50)]
     done.set()
-    assert sum(busy) >= 45  # 20 ms of others' work a turn; it is never 2 ms but by chance
+    assert sum(busy) >= 45  # 20 ms of others' work a turn: under the bound only by chance
 
 
 async def test_a_delivery_gives_way_while_the_loop_is_saturated(
