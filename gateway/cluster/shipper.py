@@ -41,6 +41,7 @@ from persistence.follow import LogFollower, LogGap, encode
 log = logging.getLogger("chat_engine.cluster")
 
 BATCH = 500  # records per pipeline
+LINGER = 0.005  # seconds a batch of fewer than BATCH records waits for more
 # The most records the shipper keeps in the log beyond what the snapshots need: a Redis
 # outage longer than this lets the segments go, and the stream then has a gap (replicas
 # reload a snapshot) rather than the disk filling up.
@@ -240,6 +241,7 @@ class Shipper:
         with trio.fail_after(redislog.STREAM_TIMEOUT):
             self._set_lease(await redislog.hold_lease(redis, self.prefix, self.holder))
         self.connected = True
+        lingered = False
         while True:
             if not self.lease_held:
                 self._wake = trio.Event()
@@ -260,11 +262,17 @@ class Shipper:
                         and self._wal.fsync_mode == "off"
                         and self.shipped < self.engine.applied_lsn
                     ):
+                        await self._linger()
                         await self._sync_log()  # nothing else fsyncs: ask for it
+                        lingered = True
                         if self.ship_limit() > limit:
                             continue
                     await self._wake.wait()
                     continue
+                if not lingered:
+                    await self._linger()
+                    limit = self.ship_limit()
+                lingered = False
                 records = await self._read(self.shipped, limit)
                 if not records:
                     continue
@@ -279,6 +287,14 @@ class Shipper:
                 self.entries_shipped += added
             if added < len(records):  # the stream holds a position: read where it is
                 self._synced = False
+
+    async def _linger(self) -> None:
+        """Unless a whole batch waits, let the next commits join the records waiting:
+        one read (and fsync) and one XADD then carry many records, where under load
+        shipping each commit's few records on their own cost the primary most of what
+        shipping costs it. A record waits at most ``LINGER`` seconds more for it."""
+        if LINGER and self.engine.applied_lsn - self.shipped < BATCH:
+            await trio.sleep(LINGER)
 
     async def _read_raw(self, after: int, up_to: int, count: int) -> list[tuple[int, bytes]]:
         if self._follower is not None:
