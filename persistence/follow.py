@@ -21,13 +21,12 @@ decides what that means. Its calls block: run them in a worker thread.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import msgpack
 
 from engine.facts import Fact
-from persistence.codec import decode_fact, encode_fact, pack, unpack
+from persistence.codec import decode_fact, unpack
 from persistence.wal import HEADER, MAX_RECORD_BYTES, segments
 
 # At most this much of a segment is read at a time: a batch of a few hundred records
@@ -43,11 +42,6 @@ class LogGap(Exception):
         super().__init__(f"log record {wanted} is no longer held (oldest held: {first})")
         self.wanted = wanted
         self.first = first
-
-
-def encode(lsn: int, facts: Sequence[Fact]) -> bytes:
-    """A record's payload as the log stores it (for records that never touch a disk)."""
-    return pack([lsn, [encode_fact(fact) for fact in facts]])
 
 
 def decode(payload: bytes) -> tuple[int, list[Fact]]:

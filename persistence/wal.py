@@ -84,9 +84,18 @@ def segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def frame(lsn: int, facts: Sequence[Fact]) -> bytes:
-    payload = pack([lsn, [encode_fact(fact) for fact in facts]])
+def encode(lsn: int, facts: Sequence[Fact]) -> bytes:
+    """A record's payload: ``[lsn, [facts]]`` in msgpack, as the log stores it and the
+    cluster's stream carries it."""
+    return pack([lsn, [encode_fact(fact) for fact in facts]])
+
+
+def framed(payload: bytes) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def frame(lsn: int, facts: Sequence[Fact]) -> bytes:
+    return framed(encode(lsn, facts))
 
 
 class FileOps:
@@ -127,6 +136,9 @@ class WriteAheadLog:
         # the last position fsynced; each listener is called with it when it moves
         self.durable_lsn = 0
         self.durable_listeners: list[Callable[[int], None]] = []
+        # called with a batch's first position and its payloads once it is written (not
+        # necessarily fsynced): the shipper keeps the newest to ship without reading back
+        self.written_listeners: list[Callable[[int, list[bytes]], None]] = []
         self._fd = -1
         self._segment_first = 0
         self._size = 0  # bytes of the current segment known to be good
@@ -176,7 +188,8 @@ class WriteAheadLog:
         # Positions are given here, and given back if the write fails: the log's
         # positions stay continuous, so a gap always means damage.
         first_lsn = self.next_lsn
-        data = b"".join(frame(lsn, facts) for lsn, facts in enumerate(records, first_lsn))
+        payloads = [encode(lsn, facts) for lsn, facts in enumerate(records, first_lsn)]
+        data = b"".join(framed(payload) for payload in payloads)
         try:
             await trio.to_thread.run_sync(self._write, data, first_lsn)
         except OSError as error:
@@ -196,6 +209,8 @@ class WriteAheadLog:
         self.stats["batches"] += 1
         self.stats["records"] += len(records)
         self.stats["bytes"] += len(data)
+        for listener in self.written_listeners:
+            listener(first_lsn, payloads)
         if self.fsync_mode == "always":
             self._set_durable(self.next_lsn - 1)
         return first_lsn

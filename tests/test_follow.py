@@ -17,10 +17,10 @@ from engine.realtime.history import Histories
 from engine.state import State
 from gateway.cluster.shipper import Shipper
 from persistence import snapshot
-from persistence.follow import READ_BYTES, LogFollower, LogGap, decode, encode
+from persistence.follow import READ_BYTES, LogFollower, LogGap, decode
 from persistence.replication import digest, load_snapshot
 from persistence.store import Store
-from persistence.wal import WriteAheadLog, segments
+from persistence.wal import WriteAheadLog, encode, segments
 
 
 async def busy_engine(records: list[tuple[int, list[Fact]]]) -> Engine:

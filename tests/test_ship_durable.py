@@ -16,6 +16,7 @@ import trio
 from engine.actors.supervisor import Engine
 from gateway.cluster import redislog
 from gateway.cluster.shipper import Shipper
+from persistence.follow import LogFollower
 from persistence.store import Store
 from persistence.wal import FileOps
 from tests.redisproc import RedisProcess
@@ -95,4 +96,57 @@ async def test_records_reach_the_stream_only_once_fsynced(
             nursery.cancel_scope.cancel()
     finally:
         disk.released.set()
+        store.wal.close()
+
+
+class CountingFollower(LogFollower):
+    """The log read back as the shipper would, counting the records it hands over."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.records_read = 0
+
+    def read(self, after_lsn: int, up_to: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+        found = super().read(after_lsn, up_to, limit)
+        self.records_read += len(found)
+        return found
+
+
+async def test_the_stream_carries_the_logs_own_bytes_read_back_only_for_a_backlog(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    """Records written before the shipper existed (a restart's backlog) are read back
+    from the log; those written while it keeps up are shipped as the log handed them
+    over, with no read; either way each entry is the log's record byte for byte."""
+    store = Store(tmp_path, fsync="always")
+    engine = Engine(store=store)
+    prefix = "tail"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            for index in range(30):
+                await engine.directory.create_org(f"Before {index}")
+            backlog = engine.applied_lsn
+            shipper = Shipper(engine, redis.url, prefix, 1000, tmp_path)
+            follower = CountingFollower(tmp_path)
+            shipper._follower = follower
+            await nursery.start(shipper.run)
+            await until(lambda: shipper.shipped == backlog)
+            assert follower.records_read == backlog
+
+            for index in range(40):
+                await engine.directory.create_org(f"After {index}")
+            await until(lambda: shipper.shipped == engine.applied_lsn)
+            assert follower.records_read == backlog  # nothing more read back
+
+            async with redislog.client(redis.url) as client:
+                entries = await client.xrange(redislog.stream_key(prefix))
+            shipped = [
+                (redislog.lsn_of(entry.identifier), entry.field_values[redislog.RECORD])
+                for entry in entries
+            ]
+            assert shipped == LogFollower(tmp_path).read(0, engine.applied_lsn, 10_000)
+            assert [lsn for lsn, _ in shipped] == list(range(1, engine.applied_lsn + 1))
+            nursery.cancel_scope.cancel()
+    finally:
         store.wal.close()

@@ -2,10 +2,12 @@
 order to the Redis stream, never twice, never blocking a write.
 
 The engine tells the shipper (``Engine.record_listeners``) that records were applied,
-and the log (``WriteAheadLog.durable_listeners``) that they reached the disk; the
-shipper reads them back from the write-ahead log (``persistence.follow``), so a Redis
-that is slow, away or restarted costs nothing but lag: on (re)connecting it reads the
-stream's head and ships the backlog from the log on disk. Entry IDs are the log
+and the log (``WriteAheadLog.durable_listeners``) that they reached the disk. It ships
+the bytes the log wrote: the newest ``TAIL_RECORDS`` as the log hands them over
+(``written_listeners``), older ones read back from the write-ahead log
+(``persistence.follow``), so a Redis that is slow, away or restarted costs nothing but
+lag: on (re)connecting it reads the stream's head and ships the backlog from the log on
+disk. Entry IDs are the log
 positions, so Redis refuses a position already on the stream. Log segments are kept
 until shipped (``Store.holds``, bounded by ``RETAIN_RECORDS``).
 
@@ -36,7 +38,8 @@ from engine.actors.supervisor import Engine
 from engine.facts import Fact
 from gateway.cluster import redislog
 from gateway.cluster.node import ClusterNode
-from persistence.follow import LogFollower, LogGap, encode
+from persistence.follow import LogFollower, LogGap
+from persistence.wal import encode
 
 log = logging.getLogger("chat_engine.cluster")
 
@@ -46,6 +49,10 @@ LINGER = 0.005  # seconds a batch of fewer than BATCH records waits for more
 # outage longer than this lets the segments go, and the stream then has a gap (replicas
 # reload a snapshot) rather than the disk filling up.
 RETAIN_RECORDS = 1_000_000
+# The newest records the shipper keeps in memory as the log wrote them, so that a
+# shipper keeping up never reads its own log back (a worker thread's hop and a read per
+# batch); one further behind (after an outage, a restart) reads the log.
+TAIL_RECORDS = 10_000
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -77,13 +84,16 @@ class Shipper:
         self.entries_shipped = 0
         self.outages = 0
         self._follower = LogFollower(data_dir) if data_dir is not None else None
-        self._memory: deque[tuple[int, bytes]] | None = (
-            None if data_dir is not None else deque(maxlen=log_length)
+        # the newest records, contiguous, as ``(lsn, payload)``: with a log, as it wrote
+        # them (the log has the rest); without one, as applied (nothing has the rest)
+        self._tail: deque[tuple[int, bytes]] = deque(
+            maxlen=log_length if data_dir is None else min(log_length, TAIL_RECORDS)
         )
         self._wake = trio.Event()
         engine.record_listeners.append(self._applied)
         self._wal = engine.store.wal if engine.store is not None else None
         if self._wal is not None:
+            self._wal.written_listeners.append(self._written)
             self._wal.durable_listeners.append(self._durable)
 
     def hold(self) -> int:
@@ -107,9 +117,18 @@ class Shipper:
         return applied if self._wal is None else min(applied, self._wal.durable_lsn)
 
     def _applied(self, lsn: int, facts: Sequence[Fact]) -> None:
-        if self._memory is not None:
-            self._memory.append((lsn, encode(lsn, facts)))
+        if self._wal is None:
+            self._keep(lsn, [encode(lsn, facts)])
         self._wake.set()
+
+    def _written(self, first_lsn: int, payloads: list[bytes]) -> None:
+        self._keep(first_lsn, payloads)
+
+    def _keep(self, first_lsn: int, payloads: list[bytes]) -> None:
+        tail = self._tail
+        if tail and tail[-1][0] + 1 != first_lsn:  # never expected: keep it contiguous
+            tail.clear()
+        tail.extend(enumerate(payloads, first_lsn))
 
     def _durable(self, lsn: int) -> None:
         self._wake.set()
@@ -297,9 +316,10 @@ class Shipper:
             await trio.sleep(LINGER)
 
     async def _read_raw(self, after: int, up_to: int, count: int) -> list[tuple[int, bytes]]:
-        if self._follower is not None:
-            return await trio.to_thread.run_sync(self._follower.read, after, up_to, count)
-        return self._from_memory(after, up_to)[:count]
+        tail = self._tail
+        if self._follower is None or (tail and tail[0][0] <= after + 1):
+            return self._from_tail(after, up_to)[:count]
+        return await trio.to_thread.run_sync(self._follower.read, after, up_to, count)
 
     async def _read(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
         try:
@@ -313,9 +333,8 @@ class Shipper:
             self.shipped = max(after, first - 1)
             return []
 
-    def _from_memory(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
-        memory = self._memory
-        assert memory is not None
+    def _from_tail(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
+        memory = self._tail
         if not memory or memory[-1][0] <= after:
             return []
         first = memory[0][0]
