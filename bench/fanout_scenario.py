@@ -672,12 +672,10 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
     lowest = 99.0
-    for sessions, run in report["result"]["by_sessions"].items():
+    for label, sessions, run in _series(report):
         steps = run["steps"]
         rates = [s["offered_msgs_per_s"] for s in steps]
-        line = left.plot(
-            rates, [s["delivered_events_per_s"] for s in steps], "o-", label=f"{sessions} sessions"
-        )[0]
+        line = left.plot(rates, [s["delivered_events_per_s"] for s in steps], "o-", label=label)[0]
         left.plot(
             rates,
             [s["offered_msgs_per_s"] * int(sessions) for s in steps],
@@ -697,7 +695,11 @@ def plot(report: dict[str, Any], path: str) -> None:
                 markersize=13,
                 color=color,
             )
-        right.plot(rates, [100 * s["delivery_ratio"] for s in steps], "o-", label=str(sessions))
+        lags = [(rate, s.get("replication_lag")) for rate, s in zip(rates, steps, strict=True)]
+        lags = [(rate, lag["p99_ms"]) for rate, lag in lags if lag and lag.get("samples")]
+        if lags:
+            middle.plot(*zip(*lags, strict=True), "x--", color=color, alpha=0.7)
+        right.plot(rates, [100 * s["delivery_ratio"] for s in steps], "o-", label=label)
         lowest = min([lowest, *(100 * s["delivery_ratio"] for s in steps)])
     left.set_xscale("log")
     left.set_yscale("log")
@@ -720,6 +722,7 @@ def plot(report: dict[str, Any], path: str) -> None:
             linestyle="",
             label="p99 at half the best rate",
         ),
+        Line2D([], [], color="#555", marker="x", linestyle="--", label="replication lag p99"),
         Line2D([], [], color="red", linestyle="--", label="250 ms (a step passes)"),
         Line2D([], [], color="#c60", linestyle="--", label="50 ms (half-rate target)"),
     ]
@@ -740,6 +743,21 @@ def plot(report: dict[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _series(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The ladders to draw: one a session count; with ``--replicas``, the primary's own
+    (P) beside the replicas' (R)."""
+    series = []
+    for sessions, run in report["result"]["by_sessions"].items():
+        primary = run.get("on_primary")
+        if primary is None:
+            series.append((f"{sessions} sessions", sessions, run))
+            continue
+        replicas = report["result"].get("replicas")
+        series.append((f"{sessions} on the primary (P)", sessions, primary))
+        series.append((f"{sessions} on {replicas} replica(s) (R)", sessions, run))
+    return series
 
 
 HELP = "S sessions on one messages channel, rising message rates"
