@@ -15,6 +15,7 @@ import trio
 
 from engine.actors.supervisor import Engine
 from gateway.cluster import redislog
+from gateway.cluster import shipper as shipper_module
 from gateway.cluster.shipper import Shipper
 from persistence.follow import LogFollower
 from persistence.store import Store
@@ -147,6 +148,45 @@ async def test_the_stream_carries_the_logs_own_bytes_read_back_only_for_a_backlo
             ]
             assert shipped == LogFollower(tmp_path).read(0, engine.applied_lsn, 10_000)
             assert [lsn for lsn, _ in shipped] == list(range(1, engine.applied_lsn + 1))
+            nursery.cancel_scope.cancel()
+    finally:
+        store.wal.close()
+
+
+async def test_the_tail_kept_in_memory_is_bounded_in_bytes_and_the_rest_is_read_back(
+    redis: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records as large as a request body allows would make 10,000 of them hundreds of
+    MB: the tail is bounded in bytes too, and what fell out of it while Redis was away
+    is read back from the log, so every record still reaches the stream whole."""
+    monkeypatch.setattr(shipper_module, "TAIL_BYTES", 8 * 1024)
+    store = Store(tmp_path, fsync="always")
+    engine = Engine(store=store)
+    prefix = "tail-bytes"
+    shipper = Shipper(engine, redis.url, prefix, 1000, tmp_path)
+    follower = CountingFollower(tmp_path)
+    shipper._follower = follower
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            for index in range(40):  # ~2 KiB each; the shipper is not running yet
+                await engine.directory.create_org(f"{index:04d}" + "x" * 2000)
+            assert 1 <= len(shipper._tail) <= 4 and shipper._tail_bytes <= 8 * 1024
+            await nursery.start(shipper.run)
+            await until(lambda: shipper.shipped == engine.applied_lsn)
+            assert follower.records_read == 40  # one read of the log: the whole backlog
+            for index in range(3):  # kept up with: from memory again
+                await engine.directory.create_org(f"after {index}" + "x" * 2000)
+            await until(lambda: shipper.shipped == engine.applied_lsn)
+            assert follower.records_read == 40
+
+            async with redislog.client(redis.url) as client:
+                entries = await client.xrange(redislog.stream_key(prefix))
+            shipped = [
+                (redislog.lsn_of(entry.identifier), entry.field_values[redislog.RECORD])
+                for entry in entries
+            ]
+            assert shipped == LogFollower(tmp_path).read(0, engine.applied_lsn, 10_000)
             nursery.cancel_scope.cancel()
     finally:
         store.wal.close()

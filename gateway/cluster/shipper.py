@@ -53,6 +53,7 @@ RETAIN_RECORDS = 1_000_000
 # shipper keeping up never reads its own log back (a worker thread's hop and a read per
 # batch); one further behind (after an outage, a restart) reads the log.
 TAIL_RECORDS = 10_000
+TAIL_BYTES = 16 * 1024 * 1024  # and no more bytes than this (a record can be 64 KiB)
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -86,9 +87,9 @@ class Shipper:
         self._follower = LogFollower(data_dir) if data_dir is not None else None
         # the newest records, contiguous, as ``(lsn, payload)``: with a log, as it wrote
         # them (the log has the rest); without one, as applied (nothing has the rest)
-        self._tail: deque[tuple[int, bytes]] = deque(
-            maxlen=log_length if data_dir is None else min(log_length, TAIL_RECORDS)
-        )
+        self._tail: deque[tuple[int, bytes]] = deque()
+        self._tail_records = log_length if data_dir is None else min(log_length, TAIL_RECORDS)
+        self._tail_bytes = 0
         self._wake = trio.Event()
         engine.record_listeners.append(self._applied)
         self._wal = engine.store.wal if engine.store is not None else None
@@ -128,7 +129,15 @@ class Shipper:
         tail = self._tail
         if tail and tail[-1][0] + 1 != first_lsn:  # never expected: keep it contiguous
             tail.clear()
-        tail.extend(enumerate(payloads, first_lsn))
+            self._tail_bytes = 0
+        for record in enumerate(payloads, first_lsn):
+            tail.append(record)
+            self._tail_bytes += len(record[1])
+        bounded = self._wal is not None  # without a log, the tail is all there is
+        while len(tail) > self._tail_records or (
+            bounded and self._tail_bytes > TAIL_BYTES and len(tail) > 1
+        ):
+            self._tail_bytes -= len(tail.popleft()[1])
 
     def _durable(self, lsn: int) -> None:
         self._wake.set()
