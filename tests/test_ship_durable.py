@@ -100,6 +100,15 @@ async def test_records_reach_the_stream_only_once_fsynced(
         store.wal.close()
 
 
+async def stream_records(url: str, prefix: str) -> list[tuple[int, str | bytes]]:
+    async with redislog.client(url) as client:
+        entries = await client.xrange(redislog.stream_key(prefix))
+    return [
+        (redislog.lsn_of(entry.identifier), entry.field_values[redislog.RECORD])
+        for entry in entries
+    ]
+
+
 class CountingFollower(LogFollower):
     """The log read back as the shipper would, counting the records it hands over."""
 
@@ -140,12 +149,7 @@ async def test_the_stream_carries_the_logs_own_bytes_read_back_only_for_a_backlo
             await until(lambda: shipper.shipped == engine.applied_lsn)
             assert follower.records_read == backlog  # nothing more read back
 
-            async with redislog.client(redis.url) as client:
-                entries = await client.xrange(redislog.stream_key(prefix))
-            shipped = [
-                (redislog.lsn_of(entry.identifier), entry.field_values[redislog.RECORD])
-                for entry in entries
-            ]
+            shipped = await stream_records(redis.url, prefix)
             assert shipped == LogFollower(tmp_path).read(0, engine.applied_lsn, 10_000)
             assert [lsn for lsn, _ in shipped] == list(range(1, engine.applied_lsn + 1))
             nursery.cancel_scope.cancel()
@@ -180,12 +184,7 @@ async def test_the_tail_kept_in_memory_is_bounded_in_bytes_and_the_rest_is_read_
             await until(lambda: shipper.shipped == engine.applied_lsn)
             assert follower.records_read == 40
 
-            async with redislog.client(redis.url) as client:
-                entries = await client.xrange(redislog.stream_key(prefix))
-            shipped = [
-                (redislog.lsn_of(entry.identifier), entry.field_values[redislog.RECORD])
-                for entry in entries
-            ]
+            shipped = await stream_records(redis.url, prefix)
             assert shipped == LogFollower(tmp_path).read(0, engine.applied_lsn, 10_000)
             nursery.cancel_scope.cancel()
     finally:
