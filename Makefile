@@ -23,7 +23,7 @@ serve: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check engine gateway persistence bench tests chat_engine_client
 	$(VENV)/bin/ruff format --check engine gateway persistence bench tests chat_engine_client
-	$(VENV)/bin/mypy engine persistence gateway chat_engine_client
+	$(VENV)/bin/mypy engine persistence gateway chat_engine_client bench
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)

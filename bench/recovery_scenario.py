@@ -32,7 +32,7 @@ from bench import common
 from bench.common import bounded
 from bench.server import ADMIN_TOKEN, rss_bytes, start_server
 from engine import directory
-from engine.facts import Fact, TagAdded
+from engine.facts import Fact, OrgCreated, TagAdded
 from engine.fanout import fan_out
 from engine.model import SENDER_USER, SENDER_VISITOR
 from engine.realtime.history import Histories
@@ -123,7 +123,8 @@ def _build_consistent(data_dir: Path, options: Any, progress: Any) -> dict[str, 
 
     org = directory.create_org("Recovery", at=next(clock))
     commit([org.fact])
-    org_id = org.fact.org_id  # type: ignore[union-attr]
+    assert isinstance(org.fact, OrgCreated)
+    org_id = org.fact.org_id
     room = directory.create_room(org_id, "Room", False, at=next(clock))
     commit([room])
     users = []

@@ -30,7 +30,9 @@ import math
 import multiprocessing
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import httpx
@@ -79,6 +81,10 @@ def _generator(
     )
 
 
+def _processes_cpu(processes: Sequence[BaseProcess]) -> float:
+    return sum(cpu_seconds(process.pid) for process in processes if process.pid is not None)
+
+
 def _burst(
     deployment: Deployment, calls: list[Call], generators: int, *, writes: bool
 ) -> tuple[list[tuple[str, int, bytes, float]], dict[str, float | None]]:
@@ -108,7 +114,7 @@ def _burst(
             if not pipe.poll(120) or pipe.recv() != "ready":
                 raise RuntimeError("a generator did not open its connections in 120 s")
         cpu_before = deployment.cpu_seconds()
-        generator_before = sum(cpu_seconds(p.pid) for p in processes)
+        generator_before = _processes_cpu(processes)
         started = time.perf_counter()
         for pipe in pipes:
             pipe.send("go")
@@ -125,7 +131,7 @@ def _burst(
             "server_cpu_s": None
             if cpu_before is None or cpu_after is None
             else cpu_after - cpu_before,
-            "generator_cpu_s": sum(cpu_seconds(p.pid) for p in processes) - generator_before,
+            "generator_cpu_s": _processes_cpu(processes) - generator_before,
         }
         return results, usage
     finally:
@@ -281,7 +287,7 @@ def _check_joins(
     for chat, status, payload, _ in results:
         code = "201" if status == 201 else f"{status} {orjson.loads(payload).get('code')}"
         outcomes[chat][code] += 1
-    problems = []
+    problems: list[dict[str, Any]] = []
     for chat, counter in outcomes.items():
         if counter["201"] != 1 or set(counter) - {"201", "400 chat_already_taken"}:
             problems.append({"chat": chat, "outcomes": dict(counter)})
@@ -313,7 +319,7 @@ def _check_resumes(
         page = client.get(url).json()
         stored.update(chat["visitor_id"] for chat in page["results"])
         url = page.get("next")
-    problems = []
+    problems: list[dict[str, Any]] = []
     for visitor, counter in statuses.items():
         if counter[201] != 1 or set(counter) - {200, 201} or len(chat_ids[visitor]) != 1:
             problems.append({"visitor": visitor, "statuses": dict(counter)})

@@ -274,9 +274,9 @@ def run(addresses: list[Address], adapter: Adapter, sessions: int, control: Conn
     subs: dict[int, Subscriber] = {}
     deadline = time.monotonic() + CONNECT_TIMEOUT
     for number in range(sessions):
-        sub = _connect(Address(*addresses[number % len(addresses)]), adapter)
-        subs[sub.sock.fileno()] = sub
-        poller.register(sub.sock.fileno(), select.EPOLLIN)
+        opened = _connect(Address(*addresses[number % len(addresses)]), adapter)
+        subs[opened.sock.fileno()] = opened
+        poller.register(opened.sock.fileno(), select.EPOLLIN)
     # one buffer for every recv: a fresh 256 KiB bytes object per call costs an
     # mmap/munmap pair, more than the events in it
     receive_buffer = bytearray(262144)
@@ -318,8 +318,8 @@ def run(addresses: list[Address], adapter: Adapter, sessions: int, control: Conn
                     sub.sock.close()
                     sub.ready = True  # gone: not waited for
     finally:
-        for sub in subs.values():
-            sub.sock.close()
+        for each in subs.values():
+            each.sock.close()
         poller.close()
 
 
