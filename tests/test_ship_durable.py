@@ -175,7 +175,9 @@ async def test_the_tail_kept_in_memory_is_bounded_in_bytes_and_the_rest_is_read_
             await nursery.start(engine.run)
             for index in range(40):  # ~2 KiB each; the shipper is not running yet
                 await engine.directory.create_org(f"{index:04d}" + "x" * 2000)
-            assert 1 <= len(shipper._tail) <= 4 and shipper._tail_bytes <= 8 * 1024
+            assert 1 <= len(shipper._tail) <= 4
+            assert shipper._tail_bytes == sum(len(payload) for _, payload in shipper._tail)
+            assert shipper._tail_bytes <= 8 * 1024
             await nursery.start(shipper.run)
             await until(lambda: shipper.shipped == engine.applied_lsn)
             assert follower.records_read == 40  # one read of the log: the whole backlog
@@ -189,3 +191,23 @@ async def test_the_tail_kept_in_memory_is_bounded_in_bytes_and_the_rest_is_read_
             nursery.cancel_scope.cancel()
     finally:
         store.wal.close()
+
+
+async def test_without_a_log_the_tail_is_bounded_by_the_stream_length_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``--in-memory`` the tail is the only copy of what Redis has not taken yet:
+    it keeps the newest ``--redis-log-length`` records whatever their size, as
+    docs/cluster.md says, and never drops one for the byte bound."""
+    monkeypatch.setattr(shipper_module, "TAIL_BYTES", 1024)
+    engine = Engine()
+    shipper = Shipper(engine, "redis://127.0.0.1:1/0", "mem", 50, None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for index in range(20):
+            await engine.directory.create_org(f"{index:04d}" + "x" * 2000)
+        assert [lsn for lsn, _ in shipper._tail] == list(range(1, 21))
+        for index in range(40):
+            await engine.directory.create_org(f"more {index}")
+        assert [lsn for lsn, _ in shipper._tail] == list(range(11, 61))
+        nursery.cancel_scope.cancel()

@@ -3,7 +3,7 @@ order to the Redis stream, never twice, never blocking a write.
 
 The engine tells the shipper (``Engine.record_listeners``) that records were applied,
 and the log (``WriteAheadLog.durable_listeners``) that they reached the disk. It ships
-the bytes the log wrote: the newest ``TAIL_RECORDS`` as the log hands them over
+the bytes the log wrote: the newest (``TAIL_RECORDS``, ``TAIL_BYTES``) as the log hands them over
 (``written_listeners``), older ones read back from the write-ahead log
 (``persistence.follow``), so a Redis that is slow, away or restarted costs nothing but
 lag: on (re)connecting it reads the stream's head and ships the backlog from the log on
@@ -86,7 +86,8 @@ class Shipper:
         self.outages = 0
         self._follower = LogFollower(data_dir) if data_dir is not None else None
         # the newest records, contiguous, as ``(lsn, payload)``: with a log, as it wrote
-        # them (the log has the rest); without one, as applied (nothing has the rest)
+        # them; without one, as applied. Bounded by TAIL_RECORDS and TAIL_BYTES only where
+        # the follower can read the rest back; otherwise it is all there is.
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_records = log_length if data_dir is None else min(log_length, TAIL_RECORDS)
         self._tail_bytes = 0
@@ -133,7 +134,7 @@ class Shipper:
         for record in enumerate(payloads, first_lsn):
             tail.append(record)
             self._tail_bytes += len(record[1])
-        bounded = self._wal is not None  # without a log, the tail is all there is
+        bounded = self._follower is not None  # else the tail is all there is
         while len(tail) > self._tail_records or (
             bounded and self._tail_bytes > TAIL_BYTES and len(tail) > 1
         ):
@@ -327,7 +328,7 @@ class Shipper:
     async def _read_raw(self, after: int, up_to: int, count: int) -> list[tuple[int, bytes]]:
         tail = self._tail
         if self._follower is None or (tail and tail[0][0] <= after + 1):
-            return self._from_tail(after, up_to)[:count]
+            return self._from_tail(after, up_to, count)
         return await trio.to_thread.run_sync(self._follower.read, after, up_to, count)
 
     async def _read(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
@@ -342,19 +343,17 @@ class Shipper:
             self.shipped = max(after, first - 1)
             return []
 
-    def _from_tail(self, after: int, up_to: int) -> list[tuple[int, bytes]]:
-        memory = self._tail
-        if not memory or memory[-1][0] <= after:
+    def _from_tail(self, after: int, up_to: int, count: int) -> list[tuple[int, bytes]]:
+        tail = self._tail
+        if not tail or tail[-1][0] <= after:
             return []
-        first = memory[0][0]
+        first = tail[0][0]
         if after + 1 < first:
             raise LogGap(after + 1, first)
         start = after + 1 - first
-        return [
-            memory[i]
-            for i in range(start, min(len(memory), start + BATCH))
-            if memory[i][0] <= up_to
-        ]
+        # a deque's items are reached fastest from its nearer end, which for a shipper
+        # keeping up is the right one
+        return [tail[i] for i in range(start, min(len(tail), start + count, up_to - first + 1))]
 
 
 class Primary(ClusterNode):
