@@ -115,22 +115,7 @@ def start_server(
         "off",
         *extra,
     ]
-    env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
-    stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    server = ServerProcess(port, process, data_dir, temporary, args)
-    deadline = time.monotonic() + startup_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError("server did not become ready")
+    return _launch("server", args, port, data_dir, temporary, startup_timeout, log_path)
 
 
 def start_replica(
@@ -168,22 +153,35 @@ def start_replica(
         "off",
         *extra,
     ]
+    return _launch("replica", args, port, Path(os.devnull), None, startup_timeout, log_path)
+
+
+def _launch(
+    what: str,
+    args: list[str],
+    port: int,
+    data_dir: Path,
+    temporary: tempfile.TemporaryDirectory[str] | None,
+    startup_timeout: float,
+    log_path: Path | None,
+) -> ServerProcess:
+    """Start ``args`` with the bench's admin token and wait (bounded) for its /readyz."""
     env = dict(os.environ, CHAT_ENGINE_ADMIN_TOKEN=ADMIN_TOKEN)
     stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    replica = ServerProcess(port, process, Path(os.devnull), None, args)
+    server = ServerProcess(port, process, data_dir, temporary, args)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"replica exited with {process.returncode}")
+            raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
-            if httpx.get(f"{replica.base_url}/readyz", timeout=1).status_code == 200:
-                return replica
+            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
+                return server
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    replica.stop()
-    raise RuntimeError("replica did not become ready")
+    server.stop()
+    raise RuntimeError(f"{what} did not become ready")
 
 
 class BenchError(RuntimeError):
