@@ -3,12 +3,12 @@ order to the Redis stream, never twice, never blocking a write.
 
 The engine tells the shipper (``Engine.record_listeners``) that records were applied,
 and the log (``WriteAheadLog.durable_listeners``) that they reached the disk. It ships
-the bytes the log wrote: the newest (``TAIL_RECORDS``, ``TAIL_BYTES``) as the log hands them over
-(``written_listeners``), older ones read back from the write-ahead log
-(``persistence.follow``), so a Redis that is slow, away or restarted costs nothing but
-lag: on (re)connecting it reads the stream's head and ships the backlog from the log on
-disk. Entry IDs are the log
-positions, so Redis refuses a position already on the stream. Log segments are kept
+the bytes the log wrote: the newest (within ``TAIL_RECORDS`` and ``TAIL_BYTES``) as the
+log hands them over (``written_listeners``), older ones read back from the write-ahead
+log (``persistence.follow``), so a Redis that is slow, away or restarted costs nothing
+but lag: on (re)connecting it reads the stream's head and ships the backlog from the
+log on disk. Entry IDs are the log positions, so Redis refuses a position already on
+the stream. Log segments are kept
 until shipped (``Store.holds``, bounded by ``RETAIN_RECORDS``).
 
 Only fsynced records are shipped (``ship_limit``): a replica must never hold a record
