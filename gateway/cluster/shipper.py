@@ -8,8 +8,8 @@ log hands them over (``written_listeners``), older ones read back from the write
 log (``persistence.follow``), so a Redis that is slow, away or restarted costs nothing
 but lag: on (re)connecting it reads the stream's head and ships the backlog from the
 log on disk. Entry IDs are the log positions, so Redis refuses a position already on
-the stream. Log segments are kept
-until shipped (``Store.holds``, bounded by ``RETAIN_RECORDS``).
+the stream. Log segments are kept until shipped (``Store.holds``, bounded by
+``RETAIN_RECORDS``).
 
 Only fsynced records are shipped (``ship_limit``): a replica must never hold a record
 that a machine crash of the primary could take back. With ``--fsync always`` that is
