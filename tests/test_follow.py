@@ -4,6 +4,8 @@ built by replaying the same records agree on it."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from persistence import snapshot
 from persistence.follow import READ_BYTES, LogFollower, LogGap, decode
 from persistence.replication import digest, load_snapshot
 from persistence.store import Store
-from persistence.wal import WriteAheadLog, encode, segments
+from persistence.wal import FileOps, WriteAheadLog, encode, segments
 
 
 async def busy_engine(records: list[tuple[int, list[Fact]]]) -> Engine:
@@ -278,3 +280,50 @@ def test_a_snapshot_keeps_which_events_go_first_past_the_total_history_limit() -
         replica.append(batch)
     assert replica.export() == primary.export()
     assert digest(State(), replica) == digest(State(), primary)
+
+
+class FailingDisk(FileOps):
+    """Writes half a batch then fails (ENOSPC), or fails the fsync (EIO), on demand."""
+
+    def __init__(self) -> None:
+        self.fail_write = False
+        self.fail_fsync = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        if self.fail_write:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        if self.fail_fsync:
+            raise OSError(errno.EIO, "I/O error")
+        super().fsync(fd)
+
+
+async def test_only_batches_the_log_kept_reach_its_written_listeners(tmp_path: Path) -> None:
+    """The shipper ships what ``written_listeners`` hand it: a batch whose write or
+    fsync failed (cut back, its positions given again) must never be handed over, and
+    what is handed over is byte for byte what the log reads back."""
+    disk = FailingDisk()
+    log = WriteAheadLog(tmp_path, fsync="always", file_ops=disk)
+    log.open(0)
+    handed: list[tuple[int, bytes]] = []
+    log.written_listeners.append(lambda first, payloads: handed.extend(enumerate(payloads, first)))
+
+    def org(name: str) -> list[Fact]:
+        return [OrgCreated(name, name, 1, "h")]
+
+    await log.append([org("a"), org("b")])
+    disk.fail_write = True
+    with pytest.raises(OSError):
+        await log.append([org("lost 1"), org("lost 2")])
+    disk.fail_write, disk.fail_fsync = False, True
+    with pytest.raises(OSError):
+        await log.append([org("lost 3")])
+    disk.fail_fsync = False
+    await log.append([org("c")])
+    log.close()
+    assert [lsn for lsn, _ in handed] == [1, 2, 3]
+    assert [decode(payload)[1] for _, payload in handed] == [org("a"), org("b"), org("c")]
+    assert handed == LogFollower(tmp_path).read(0, 3)

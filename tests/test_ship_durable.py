@@ -161,8 +161,9 @@ async def test_the_tail_kept_in_memory_is_bounded_in_bytes_and_the_rest_is_read_
     redis: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records as large as a request body allows would make 10,000 of them hundreds of
-    MB: the tail is bounded in bytes too, and what fell out of it while Redis was away
-    is read back from the log, so every record still reaches the stream whole."""
+    MB: the tail is bounded in bytes too, and what fell out of it before the shipper
+    could send it is read back from the log, so every record still reaches the stream
+    whole."""
     monkeypatch.setattr(shipper_module, "TAIL_BYTES", 8 * 1024)
     store = Store(tmp_path, fsync="always")
     engine = Engine(store=store)

@@ -95,7 +95,7 @@ class Shipper:
         engine.record_listeners.append(self._applied)
         self._wal = engine.store.wal if engine.store is not None else None
         if self._wal is not None:
-            self._wal.written_listeners.append(self._written)
+            self._wal.written_listeners.append(self._keep)
             self._wal.durable_listeners.append(self._durable)
 
     def hold(self) -> int:
@@ -122,9 +122,6 @@ class Shipper:
         if self._wal is None:
             self._keep(lsn, [encode(lsn, facts)])
         self._wake.set()
-
-    def _written(self, first_lsn: int, payloads: list[bytes]) -> None:
-        self._keep(first_lsn, payloads)
 
     def _keep(self, first_lsn: int, payloads: list[bytes]) -> None:
         tail = self._tail
